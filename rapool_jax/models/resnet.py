@@ -47,10 +47,10 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, bn_train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON, dtype=self.dtype)
     residual = x
     y = conv(self.features, (3, 3), (self.strides, self.strides),
@@ -80,10 +80,10 @@ class BottleneckBlock(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, bn_train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON, dtype=self.dtype)
     residual = x
     y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
@@ -132,7 +132,10 @@ class ResNet(nn.Module):
     return max(1, int(round(64 * self.width))) * 2**stage
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, bn_train: bool | None = None):
+    """``train`` enables dropout and, unless ``bn_train`` says otherwise,
+    batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
+    bn_train = train if bn_train is None else bn_train
     if self.output_stride not in (8, 16, 32):
       raise ValueError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
@@ -142,7 +145,7 @@ class ResNet(nn.Module):
     stem = self._stage_width(0)
     x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(3), use_bias=False,
                 dtype=self.dtype, name="conv1")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+    x = nn.BatchNorm(use_running_average=not bn_train, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
@@ -168,7 +171,7 @@ class ResNet(nn.Module):
             downsample=(i == 0 and (strides != 1 or
                                     in_features != features * expansion)),
             dtype=self.dtype,
-            name=f"layer{stage + 1}_{i}")(x, train)
+            name=f"layer{stage + 1}_{i}")(x, bn_train)
         in_features = features * expansion
       x = nn.Dropout(self.dropout_rate, deterministic=not train,
                      name=f"dropout{stage + 1}")(x)

@@ -1,0 +1,140 @@
+"""Shared pieces of the configs in ``configs/``: the paper's four steps as data.
+
+A stage is a ConfigDict; ``config.stage_order`` says which stages run, in which
+order (ConfigDict sorts its keys, so the order cannot come from ``config.stages``
+itself). Step 1 (initialisation) is not a stage: it is ``config.model.pretrained``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Trainable-parameter rules: (regex on "collection-free" param path, label).
+TRAIN_ALL = (("(backbone|classifier|seg_conv|seg_upsample)/.*", "train"),)
+TRAIN_BACKBONE_AND_CLASSIFIER = (
+    ("(backbone|classifier)/.*", "train"),
+    ("(seg_conv|seg_upsample)/.*", "freeze"),
+)
+TRAIN_SEGMENTATION_CONV_ONLY = (
+    ("seg_conv/.*", "train"),
+    (".*", "freeze"),
+)
+
+
+def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
+          trainable, train_batch_norm: bool, max_steps: int, lr: float,
+          schedule: str = "step", decay_every: int = 2000,
+          decay_factor: float = 0.1, warmup_steps: int = 0,
+          report_as: str = "", plateau_metric: str = "",
+          plateau_patience: int = 3, plateau_eval_every: int = 100,
+          plateau_min_delta: float = 0.0) -> ml_collections.ConfigDict:
+  """One training step of the paper as a config entry.
+
+  Args:
+    pooling: name in ``pooling.POOLINGS`` ("gap", "region", ...).
+    lambda_class, lambda_seg: loss weights of Eq. 3.
+    trainable: regex rules -> "train" / "freeze" (see ``optim.label_params``).
+    train_batch_norm: False keeps BatchNorm in inference mode with its
+      statistics fixed (the paper's Step 3, where the backbone is frozen).
+    max_steps: length in iterations (upper bound when a plateau rule is set).
+    lr, schedule, decay_every, decay_factor, warmup_steps: learning rate.
+    report_as: row name in the results table ("" = not evaluated on its own).
+    plateau_metric: "" (fixed length) or a validation metric ("val_loss",
+      "val_auc", "val_jaccard") that stops the stage when it stops improving
+      for ``plateau_patience`` evaluations made every ``plateau_eval_every`` steps.
+  """
+  return ml_collections.ConfigDict(dict(
+      pooling=pooling, lambda_class=lambda_class, lambda_seg=lambda_seg,
+      trainable=tuple(tuple(r) for r in trainable),
+      train_batch_norm=train_batch_norm, max_steps=max_steps, lr=lr,
+      schedule=schedule, decay_every=decay_every, decay_factor=decay_factor,
+      warmup_steps=warmup_steps, report_as=report_as,
+      plateau_metric=plateau_metric, plateau_patience=plateau_patience,
+      plateau_eval_every=plateau_eval_every,
+      plateau_min_delta=plateau_min_delta))
+
+
+def paper_stages(*, classification_steps: int, segmentation_steps: int,
+                 joint_steps: int, lr: float = 1e-3, decay_every: int = 2000,
+                 lambda_seg: float = 7.5, schedule: str = "step"):
+  """Steps 2-4 of the paper: GAP classification, segmentation only, joint."""
+  stages = ml_collections.ConfigDict()
+  stages.classification = stage(
+      pooling="gap", lambda_class=1.0, lambda_seg=0.0,
+      trainable=TRAIN_BACKBONE_AND_CLASSIFIER, train_batch_norm=True,
+      max_steps=classification_steps, lr=lr, decay_every=decay_every,
+      schedule=schedule, report_as="Step 2: GAP")
+  stages.segmentation = stage(
+      pooling="gap", lambda_class=0.0, lambda_seg=1.0,
+      trainable=TRAIN_SEGMENTATION_CONV_ONLY, train_batch_norm=False,
+      max_steps=segmentation_steps, lr=lr, decay_every=decay_every,
+      schedule=schedule)
+  stages.joint = stage(
+      pooling="region", lambda_class=1.0, lambda_seg=lambda_seg,
+      trainable=TRAIN_ALL, train_batch_norm=True, max_steps=joint_steps,
+      lr=lr, decay_every=decay_every, schedule=schedule,
+      report_as="Step 4: region pooling")
+  return stages
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every config; each config file overrides what it needs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="synthetic_derm",   # "synthetic_derm" or "isic2017"
+      data_dir="",             # where TFDS keeps built data ("" = ~/tensorflow_datasets)
+      manual_dir="",           # isic2017: folder with the official zips / folders
+      image_size=64,           # stored (resized) size, square
+      crop_size=56,            # random crop in training, centre crop in evaluation
+      rotate_degrees=180.0,    # random rotation range (+-), mask rotated identically
+      flip=True,
+      task="melanoma",         # "melanoma" (2 classes) or "three_class"
+      train_split="train",
+      val_split="validation",  # plateau rules, RankOpt threshold ("" = none)
+      eval_split="test",       # the results table
+      mean=(0.485, 0.456, 0.406),  # RGB in [0, 1]; ImageNet, as the weights expect
+      std=(0.229, 0.224, 0.225),
+      # synthetic_derm only:
+      num_train=1200, num_validation=300, num_test=600,
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      depth=50, width=1.0, output_stride=32, dropout_rate=0.2,
+      upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
+      dtype="float32",        # compute dtype; params stay float32
+      num_classes=2,          # set from data.task
+      pretrained="",          # ImageNet weights file for Step 1 ("" = random)
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=0.9, weight_decay=5e-4,
+      # "coupled": L2 added to the gradient before momentum, as PyTorch's SGD
+      # (what the paper ran); "decoupled": SGDW.
+      weight_decay_mode="coupled",
+  ))
+
+  c.stage_order = ("classification", "segmentation", "joint")
+  c.stages = paper_stages(classification_steps=4000, segmentation_steps=2000,
+                          joint_steps=4000)
+
+  c.rankopt = ml_collections.ConfigDict(dict(
+      enabled=True,
+      after_stage="joint",      # features: this stage's pooled features
+      report_as="Step 4 + RankOpt",
+      radius=0.0,               # ||beta|| = B; 0 = automatic (see rankopt.py)
+      max_steps=500,
+      threshold_split="validation",  # Youden-J threshold on this split ("" = train)
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=10,
+      eval_batch_size=64,
+      log_every=50,
+      checkpoint_every=500,
+      keep_checkpoints=2,
+  ))
+  c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
+  c.compilation_cache_dir = ""
+  return c

@@ -1,0 +1,29 @@
+"""Losses of Eq. 3: ``L = lambda_class * L_class + lambda_seg * L_seg``."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def classification_loss(logits, labels):
+  """Mean softmax cross-entropy. ``logits [B, K]``, ``labels [B]`` int."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels))
+
+
+def segmentation_loss(seg_logits, masks, has_mask=None):
+  """Pixel-wise 2-class cross-entropy, mean over pixels of images with a mask.
+
+  Args:
+    seg_logits: ``[B, H, W, 2]`` (h0 background, h1 lesion).
+    masks: ``[B, H, W]`` in {0, 1}.
+    has_mask: ``[B]`` bool; images without a ground-truth mask are ignored.
+  """
+  per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+      seg_logits.astype(jnp.float32), masks.astype(jnp.int32))
+  per_image = jnp.mean(per_pixel, axis=(1, 2))
+  if has_mask is None:
+    return jnp.mean(per_image)
+  weight = has_mask.astype(jnp.float32)
+  return jnp.sum(per_image * weight) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -1,0 +1,49 @@
+"""Entry point: ``python -m rapool_jax.main --config configs/default.py --workdir DIR``.
+
+Config values are overridden on the command line, e.g.
+``--config.train.batch_size=32 --config.stages.joint.lambda_seg=5``.
+Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rapool_jax import errors
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                lock_config=True)
+
+
+def parse_flags(argv):
+  """absl parsing, with every bad flag or config key reported on one line."""
+  with errors.one_line_errors():
+    try:
+      rest = FLAGS(argv)
+    except flags.Error as e:
+      raise errors.UserError(f"command line: {str(e).splitlines()[0]}") from None
+    if FLAGS.config is None or not FLAGS.workdir:
+      raise errors.UserError("both --config=configs/NAME.py and --workdir=DIR "
+                             "are required")
+    if len(rest) > 1:
+      raise errors.UserError(f"unexpected arguments: {rest[1:]}")
+  return rest
+
+
+def main(argv):
+  del argv
+  with errors.one_line_errors():
+    from rapool_jax import distributed
+    from rapool_jax import train
+    distributed.maybe_initialize()
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

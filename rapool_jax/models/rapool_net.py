@@ -1,0 +1,147 @@
+"""The two-branch network of the paper (Fig. 4): backbone -> {segmentation, classification}.
+
+Segmentation branch: a 1x1 conv to two channels (h0 background, h1 lesion); the
+score map ``S = softmax(h)[..., 1]`` (Eq. 2) at feature resolution weights the
+pooling; the logits are upsampled by the output stride to the input size for a
+pixel-wise loss. Classification branch: pooling chosen by name, then a dense layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rapool_jax import pooling as pooling_lib
+from rapool_jax.models import resnet as resnet_lib
+
+
+def bilinear_kernel(stride: int, channels: int) -> np.ndarray:
+  """FCN's bilinear init for a ``2*stride`` transposed conv, ``[k, k, C, C]``."""
+  size = 2 * stride
+  factor = (size + 1) // 2
+  center = factor - 0.5 if size % 2 == 0 else factor - 1
+  og = np.arange(size, dtype=np.float32)
+  filt1d = 1 - np.abs(og - center) / factor
+  filt = np.outer(filt1d, filt1d)
+  kernel = np.zeros((size, size, channels, channels), np.float32)
+  for c in range(channels):
+    kernel[:, :, c, c] = filt
+  return kernel
+
+
+def transposed_conv_as_subpixel(x, kernel, stride: int):
+  """Transposed conv (kernel ``2s``, stride ``s``, crop ``s/2``) without zero-stuffing.
+
+  Same result as torch ``ConvTranspose2d(k=2s, stride=s, padding=s//2)`` with
+  output ``[B, s*h, s*w, Cout]``, computed as a 3x3 conv to ``s*s*Cout``
+  phase channels followed by depth-to-space. XLA lowers a plain transposed conv
+  as a conv over an ``s``-times dilated input, i.e. ``s^2`` times the work
+  (mostly multiplications by zero); this formulation does only the useful ones.
+
+  Args:
+    x: ``[B, h, w, Cin]``.
+    kernel: ``[2s, 2s, Cin, Cout]`` (torch layout transposed to HWIO).
+    stride: s, even.
+  """
+  s = stride
+  k = kernel.shape[0]
+  if k != 2 * s or s % 2:
+    raise ValueError(f"subpixel upsampling needs kernel 2*stride, even stride; "
+                     f"got kernel {k}, stride {s}")
+  p = s // 2
+  cin, cout = kernel.shape[2], kernel.shape[3]
+  # Output row o = s*q + r gets input row q + d with kernel tap r + p - d*s.
+  r = np.arange(s)
+  taps = np.stack([r + p + s, r + p, r + p - s])          # [3 (d=-1,0,1), s]
+  valid = (taps >= 0) & (taps < k)
+  taps = np.clip(taps, 0, k - 1)
+  # w3[dy, dx, ry, rx, cin, cout]
+  w3 = kernel[taps[:, None, :, None], taps[None, :, None, :]]
+  w3 = w3 * jnp.asarray(valid[:, None, :, None] & valid[None, :, None, :],
+                        kernel.dtype)[..., None, None]
+  w3 = jnp.transpose(w3, (0, 1, 4, 2, 3, 5)).reshape(3, 3, cin, s * s * cout)
+  y = jax.lax.conv_general_dilated(
+      x, w3.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, w, _ = y.shape
+  y = y.reshape(b, h, w, s, s, cout)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, h * s, w * s, cout)
+
+
+class SegmentationUpsample(nn.Module):
+  """Upsamples ``[B, h, w, C]`` logits by ``stride`` to ``[B, sh, sw, C]``.
+
+  ``mode="transposed"``: learned transposed conv initialised to bilinear (FCN);
+  ``mode="bilinear"``: fixed bilinear resize, no parameters.
+  """
+
+  stride: int
+  mode: str = "transposed"
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    if self.mode == "bilinear":
+      b, h, w, c = x.shape
+      return jax.image.resize(x, (b, h * self.stride, w * self.stride, c),
+                              method="bilinear")
+    if self.mode != "transposed":
+      raise ValueError(f"model.upsample must be 'transposed' or 'bilinear', "
+                       f"got {self.mode!r}")
+    c = x.shape[-1]
+    kernel = self.param(
+        "kernel", lambda *_: jnp.asarray(bilinear_kernel(self.stride, c)))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    return transposed_conv_as_subpixel(x, kernel, self.stride) + bias
+
+
+class RAPoolNet(nn.Module):
+  """Backbone + segmentation branch + pooled classifier.
+
+  ``__call__(images [B, H, W, 3], train, pooling=None, mask=None)`` returns a
+  dict: ``logits [B, K]``, ``seg_logits [B, H, W, 2]`` (float32),
+  ``score_map [B, h, w]`` (S of Eq. 2), ``pooled [B, C]``, ``features [B, h, w, C]``.
+  ``bn_train=False`` keeps BatchNorm statistics fixed while training (Step 3).
+  ``pooling`` overrides the module default per call, so one set of parameters
+  serves the GAP step and the region-pooling step. ``mask [B, H, W]`` is only
+  read by the ``mask_oracle`` pooling.
+  """
+
+  backbone: nn.Module
+  num_classes: int = 2
+  pooling: str = "gap"
+  upsample: str = "transposed"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, pooling: str | None = None,
+               mask=None, bn_train: bool | None = None):
+    features = self.backbone(images, train=train, bn_train=bn_train)
+    stride = images.shape[1] // features.shape[1]
+    # The 2-channel head runs in float32: its softmax is the pooling weight.
+    seg = nn.Conv(2, (1, 1), dtype=jnp.float32, name="seg_conv")(
+        features.astype(jnp.float32))
+    score_map = jax.nn.softmax(seg, axis=-1)[..., 1]
+    seg_logits = SegmentationUpsample(stride, self.upsample,
+                                      name="seg_upsample")(seg)
+    pool_fn = pooling_lib.get_pooling(pooling or self.pooling)
+    pooled = pool_fn(features, score_map, mask)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32,
+                      name="classifier")(pooled)
+    return {"logits": logits, "seg_logits": seg_logits, "score_map": score_map,
+            "pooled": pooled, "features": features}
+
+
+def build_model(model_config) -> RAPoolNet:
+  """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+  backbone = resnet_lib.resnet(
+      model_config.depth, width=model_config.width,
+      output_stride=model_config.output_stride,
+      dropout_rate=model_config.dropout_rate, dtype=dtype)
+  return RAPoolNet(backbone=backbone, num_classes=model_config.num_classes,
+                   pooling="gap", upsample=model_config.upsample, dtype=dtype)

@@ -1,0 +1,363 @@
+"""Training and evaluation: the paper's steps run in order from ``config.stage_order``.
+
+``train_and_evaluate(config, workdir)`` is the whole job: Step 1 initialisation,
+each configured stage (with its own pooling, loss weights, frozen parameters and
+schedule), RankOpt on the pooled training features, evaluation of every
+reported model on the evaluation split, and the report (table, ROC, CAMs).
+Every stage checkpoints periodically and at its end; a restarted run picks up
+where the last checkpoint left off and ends with the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import losses
+from rapool_jax import metrics as metrics_lib
+from rapool_jax import optim
+from rapool_jax import rankopt
+from rapool_jax import report as report_lib
+from rapool_jax.data import pipeline
+from rapool_jax.models import rapool_net
+
+
+# ----------------------------------------------------------------------------
+# Steps (pure functions, jitted by the caller).
+
+
+def train_step(state, batch_idx, key, *, model, tx, stage, data, images, masks,
+               labels, has_mask, mean, std):
+  """One SGD step on the batch ``images[batch_idx]``, augmented on device.
+
+  ``state`` is ``{"variables": {"params", "batch_stats"}, "opt_state", "step"}``.
+  Returns the new state and scalar metrics.
+  """
+  aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
+  batch_images, batch_masks = pipeline.augment_batch(
+      aug_key, images[batch_idx], masks[batch_idx], data.crop_size,
+      data.rotate_degrees, data.flip)
+  x = pipeline.normalize(batch_images, mean, std)
+  y = labels[batch_idx]
+  y_has_mask = has_mask[batch_idx]
+  params = state["variables"]["params"]
+  batch_stats = state["variables"]["batch_stats"]
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if stage.train_batch_norm:
+      out, updates = model.apply(
+          variables, x, train=True, pooling=stage.pooling, mask=batch_masks,
+          mutable=["batch_stats"], rngs={"dropout": dropout_key})
+      new_stats = updates["batch_stats"]
+    else:
+      out = model.apply(variables, x, train=True, bn_train=False,
+                        pooling=stage.pooling, mask=batch_masks,
+                        rngs={"dropout": dropout_key})
+      new_stats = batch_stats
+    l_class = losses.classification_loss(out["logits"], y)
+    l_seg = losses.segmentation_loss(out["seg_logits"], batch_masks, y_has_mask)
+    loss = stage.lambda_class * l_class + stage.lambda_seg * l_seg
+    return loss, (new_stats, l_class, l_seg, out["logits"])
+
+  (loss, (new_stats, l_class, l_seg, logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, state["opt_state"], params)
+  params = jax.tree.map(lambda p, u: p + u, params, updates)
+  new_state = {"variables": {"params": params, "batch_stats": new_stats},
+               "opt_state": opt_state, "step": state["step"] + 1}
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+  return new_state, {"loss": loss, "class_loss": l_class, "seg_loss": l_seg,
+                     "accuracy": accuracy}
+
+
+def eval_step(variables, images, masks, *, model, pooling, mean, std):
+  """Inference on a centre-cropped batch: probabilities, features, masks."""
+  out = model.apply(variables, pipeline.normalize(images, mean, std),
+                    train=False, pooling=pooling, mask=masks)
+  return {"probs": jax.nn.softmax(out["logits"], -1),
+          "pooled": out["pooled"],
+          "seg_pred": jnp.argmax(out["seg_logits"], -1).astype(jnp.uint8),
+          "score_map": out["score_map"]}
+
+
+# ----------------------------------------------------------------------------
+# The job.
+
+
+class Trainer:
+  """Holds what every stage shares: model, data on device, jitted steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.mean = tuple(config.data.mean)
+    self.std = tuple(config.data.std)
+    config.model.num_classes = pipeline.num_classes(config.data.task)
+    self.model = rapool_net.build_model(config.model)
+
+    builder = pipeline.make_builder(config.data)
+    self.splits = {}
+    for role in ("train_split", "val_split", "eval_split"):
+      name = config.data[role]
+      if name and name not in self.splits:
+        self.splits[name] = pipeline.load_split(builder, name, config.data.task)
+    train = self.splits[config.data.train_split]
+    needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
+    if needs_masks and not train.has_mask.any():
+      raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
+                       "but a stage has lambda_seg > 0")
+    self.train = train
+    # The training split lives on the device as uint8; batches are gathered
+    # and augmented inside jit.
+    self.train_dev = (jnp.asarray(train.images), jnp.asarray(train.masks),
+                      jnp.asarray(train.labels), jnp.asarray(train.has_mask))
+    self.key = jax.random.key(config.seed)
+    self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
+    self._eval_fns = {}
+
+  # -- initialisation (Step 1) -----------------------------------------------
+
+  def init_variables(self):
+    crop = self.config.data.crop_size
+    variables = self.model.init(
+        {"params": jax.random.fold_in(self.key, 0)},
+        jnp.zeros((1, crop, crop, 3), jnp.float32), train=False)
+    variables = {"params": variables["params"],
+                 "batch_stats": variables["batch_stats"]}
+    if self.config.model.pretrained:
+      from rapool_jax import pretrained
+      variables = pretrained.load_into(
+          variables, self.config.model.pretrained, self.config.model.depth)
+    return variables
+
+  # -- one stage ---------------------------------------------------------------
+
+  def run_stage(self, index: int, name: str, variables, finished: dict):
+    """Trains stage ``name`` from ``variables`` (or its checkpoint); returns meta."""
+    config, stage = self.config, self.config.stages[name]
+    mngr = ckpt_lib.manager(self.workdir, name, config.train.keep_checkpoints)
+    tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
+    state = {"variables": variables, "opt_state": tx.init(variables["params"]),
+             "step": jnp.zeros((), jnp.int32)}
+    meta = {"stage": name, "step": 0, "done": False,
+            "plateau": {"best": None, "bad": 0, "history": []},
+            "finished": finished}
+    step, saved_meta = ckpt_lib.latest_meta(mngr)
+    if step is not None:
+      state = ckpt_lib.restore_state(mngr, step, state)
+      meta = saved_meta
+      print(f"[{name}] resumed from checkpoint at step {step}", flush=True)
+      if meta["done"]:
+        return state["variables"], meta
+
+    images, masks, labels, has_mask = self.train_dev
+    step_fn = jax.jit(
+        functools.partial(
+            train_step, model=self.model, tx=tx, stage=stage,
+            data=config.data, mean=self.mean, std=self.std),
+        donate_argnums=(0,))
+    progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
+    start = int(meta["step"])
+    progress.start(start)
+    for t in range(start, stage.max_steps):
+      idx = pipeline.batch_indices(config.seed, index, t,
+                                   config.train.batch_size, len(self.train))
+      state, scalars = step_fn(state, jnp.asarray(idx), self.key,
+                               images=images, masks=masks, labels=labels,
+                               has_mask=has_mask)
+      meta["step"] = t + 1
+      if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
+        scalars = jax.device_get(scalars)
+        if not np.isfinite(scalars["loss"]):
+          raise FloatingPointError(
+              f"[{name}] loss is {scalars['loss']} at step {t + 1}: lower "
+              f"config.stages.{name}.lr (now {stage.lr})")
+        progress.log(t + 1, scalars)
+        self.writer.scalars(f"{name}/train", t + 1, scalars)
+      if stage.plateau_metric and (t + 1) % stage.plateau_eval_every == 0:
+        if self._plateau_update(name, stage, state["variables"], meta, t + 1):
+          print(f"[{name}] {stage.plateau_metric} has not improved for "
+                f"{stage.plateau_patience} evaluations: stopping at step "
+                f"{t + 1}", flush=True)
+          break
+      if (t + 1) % config.train.checkpoint_every == 0:
+        ckpt_lib.save(mngr, t + 1, state, meta)
+    meta["done"] = True
+    ckpt_lib.save(mngr, int(meta["step"]) + 1, state, meta)
+    return state["variables"], meta
+
+  def _plateau_update(self, name, stage, variables, meta, step) -> bool:
+    """Evaluates the plateau metric; returns True when the stage should stop."""
+    val = self.splits[self.config.data.val_split]
+    out = self.predict(variables, val, stage.pooling)
+    metric = stage.plateau_metric
+    if metric == "val_loss":
+      value = -float(np.mean(-np.log(np.maximum(
+          out["probs"][np.arange(len(val)), val.labels], 1e-12))))
+    elif metric == "val_auc":
+      value = metrics_lib.classification_metrics(
+          val.labels, out["probs"][:, 1], 0.5)["auc"]
+    elif metric == "val_jaccard":
+      value = metrics_lib.jaccard(out["seg_pred"][val.has_mask],
+                                  val_masks(val, self.config)[val.has_mask])
+    else:
+      raise ValueError(f"stages.{name}.plateau_metric={metric!r}: choose "
+                       "'val_loss', 'val_auc' or 'val_jaccard'")
+    p = meta["plateau"]
+    p["history"].append([step, value])
+    self.writer.scalars(f"{name}/val", step, {metric: abs(value)})
+    if p["best"] is None or value > p["best"] + stage.plateau_min_delta:
+      p["best"], p["bad"] = value, 0
+    else:
+      p["bad"] += 1
+    return p["bad"] >= stage.plateau_patience
+
+  # -- evaluation ----------------------------------------------------------------
+
+  def predict(self, variables, split: pipeline.Split, pooling: str):
+    """Runs the model over a split (centre crop). Returns host arrays."""
+    key = pooling
+    if key not in self._eval_fns:
+      self._eval_fns[key] = jax.jit(functools.partial(
+          eval_step, model=self.model, pooling=pooling, mean=self.mean,
+          std=self.std))
+    fn = self._eval_fns[key]
+    bs = self.config.train.eval_batch_size
+    crop = self.config.data.crop_size
+    outs = []
+    for lo in range(0, len(split), bs):
+      images = split.images[lo:lo + bs]
+      masks = split.masks[lo:lo + bs]
+      n = len(images)
+      if n < bs:  # pad to a fixed shape: one compilation per split size
+        images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
+                                                  images.dtype)])
+        masks = np.concatenate([masks, np.zeros((bs - n,) + masks.shape[1:],
+                                                masks.dtype)])
+      images, masks = pipeline.center_crop(images, masks, crop)
+      out = fn(variables, jnp.asarray(images), jnp.asarray(masks))
+      outs.append({k: np.asarray(v)[:n] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  def evaluate_row(self, name, variables, pooling, split, threshold=None,
+                   scores=None, out=None):
+    out = out if out is not None else self.predict(variables, split, pooling)
+    positive = 1  # melanoma is class 1 in both tasks
+    if scores is None:
+      scores = out["probs"][:, positive]
+      threshold = 0.5 if threshold is None else threshold
+    row = {"model": name,
+           **metrics_lib.classification_metrics(
+               (split.labels == positive).astype(np.int32), scores, threshold),
+           "threshold": float(threshold),
+           # Carried to the ROC plot, dropped from results.json.
+           "_labels": (split.labels == positive).astype(np.int32),
+           "_scores": np.asarray(scores)}
+    if split.has_mask.any():
+      row["jaccard"] = metrics_lib.jaccard(
+          out["seg_pred"][split.has_mask],
+          val_masks(split, self.config)[split.has_mask])
+    return row, scores
+
+
+def val_masks(split: pipeline.Split, config) -> np.ndarray:
+  """Ground-truth masks ``[N, crop, crop]`` under the evaluation view."""
+  return pipeline.center_crop_masks(split.masks, config.data.crop_size)
+
+
+def _check_config(config):
+  unknown = [s for s in config.stage_order if s not in config.stages]
+  if unknown:
+    raise ValueError(f"config.stage_order names {unknown}, which are not in "
+                     f"config.stages ({sorted(config.stages)})")
+  if config.data.crop_size > config.data.image_size:
+    raise ValueError(f"config.data.crop_size={config.data.crop_size} is larger "
+                     f"than config.data.image_size={config.data.image_size}")
+  if config.rankopt.enabled and config.rankopt.after_stage not in config.stage_order:
+    raise ValueError(f"config.rankopt.after_stage={config.rankopt.after_stage!r} "
+                     f"is not in config.stage_order {tuple(config.stage_order)}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  t0 = time.time()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  trainer = Trainer(config, workdir)
+  eval_split = trainer.splits[config.data.eval_split]
+
+  variables = trainer.init_variables()
+  finished: dict[str, Any] = {}
+  stage_variables = {}
+  rows = []
+  for index, name in enumerate(config.stage_order):
+    variables, meta = trainer.run_stage(index, name, variables, finished)
+    stage_variables[name] = variables
+    stage = config.stages[name]
+    if stage.report_as:
+      row, _ = trainer.evaluate_row(stage.report_as, variables, stage.pooling,
+                                    eval_split)
+      row["stage"] = name
+      rows.append(row)
+      print(report_lib.format_row(row), flush=True)
+    finished[name] = {"steps": meta["step"]}
+
+  rankopt_result = None
+  if config.rankopt.enabled:
+    rankopt_result, row = run_rankopt(trainer, stage_variables, eval_split)
+    rows.append(row)
+    print(report_lib.format_row(row), flush=True)
+
+  results = {"data": config.data.name, "eval_split": config.data.eval_split,
+             "num_eval_examples": len(eval_split), "rows": rows,
+             "stages": finished}
+  report_lib.write_report(workdir, config, results, trainer, stage_variables,
+                          eval_split)
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump({"wall_time_s": time.time() - t0,
+               "devices": [str(d) for d in jax.devices()]}, f, indent=2)
+  print(f"wrote {os.path.join(workdir, 'results.md')} "
+        f"({time.time() - t0:.0f} s)", flush=True)
+  return results
+
+
+def run_rankopt(trainer: Trainer, stage_variables, eval_split):
+  """Fits RankOpt on the pooled training features of ``rankopt.after_stage``."""
+  config = trainer.config
+  stage_name = config.rankopt.after_stage
+  stage = config.stages[stage_name]
+  variables = stage_variables[stage_name]
+  train_out = trainer.predict(variables, trainer.train, stage.pooling)
+  positive = (trainer.train.labels == 1).astype(np.int32)
+  kwargs = {}
+  if config.rankopt.threshold_split:
+    split = trainer.splits[config.rankopt.threshold_split]
+    kwargs = dict(threshold_features=trainer.predict(
+        variables, split, stage.pooling)["pooled"],
+                  threshold_labels=(split.labels == 1).astype(np.int32))
+  radius = config.rankopt.radius or None
+  result = rankopt.fit(train_out["pooled"], positive, radius=radius,
+                       max_steps=config.rankopt.max_steps, **kwargs)
+  rankopt.save(result, os.path.join(trainer.workdir, "rankopt.npz"))
+  eval_out = trainer.predict(variables, eval_split, stage.pooling)
+  scores = np.asarray(rankopt.decision_function(result, eval_out["pooled"]))
+  row, _ = trainer.evaluate_row(config.rankopt.report_as, variables,
+                                stage.pooling, eval_split,
+                                threshold=float(result.threshold),
+                                scores=scores, out=eval_out)
+  row["stage"] = stage_name
+  return result, row
