@@ -13,7 +13,7 @@ def get_config():
   c.data.image_size = 64
   c.data.crop_size = 56
   c.data.num_train, c.data.num_validation, c.data.num_test = 1200, 300, 600
-  c.model.depth = 18
+  c.model.depth = "18"
   c.model.width = 0.25
   c.model.output_stride = 8
   c.model.dropout_rate = 0.1

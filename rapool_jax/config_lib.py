@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.model = ml_collections.ConfigDict(dict(
-      depth=50, width=1.0, output_stride=32, dropout_rate=0.2,
+      depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
+      output_stride=32, dropout_rate=0.2,
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
       dtype="float32",        # compute dtype; params stay float32
       num_classes=2,          # set from data.task

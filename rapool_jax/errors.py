@@ -24,9 +24,12 @@ def one_line_errors():
   try:
     yield
   except (ValueError, KeyError, AttributeError, OSError) as e:
-    message = str(e).strip().strip("'\"") or type(e).__name__
-    first = message.splitlines()[0]
-    if len(message.splitlines()) > 1:
-      first += " (set RAPOOL_DEBUG=1 for details)"
-    print(f"error: {type(e).__name__}: {first}", file=sys.stderr, flush=True)
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def one_line(e: BaseException) -> str:
+  """``Type: message`` on one line (some libraries put escaped newlines in)."""
+  message = str(e).replace("\\n", "\n").replace("\\'", "'")
+  message = " ".join(message.split()).strip("'\" ") or "(no message)"
+  return f"{type(e).__name__}: {message}"

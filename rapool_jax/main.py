@@ -7,7 +7,7 @@ Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors.
 
 from __future__ import annotations
 
-import sys
+import os
 
 from absl import app
 from absl import flags
@@ -24,10 +24,19 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
 def parse_flags(argv):
   """absl parsing, with every bad flag or config key reported on one line."""
   with errors.one_line_errors():
+    for i, arg in enumerate(argv[1:], start=1):
+      path = (arg.split("=", 1)[1] if arg.startswith("--config=") else
+              argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+      if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+        raise errors.UserError(f"config file {path} not found")
     try:
       rest = FLAGS(argv)
     except flags.Error as e:
       raise errors.UserError(f"command line: {str(e).splitlines()[0]}") from None
+    except (AttributeError, KeyError) as e:
+      overrides = [a for a in argv if a.startswith("--config.")]
+      raise errors.UserError(
+          f"unknown config key among {overrides}: {errors.one_line(e)}") from None
     if FLAGS.config is None or not FLAGS.workdir:
       raise errors.UserError("both --config=configs/NAME.py and --workdir=DIR "
                              "are required")

@@ -147,6 +147,8 @@ class Trainer:
     config, stage = self.config, self.config.stages[name]
     mngr = ckpt_lib.manager(self.workdir, name, config.train.keep_checkpoints)
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
+    # The step donates its state; the caller keeps ``variables`` (CAMs, RankOpt).
+    variables = jax.tree.map(jnp.copy, variables)
     state = {"variables": variables, "opt_state": tx.init(variables["params"]),
              "step": jnp.zeros((), jnp.int32)}
     meta = {"stage": name, "step": 0, "done": False,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import pooling as pooling_lib
-from rapool_jax.models import resnet as resnet_lib
+from rapool_jax.models.resnet import resnet as make_resnet
 
 
 def bilinear_kernel(stride: int, channels: int) -> np.ndarray:
@@ -139,7 +139,7 @@ class RAPoolNet(nn.Module):
 def build_model(model_config) -> RAPoolNet:
   """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
-  backbone = resnet_lib.resnet(
+  backbone = make_resnet(
       model_config.depth, width=model_config.width,
       output_stride=model_config.output_stride,
       dropout_rate=model_config.dropout_rate, dtype=dtype)

@@ -1,0 +1,579 @@
+"""`synthetic_derm`: procedural dermoscopy-like images, no download needed.
+
+The embedded default data set: a new user's first command trains on it. It
+follows the feature contract shared by all our data sets (``image``, ``mask``,
+``has_mask``, ``melanoma``, ``seborrheic_keratosis``, ``image_id``) plus
+``has_disc`` and ``has_hair`` for analysis.
+
+Generative recipe (one image, all sizes in units of the image side S):
+
+1. Class: melanoma with p = 0.19, seborrheic keratosis (SK) with p = 0.15,
+   otherwise a benign nevus. A latent "severity" z ~ N(1.6, 1) for melanomas,
+   N(0, 1) for nevi, N(0.3, 1) for SK drives border irregularity and blur,
+   size, pigment unevenness and the chance of each melanoma colour. Only z,
+   never the label, enters the appearance, so the overlap of the z
+   distributions caps the lesion-only AUC near 0.86: learnable, not trivial.
+2. Skin: a skin tone, low-frequency brightness / redness variation and pixel
+   noise.
+3. Lesion: an irregular blob, r(theta) = R (1 + sum_k a_k cos(k theta + phi_k)),
+   k = 1..10. Irregularity (a_k for k >= 3) and R grow with z; an elongation
+   term (k = 2) is drawn for every class. The mask is exactly rho < r(theta).
+   - nevus: light-to-medium brown, nearly uniform, darker centre.
+   - melanoma: uneven pigment plus, each with a z-dependent probability, dark
+     brown/black blotches (off-centre: asymmetry), a blue-grey veil, reddish
+     areas and whitish regression.
+   - SK (melanoma = 0): lighter, waxy tan with a fine texture and a few small
+     bright "milia" dots.
+4. Colour calibration disc (the paper's Fig. 2(d) failure mode): a saturated
+   disc (mostly blue) near an edge or corner, always at least ~1.5 px away from
+   the lesion mask. Its presence depends on the split:
+
+       split              P(disc | melanoma)   P(disc | not melanoma)
+       train                    0.02                 0.40
+       validation, test         0.40                 0.10
+
+   So in train the disc is a strong "benign" cue outside the lesion; in
+   validation and test the correlation is reversed and a model that relies on
+   it (e.g. GAP over the whole image) is punished, while a model pooling over
+   the lesion only is unaffected.
+5. Hairs (both classes, p = 0.55): dark thin quadratic Bezier curves anywhere.
+6. Dermoscope optics: radial vignetting, in 35% of images a hard circular field
+   of view (black corners), a global illumination gain and sensor noise.
+
+Every example is seeded from (seed, split, index), so a build is byte-for-byte
+reproducible and any example can be regenerated from its ``image_id`` with
+`generate_example` (which also returns the disc mask).
+
+Sanity check (``python -m rapool_jax.data.synthetic_derm``; ridge regression
+fitted on 2000 train examples at 64 px, AUC on held-out train-distribution /
+test examples): lesion mean colour 0.81 / 0.80; colour statistics pooled over
+the lesion 0.82 / 0.83; the same statistics pooled over the whole image
+0.82 / 0.59 (the disc shortcut); ``has_disc`` alone 0.70 / 0.32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+from typing import Any
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+MELANOMA_SHARE = 0.19
+SK_SHARE = 0.15
+# (P(disc | melanoma), P(disc | not melanoma)) per split; see the docstring.
+DISC_PROB = {
+    "train": (0.02, 0.40),
+    "validation": (0.40, 0.10),
+    "test": (0.40, 0.10),
+}
+HAIR_PROB = 0.55
+SPLITS = ("train", "validation", "test")
+_SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+
+# Melanoma / benign severity means; their overlap sets the lesion difficulty.
+_Z_MEAN = {"melanoma": 1.6, "nevus": 0.0, "sk": 0.3}
+
+_MELANOMA_COLOURS = {
+    # name: (RGB, z threshold for a 50% chance of appearing)
+    "dark": ((45.0, 30.0, 25.0), 1.0),
+    "blue_grey": ((100.0, 112.0, 140.0), 1.5),
+    "red": ((175.0, 80.0, 75.0), 1.3),
+    "white": ((215.0, 200.0, 195.0), 2.3),
+}
+_DISC_COLOURS = (
+    # Blue first: the paper's Fig. 2(d) disc is blue.
+    ((35.0, 75.0, 205.0), 0.6),
+    ((80.0, 150.0, 225.0), 0.15),
+    ((55.0, 165.0, 90.0), 0.15),
+    ((215.0, 60.0, 150.0), 0.10),
+)
+
+
+# ----------------------------------------------------------------------------
+# Rendering helpers.
+# ----------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pixel-centre coordinates, each ``[S, S]`` (y, x)."""
+  c = np.arange(size, dtype=np.float64) + 0.5
+  return np.meshgrid(c, c, indexing="ij")
+
+
+@functools.lru_cache(maxsize=32)
+def _interp_matrix(size: int, cells: int) -> np.ndarray:
+  """Linear interpolation from ``cells`` to ``size`` samples: ``[S, cells]``."""
+  pos = (np.arange(size) + 0.5) / size * (cells - 1)
+  i0 = np.minimum(np.floor(pos).astype(int), cells - 2)
+  w = pos - i0
+  m = np.zeros((size, cells))
+  m[np.arange(size), i0] = 1.0 - w
+  m[np.arange(size), i0 + 1] = w
+  return m
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int,
+                  channels: int = 1) -> np.ndarray:
+  """Smooth unit-variance-ish noise, ``[channels, S, S]``."""
+  g = rng.standard_normal((channels, cells, cells))
+  m = _interp_matrix(size, cells)
+  return np.einsum("sa,cab,tb->cst", m, g, m)
+
+
+def _lesion_radius(theta: np.ndarray, r0: float, amp: np.ndarray,
+                   phase: np.ndarray) -> np.ndarray:
+  """Boundary radius r(theta) of the Fourier blob, same shape as ``theta``."""
+  k = np.arange(1, len(amp) + 1)
+  pert = np.cos(theta[..., None] * k + phase) @ amp
+  return r0 * np.maximum(1.0 + pert, 0.35)
+
+
+def _lesion_polar(size: int, cy: float, cx: float, r0: float, amp: np.ndarray,
+                  phase: np.ndarray):
+  """(rho, r(theta)), both ``[S, S]``, for a lesion centred at (cy, cx)."""
+  yy, xx = _grid(size)
+  dy, dx = yy - cy, xx - cx
+  theta = np.arctan2(dy, dx)
+  return np.hypot(dy, dx), _lesion_radius(theta, r0, amp, phase)
+
+
+def _place_disc(rng, size, rho, r_lesion, fov_radius):
+  """Finds a disc (cy, cx, radius) clear of the lesion, or None.
+
+  Candidates are the 4 corners and 4 edge midpoints in random order, the disc
+  pushed as far out as the image border / field of view allows.
+  """
+  yy, xx = _grid(size)
+  half = size / 2.0
+  lesion_zone = rho < r_lesion + 1.5  # Keep a gap: no contact with the lesion.
+  radius = size * rng.uniform(0.09, 0.14)
+  angles = np.deg2rad(rng.permutation(8) * 45.0 + rng.uniform(-12, 12, 8))
+  for shrink in (1.0, 0.8, 0.65):
+    rd = max(radius * shrink, 0.06 * size, 2.0)
+    for a in angles:
+      ca, sa = np.cos(a), np.sin(a)
+      # Largest distance d from the centre with the disc inside the frame/FOV.
+      lim = half - rd - 1.0
+      d = min(lim / max(abs(ca), 1e-6), lim / max(abs(sa), 1e-6))
+      d = min(d, fov_radius - rd - 1.0) * rng.uniform(0.9, 1.0)
+      cy, cx = half + d * sa, half + d * ca
+      disc_zone = np.hypot(yy - cy, xx - cx) < rd + 1.0
+      if not np.any(disc_zone & lesion_zone):
+        return cy, cx, rd
+  return None
+
+
+def _render_hairs(rng, size, n):
+  """Coverage in [0, 1] of ``n`` hairs, ``[S, S]`` (bilinear point splats)."""
+  acc = np.zeros(size * size + 1)
+  step = 0.3  # px between splatted points
+  for _ in range(n):
+    p0 = rng.uniform(-0.1, 1.1, 2) * size
+    ang = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(0.3, 1.2) * size
+    p2 = p0 + length * np.array([np.sin(ang), np.cos(ang)])
+    p1 = (p0 + p2) / 2 + rng.normal(0, 0.2, 2) * length
+    t = np.linspace(0, 1, int(length * 1.3 / step) + 2)[:, None]
+    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2 - 0.5
+    width = rng.uniform(0.5, 1.1)
+    i0 = np.floor(pts).astype(int)
+    f = pts - i0
+    for oy, ox in ((0, 0), (0, 1), (1, 0), (1, 1)):
+      iy, ix = i0[:, 0] + oy, i0[:, 1] + ox
+      w = (f[:, 0] if oy else 1 - f[:, 0]) * (f[:, 1] if ox else 1 - f[:, 1])
+      ok = (iy >= 0) & (iy < size) & (ix >= 0) & (ix < size)
+      # Out-of-frame points go to the dummy last bin.
+      idx = np.where(ok, iy * size + ix, size * size)
+      acc += np.bincount(idx, weights=w * width * step * 1.6,
+                         minlength=size * size + 1)
+  return np.clip(acc[:-1].reshape(size, size), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# The generator.
+# ----------------------------------------------------------------------------
+
+
+def example_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:
+  """Per-example generator seeded from (seed, split, index)."""
+  return np.random.default_rng(
+      np.random.SeedSequence([seed, _SPLIT_IDS[split], index]))
+
+
+def image_id(split: str, index: int) -> str:
+  return f"SYN_{split}_{index:07d}"
+
+
+def render_example(rng: np.random.Generator, split: str,
+                   image_size: int = 64) -> dict[str, Any]:
+  """Draws one example.
+
+  Returns a dict with ``image`` uint8 ``[S, S, 3]``, ``mask`` uint8
+  ``[S, S, 1]`` (0/255), ``disc_mask`` bool ``[S, S]``, ``melanoma`` and
+  ``seborrheic_keratosis`` (int 0/1), ``has_disc``, ``has_hair`` (bool) and
+  ``disc_fallback`` (bool: the lesion had to be moved/shrunk to make room for
+  the disc; 0 of 3000 examples at 64 px).
+  """
+  s = image_size
+  half = s / 2.0
+  yy, xx = _grid(s)
+
+  u = rng.random()
+  kind = ("melanoma" if u < MELANOMA_SHARE else
+          "sk" if u < MELANOMA_SHARE + SK_SHARE else "nevus")
+  is_mel = kind == "melanoma"
+  z = rng.normal(_Z_MEAN[kind], 1.0)
+  p_disc = DISC_PROB[split][0 if is_mel else 1]
+  has_disc = rng.random() < p_disc
+  n_hairs = 1 + rng.poisson(3) if rng.random() < HAIR_PROB else 0
+  fov_radius = s * rng.uniform(0.62, 0.72) if rng.random() < 0.35 else s
+
+  # --- Skin. ---
+  tone = rng.uniform()
+  skin = (np.array([235.0, 195.0, 172.0]) * (1 - tone) +
+          np.array([190.0, 135.0, 105.0]) * tone + rng.normal(0, 5, 3))
+  low = _smooth_field(rng, s, 4, 2)
+  img = np.broadcast_to(skin, (s, s, 3)).copy()
+  img *= (1 + 0.04 * low[0])[..., None]
+  img[..., 0] += 6.0 * low[1]  # Blotchy erythema.
+  img += rng.normal(0, 3.0, (s, s, 1)) + rng.normal(0, 1.5, (s, s, 3))
+
+  # --- Lesion geometry. ---
+  r0 = s * np.clip(0.21 + 0.02 * z + 0.035 * rng.normal(), 0.12, 0.32)
+  irr = np.clip(0.045 + 0.035 * z + 0.02 * rng.normal(), 0.01, 0.25)
+  k = np.arange(1, 11)
+  amp = irr * np.abs(rng.normal(size=10)) * k ** -0.8
+  amp[0] *= 0.5
+  amp[1] += rng.uniform(0, 0.15)  # Elongation: ellipses are benign too.
+  phase = rng.uniform(0, 2 * np.pi, 10)
+  cy, cx = half + np.clip(rng.normal(0, 0.06, 2), -0.12, 0.12) * s
+  rho, r_lesion = _lesion_polar(s, cy, cx, r0, amp, phase)
+
+  disc = None
+  disc_fallback = False
+  if has_disc:
+    disc = _place_disc(rng, s, rho, r_lesion, fov_radius)
+    # Rare: a big lesion leaves no room. Nudge it off-centre, then shrink it.
+    while disc is None:
+      disc_fallback = True
+      ang = rng.uniform(0, 2 * np.pi)
+      cy = np.clip(cy + 0.04 * s * np.sin(ang), 0.3 * s, 0.7 * s)
+      cx = np.clip(cx + 0.04 * s * np.cos(ang), 0.3 * s, 0.7 * s)
+      r0 *= 0.93
+      rho, r_lesion = _lesion_polar(s, cy, cx, r0, amp, phase)
+      disc = _place_disc(rng, s, rho, r_lesion, fov_radius)
+
+  inside = rho < r_lesion
+  q = np.clip(rho / r_lesion, 0, 1)  # 0 at the centre, 1 on the border.
+  sev = _sigmoid(z - 1.0)  # Severity in (0, 1); never the label itself.
+  edge = rng.uniform(0.6, 1.0) + rng.uniform(0, 1.5) * sev
+  alpha = np.clip((r_lesion - rho) / edge + 0.5, 0, 1)
+
+  # --- Lesion colour. ---
+  fields = _smooth_field(rng, s, 5, 6)
+  if kind == "sk":
+    t = rng.uniform()
+    base = (np.array([200.0, 165.0, 120.0]) * (1 - t) +
+            np.array([140.0, 105.0, 70.0]) * t)
+    fine = _smooth_field(rng, s, max(s // 4, 4), 1)[0]
+    lesion = base * (1 + 0.05 * fields[0] + 0.09 * np.tanh(fine))[..., None]
+    lesion = lesion * (1 - 0.06 * (1 - q))[..., None]
+    n_milia = rng.integers(2, 9)
+    mq = np.sqrt(rng.uniform(0, 0.7, n_milia))
+    mt = rng.uniform(0, 2 * np.pi, n_milia)
+    mr = _lesion_radius(mt, r0, amp, phase)
+    my, mx = cy + mq * mr * np.sin(mt), cx + mq * mr * np.cos(mt)
+    sig = rng.uniform(0.5, 0.9, n_milia) * max(s / 64, 0.5)
+    d2 = ((yy[None] - my[:, None, None]) ** 2 +
+          (xx[None] - mx[:, None, None]) ** 2)
+    dots = np.clip(np.sum(np.exp(-d2 / (2 * sig[:, None, None] ** 2)), 0), 0, 1)
+    milia = np.array([245.0, 238.0, 212.0])
+    lesion += (milia - lesion) * (0.85 * dots)[..., None]
+  else:
+    t = np.clip(rng.uniform() + 0.15 * z, 0, 1)
+    base = (np.array([170.0, 120.0, 85.0]) * (1 - t) +
+            np.array([95.0, 60.0, 40.0]) * t)
+    uneven = 0.04 + 0.12 * sev
+    lesion = base * (1 + uneven * fields[0])[..., None]
+    lesion = lesion * (1 - 0.12 * (1 - q))[..., None]
+    # Off-centre gradient: melanoma colour patches sit asymmetrically.
+    ga = rng.uniform(0, 2 * np.pi)
+    grad = ((yy - cy) * np.sin(ga) + (xx - cx) * np.cos(ga)) / r0
+    for i, (colour, z50) in enumerate(_MELANOMA_COLOURS.values()):
+      if rng.random() < _sigmoid(1.4 * (z - z50)):
+        bias = rng.uniform(-0.8, 0.4)
+        w = _sigmoid((fields[i + 1] + rng.uniform(0, 1) * grad + bias) / 0.25)
+        opacity = rng.uniform(0.55, 0.9)
+        lesion += (np.array(colour) - lesion) * (opacity * w)[..., None]
+  lesion += rng.normal(0, 2.0 + 3.0 * sev, (s, s, 3))
+  opacity = rng.uniform(0.75, 0.95)
+  img += (lesion - img) * (opacity * alpha)[..., None]
+
+  # --- Calibration disc. ---
+  disc_mask = np.zeros((s, s), bool)
+  if disc is not None:
+    dcy, dcx, rd = disc
+    d = np.hypot(yy - dcy, xx - dcx)
+    colours, probs = zip(*_DISC_COLOURS)
+    colour = np.array(colours[rng.choice(len(colours), p=probs)])
+    colour = colour + rng.normal(0, 8, 3)
+    shade = 1.08 - 0.18 * (d / rd) - 0.35 * (d > 0.82 * rd)  # Dark rim.
+    disc_rgb = colour * shade[..., None]
+    a = np.clip(rd + 0.5 - d, 0, 1)
+    disc_mask = a > 0
+    img += (disc_rgb - img) * a[..., None]
+
+  # --- Hairs. ---
+  if n_hairs:
+    cover = _render_hairs(rng, s, n_hairs) * rng.uniform(0.7, 0.95)
+    hair_rgb = np.array([40.0, 30.0, 25.0]) + rng.normal(0, 8, 3)
+    img += (hair_rgb - img) * cover[..., None]
+
+  # --- Dermoscope optics. ---
+  rn = np.hypot(yy - half, xx - half) / (half * np.sqrt(2))
+  img *= (1 - rng.uniform(0.15, 0.45) * rn ** rng.uniform(2, 4))[..., None]
+  if fov_radius < s:
+    fov = np.clip(fov_radius - np.hypot(yy - half, xx - half) + 0.5, 0, 1)
+    img = img * fov[..., None] + 8.0 * (1 - fov[..., None])
+  img *= rng.uniform(0.88, 1.08) * (1 + rng.normal(0, 0.03, 3))
+  img += rng.normal(0, 2.0, img.shape)
+
+  return {
+      "image": np.clip(np.round(img), 0, 255).astype(np.uint8),
+      "mask": (inside[..., None] * 255).astype(np.uint8),
+      "disc_mask": disc_mask,
+      "melanoma": int(is_mel),
+      "seborrheic_keratosis": int(kind == "sk"),
+      "has_disc": bool(has_disc),
+      "has_hair": bool(n_hairs),
+      "disc_fallback": disc_fallback,
+  }
+
+
+def generate_example(split: str, index: int, image_size: int = 64,
+                     seed: int = 0) -> dict[str, Any]:
+  """Example ``index`` of ``split``: `render_example` plus ``image_id``."""
+  ex = render_example(example_rng(split, index, seed), split, image_size)
+  ex["image_id"] = image_id(split, index)
+  return ex
+
+
+def generate_examples(split: str, num_examples: int, image_size: int = 64,
+                      seed: int = 0, start: int = 0) -> dict[str, np.ndarray]:
+  """Examples ``start .. start + num_examples - 1`` stacked, without TFDS.
+
+  Returns ``image`` ``[N, S, S, 3]`` uint8, ``mask`` ``[N, S, S, 1]`` uint8,
+  ``disc_mask`` ``[N, S, S]`` bool and ``[N]`` arrays for the scalar fields.
+  Identical to what the TFDS build stores for the same (split, index, seed).
+  """
+  exs = [generate_example(split, i, image_size, seed)
+         for i in range(start, start + num_examples)]
+  return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+
+
+# ----------------------------------------------------------------------------
+# TFDS builder.
+# ----------------------------------------------------------------------------
+
+
+def config_name(image_size: int, num_train: int, num_validation: int,
+                num_test: int, seed: int) -> str:
+  return (f"s{image_size}_tr{num_train}_va{num_validation}_te{num_test}"
+          f"_seed{seed}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SyntheticDermConfig(tfds.core.BuilderConfig):
+  """Image side, examples per split and seed; ``name`` is derived from them."""
+
+  name: str = ""
+  image_size: int = 64
+  num_train: int = 1200
+  num_validation: int = 300
+  num_test: int = 600
+  seed: int = 0
+
+  def __post_init__(self):
+    derived = config_name(self.image_size, self.num_train,
+                          self.num_validation, self.num_test, self.seed)
+    if self.name and self.name != derived:
+      raise ValueError(f"Config name {self.name!r} != derived {derived!r}.")
+    self.name = derived
+    if not self.description:
+      self.description = (
+          f"{self.image_size}x{self.image_size} px, {self.num_train}/"
+          f"{self.num_validation}/{self.num_test} examples, seed {self.seed}.")
+
+  def num_examples(self, split: str) -> int:
+    return {"train": self.num_train, "validation": self.num_validation,
+            "test": self.num_test}[split]
+
+
+class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
+  """Procedural dermoscopy-like images with a train/test disc shortcut shift."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [SyntheticDermConfig()]
+  # TFDS's own `code_path` lookup needs `importlib_resources`, which nothing
+  # installs on Python >= 3.11 for a builder defined inside a package. It is
+  # only used to find a checksums file; there is none.
+  code_path = epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(s, s, 3),
+                                         encoding_format="png"),
+            "mask": tfds.features.Image(shape=(s, s, 1),
+                                        encoding_format="png"),
+            "has_mask": tfds.features.Scalar(np.bool_),
+            "melanoma": tfds.features.Scalar(np.int64),
+            "seborrheic_keratosis": tfds.features.Scalar(np.int64),
+            "image_id": tfds.features.Text(),
+            "has_disc": tfds.features.Scalar(np.bool_),
+            "has_hair": tfds.features.Scalar(np.bool_),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split):
+    cfg = self.builder_config
+    for i in range(cfg.num_examples(split)):
+      ex = generate_example(split, i, cfg.image_size, cfg.seed)
+      # PNG bytes, not arrays: TFDS encodes numpy images with TensorFlow.
+      yield ex["image_id"], {
+          "image": _png(ex["image"]),
+          "mask": _png(ex["mask"][..., 0]),
+          "has_mask": True,
+          "melanoma": ex["melanoma"],
+          "seborrheic_keratosis": ex["seborrheic_keratosis"],
+          "image_id": ex["image_id"],
+          "has_disc": ex["has_disc"],
+          "has_hair": ex["has_hair"],
+      }
+
+
+def _png(array: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def make_builder(data_dir, image_size: int = 64, num_train: int = 1200,
+                 num_validation: int = 300, num_test: int = 600,
+                 seed: int = 0) -> SyntheticDerm:
+  """An array_record `SyntheticDerm`; then call ``download_and_prepare()``."""
+  cfg = SyntheticDermConfig(image_size=image_size, num_train=num_train,
+                            num_validation=num_validation, num_test=num_test,
+                            seed=seed)
+  # TFDS refuses a new config object that shares a registered config's name.
+  registered = {c.name for c in SyntheticDerm.BUILDER_CONFIGS}
+  config = cfg.name if cfg.name in registered else cfg
+  return SyntheticDerm(data_dir=data_dir, config=config,
+                       file_format="array_record")
+
+
+# ----------------------------------------------------------------------------
+# Sanity experiment, run by hand: python -m rapool_jax.data.synthetic_derm
+# ----------------------------------------------------------------------------
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+  """Mann-Whitney AUC (ties count half)."""
+  pos, neg = score[label == 1], score[label == 0]
+  less = np.searchsorted(np.sort(neg), pos, side="left")
+  less_eq = np.searchsorted(np.sort(neg), pos, side="right")
+  return float(np.mean(less + less_eq) / 2 / len(neg))
+
+
+def _ridge_auc(x_fit, y_fit, evals, lam=1.0):
+  """Ridge regression on standardised features; AUC on each (x, y) in evals."""
+  mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
+  a = np.c_[(x_fit - mu) / sd, np.ones(len(x_fit))]
+  w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (y_fit - 0.5))
+  return [_auc(np.c_[(x - mu) / sd, np.ones(len(x))] @ w, y) for x, y in evals]
+
+
+def _colour_features(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
+  """Weighted means of per-pixel colour features: ``[N, S, S, 3] -> [N, F]``.
+
+  ``weight`` ``[N, S, S]`` = 1 everywhere mimics GAP, the lesion mask mimics
+  region average pooling.
+  """
+  x = img.astype(np.float64) / 255.0
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  lum = x.mean(-1)
+  phi = np.stack([r, g, b, r * r, g * g, b * b, r * g, r * b, g * b,
+                  b - r, (b > r).astype(float), (lum < 0.25).astype(float),
+                  (lum > 0.7).astype(float)], -1)
+  wsum = weight.sum((1, 2))[:, None]
+  mean = np.einsum("nhw,nhwf->nf", weight, phi) / wsum
+  var = np.einsum("nhw,nhwf->nf", weight, phi ** 2) / wsum - mean ** 2
+  return np.c_[mean, np.sqrt(np.maximum(var, 0))]
+
+
+def sanity_report(num: int = 2000, image_size: int = 64, seed: int = 0):
+  """Prints class / disc statistics and how separable the classes are."""
+  fit = generate_examples("train", num, image_size, seed)
+  iid = generate_examples("train", num // 2, image_size, seed, start=num)
+  test = generate_examples("test", num // 2, image_size, seed)
+  for name, d in (("train", fit), ("test", test)):
+    mel = d["melanoma"] == 1
+    print(f"{name}: melanoma {mel.mean():.3f}  SK "
+          f"{d['seborrheic_keratosis'].mean():.3f}"
+          f"  disc {d['has_disc'].mean():.3f}"
+          f"  P(disc|mel) {d['has_disc'][mel].mean():.3f}"
+          f"  P(disc|rest) {d['has_disc'][~mel].mean():.3f}"
+          f"  hair {d['has_hair'].mean():.3f}"
+          f"  disc fallback {d['disc_fallback'].mean():.4f}"
+          f"  AUC(no disc) {_auc(1.0 - d['has_disc'], d['melanoma']):.3f}")
+  ys = [fit["melanoma"], iid["melanoma"], test["melanoma"]]
+  print("Ridge fit on train; AUC on [train-distribution held out, test]:")
+
+  def report(label, feats):
+    fx, ix, tx = feats
+    aucs = _ridge_auc(fx, ys[0], [(ix, ys[1]), (tx, ys[2])])
+    print(f"  {label:44s} iid {aucs[0]:.3f}   test {aucs[1]:.3f}")
+
+  sets = (fit, iid, test)
+  masks = [d["mask"][..., 0] > 0 for d in sets]
+  report("lesion mean colour (GT mask)",
+         [_colour_features(d["image"], m)[:, :3] for d, m in zip(sets, masks)])
+  report("colour stats pooled over lesion (region pool)",
+         [_colour_features(d["image"], m) for d, m in zip(sets, masks)])
+  report("colour stats pooled over image (GAP)",
+         [_colour_features(d["image"], np.ones_like(m, float))
+          for d, m in zip(sets, masks)])
+  f = image_size // 16
+
+  def down(d, m=None):
+    x = d["image"].astype(np.float64)
+    if m is not None:
+      x = x * m[..., None]
+    n = len(x)
+    return x.reshape(n, 16, f, 16, f, 3).mean((2, 4)).reshape(n, -1)
+
+  report("16x16 pixels, whole image", [down(d) for d in sets])
+  report("16x16 pixels, lesion only", [down(d, m) for d, m in zip(sets, masks)])
+  report("has_disc only", [d["has_disc"][:, None].astype(float) for d in sets])
+
+
+if __name__ == "__main__":
+  sanity_report()

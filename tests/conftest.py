@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny config and a session-wide TFDS data dir."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_ISIC = REPO.parent / "shared" / "data" / "isic2017-256"
+
+
+def load_config(name: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture()
+def tiny_config(data_dir):
+  config = load_config("tiny")
+  config.data.data_dir = data_dir
+  return config
+
+
+@pytest.fixture(scope="session")
+def shared_isic():
+  if not SHARED_ISIC.is_dir():
+    pytest.skip(f"shared ISIC 2017 copy not found at {SHARED_ISIC}")
+  return SHARED_ISIC

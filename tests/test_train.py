@@ -1,0 +1,108 @@
+"""The pipeline: freezing, one whole tiny run, config errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rapool_jax import optim
+from rapool_jax import train
+
+
+def _leaves_with_paths(tree):
+  return {optim.path_str(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_frozen_stage_keeps_frozen_params_and_batch_stats(tiny_config, tmp_path):
+  trainer = train.Trainer(tiny_config, str(tmp_path))
+  before = trainer.init_variables()
+  before_leaves = {k: _leaves_with_paths(before[k]) for k in before}
+  # Copies: the train step donates its input state.
+  after, meta = trainer.run_stage(1, "segmentation",
+                                  jax.tree.map(jnp.array, before), {})
+  assert meta["done"] and meta["step"] == tiny_config.stages.segmentation.max_steps
+  params = _leaves_with_paths(after["params"])
+  for name, value in params.items():
+    if name.startswith("seg_conv/"):
+      assert not np.array_equal(value, before_leaves["params"][name]), name
+    else:
+      np.testing.assert_array_equal(value, before_leaves["params"][name],
+                                    err_msg=name)
+  for name, value in _leaves_with_paths(after["batch_stats"]).items():
+    np.testing.assert_array_equal(value, before_leaves["batch_stats"][name],
+                                  err_msg=name)
+
+
+def test_unfrozen_stage_moves_backbone_and_batch_stats(tiny_config, tmp_path):
+  trainer = train.Trainer(tiny_config, str(tmp_path))
+  before = trainer.init_variables()
+  stats0 = _leaves_with_paths(before["batch_stats"])
+  conv0 = np.asarray(before["params"]["backbone"]["conv1"]["kernel"])
+  after, _ = trainer.run_stage(0, "classification",
+                               jax.tree.map(jnp.array, before), {})
+  assert not np.array_equal(after["params"]["backbone"]["conv1"]["kernel"], conv0)
+  stats1 = _leaves_with_paths(after["batch_stats"])
+  assert any(not np.array_equal(stats1[k], stats0[k]) for k in stats0)
+
+
+def test_every_parameter_must_be_covered_by_a_rule():
+  params = {"backbone": {"conv1": {"kernel": jnp.zeros(2)}},
+            "seg_conv": {"kernel": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match="backbone/conv1/kernel"):
+    optim.label_params(params, [("seg_conv/.*", "train")])
+  labels = optim.label_params(params, [("seg_conv/.*", "train"), (".*", "freeze")])
+  assert labels == {"backbone": {"conv1": {"kernel": "freeze"}},
+                    "seg_conv": {"kernel": "train"}}
+
+
+def test_frozen_leaves_carry_no_optimizer_state(tiny_config):
+  params = {"backbone": {"w": jnp.ones((100,))}, "seg_conv": {"w": jnp.ones((3,))}}
+  tx = optim.make_optimizer(tiny_config.optimizer,
+                            tiny_config.stages.segmentation, params)
+  state_sizes = sum(np.size(x) for x in jax.tree.leaves(tx.init(params)))
+  assert state_sizes < 100  # momentum only for the 3 seg_conv weights (+ counts)
+
+
+def test_coupled_weight_decay_matches_torch_sgd_formula(tiny_config):
+  stage = tiny_config.stages.classification
+  stage.trainable = (("(.*)", "train"),)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  tx = optim.make_optimizer(tiny_config.optimizer, stage, params)
+  state = tx.init(params)
+  g = {"w": jnp.asarray([0.5, 0.25])}
+  updates, state = tx.update(g, state, params)
+  wd, lr = tiny_config.optimizer.weight_decay, stage.lr
+  np.testing.assert_allclose(updates["w"], -lr * (g["w"] + wd * params["w"]),
+                             rtol=1e-6)
+
+
+def test_whole_pipeline_tiny(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(tiny_config, workdir)
+  names = [r["model"] for r in results["rows"]]
+  assert names == ["Step 2: GAP", "Step 4: region pooling", "Step 4 + RankOpt"]
+  for row in results["rows"]:
+    for key in ("sensitivity", "specificity", "accuracy", "auc", "jaccard"):
+      assert 0.0 <= row[key] <= 1.0, (row["model"], key)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["rows"][2]["model"] == "Step 4 + RankOpt"
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "| Step 4 + RankOpt |" in table
+  for fig in ("roc.png", "cam.png"):
+    path = os.path.join(workdir, "figures", fig)
+    assert os.path.getsize(path) > 10_000, fig
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.path.exists(os.path.join(workdir, "rankopt.npz"))
+  # Running again is a no-op resume with identical results.
+  again = train.train_and_evaluate(tiny_config, workdir)
+  assert again == results
+
+
+def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
+  tiny_config.stage_order = ("classification", "joint_typo")
+  with pytest.raises(ValueError, match="joint_typo"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
