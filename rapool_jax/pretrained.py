@@ -480,14 +480,16 @@ def _fill(weights: _Weights, target: Mapping[str, Any], what: str
         more = (f", ... (+{len(items) - _MAX_LISTED} more)"
                 if len(items) > _MAX_LISTED else "")
         lines.append(f"  {name}: {', '.join(items[:_MAX_LISTED])}{more}")
-    hint = _hint(weights)
+    stem = flat_target.get(("params", "conv1", "kernel"))
+    hint = _hint(weights, stem.shape[-1] if stem is not None else None)
     if hint:
       lines.append(f"  hint: {hint}")
     raise PretrainedMismatchError("\n".join(lines))
   return filled
 
 
-def _hint(weights: _Weights) -> str | None:
+def _hint(weights: _Weights, target_stem: int | None) -> str | None:
+  """A likely cause for a mismatch, or None."""
   keys = set(weights.unknown) | {k for k, _ in weights.tensors.values()}
   if any(k.startswith("conv1.0.") for k in keys):
     return ("a deep-stem ResNet (timm resnet*c/d, 'conv1.0/1/3'); only the "
@@ -500,6 +502,11 @@ def _hint(weights: _Weights) -> str | None:
       first[1].shape[0] != stem[1].shape[0]):
     return ("bottleneck width differs from the stem width (wide ResNet or "
             "ResNeXt); only plain ResNets are supported")
+  if stem is not None and target_stem is not None and (
+      stem[1].shape[0] != target_stem):
+    return (f"the file has width {stem[1].shape[0] / 64:g} (stem "
+            f"{stem[1].shape[0]} channels), the model {target_stem / 64:g}; "
+            f"set model.width={stem[1].shape[0] / 64:g}")
   return None
 
 
