@@ -11,6 +11,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from rapool_jax import errors
@@ -47,6 +48,8 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
+  # orbax and TFDS log every checkpoint and file at INFO; progress is printed.
+  logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors():
     from rapool_jax import distributed
     from rapool_jax import train

@@ -354,7 +354,11 @@ def run_rankopt(trainer: Trainer, stage_variables, eval_split):
   radius = config.rankopt.radius or None
   result = rankopt.fit(train_out["pooled"], positive, radius=radius,
                        max_steps=config.rankopt.max_steps, **kwargs)
-  rankopt.save(result, os.path.join(trainer.workdir, "rankopt.npz"))
+  train_scores = np.asarray(rankopt.decision_function(result,
+                                                      train_out["pooled"]))
+  # predict.py maps scores to [0, 1] with sigmoid((s - threshold) / scale).
+  rankopt.save(result, os.path.join(trainer.workdir, "rankopt.npz"),
+               score_scale=float(np.std(train_scores)) or 1.0)
   eval_out = trainer.predict(variables, eval_split, stage.pooling)
   scores = np.asarray(rankopt.decision_function(result, eval_out["pooled"]))
   row, _ = trainer.evaluate_row(config.rankopt.report_as, variables,

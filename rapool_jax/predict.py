@@ -1,0 +1,196 @@
+"""Inference with a finished run: challenge-format CSV and lesion masks.
+
+    python -m rapool_jax.predict --workdir DIR --images PATH --out preds.csv \
+        [--masks-out MASKDIR]
+
+``PATH`` is a folder or a zip of images of any size; they are preprocessed as in
+training (squashed to ``data.image_size``, centre crop for classification). The
+CSV has the column ``image`` and one probability per class of the model
+(``melanoma``, plus ``seborrheic_keratosis`` for the three-class task), as the
+``isic-challenge-scoring`` package expects. Where the run fitted RankOpt, the
+melanoma column is RankOpt's score mapped monotonically to [0, 1] with its
+threshold at 0.5 (AUC unchanged). Masks are 8-bit 0/255 PNGs
+``ISIC_XXXXXXX_segmentation.png`` at each image's original size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sys
+import zipfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import errors
+from rapool_jax import rankopt
+from rapool_jax.data import pipeline
+from rapool_jax.models import rapool_net
+
+_IMAGE = re.compile(r"(?i)^(?!\._)(.+?)\.(jpe?g|png)$")
+_NOT_IMAGES = ("_superpixels", "_segmentation")
+
+
+def list_images(path: str) -> list[tuple[str, str]]:
+  """(image id, member) pairs from a folder or zip, sorted by id."""
+  if not os.path.exists(path):
+    raise errors.UserError(f"{path}: no such folder or zip of images")
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as zf:
+      names = [n for n in zf.namelist() if not n.endswith("/")]
+  elif os.path.isdir(path):
+    names = [os.path.relpath(os.path.join(root, f), path)
+             for root, _, files in os.walk(path) for f in files]
+  else:
+    raise errors.UserError(f"{path}: not a folder or a zip file")
+  found = []
+  for name in names:
+    m = _IMAGE.match(os.path.basename(name))
+    if m and "__MACOSX" not in name and not m.group(1).endswith(_NOT_IMAGES):
+      found.append((m.group(1), name))
+  if not found:
+    raise errors.UserError(f"{path}: no .jpg/.jpeg/.png images found")
+  return sorted(found)
+
+
+def read_image(path: str, member: str) -> Image.Image:
+  """Decodes one image as RGB; a corrupt file is a one-line error naming it."""
+  where = f"{path}:{member}" if zipfile.is_zipfile(path) else os.path.join(
+      path, member)
+  try:
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as zf:
+        data = zf.read(member)
+    else:
+      with open(where, "rb") as f:
+        data = f.read()
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image.convert("RGB")
+  except (OSError, SyntaxError, ValueError) as e:
+    raise errors.UserError(f"{where}: unreadable or corrupt image ({e})") from None
+
+
+def load_run(workdir: str):
+  """Config, model, final variables and (if fitted) RankOpt of a finished run."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise errors.UserError(f"{config_path}: not found; is {workdir} the "
+                           "--workdir of a run of rapool_jax.main?")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model = rapool_net.build_model(config.model)
+  crop = config.data.crop_size
+  target = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, crop, crop, 3)), train=False))
+  target = {"params": target["params"], "batch_stats": target["batch_stats"]}
+  stage = (config.rankopt.after_stage if config.rankopt.enabled
+           else config.stage_order[-1])
+  variables = ckpt_lib.restore_variables(workdir, stage, target)
+  if variables is None:
+    raise errors.UserError(f"{ckpt_lib.stage_dir(workdir, stage)}: stage "
+                           f"{stage!r} has not finished; run the main job first")
+  fitted = None
+  rankopt_path = os.path.join(workdir, "rankopt.npz")
+  if config.rankopt.enabled and os.path.exists(rankopt_path):
+    fitted = rankopt.load(rankopt_path)
+  return config, model, variables, config.stages[stage].pooling, fitted
+
+
+def rankopt_probability(scores, threshold: float, scale: float) -> np.ndarray:
+  """Monotone map of RankOpt scores to [0, 1]; the threshold maps to 0.5."""
+  return 1.0 / (1.0 + np.exp(-(np.asarray(scores) - threshold) / scale))
+
+
+def predict(workdir: str, images_path: str, out_csv: str,
+            masks_out: str | None = None, batch_size: int = 16) -> list[dict]:
+  """Writes the CSV (and masks); returns the rows."""
+  config, model, variables, pooling, fitted = load_run(workdir)
+  size, crop = config.data.image_size, config.data.crop_size
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+  @jax.jit
+  def forward(images):
+    x = pipeline.normalize(images, mean, std)
+    lo = (size - crop) // 2
+    cls = model.apply(variables, x[:, lo:lo + crop, lo:lo + crop], train=False,
+                      pooling=pooling)
+    seg = model.apply(variables, x, train=False, pooling=pooling)
+    return (jax.nn.softmax(cls["logits"], -1), cls["pooled"],
+            jnp.argmax(seg["seg_logits"], -1))
+
+  entries = list_images(images_path)
+  if masks_out:
+    os.makedirs(masks_out, exist_ok=True)
+  rows = []
+  for lo in range(0, len(entries), batch_size):
+    chunk = entries[lo:lo + batch_size]
+    originals = [read_image(images_path, member) for _, member in chunk]
+    batch = np.stack([np.asarray(im.resize((size, size), Image.BICUBIC))
+                      for im in originals])
+    n = len(batch)
+    if n < batch_size:  # one compiled shape
+      batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:],
+                                              batch.dtype)])
+    probs, pooled, seg = (np.asarray(a)[:n] for a in forward(jnp.asarray(batch)))
+    melanoma = probs[:, 1]
+    if fitted is not None:
+      result, extra = fitted
+      melanoma = rankopt_probability(rankopt.decision_function(result, pooled),
+                                     float(result.threshold),
+                                     float(extra["score_scale"]))
+    for i, (image_id, _) in enumerate(chunk):
+      row = {"image": image_id, "melanoma": float(melanoma[i])}
+      if config.data.task == "three_class":
+        row["seborrheic_keratosis"] = float(probs[i, 2])
+      rows.append(row)
+      if masks_out:
+        mask = Image.fromarray((seg[i] * 255).astype(np.uint8))
+        mask = mask.resize(originals[i].size, Image.NEAREST)
+        mask.save(os.path.join(masks_out, f"{image_id}_segmentation.png"))
+    print(f"predicted {min(lo + batch_size, len(entries))}/{len(entries)}",
+          flush=True)
+  columns = ["image", "melanoma"] + (
+      ["seborrheic_keratosis"] if config.data.task == "three_class" else [])
+  os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+  with open(out_csv, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  return rows
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a finished main-job run.")
+flags.DEFINE_string("images", None, "Folder or zip of images.")
+flags.DEFINE_string("out", None, "Output CSV path.")
+flags.DEFINE_string("masks-out", None, "Folder for lesion mask PNGs.")
+flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  with errors.one_line_errors():
+    missing = [f"--{n}" for n in ("workdir", "images", "out")
+               if not getattr(FLAGS, n)]
+    if missing:
+      raise errors.UserError(f"missing required flag(s): {' '.join(missing)}")
+    predict(FLAGS.workdir, FLAGS.images, FLAGS.out, FLAGS["masks-out"].value,
+            FLAGS.batch_size)
+    print(f"wrote {FLAGS.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
