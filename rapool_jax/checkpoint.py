@@ -58,11 +58,15 @@ def restore_variables(workdir: str, stage_name: str, target_variables):
   step, meta = latest_meta(mngr)
   if step is None or not meta.get("done"):
     return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_variables)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, "sharding", None) or device),
+      target_variables)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           item={"variables": abstract},
-          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(),
-                                    {"variables": abstract}),
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              {"variables": abstract}),
           partial_restore=True)))
   return restored["state"]["variables"]

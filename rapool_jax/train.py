@@ -329,8 +329,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "stages": finished}
   report_lib.write_report(workdir, config, results, trainer, stage_variables,
                           eval_split)
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump({"wall_time_s": time.time() - t0,
+  info_path = os.path.join(workdir, "run_info.json")
+  invocations = []
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      invocations = json.load(f).get("invocations", [])
+  invocations.append(time.time() - t0)
+  with open(info_path, "w") as f:
+    json.dump({"wall_time_s": sum(invocations), "invocations": invocations,
                "devices": [str(d) for d in jax.devices()]}, f, indent=2)
   print(f"wrote {os.path.join(workdir, 'results.md')} "
         f"({time.time() - t0:.0f} s)", flush=True)

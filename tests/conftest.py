@@ -35,3 +35,14 @@ def shared_isic():
   if not SHARED_ISIC.is_dir():
     pytest.skip(f"shared ISIC 2017 copy not found at {SHARED_ISIC}")
   return SHARED_ISIC
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir):
+  """One finished tiny run of the whole pipeline, shared by several tests."""
+  from rapool_jax import train
+  config = load_config("tiny")
+  config.data.data_dir = data_dir
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  results = train.train_and_evaluate(config, workdir)
+  return workdir, results

@@ -9,8 +9,6 @@ import time
 
 from conftest import REPO
 
-from rapool_jax import train
-
 
 def _start(workdir, data_dir):
   return subprocess.Popen(
@@ -29,8 +27,9 @@ def _kill_when(proc, path, timeout=300):
   proc.wait()
 
 
-def test_sigkill_then_resume_gives_identical_results(tiny_config, tmp_path):
-  reference = train.train_and_evaluate(tiny_config, str(tmp_path / "reference"))
+def test_sigkill_then_resume_gives_identical_results(tiny_config, tiny_run,
+                                                    tmp_path):
+  reference_dir, reference = tiny_run
   workdir = str(tmp_path / "killed")
   data_dir = tiny_config.data.data_dir
   # Kill inside Step 3, right after its first periodic checkpoint, then inside
@@ -45,6 +44,6 @@ def test_sigkill_then_resume_gives_identical_results(tiny_config, tmp_path):
   assert "resumed from checkpoint" in out
   with open(os.path.join(workdir, "results.json")) as f:
     resumed = json.load(f)
-  with open(tmp_path / "reference" / "results.json") as f:
+  with open(os.path.join(reference_dir, "results.json")) as f:
     assert resumed == json.load(f)
   assert resumed["rows"] == json.loads(json.dumps(reference["rows"]))

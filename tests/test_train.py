@@ -80,9 +80,8 @@ def test_coupled_weight_decay_matches_torch_sgd_formula(tiny_config):
                              rtol=1e-6)
 
 
-def test_whole_pipeline_tiny(tiny_config, tmp_path):
-  workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(tiny_config, workdir)
+def test_whole_pipeline_tiny(tiny_config, tiny_run):
+  workdir, results = tiny_run
   names = [r["model"] for r in results["rows"]]
   assert names == ["Step 2: GAP", "Step 4: region pooling", "Step 4 + RankOpt"]
   for row in results["rows"]:

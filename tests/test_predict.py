@@ -1,0 +1,95 @@
+"""predict: challenge-format CSV and masks from a finished run."""
+
+import csv
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from conftest import REPO
+from rapool_jax import predict
+from rapool_jax import rankopt
+from rapool_jax.data import synthetic_derm
+
+
+def _write_images(folder, sizes):
+  os.makedirs(folder, exist_ok=True)
+  ids = []
+  for i, (w, h) in enumerate(sizes):
+    example = synthetic_derm.generate_example("test", i, image_size=32)
+    image = Image.fromarray(example["image"]).resize((w, h))
+    image_id = f"ISIC_{9000000 + i:07d}"
+    image.save(os.path.join(folder, f"{image_id}.jpg"), quality=95)
+    ids.append(image_id)
+  # Not images to classify: the official zips carry these too.
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(
+      os.path.join(folder, f"{ids[0]}_superpixels.png"))
+  open(os.path.join(folder, "ISIC-2017_Test_v2_Data_metadata.csv"), "w").write(
+      "image_id,age_approximate,sex\n")
+  return ids
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_predict_writes_scorer_format_and_masks(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  sizes = [(45, 30), (32, 32), (70, 50)]
+  ids = _write_images(str(tmp_path / "images"), sizes)
+  rows = predict.predict(workdir, str(tmp_path / "images"),
+                         str(tmp_path / "preds.csv"), str(tmp_path / "masks"),
+                         batch_size=2)
+  table = _read_csv(tmp_path / "preds.csv")
+  # isic-challenge-scoring: column "image", then the truth's category columns,
+  # every value a probability in [0, 1], one row per image.
+  assert list(table[0]) == ["image", "melanoma"]
+  assert [r["image"] for r in table] == ids
+  values = np.array([float(r["melanoma"]) for r in table])
+  assert np.all((values >= 0) & (values <= 1))
+  for image_id, (w, h) in zip(ids, sizes):
+    mask = np.asarray(Image.open(tmp_path / "masks" / f"{image_id}_segmentation.png"))
+    assert mask.shape == (h, w) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+  # The zip gives the same predictions as the folder.
+  with zipfile.ZipFile(tmp_path / "images.zip", "w") as zf:
+    for name in os.listdir(tmp_path / "images"):
+      zf.write(tmp_path / "images" / name, f"ISIC-2017_Test_v2_Data/{name}")
+  rows_zip = predict.predict(workdir, str(tmp_path / "images.zip"),
+                             str(tmp_path / "preds_zip.csv"))
+  assert [r["image"] for r in rows_zip] == ids
+  np.testing.assert_allclose([r["melanoma"] for r in rows_zip],
+                             [r["melanoma"] for r in rows], rtol=1e-5)
+
+
+def test_rankopt_probability_is_monotone_with_threshold_at_half():
+  scores = np.array([-3.0, -1.0, 0.2, 0.5, 4.0])
+  p = predict.rankopt_probability(scores, threshold=0.2, scale=1.5)
+  assert np.all(np.diff(p) > 0) and p[2] == pytest.approx(0.5)
+  assert np.all((p > 0) & (p < 1))
+
+
+def test_predict_uses_the_runs_rankopt(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  result, extra = rankopt.load(os.path.join(workdir, "rankopt.npz"))
+  assert extra["score_scale"] > 0
+  assert result.beta.shape[0] > 0
+
+
+def test_corrupt_image_is_a_one_line_error(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  folder = tmp_path / "bad"
+  _write_images(str(folder), [(32, 32)])
+  (folder / "ISIC_0000001.jpg").write_bytes(b"not a jpeg")
+  proc = subprocess.run(
+      [sys.executable, "-m", "rapool_jax.predict", "--workdir", workdir,
+       "--images", str(folder), "--out", str(tmp_path / "p.csv")],
+      cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "ISIC_0000001.jpg" in lines[0], proc.stderr
