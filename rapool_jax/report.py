@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rapool_jax import metrics as metrics_lib  # noqa: E402
+from rapool_jax import sharding  # noqa: E402
 from rapool_jax.data import pipeline  # noqa: E402
 
 COLUMNS = ("sensitivity", "specificity", "accuracy", "auc", "jaccard")
@@ -110,6 +111,8 @@ def plot_cams(path: str, trainer, stage_variables, split: pipeline.Split):
   images, masks = pipeline.center_crop(split.images[pick], split.masks[pick],
                                        config.data.crop_size)
   x = pipeline.normalize(jnp.asarray(images), trainer.mean, trainer.std)
+  # Host copies: only process 0 draws, so no collective may run here.
+  stage_variables = jax.tree.map(sharding.to_host, stage_variables)
   columns = []
   for name in config.stage_order:
     stage = config.stages[name]

@@ -27,6 +27,7 @@ from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
 from rapool_jax import rankopt
 from rapool_jax import report as report_lib
+from rapool_jax import sharding
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
 
@@ -117,10 +118,14 @@ class Trainer:
       raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
                        "but a stage has lambda_seg > 0")
     self.train = train
-    # The training split lives on the device as uint8; batches are gathered
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.train.batch_size, self.mesh)
+    sharding.check_batch_size(config.train.eval_batch_size, self.mesh,
+                              "train.eval_batch_size")
+    # The training split lives on the devices as uint8; batches are gathered
     # and augmented inside jit.
-    self.train_dev = (jnp.asarray(train.images), jnp.asarray(train.masks),
-                      jnp.asarray(train.labels), jnp.asarray(train.has_mask))
+    self.train_dev = sharding.put_replicated(
+        (train.images, train.masks, train.labels, train.has_mask), self.mesh)
     self.key = jax.random.key(config.seed)
     self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
     self._eval_fns = {}
@@ -154,6 +159,7 @@ class Trainer:
     meta = {"stage": name, "step": 0, "done": False,
             "plateau": {"best": None, "bad": 0, "history": []},
             "finished": finished}
+    state = sharding.put_replicated(state, self.mesh)
     step, saved_meta = ckpt_lib.latest_meta(mngr)
     if step is not None:
       state = ckpt_lib.restore_state(mngr, step, state)
@@ -163,23 +169,25 @@ class Trainer:
         return state["variables"], meta
 
     images, masks, labels, has_mask = self.train_dev
+    replicated = sharding.replicated(self.mesh)
     step_fn = jax.jit(
         functools.partial(
             train_step, model=self.model, tx=tx, stage=stage,
             data=config.data, mean=self.mean, std=self.std),
-        donate_argnums=(0,))
+        out_shardings=(replicated, replicated), donate_argnums=(0,))
     progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
     start = int(meta["step"])
     progress.start(start)
     for t in range(start, stage.max_steps):
       idx = pipeline.batch_indices(config.seed, index, t,
                                    config.train.batch_size, len(self.train))
-      state, scalars = step_fn(state, jnp.asarray(idx), self.key,
+      state, scalars = step_fn(state, sharding.put_global_batch(idx, self.mesh),
+                               self.key,
                                images=images, masks=masks, labels=labels,
                                has_mask=has_mask)
       meta["step"] = t + 1
       if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
-        scalars = jax.device_get(scalars)
+        scalars = jax.tree.map(sharding.to_host, scalars)
         if not np.isfinite(scalars["loss"]):
           raise FloatingPointError(
               f"[{name}] loss is {scalars['loss']} at step {t + 1}: lower "
@@ -230,9 +238,10 @@ class Trainer:
     """Runs the model over a split (centre crop). Returns host arrays."""
     key = pooling
     if key not in self._eval_fns:
+      replicated = sharding.replicated(self.mesh)
       self._eval_fns[key] = jax.jit(functools.partial(
           eval_step, model=self.model, pooling=pooling, mean=self.mean,
-          std=self.std))
+          std=self.std), out_shardings=replicated)
     fn = self._eval_fns[key]
     bs = self.config.train.eval_batch_size
     crop = self.config.data.crop_size
@@ -247,8 +256,9 @@ class Trainer:
         masks = np.concatenate([masks, np.zeros((bs - n,) + masks.shape[1:],
                                                 masks.dtype)])
       images, masks = pipeline.center_crop(images, masks, crop)
-      out = fn(variables, jnp.asarray(images), jnp.asarray(masks))
-      outs.append({k: np.asarray(v)[:n] for k, v in out.items()})
+      out = fn(variables, sharding.put_global_batch(images, self.mesh),
+               sharding.put_global_batch(masks, self.mesh))
+      outs.append({k: sharding.to_host(v)[:n] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   def evaluate_row(self, name, variables, pooling, split, threshold=None,
@@ -297,8 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   trainer = Trainer(config, workdir)
   eval_split = trainer.splits[config.data.eval_split]
 
@@ -329,6 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "stages": finished}
   report_lib.write_report(workdir, config, results, trainer, stage_variables,
                           eval_split)
+  if jax.process_index() != 0:
+    return results
   info_path = os.path.join(workdir, "run_info.json")
   invocations = []
   if os.path.exists(info_path):
