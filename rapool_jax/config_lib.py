@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split="test",       # the results table
       mean=(0.485, 0.456, 0.406),  # RGB in [0, 1]; ImageNet, as the weights expect
       std=(0.229, 0.224, 0.225),
+      # A training split up to this size lives on each device (augmented in
+      # jit); a larger one streams from host memory through grain.
+      device_memory_budget_mb=2048,
       # synthetic_derm only:
       num_train=1200, num_validation=300, num_test=600,
   ))

@@ -16,14 +16,15 @@ def one_line_errors():
   """Turns input errors into ``error: ...`` on stderr and exit status 2.
 
   ValueError covers our own checks (data, config, weights files), KeyError an
-  unknown config key, OSError a missing or unreadable file.
+  unknown config key, OSError a missing or unreadable file, ArithmeticError
+  a diverged loss.
   """
   if os.environ.get("RAPOOL_DEBUG"):
     yield
     return
   try:
     yield
-  except (ValueError, KeyError, AttributeError, OSError) as e:
+  except (ValueError, KeyError, AttributeError, OSError, ArithmeticError) as e:
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
 

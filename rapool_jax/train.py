@@ -36,20 +36,20 @@ from rapool_jax.models import rapool_net
 # Steps (pure functions, jitted by the caller).
 
 
-def train_step(state, batch_idx, key, *, model, tx, stage, data, images, masks,
-               labels, has_mask, mean, std):
-  """One SGD step on the batch ``images[batch_idx]``, augmented on device.
+def train_step(state, batch, key, *, model, tx, stage, data, mean, std):
+  """One SGD step on a batch, augmented on device.
 
-  ``state`` is ``{"variables": {"params", "batch_stats"}, "opt_state", "step"}``.
-  Returns the new state and scalar metrics.
+  ``state`` is ``{"variables": {"params", "batch_stats"}, "opt_state", "step"}``;
+  ``batch`` holds uint8 ``images [B, S, S, 3]``, ``masks [B, S, S]``,
+  ``labels [B]`` and ``has_mask [B]``. Returns the new state and scalar metrics.
   """
   aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
   batch_images, batch_masks = pipeline.augment_batch(
-      aug_key, images[batch_idx], masks[batch_idx], data.crop_size,
+      aug_key, batch["images"], batch["masks"], data.crop_size,
       data.rotate_degrees, data.flip)
   x = pipeline.normalize(batch_images, mean, std)
-  y = labels[batch_idx]
-  y_has_mask = has_mask[batch_idx]
+  y = batch["labels"]
+  y_has_mask = batch["has_mask"]
   params = state["variables"]["params"]
   batch_stats = state["variables"]["batch_stats"]
 
@@ -79,6 +79,12 @@ def train_step(state, batch_idx, key, *, model, tx, stage, data, images, masks,
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   return new_state, {"loss": loss, "class_loss": l_class, "seg_loss": l_seg,
                      "accuracy": accuracy}
+
+
+def resident_train_step(state, batch_idx, key, *, split, **kwargs):
+  """``train_step`` on ``split[batch_idx]``, the split already on the devices."""
+  batch = jax.tree.map(lambda a: a[batch_idx], split)
+  return train_step(state, batch, key, **kwargs)
 
 
 def eval_step(variables, images, masks, *, model, pooling, mean, std):
@@ -122,10 +128,18 @@ class Trainer:
     sharding.check_batch_size(config.train.batch_size, self.mesh)
     sharding.check_batch_size(config.train.eval_batch_size, self.mesh,
                               "train.eval_batch_size")
-    # The training split lives on the devices as uint8; batches are gathered
-    # and augmented inside jit.
-    self.train_dev = sharding.put_replicated(
-        (train.images, train.masks, train.labels, train.has_mask), self.mesh)
+    self.train_host = {"images": train.images, "masks": train.masks,
+                       "labels": train.labels, "has_mask": train.has_mask}
+    # A split within the budget lives on the devices as uint8 and its batches
+    # are gathered and augmented inside jit; a larger one streams from the
+    # host through grain, prefetched in background threads.
+    nbytes = sum(a.nbytes for a in self.train_host.values())
+    self.resident = nbytes <= config.data.device_memory_budget_mb * 2**20
+    self.train_dev = (sharding.put_replicated(self.train_host, self.mesh)
+                      if self.resident else None)
+    print(f"training split: {len(train)} examples, {nbytes / 2**20:.0f} MiB, "
+          f"{'on device' if self.resident else 'streamed from host'}",
+          flush=True)
     self.key = jax.random.key(config.seed)
     self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
     self._eval_fns = {}
@@ -168,23 +182,27 @@ class Trainer:
       if meta["done"]:
         return state["variables"], meta
 
-    images, masks, labels, has_mask = self.train_dev
     replicated = sharding.replicated(self.mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step, model=self.model, tx=tx, stage=stage,
-            data=config.data, mean=self.mean, std=self.std),
-        out_shardings=(replicated, replicated), donate_argnums=(0,))
+    step_kwargs = dict(model=self.model, tx=tx, stage=stage, data=config.data,
+                       mean=self.mean, std=self.std)
+    if self.resident:
+      step_fn = jax.jit(functools.partial(resident_train_step, **step_kwargs),
+                        out_shardings=(replicated, replicated),
+                        donate_argnums=(0,))
+    else:
+      step_fn = jax.jit(functools.partial(train_step, **step_kwargs),
+                        out_shardings=(replicated, replicated),
+                        donate_argnums=(0,))
     progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
     start = int(meta["step"])
     progress.start(start)
+    batches = self._batches(index, start, stage.max_steps)
     for t in range(start, stage.max_steps):
-      idx = pipeline.batch_indices(config.seed, index, t,
-                                   config.train.batch_size, len(self.train))
-      state, scalars = step_fn(state, sharding.put_global_batch(idx, self.mesh),
-                               self.key,
-                               images=images, masks=masks, labels=labels,
-                               has_mask=has_mask)
+      if self.resident:
+        state, scalars = step_fn(state, next(batches), self.key,
+                                 split=self.train_dev)
+      else:
+        state, scalars = step_fn(state, next(batches), self.key)
       meta["step"] = t + 1
       if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
         scalars = jax.tree.map(sharding.to_host, scalars)
@@ -205,6 +223,34 @@ class Trainer:
     meta["done"] = True
     ckpt_lib.save(mngr, int(meta["step"]) + 1, state, meta)
     return state["variables"], meta
+
+  def _batches(self, stage_index: int, start: int, stop: int):
+    """Yields step ``start``..``stop - 1``'s batch, sharded over the devices.
+
+    On-device data: the sharded index vector. Streamed data: the examples
+    themselves, each process gathering only its own rows, prefetched by grain.
+    """
+    config = self.config
+    indices = lambda t: pipeline.batch_indices(  # noqa: E731
+        config.seed, stage_index, t, config.train.batch_size, len(self.train))
+    if self.resident:
+      for t in range(start, stop):
+        yield sharding.put_global_batch(indices(t), self.mesh)
+      return
+    import grain
+    n_proc, rank = jax.process_count(), jax.process_index()
+    per_process = config.train.batch_size // n_proc
+
+    def gather(t):
+      local = indices(int(t))[rank * per_process:(rank + 1) * per_process]
+      return {k: v[local] for k, v in self.train_host.items()}
+
+    stream = grain.MapDataset.range(start, stop).map(gather).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    for local in stream:
+      yield {k: jax.make_array_from_process_local_data(
+          sharding.batch_sharding(self.mesh), v,
+          (config.train.batch_size,) + v.shape[1:]) for k, v in local.items()}
 
   def _plateau_update(self, name, stage, variables, meta, step) -> bool:
     """Evaluates the plateau metric; returns True when the stage should stop."""

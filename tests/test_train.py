@@ -105,3 +105,18 @@ def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
   tiny_config.stage_order = ("classification", "joint_typo")
   with pytest.raises(ValueError, match="joint_typo"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_streamed_and_device_resident_data_train_identically(tiny_config,
+                                                             tmp_path):
+  finals = []
+  for budget in (1024, 0):  # MiB: resident, then streamed through grain
+    tiny_config.data.device_memory_budget_mb = budget
+    trainer = train.Trainer(tiny_config, str(tmp_path / f"b{budget}"))
+    assert trainer.resident == (budget > 0)
+    variables, _ = trainer.run_stage(0, "classification",
+                                     trainer.init_variables(), {})
+    finals.append(_leaves_with_paths(variables))
+  for name in finals[0]:
+    np.testing.assert_allclose(finals[0][name], finals[1][name], rtol=1e-5,
+                               atol=1e-6, err_msg=name)
