@@ -54,7 +54,11 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
 
 def restore_variables(workdir: str, stage_name: str, target_variables):
   """The final ``{'params', 'batch_stats'}`` of a finished stage, or None."""
-  mngr = manager(workdir, stage_name)
+  with manager(workdir, stage_name) as mngr:
+    return _restore_variables(mngr, target_variables)
+
+
+def _restore_variables(mngr, target_variables):
   step, meta = latest_meta(mngr)
   if step is None or not meta.get("done"):
     return None

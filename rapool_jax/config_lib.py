@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
       after_stage="joint",      # features: this stage's pooled features
       report_as="Step 4 + RankOpt",
       radius=0.0,               # ||beta|| = B; 0 = automatic (see rankopt.py)
+      radius_scale=10.0,        # automatic B: RMS pair margin in sigmoid units
       max_steps=500,
       threshold_split="validation",  # Youden-J threshold on this split ("" = train)
   ))

@@ -90,6 +90,7 @@ def load_run(workdir: str):
                            "--workdir of a run of rapool_jax.main?")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  config.model.num_classes = pipeline.num_classes(config.data.task)
   model = rapool_net.build_model(config.model)
   crop = config.data.crop_size
   target = jax.eval_shape(lambda: model.init(

@@ -163,8 +163,12 @@ class Trainer:
 
   def run_stage(self, index: int, name: str, variables, finished: dict):
     """Trains stage ``name`` from ``variables`` (or its checkpoint); returns meta."""
+    with ckpt_lib.manager(self.workdir, name,
+                          self.config.train.keep_checkpoints) as mngr:
+      return self._run_stage(mngr, index, name, variables, finished)
+
+  def _run_stage(self, mngr, index, name, variables, finished):
     config, stage = self.config, self.config.stages[name]
-    mngr = ckpt_lib.manager(self.workdir, name, config.train.keep_checkpoints)
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
     # The step donates its state; the caller keeps ``variables`` (CAMs, RankOpt).
     variables = jax.tree.map(jnp.copy, variables)
@@ -350,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
+  config.model.num_classes = pipeline.num_classes(config.data.task)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()
@@ -418,6 +423,7 @@ def run_rankopt(trainer: Trainer, stage_variables, eval_split):
                   threshold_labels=(split.labels == 1).astype(np.int32))
   radius = config.rankopt.radius or None
   result = rankopt.fit(train_out["pooled"], positive, radius=radius,
+                       radius_scale=config.rankopt.radius_scale,
                        max_steps=config.rankopt.max_steps, **kwargs)
   train_scores = np.asarray(rankopt.decision_function(result,
                                                       train_out["pooled"]))

@@ -93,3 +93,41 @@ def test_corrupt_image_is_a_one_line_error(tiny_run, tmp_path):
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "ISIC_0000001.jpg" in lines[0], proc.stderr
+
+
+def test_three_class_head_end_to_end(tiny_config, tmp_path):
+  from rapool_jax import train
+  tiny_config.data.task = "three_class"
+  for name in tiny_config.stage_order:
+    tiny_config.stages[name].max_steps = 1
+  workdir = str(tmp_path / "run3")
+  results = train.train_and_evaluate(tiny_config, workdir)
+  assert [r["model"] for r in results["rows"]][-1] == "Step 4 + RankOpt"
+  ids = _write_images(str(tmp_path / "images"), [(40, 30), (32, 32)])
+  predict.predict(workdir, str(tmp_path / "images"), str(tmp_path / "p.csv"))
+  table = _read_csv(tmp_path / "p.csv")
+  assert list(table[0]) == ["image", "melanoma", "seborrheic_keratosis"]
+  assert [r["image"] for r in table] == ids
+  for r in table:
+    assert 0 <= float(r["melanoma"]) <= 1
+    assert 0 <= float(r["seborrheic_keratosis"]) <= 1
+
+
+def test_isic_config_variants():
+  from conftest import REPO
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("isic_cfg",
+                                                REPO / "configs" / "isic2017.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  paper = module.get_config("paper")
+  assert (paper.model.depth, paper.data.crop_size, paper.data.image_size,
+          paper.train.batch_size, paper.stages.joint.lambda_seg,
+          paper.optimizer.momentum, paper.optimizer.weight_decay,
+          paper.stages.classification.lr,
+          paper.stages.classification.decay_every) == (
+              "50", 224, 256, 10, 7.5, 0.9, 5e-4, 1e-3, 2000)
+  assert module.get_config("runlocal").data.eval_split == "validation"
+  assert module.get_config("three_class").data.task == "three_class"
+  with pytest.raises(ValueError, match="unknown variant"):
+    module.get_config("fast")

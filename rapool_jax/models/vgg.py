@@ -1,0 +1,198 @@
+"""VGG (torchvision ``features`` topology) as a backbone in Flax Linen, NHWC.
+
+The trunk only: ``[B, H, W, 3] -> [B, H/os, W/os, C]``, the same interface as
+``ResNet`` (``__call__(x, train=False, bn_train=None)``), so ``RAPoolNet``
+takes it unchanged. Conv layers keep their bias with BatchNorm, as
+torchvision's ``vgg16_bn`` does, so ``load_torchvision`` is a rename and a
+transpose. The 4096-wide fully connected layers are not part of the backbone:
+the paper's heads are the 1x1 segmentation conv and the pooled dense layer.
+
+Module names follow the VGG paper (``conv1_1`` ... ``conv5_3``, ``bn1_1``,
+``dropout1`` ... ``dropout5``); ``torchvision_names`` maps them to
+torchvision's ``features.<index>`` keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+
+# depth -> output channels of the convs of each of the five blocks.
+VGG_BLOCKS = {
+    "11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
+           (512, 512, 512)),
+    "19": ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512),
+           (512, 512, 512, 512)),
+}
+
+
+class VGG(nn.Module):
+  """VGG trunk: five blocks of 3x3 conv (+ BatchNorm) + ReLU, each then a pool.
+
+  Attributes:
+    blocks: output channels of each conv, per block (``VGG_BLOCKS``).
+    batch_norm: BatchNorm after every conv (torchvision ``vgg*_bn``).
+    width: width multiplier on the channel counts.
+    output_stride: 32 (five 2x2/2 max pools), 16 or 8. Below 32 the last
+      pool(s) keep stride 1 (a 3x3/1 max pool, as DeepLab-v1's VGG) and the
+      convs after them are dilated, so pretrained kernels see the same
+      context, as ``ResNet`` does with ``replace_stride_with_dilation``.
+    dropout_rate: dropout after each block's pool.
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  blocks: Sequence[Sequence[int]]
+  batch_norm: bool = True
+  width: float = 1.0
+  output_stride: int = 32
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    return self._channels(self.blocks[-1][-1])
+
+  def _channels(self, c: int) -> int:
+    return max(1, int(round(c * self.width)))
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, bn_train: bool | None = None):
+    """``train`` enables dropout and, unless ``bn_train`` says otherwise,
+    batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
+    bn_train = train if bn_train is None else bn_train
+    if self.output_stride not in (8, 16, 32):
+      raise ValueError(
+          f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
+    # Blocks whose pool keeps stride 1; the convs after such a pool dilate.
+    keep = {32: 0, 16: 1, 8: 2}[self.output_stride]
+    unstrided = set(range(len(self.blocks) - keep, len(self.blocks)))
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), dtype=self.dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    dilation = 1
+    for b, convs in enumerate(self.blocks, start=1):
+      for i, channels in enumerate(convs, start=1):
+        x = conv(self._channels(channels), padding=((dilation, dilation),) * 2,
+                 kernel_dilation=dilation, name=f"conv{b}_{i}")(x)
+        if self.batch_norm:
+          x = norm(name=f"bn{b}_{i}")(x)
+        x = nn.relu(x)
+      if b - 1 in unstrided:
+        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        dilation *= 2
+      else:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train,
+                     name=f"dropout{b}")(x)
+    return x
+
+
+def vgg(depth: int | str = 16, **kwargs) -> VGG:
+  """Builds VGG-``depth`` (11, 13, 16 or 19); kwargs are ``VGG`` attributes."""
+  depth = str(depth).lower().removeprefix("vgg")
+  if depth not in VGG_BLOCKS:
+    raise ValueError(f"VGG depth {depth!r} is not one of {sorted(VGG_BLOCKS)}")
+  return VGG(blocks=VGG_BLOCKS[depth], **kwargs)
+
+
+def torchvision_names(blocks: Sequence[Sequence[int]],
+                      batch_norm: bool) -> dict[str, str]:
+  """Flax module name -> torchvision ``features.<index>`` prefix.
+
+  torchvision's ``make_layers`` appends Conv2d, [BatchNorm2d,] ReLU per conv and
+  one MaxPool2d per block, all numbered in one ``features`` Sequential.
+  """
+  names, index = {}, 0
+  for b, convs in enumerate(blocks, start=1):
+    for i in range(1, len(convs) + 1):
+      names[f"conv{b}_{i}"] = f"features.{index}"
+      index += 1
+      if batch_norm:
+        names[f"bn{b}_{i}"] = f"features.{index}"
+        index += 1
+      index += 1  # ReLU
+    index += 1  # MaxPool2d
+  return names
+
+
+def load_torchvision(variables: Mapping[str, Any],
+                     state_dict: Mapping[str, Any],
+                     blocks: Sequence[Sequence[int]], batch_norm: bool) -> dict:
+  """Copies torchvision VGG ``features`` weights into backbone ``variables``.
+
+  Args:
+    variables: ``{"params": ..., "batch_stats": ...}`` of a ``VGG`` (width 1).
+    state_dict: torchvision keys -> arrays (``features.0.weight`` OIHW, ...);
+      ``classifier.*`` and ``num_batches_tracked`` are ignored.
+    blocks, batch_norm: the ``VGG`` attributes.
+  Returns:
+    New variables; raises ValueError naming any missing or misshaped tensor.
+  """
+  params = {k: dict(v) for k, v in variables["params"].items()}
+  stats = {k: dict(v) for k, v in variables.get("batch_stats", {}).items()}
+  targets = []
+  for flax_name, prefix in torchvision_names(blocks, batch_norm).items():
+    if flax_name.startswith("conv"):
+      targets += [(params, flax_name, "kernel", f"{prefix}.weight",
+                   lambda w: np.transpose(w, (2, 3, 1, 0))),  # OIHW -> HWIO
+                  (params, flax_name, "bias", f"{prefix}.bias", None)]
+    else:
+      targets += [(params, flax_name, "scale", f"{prefix}.weight", None),
+                  (params, flax_name, "bias", f"{prefix}.bias", None),
+                  (stats, flax_name, "mean", f"{prefix}.running_mean", None),
+                  (stats, flax_name, "var", f"{prefix}.running_var", None)]
+  problems = []
+  for tree, module, leaf, key, convert in targets:
+    if key not in state_dict:
+      problems.append(f"missing {key}")
+      continue
+    value = np.asarray(state_dict[key], np.float32)
+    value = convert(value) if convert else value
+    expected = tree[module][leaf].shape
+    if value.shape != tuple(expected):
+      problems.append(f"{key}: shape {value.shape}, backbone expects "
+                      f"{tuple(expected)} ({module}/{leaf})")
+      continue
+    tree[module][leaf] = jnp.asarray(value)
+  if problems:
+    raise ValueError("torchvision VGG weights do not fit: " +
+                     "; ".join(problems))
+  out = {"params": params}
+  if stats:
+    out["batch_stats"] = stats
+  return out
+
+
+def load_into(variables: Mapping[str, Any], weights, backbone: VGG) -> dict:
+  """Step 1 for a VGG backbone: torchvision weights into RAPoolNet variables.
+
+  Args:
+    variables: ``{"params", "batch_stats"}`` of the whole network; the
+      ``backbone`` subtrees are replaced, the heads kept.
+    weights: a state dict, or a path read by ``pretrained.read_state_dict``
+      (``.safetensors``, or ``.pth`` with torch installed).
+    backbone: the network's ``VGG`` module (width 1 for ImageNet weights).
+  """
+  if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
+    from rapool_jax import pretrained
+    weights = pretrained.read_state_dict(weights)
+  stats = variables.get("batch_stats", {})
+  loaded = load_torchvision(
+      {"params": variables["params"]["backbone"],
+       "batch_stats": stats.get("backbone", {})},
+      weights, backbone.blocks, backbone.batch_norm)
+  out = {"params": {**variables["params"], "backbone": loaded["params"]},
+         "batch_stats": dict(stats)}
+  if "batch_stats" in loaded:
+    out["batch_stats"]["backbone"] = loaded["batch_stats"]
+  return out
