@@ -104,6 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.model = ml_collections.ConfigDict(dict(
+      backbone="resnet",      # "resnet" (depth below) or "vgg11/13/16/19"
+      batch_norm=True,        # VGG only: BatchNorm after each conv (vgg*_bn)
       depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
       output_stride=32, dropout_rate=0.2,
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"

@@ -95,7 +95,8 @@ def load_run(workdir: str):
   crop = config.data.crop_size
   target = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, crop, crop, 3)), train=False))
-  target = {"params": target["params"], "batch_stats": target["batch_stats"]}
+  target = {"params": target["params"],
+            "batch_stats": target.get("batch_stats", {})}
   stage = (config.rankopt.after_stage if config.rankopt.enabled
            else config.stage_order[-1])
   variables = ckpt_lib.restore_variables(workdir, stage, target)

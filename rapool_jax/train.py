@@ -59,7 +59,7 @@ def train_step(state, batch, key, *, model, tx, stage, data, mean, std):
       out, updates = model.apply(
           variables, x, train=True, pooling=stage.pooling, mask=batch_masks,
           mutable=["batch_stats"], rngs={"dropout": dropout_key})
-      new_stats = updates["batch_stats"]
+      new_stats = updates.get("batch_stats", {})
     else:
       out = model.apply(variables, x, train=True, bn_train=False,
                         pooling=stage.pooling, mask=batch_masks,
@@ -152,11 +152,16 @@ class Trainer:
         {"params": jax.random.fold_in(self.key, 0)},
         jnp.zeros((1, crop, crop, 3), jnp.float32), train=False)
     variables = {"params": variables["params"],
-                 "batch_stats": variables["batch_stats"]}
+                 "batch_stats": variables.get("batch_stats", {})}
     if self.config.model.pretrained:
       from rapool_jax import pretrained
-      variables = pretrained.load_into(
-          variables, self.config.model.pretrained, self.config.model.depth)
+      from rapool_jax.models import vgg
+      if isinstance(self.model.backbone, vgg.VGG):
+        variables = vgg.load_into(variables, self.config.model.pretrained,
+                                  self.model.backbone)
+      else:
+        variables = pretrained.load_into(
+            variables, self.config.model.pretrained, self.config.model.depth)
     return variables
 
   # -- one stage ---------------------------------------------------------------

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import pooling as pooling_lib
+from rapool_jax.models import vgg as vgg_lib
 from rapool_jax.models.resnet import resnet as make_resnet
 
 
@@ -139,9 +140,17 @@ class RAPoolNet(nn.Module):
 def build_model(model_config) -> RAPoolNet:
   """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
-  backbone = make_resnet(
-      model_config.depth, width=model_config.width,
-      output_stride=model_config.output_stride,
-      dropout_rate=model_config.dropout_rate, dtype=dtype)
+  kwargs = dict(width=model_config.width,
+                output_stride=model_config.output_stride,
+                dropout_rate=model_config.dropout_rate, dtype=dtype)
+  name = model_config.get("backbone", "resnet")
+  if name == "resnet":
+    backbone = make_resnet(model_config.depth, **kwargs)
+  elif name in ("vgg11", "vgg13", "vgg16", "vgg19"):
+    backbone = vgg_lib.vgg(name, batch_norm=model_config.get("batch_norm", True),
+                           **kwargs)
+  else:
+    raise ValueError(f"model.backbone={name!r}: choose 'resnet', 'vgg11', "
+                     "'vgg13', 'vgg16' or 'vgg19'")
   return RAPoolNet(backbone=backbone, num_classes=model_config.num_classes,
                    pooling="gap", upsample=model_config.upsample, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Sweeps, ablations and their fan-out over processes, accelerators or SLURM."""

@@ -1,0 +1,85 @@
+"""What the launch scripts share: config files, shared-stage bases, names."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch import fanout  # noqa: E402
+
+TINY_CONFIG = "configs/tiny.py"
+
+
+def load_config(spec: str):
+  """``configs/X.py[:arg]`` -> its ConfigDict (relative: cwd, then repo)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = str(fanout.REPO / path)
+  if not os.path.isfile(path):
+    raise SystemExit(f"config file {spec} not found")
+  module_spec = importlib.util.spec_from_file_location(
+      f"launch_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+  return [o.split("=", 1)[0].removeprefix("--config.") for o in overrides
+          if o.startswith("--config.")]
+
+
+def shared_stages(config, stage: str, overrides: Sequence[str]) -> list[str]:
+  """The stages before ``stage`` in ``config.stage_order``: trained once."""
+  if "stage_order" in override_keys(overrides):
+    raise SystemExit("launch scripts set --config.stage_order themselves; "
+                     "edit stage_order in the config file instead")
+  order = list(config.stage_order)
+  if stage not in order:
+    raise SystemExit(f"stage {stage!r} is not in the config's stage_order "
+                     f"{tuple(order)}")
+  return order[:order.index(stage)]
+
+
+def base_overrides(stages: Sequence[str]) -> list[str]:
+  """Runs only ``stages`` (and no RankOpt, which reads the last stage)."""
+  return [f"--config.stage_order={tuple(stages)!r}",
+          "--config.rankopt.enabled=False"]
+
+
+def value_tag(v: float) -> str:
+  """0.01 -> "0.01", 7.5 -> "7.5", 20.0 -> "20": folder names and labels."""
+  return format(float(v), "g")
+
+
+def resolve_config(config: str | None, smoke: bool) -> str:
+  """The config spec the jobs get: absolute (jobs run in the repo root)."""
+  if smoke:
+    if config and config != TINY_CONFIG:
+      print(f"--smoke: using {TINY_CONFIG} instead of {config}", flush=True)
+    config = TINY_CONFIG
+  if not config:
+    raise SystemExit("--config configs/NAME.py is required (or --smoke)")
+  path, sep, arg = config.partition(":")
+  if os.path.exists(path):
+    path = os.path.abspath(path)
+  elif (fanout.REPO / path).exists():
+    path = str(fanout.REPO / path)
+  else:
+    raise SystemExit(f"config file {path} not found")
+  return path + sep + arg

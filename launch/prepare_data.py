@@ -1,0 +1,41 @@
+"""Builds the TFDS data a config names, once, before a fan-out starts its jobs.
+
+    python -m launch.prepare_data --config configs/X.py --workdir DIR \
+        [--config.a=b ...]
+
+Same flags as the main job (other config keys are accepted and ignored).
+Parallel jobs would otherwise all find the data missing and build it into the
+same data_dir at once. Writes ``DIR/prepared.json`` with the split sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app
+from absl import logging
+
+from rapool_jax import errors
+from rapool_jax import main as main_lib  # defines --config and --workdir
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  with errors.one_line_errors():
+    from rapool_jax.data import pipeline
+    config = main_lib.FLAGS.config
+    builder = pipeline.make_builder(config.data)
+    splits = {name: info.num_examples
+              for name, info in builder.info.splits.items()}
+    os.makedirs(main_lib.FLAGS.workdir, exist_ok=True)
+    with open(os.path.join(main_lib.FLAGS.workdir, "prepared.json"), "w") as f:
+      json.dump({"data": config.data.name, "data_dir": builder.data_dir,
+                 "splits": splits}, f, indent=1)
+    print(f"data {config.data.name!r} ready in {builder.data_dir}: {splits}",
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=main_lib.parse_flags)

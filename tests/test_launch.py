@@ -1,0 +1,315 @@
+"""Launch scripts: smoke runs of the sweep, ablation and classifier comparison,
+the fan-out runner (failures, SLURM scripts), aggregation, linear baselines.
+
+The smoke runs share one lambda sweep (a Steps 2-3 base and two Step-4 runs);
+the ablation and the comparison reuse its finished runs, which also checks
+that a launch script skips runs that have already finished.
+"""
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
+  sys.path.insert(0, str(REPO))
+
+from launch import ablate_pooling  # noqa: E402
+from launch import aggregate  # noqa: E402
+from launch import common  # noqa: E402
+from launch import fanout  # noqa: E402
+from launch import sweep_lambda  # noqa: E402
+
+
+def _script(name, *args, env=None):
+  proc = subprocess.run([sys.executable, f"launch/{name}.py", *args], cwd=REPO,
+                        capture_output=True, text=True, env=env)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  return proc.stdout
+
+
+def _hardlink_copy(src, dst):
+  shutil.copytree(src, dst, copy_function=os.link)
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+  """Environment of the smoke runs: cache every compilation across runs."""
+  env = dict(os.environ)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  return env, str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_dir, cache_env):
+  env, cache = cache_env
+  root = str(tmp_path_factory.mktemp("sweep"))
+  out = _script("sweep_lambda", "--smoke", "--workdir", root,
+                "--compile-cache", cache, "--",
+                f"--config.data.data_dir={data_dir}", env=env)
+  return root, out
+
+
+def test_sweep_lambda_smoke_trains_steps_2_3_once(sweep):
+  root, out = sweep
+  with open(os.path.join(root, "shared", "results.json")) as f:
+    base = json.load(f)
+  assert sorted(base["stages"]) == ["classification", "segmentation"]
+  step2 = base["rows"][0]
+  for lam in sweep_lambda.SMOKE_GRID:
+    run = os.path.join(root, f"lambda_{common.value_tag(lam)}")
+    with open(os.path.join(run, "results.json")) as f:
+      results = json.load(f)
+    assert results["eval_split"] == "validation"
+    assert results["rows"][0] == step2  # Step 2 reused, not retrained
+    with open(os.path.join(run, "config.json")) as f:
+      assert json.load(f)["stages"]["joint"]["lambda_seg"] == lam
+    log = open(os.path.join(run, fanout.LOG_FILE)).read()
+    assert "[classification] resumed" in log and "[segmentation] resumed" in log
+    assert "[classification] step" not in log
+    assert fanout.read_status(run)["returncode"] == 0
+    # Hard links: the lambda runs hold no copy of the base's checkpoints.
+    ckpt = os.path.join("checkpoints", "classification")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(run, ckpt))
+             for f in fs]
+    assert files and all(os.stat(f).st_nlink > 1 for f in files)
+  table = open(os.path.join(root, "table1.md")).read()
+  assert "| λ | 0.1 | 7.5 |" in table
+  assert "| paper AUC | 0.818 | 0.863 |" in table
+  rows = json.load(open(os.path.join(root, "table1.json")))["rows"]
+  assert [r["state"] for r in rows] == ["ok", "ok"]
+  assert all(0 <= r["auc"] <= 1 and 0 <= r["jaccard"] <= 1 for r in rows)
+  assert os.path.getsize(os.path.join(root, "table1.png")) > 10_000
+  assert "have no results" not in table
+
+
+def test_ablate_pooling_smoke_reuses_a_finished_base(sweep, tmp_path, data_dir,
+                                                     cache_env):
+  root, _ = sweep
+  env, cache = cache_env
+  out_dir = str(tmp_path / "ablate")
+  # The sweep's base is exactly this ablation's base (same config and seed).
+  _hardlink_copy(os.path.join(root, "shared"),
+                 os.path.join(out_dir, "bases", "config_seed0"))
+  out = _script("ablate_pooling", "--smoke", "--workdir", out_dir,
+                "--eval-split", "validation", "--compile-cache", cache, "--",
+                f"--config.data.data_dir={data_dir}", env=env)
+  assert "base_config_seed0: already finished, skipped" in out
+  table = json.load(open(os.path.join(out_dir, "table2.json")))
+  rows = {r["variant"]: r for r in table["rows"]}
+  assert set(rows) == {"Step 2 only (GAP)", "gap", "region"}
+  with open(os.path.join(out_dir, "runs", "config", "gap", "seed0",
+                         "results.json")) as f:
+    gap = json.load(f)
+  assert gap["rows"][1]["model"] == "Step 4: gap"
+  # "region" at the config's lambda (7.5) is the sweep's lambda 7.5 run.
+  with open(os.path.join(root, "lambda_7.5", "results.json")) as f:
+    same = json.load(f)["rows"][1]["auc"]
+  assert rows["region"]["step4"]["auc"] == [same]
+  md = open(os.path.join(out_dir, "table2.md")).read()
+  assert "| config | region |" in md and "1/1 |" in md
+  assert os.path.getsize(os.path.join(out_dir, "table2.png")) > 10_000
+
+
+def test_compare_classifiers_smoke(sweep, tmp_path, data_dir):
+  root, _ = sweep
+  out_dir = str(tmp_path / "table3")
+  # A finished run in OUT/run: the smoke job is skipped, the comparison runs.
+  _hardlink_copy(os.path.join(root, "lambda_7.5"), os.path.join(out_dir, "run"))
+  out = _script("compare_classifiers", "--smoke", "--workdir", out_dir,
+                "--sklearn", "--", f"--config.data.data_dir={data_dir}")
+  assert "run: already finished, skipped" in out
+  rows = {r["name"]: r for r in
+          json.load(open(os.path.join(out_dir, "table3.json")))["rows"]}
+  with open(os.path.join(out_dir, "run", "results.json")) as f:
+    results = {r["model"]: r for r in json.load(f)["rows"]}
+  # Same network, same features: the run's own numbers come back.
+  head = rows["softmax head @ 0.5"]
+  assert head["auc"] == pytest.approx(results["Step 4: region pooling"]["auc"])
+  ranked = rows["RankOpt @ Youden(validation)"]
+  assert ranked["auc"] == pytest.approx(results["Step 4 + RankOpt"]["auc"])
+  assert ranked["sensitivity"] == pytest.approx(
+      results["Step 4 + RankOpt"]["sensitivity"])
+  assert rows["logistic regression @ 0.5"]["auc"] == pytest.approx(
+      rows["sklearn logistic regression @ 0.5"]["auc"], abs=0.02)
+  for r in rows.values():
+    assert r["at_spec"]["specificity"] >= 0.884
+  assert os.path.getsize(os.path.join(out_dir, "table3_roc.png")) > 10_000
+
+
+def test_aggregate_collects_a_sweep(sweep):
+  root, _ = sweep
+  runs = aggregate.find_runs([root])
+  assert sorted(r.name for r in runs) == ["lambda_0.1", "lambda_7.5", "shared"]
+  assert all(r.state == "ok" for r in runs)
+  out = subprocess.run(
+      [sys.executable, "launch/aggregate.py", root, "--model",
+       "Step 4 + RankOpt", "--plot", os.path.join(root, "a.png")],
+      cwd=REPO, capture_output=True, text=True, check=True).stdout
+  assert "3 of 3 runs finished" in out
+  assert out.count("| Step 4 + RankOpt |") == 2
+
+
+def test_fanout_records_failures_and_aggregate_reports_them(tmp_path):
+  config = str(REPO / "configs" / "tiny.py")
+  bad = fanout.Job(name="bad", workdir=str(tmp_path / "bad"), config=config,
+                   overrides=["--config.no_such_key=1"])
+  dep = fanout.Job(name="dep", workdir=str(tmp_path / "dep"), config=config,
+                   phase=1, stages_from=bad.workdir, stages=["classification"])
+  results = fanout.run_local([bad, dep])
+  assert results == {"bad": 2, "dep": 1}
+  assert fanout.read_status(bad.workdir)["returncode"] == 2
+  never = fanout.Job(name="never", workdir=str(tmp_path / "never"),
+                     config=config, phase=1)
+  fanout.write_jobs(str(tmp_path / fanout.JOBS_FILE), [bad, dep, never])
+  runs = {r.name: r for r in aggregate.find_runs([str(tmp_path)])}
+  assert runs["bad"].state == "failed" and "no_such_key" in runs["bad"].reason
+  assert runs["dep"].state == "failed"
+  assert "did not finish" in runs["dep"].reason
+  assert runs["never"].state == "missing"
+  text = aggregate.status_section(list(runs.values()))
+  assert "3 of 3 runs have no results" in text
+
+
+def test_slurm_scripts_chain_the_phases(tmp_path, monkeypatch):
+  jobs = sweep_lambda.make_jobs(str(REPO / "configs" / "tiny.py"),
+                                str(tmp_path), (0.1, 1, 10), [])
+  path = str(tmp_path / fanout.JOBS_FILE)
+  fanout.write_jobs(path, jobs)
+  scripts = fanout.slurm_scripts(path, str(tmp_path / "slurm"),
+                                 sbatch_extra="--partition=gpu", max_parallel=2)
+  assert [p for p, _ in scripts] == [-1, 0, 1]
+  text = open(scripts[2][1]).read()
+  assert "#SBATCH --array=0-2%2" in text and "#SBATCH --partition=gpu" in text
+  assert "run-one --jobs" in text and "--phase 1" in text
+  assert not re.search(r"@[A-Z_]+@", text), "unfilled template field"
+  for _, s in scripts:
+    subprocess.run(["bash", "-n", s], check=True)
+  # A fake sbatch: each phase must wait for the one before.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  fake = bin_dir / "sbatch"
+  fake.write_text("#!/bin/sh\necho \"$@\" >> " + str(tmp_path / "calls") +
+                  "\necho $(wc -l < " + str(tmp_path / "calls") + ")\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  assert fanout.submit_slurm(scripts) == ["1", "2", "3"]
+  calls = open(tmp_path / "calls").read().splitlines()
+  assert "--dependency" not in calls[0]
+  assert "--dependency=afterany:1" in calls[1]
+  assert "--dependency=afterany:2" in calls[2]
+
+
+def test_run_one_is_what_an_array_task_runs(tmp_path):
+  job = fanout.Job(name="p", workdir=str(tmp_path / "p"),
+                   config="configs/tiny.py",
+                   overrides=[f"--config.data.data_dir={tmp_path / 'tfds'}"],
+                   module="launch.prepare_data", done_file="prepared.json")
+  fanout.write_jobs(str(tmp_path / "jobs.json"), [job])
+  assert fanout.main(["run-one", "--jobs", str(tmp_path / "jobs.json"),
+                      "--phase", "0", "--index", "0"]) == 0
+  assert fanout.is_finished(job)
+  assert fanout.main(["run-one", "--jobs", str(tmp_path / "jobs.json"),
+                      "--phase", "0", "--index", "3"]) == 2
+
+
+def test_dry_run_job_lists(tmp_path, capsys):
+  root = str(tmp_path / "sweep")
+  assert sweep_lambda.main(["--config", "configs/default.py", "--workdir", root,
+                            "--dry-run", "--",
+                            "--config.train.batch_size=16"]) == 0
+  jobs = fanout.read_jobs(os.path.join(root, fanout.JOBS_FILE))
+  assert [j.phase for j in jobs] == [-1, 0] + [1] * 9
+  shared = jobs[1]
+  assert ("--config.stage_order=('classification', 'segmentation')"
+          in shared.overrides)
+  assert "--config.rankopt.enabled=False" in shared.overrides
+  for j in jobs[2:]:
+    assert j.stages_from == shared.workdir
+    assert "--config.train.batch_size=16" in j.overrides
+    assert "--config.data.eval_split=validation" in j.overrides
+    assert any(o.startswith("--config.compilation_cache_dir=")
+               for o in j.overrides)
+  assert "lambda_seg=12.5" in capsys.readouterr().out
+
+  root = str(tmp_path / "ablate")
+  ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
+                       "--backbones", "resnet18,resnet50", "--dry-run"])
+  jobs = fanout.read_jobs(os.path.join(root, fanout.JOBS_FILE))
+  bases = [j for j in jobs if j.phase == 0]
+  runs = [j for j in jobs if j.phase == 1]
+  assert len(bases) == 2 * 3 * 2  # backbones x seeds x {stride 8, os16}
+  assert len(runs) == 2 * 3 * len(ablate_pooling.DEFAULT_VARIANTS)
+  os16 = [j for j in runs if j.meta["variant"] == "os16"]
+  assert all("--config.model.output_stride=16" in j.overrides and
+             "os16" in j.stages_from for j in os16)
+  mask = [j for j in runs if j.meta["variant"] == "mask_oracle"][0]
+  assert "--config.stages.joint.pooling=mask_oracle" in mask.overrides
+  assert not mask.stages_from.endswith("os16_seed0")
+
+
+def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
+  cfg = common.load_config("configs/default.py")
+  args = ["--config", "configs/default.py", "--workdir", str(tmp_path),
+          "--backbones", "vgg16", "--dry-run"]
+  if common.has_key(cfg, "model.backbone"):
+    ablate_pooling.main(args)
+  else:
+    with pytest.raises(SystemExit, match="model.backbone"):
+      ablate_pooling.main(args)
+
+
+# ----------------------------------------------------------------------------
+# Linear baselines.
+
+
+def _toy(n=300, d=20, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=d) + rng.normal(size=d)
+  y = (x[:, 0] + 0.5 * x[:, 1] + 1.5 * rng.normal(size=n) > 2.5).astype(int)
+  return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-1])
+@pytest.mark.parametrize("class_weight", ["balanced", None])
+def test_logistic_regression_matches_sklearn(l2, class_weight):
+  from sklearn.linear_model import LogisticRegression
+  from rapool_jax import linear_baselines
+  x, y = _toy()
+  model = linear_baselines.fit_logistic_regression(
+      x, y, l2=l2, class_weight=class_weight)
+  xs = ((x - np.asarray(model.mean)) / np.asarray(model.std)).astype(np.float64)
+  sk = LogisticRegression(C=1.0 / (l2 * len(y)), class_weight=class_weight,
+                          tol=1e-10, max_iter=10_000).fit(xs, y)
+  np.testing.assert_allclose(model.w, sk.coef_[0], atol=1e-4)
+  np.testing.assert_allclose(model.b, sk.intercept_[0], atol=1e-4)
+  np.testing.assert_allclose(linear_baselines.predict_proba(model, x),
+                             sk.predict_proba(xs)[:, 1], atol=1e-4)
+
+
+def test_balanced_weights_give_each_class_half_the_loss():
+  from rapool_jax import linear_baselines
+  y = np.array([1, 0, 0, 0, 0, 0, 0, 0])
+  w = linear_baselines.class_weights(y, "balanced")
+  assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
+  assert w.sum() == pytest.approx(len(y))
+
+
+def test_select_l2_picks_by_validation_auc():
+  from rapool_jax import linear_baselines
+  x, y = _toy(seed=1)
+  model, aucs = linear_baselines.select_l2(x[:200], y[:200], x[200:], y[200:],
+                                           (1e-3, 10.0))
+  assert set(aucs) == {1e-3, 10.0}
+  assert aucs[model.l2] == max(aucs.values())
+  with pytest.raises(ValueError, match="both classes"):
+    linear_baselines.fit_logistic_regression(x, np.zeros(len(x)))
