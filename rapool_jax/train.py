@@ -107,19 +107,26 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
+    config.model.num_classes = pipeline.num_classes(config.data.task)
+    if config.model.pretrained and config.model.backbone == "resnet":
+      # The weights define the input normalisation; config.json records it.
+      from rapool_jax import pretrained
+      prep = pretrained.preprocessing_for(config.model.pretrained)
+      config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
+      print(f"inputs normalised as the weights expect: {prep.as_dict()}",
+            flush=True)
     self.mean = tuple(config.data.mean)
     self.std = tuple(config.data.std)
-    config.model.num_classes = pipeline.num_classes(config.data.task)
     self.model = rapool_net.build_model(config.model)
 
-    builder = pipeline.make_builder(config.data)
+    needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
+    builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
     self.splits = {}
     for role in ("train_split", "val_split", "eval_split"):
       name = config.data[role]
       if name and name not in self.splits:
         self.splits[name] = pipeline.load_split(builder, name, config.data.task)
     train = self.splits[config.data.train_split]
-    needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
     if needs_masks and not train.has_mask.any():
       raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
                        "but a stage has lambda_seg > 0")
@@ -359,14 +366,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  config.model.num_classes = pipeline.num_classes(config.data.task)
+  if config.model.pretrained and config.model.get("backbone", "resnet") == "resnet":
+    # The weights define the input normalisation; config.json records it.
+    from rapool_jax import pretrained
+    prep = pretrained.preprocessing_for(config.model.pretrained)
+    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
+    print(f"inputs normalised as the weights expect: {prep.as_dict()}",
+          flush=True)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()
+  trainer = Trainer(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  trainer = Trainer(config, workdir)
   eval_split = trainer.splits[config.data.eval_split]
 
   variables = trainer.init_variables()

@@ -120,3 +120,32 @@ def test_streamed_and_device_resident_data_train_identically(tiny_config,
   for name in finals[0]:
     np.testing.assert_allclose(finals[0][name], finals[1][name], rtol=1e-5,
                                atol=1e-6, err_msg=name)
+
+
+def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
+  from conftest import REPO
+  from rapool_jax import pretrained
+  weights = str(REPO / "tests" / "fixtures" / "resnet50_w8_torchvision.safetensors")
+  tiny_config.model.depth, tiny_config.model.width = "50", 0.125
+  tiny_config.model.output_stride = 32
+  tiny_config.model.pretrained = weights
+  tiny_config.stages.segmentation.max_steps = 2
+  trainer = train.Trainer(tiny_config, str(tmp_path))
+  variables = trainer.init_variables()
+  _, loaded = pretrained.load_backbone(weights, depth=50)
+  for collection in ("params", "batch_stats"):
+    got = _leaves_with_paths(variables[collection]["backbone"])
+    for name, value in _leaves_with_paths(loaded[collection]).items():
+      np.testing.assert_array_equal(got[name], value, err_msg=name)
+  after, meta = trainer.run_stage(1, "segmentation",
+                                  jax.tree.map(jnp.array, variables), {})
+  assert meta["done"]
+  for collection in ("params", "batch_stats"):
+    got = _leaves_with_paths(after[collection]["backbone"])
+    for name, value in _leaves_with_paths(loaded[collection]).items():
+      np.testing.assert_array_equal(got[name], value, err_msg=name)
+  # A second call finds the finished stage and returns it unchanged.
+  again, meta2 = trainer.run_stage(1, "segmentation", variables, {})
+  assert meta2["done"]
+  np.testing.assert_array_equal(again["params"]["seg_conv"]["kernel"],
+                                after["params"]["seg_conv"]["kernel"])

@@ -36,7 +36,7 @@ def _data_dir(data_config) -> str:
   return data_config.data_dir or os.path.expanduser("~/tensorflow_datasets")
 
 
-def make_builder(data_config):
+def make_builder(data_config, require_train_masks: bool = True):
   """Builds (once) and returns the TFDS builder named by ``config.data.name``."""
   if data_config.name == "synthetic_derm":
     from rapool_jax.data import synthetic_derm
@@ -55,7 +55,7 @@ def make_builder(data_config):
                        "official ISIC 2017 zips or folders")
     return isic2017.prepare(_data_dir(data_config), data_config.manual_dir,
                             image_size=data_config.image_size,
-                            require_train_masks=True)
+                            require_train_masks=require_train_masks)
   raise ValueError(f"config.data.name={data_config.name!r} is not a known data "
                    "set; choose 'synthetic_derm' or 'isic2017'")
 
