@@ -1,27 +1,31 @@
-"""Train-step throughput of the project's JAX step against the PyTorch reference.
+"""Train-step throughput of the project's JAX step vs the PyTorch reference.
 
     python -m rapool_jax.benchmark --out benchmarks/results/cpu_2core.json \
         [--device-size auto|small|full|tiny] [--steps N] [--repeats R]
 
 For each step kind of the paper (``classification``: GAP; ``segmentation``:
 only the seg conv trains; ``joint``: region pooling + lambda * pixel CE) and
-each batch size, times ``rapool_jax.train.train_step`` (jitted with donated
-state, data as uint8 on the device, augmentation inside jit, optimizer from
-``optim.make_optimizer``, stages from ``config_lib.paper_stages``) and, in the
-same process and interleaved repeat by repeat, the same step in
-``rapool_jax.torch_reference``. Also times inference (``train.eval_step``),
-and analyses the segmentation upsampling (FLOPs of the subpixel formulation
-vs ``lax.conv_transpose``, share of the joint step).
+each batch size, times the project's own step (``train.resident_train_step``:
+data as uint8 on the device, batch gathered and augmented inside jit; jitted
+with donated state; optimizer from ``optim.make_optimizer``; stages from
+``config_lib.paper_stages``) and, in the same process and interleaved block
+by block, the same step in ``rapool_jax.torch_reference``. Also times
+inference (``train.eval_step``) and analyses the segmentation upsampling
+(subpixel vs ``lax.conv_transpose``; share of the joint step).
 
 Sizes (``--device-size``): ``full`` (the default on GPU/TPU) is ResNet-50 at
 224 px in bfloat16 at the paper's batch 10 and at batch 256; ``small`` (the
 default on CPU) is ResNet-50 at 224 px in float32 at batch 8, a few steps;
 ``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` blocks of
-``steps`` steps each, synchronised with ``jax.block_until_ready`` (torch:
-``cuda.synchronize``); img/s is the median over blocks.
+``steps`` steps per framework, alternating, each synchronised
+(``jax.block_until_ready``, ``torch.cuda.synchronize``); img/s is the median
+over blocks. Each block also records the CPU share other processes took
+meanwhile: on a shared machine, ``img_per_s_quiet`` (median over blocks where
+others used < 10%) is the figure to compare.
 
-On CPU, XLA flags must be set before JAX starts its backend:
-``apply_xla_flags(cpu_xla_flags())`` does that (``--xla-flags`` here).
+On CPU the JAX steps are compiled with ``cpu_compiler_options()`` (Eigen
+instead of YNNPACK convolutions); ``cpu_xla_flags()`` is the same choice as
+an ``XLA_FLAGS`` entry for the training entry point (``apply_xla_flags``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -57,50 +62,15 @@ SIZES = {
                  steps=20, repeats=5, warmup=3),
     "small": dict(depth="50", width=1.0, image_size=256, crop=224,
                   batches=(8,), eval_batch=8, dtype="float32",
-                  steps=2, repeats=3, warmup=1),
+                  steps=1, repeats=5, warmup=1),
     "tiny": dict(depth="tiny", width=0.125, image_size=72, crop=64,
                  batches=(4,), eval_batch=4, dtype="float32",
                  steps=1, repeats=1, warmup=1),
 }
 
 
-# ----------------------------------------------------------------------------
-# XLA:CPU flags.
-
-
-def cpu_xla_flags() -> str:
-  """XLA flags that speed up the CPU train step (see benchmarks/README.md).
-
-  Harmless on GPU/TPU (they only affect XLA:CPU compilations). Must be in
-  ``XLA_FLAGS`` before JAX initialises its backend: use ``apply_xla_flags``.
-  """
-  return ""
-
-
-def apply_xla_flags(flags: str) -> str:
-  """Appends ``flags`` to ``$XLA_FLAGS`` (flags already there win).
-
-  Returns the resulting ``XLA_FLAGS``. Raises RuntimeError if a JAX backend is
-  already initialised, since XLA reads the variable only once.
-  """
-  if not flags:
-    return os.environ.get("XLA_FLAGS", "")
-  if _backend_initialised():
-    raise RuntimeError("apply_xla_flags: a JAX backend is already running; "
-                       "call it before the first JAX computation")
-  current = os.environ.get("XLA_FLAGS", "").split()
-  names = {f.split("=")[0] for f in current}
-  merged = current + [f for f in flags.split() if f.split("=")[0] not in names]
-  os.environ["XLA_FLAGS"] = " ".join(merged)
-  return os.environ["XLA_FLAGS"]
-
-
-def _backend_initialised() -> bool:
-  try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    return bool(xla_bridge._backends)  # pylint: disable=protected-access
-  except (ImportError, AttributeError):
-    return False
+from rapool_jax.xla_flags import (  # noqa: E402,F401  re-exported
+    apply_xla_flags, cpu_compiler_options, cpu_xla_flags, merge_xla_flags)
 
 
 # ----------------------------------------------------------------------------
@@ -130,6 +100,17 @@ def _rss_peak_bytes() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   except ImportError:
     return None
+
+
+def _system_busy_s() -> float | None:
+  """CPU seconds all processes have spent so far (Linux ``/proc/stat``)."""
+  try:
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  # user nice system irq softirq steal
+  return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def _jax_device_peak() -> int | None:
@@ -198,13 +179,17 @@ def synthetic_device_data(num: int, image_size: int, seed: int = 0):
 
 
 @functools.lru_cache(maxsize=None)
-def _init_fn(model):
-  return jax.jit(lambda key, x: model.init({"params": key}, x, train=False))
+def _init_fn(model, crop: int):
+  fn = jax.jit(lambda key, x: model.init({"params": key}, x, train=False))
+  # Runs once: LLVM -O0 compiles it ~7x faster (1 s instead of 9 on 2 cores).
+  return fn.lower(jax.random.key(0), jnp.zeros((1, crop, crop, 3))).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
 
 
 def init_variables(model, crop: int, seed: int = 0):
-  variables = _init_fn(model)(jax.random.key(seed),
-                              jnp.zeros((1, crop, crop, 3), jnp.float32))
+  """Random ``{"params", "batch_stats"}`` (weights do not change the timing)."""
+  variables = _init_fn(model, crop)(jax.random.key(seed),
+                                    jnp.zeros((1, crop, crop, 3), jnp.float32))
   return {"params": variables["params"],
           "batch_stats": variables["batch_stats"]}
 
@@ -232,7 +217,7 @@ def _cost(compiled) -> dict[str, Any]:
 
 
 class JaxTrainRunner:
-  """``train.train_step`` for one stage, compiled ahead of time, donated state."""
+  """The project's train step for one stage: compiled ahead, state donated."""
 
   framework = "jax"
 
@@ -290,7 +275,8 @@ class JaxEvalRunner:
 
   framework = "jax"
 
-  def __init__(self, config, batch: int, seed: int = 0):
+  def __init__(self, config, batch: int, seed: int = 0,
+               compiler_options: dict[str, Any] | None = None):
     self.batch = batch
     model = rapool_net.build_model(config.model)
     self.variables = init_variables(model, config.data.crop_size, seed)
@@ -301,7 +287,8 @@ class JaxEvalRunner:
         train.eval_step, model=model, pooling="region",
         mean=tuple(config.data.mean), std=tuple(config.data.std)))
     t0 = time.perf_counter()
-    self.compiled = fn.lower(*self.args).compile()
+    self.compiled = fn.lower(*self.args).compile(
+        compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
     self.cost = _cost(self.compiled)
 
@@ -325,7 +312,7 @@ class TorchTrainRunner:
   def __init__(self, size: dict, stage_name: str, batch: int, amp: bool,
                compile_model: bool, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top
+    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     self.torch, self.tr = torch, tr
     torch.manual_seed(seed)
     self.device = tr.default_device()
@@ -361,7 +348,7 @@ class TorchEvalRunner:
 
   def __init__(self, size: dict, batch: int, amp: bool, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top
+    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     self.torch, self.tr = torch, tr
     self.device = tr.default_device()
     self.batch = batch
@@ -397,44 +384,69 @@ class TorchEvalRunner:
 # Timing, interleaved.
 
 
+# A block counts as quiet when other processes used < 10% of the CPUs.
+QUIET_OTHER_CPU = 0.10
+
+
 def time_interleaved(runners: list, steps: int, repeats: int, warmup: int,
-                     trackers: list) -> list[list[float]]:
+                     trackers: list) -> list[list[tuple[float, float | None]]]:
   """Warm-up, then ``repeats`` rounds timing each runner in turn.
 
   Interleaving puts both frameworks under the same background load (the CPU
-  is shared). Returns per-runner lists of img/s, one value per round.
+  may be shared); the order alternates between rounds. Each block also
+  records the share of all CPUs that *other* processes used meanwhile, so
+  that blocks disturbed by other jobs can be told apart. Returns, per runner,
+  ``(img/s, other_cpu_frac or None)`` per round.
   """
   for runner, tracker in zip(runners, trackers):
     with tracker.phase():
       t = runner.run(warmup)
-    if runner.framework == "torch" and runner.compile_s is None and getattr(
-        runner, "options", None) is not None and runner.options.compile:
-      runner.compile_s = t   # first call traces and compiles
     runner.first_call_s = t
-  rates = [[] for _ in runners]
-  for _ in range(repeats):
-    for i, (runner, tracker) in enumerate(zip(runners, trackers)):
+    opts = getattr(runner, "options", None)
+    if runner.framework == "torch" and opts is not None and opts.compile:
+      runner.compile_s = t   # the first call traces and compiles
+  ncpu = os.cpu_count() or 1
+  out = [[] for _ in runners]
+  for r in range(repeats):
+    order = list(enumerate(zip(runners, trackers)))
+    for i, (runner, tracker) in (order if r % 2 == 0 else order[::-1]):
+      busy0, own0 = _system_busy_s(), time.process_time()
       with tracker.phase():
         seconds = runner.run(steps)
-      rates[i].append(runner.batch * steps / seconds)
-  return rates
+      busy1, own1 = _system_busy_s(), time.process_time()
+      other = None
+      if busy0 is not None and busy1 is not None:
+        other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (seconds * ncpu))
+      out[i].append((runner.batch * steps / seconds, other))
+  return out
 
 
-def _entry(runner, rates, *, step, batch, image_size, dtype, tracker,
+def _summary(blocks) -> dict[str, Any]:
+  rates = [r for r, _ in blocks]
+  quiet = [r for r, o in blocks if o is not None and o < QUIET_OTHER_CPU]
+  return {"img_per_s": statistics.median(rates),
+          "img_per_s_best": max(rates),
+          "img_per_s_quiet": statistics.median(quiet) if quiet else None,
+          "num_quiet_blocks": len(quiet),
+          "img_per_s_repeats": [round(r, 3) for r in rates],
+          "other_cpu_frac": [None if o is None else round(o, 3)
+                             for _, o in blocks]}
+
+
+def _entry(runner, blocks, *, step, batch, image_size, dtype, tracker,
            extra=None) -> dict[str, Any]:
   entry = {
       "framework": runner.framework, "step": step, "batch": batch,
       "image_size": image_size, "dtype": dtype,
-      "img_per_s": statistics.median(rates),
-      "img_per_s_repeats": rates,
+      **_summary(blocks),
       "compile_s": runner.compile_s,
       "first_call_s": getattr(runner, "first_call_s", None),
       "peak_mem_bytes": tracker.peak, "peak_mem_kind": tracker.kind,
       **runner.cost,
   }
   if entry["gflop_per_step"]:
-    entry["achieved_tflop_per_s"] = (entry["gflop_per_step"] * entry["img_per_s"]
-                                     / batch / 1e3)
+    entry["achieved_tflop_per_s"] = (
+        entry["gflop_per_step"] * entry["img_per_s"] / batch / 1e3)
   entry.update(extra or {})
   return entry
 
@@ -447,7 +459,8 @@ def conv_transpose_zero_stuffed(x, kernel, stride: int):
   """torch ``ConvTranspose2d(k=2s, stride=s, padding=s//2)`` via
   ``lax.conv_transpose``: ``[B, h, w, Cin]`` -> ``[B, s*h, s*w, Cout]``.
 
-  XLA lowers it as a conv over an ``s``-dilated (zero-stuffed) input.
+  As written, a conv over an ``s``-dilated (zero-stuffed) input; what XLA
+  makes of it is what ``upsample_analysis`` reports.
   """
   k = kernel.shape[0]
   pad = k - 1 - stride // 2
@@ -457,6 +470,10 @@ def conv_transpose_zero_stuffed(x, kernel, stride: int):
       x, jnp.swapaxes(kernel, 2, 3).astype(x.dtype), (stride, stride),
       ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
       transpose_kernel=True)
+
+
+UPSAMPLE_IMPLS = {"subpixel": rapool_net.transposed_conv_as_subpixel,
+                  "conv_transpose": conv_transpose_zero_stuffed}
 
 
 @contextlib.contextmanager
@@ -469,32 +486,62 @@ def _patched(module, name, value):
     setattr(module, name, old)
 
 
-def upsample_flops(batch: int, crop: int, stride: int = 32) -> dict[str, Any]:
-  """FLOPs (``cost_analysis``) of the upsampling alone, forward and
-  forward+backward, subpixel vs ``lax.conv_transpose``."""
+def _conv_ops(compiled) -> list[str]:
+  """The optimised HLO's convolutions: ``shape window dim_labels``."""
+  ops = []
+  for line in compiled.as_text().splitlines():
+    m = re.search(r"= (\S+) convolution\(.*?(window=\{[^}]*\}).*?"
+                  r"(dim_labels=\S+?),", line)
+    if m:
+      ops.append(" ".join(m.groups()))
+  return ops
+
+
+def _best_time(fn, *args, repeats: int = 5) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def upsample_analysis(batch: int, crop: int, stride: int = 32,
+                      compiler_options=None) -> dict[str, Any]:
+  """The 2-channel stride-``s`` upsampling alone: subpixel vs conv_transpose.
+
+  Per implementation: XLA's FLOP count (``cost_analysis``; it counts only
+  taps that hit real input, so it hides zero-stuffing), the convolutions of
+  the optimised HLO, and the best time of forward and forward+backward.
+  ``dense_zero_stuffed_gflop`` is what a conv over the dilated input costs.
+  """
   h = crop // stride
-  x = jnp.zeros((batch, h, h, 2), jnp.float32)
-  kernel = jnp.asarray(rapool_net.bilinear_kernel(stride, 2))
-  out = {}
-  impls = {"subpixel": rapool_net.transposed_conv_as_subpixel,
-           "conv_transpose": conv_transpose_zero_stuffed}
-  for name, fn in impls.items():
-    fwd = jax.jit(lambda x, k, fn=fn: fn(x, k, stride))
-    grad = jax.jit(jax.grad(
-        lambda x, k, fn=fn: jnp.sum(fn(x, k, stride)**2), argnums=(0, 1)))
-    out[name] = {
-        "forward_gflop": _cost(fwd.lower(x, kernel).compile())["gflop_per_step"],
-        "forward_backward_gflop": _cost(
-            grad.lower(x, kernel).compile())["gflop_per_step"],
-    }
-  # The two must agree (and match torch's ConvTranspose2d, tested elsewhere).
+  k = 2 * stride
   rng = np.random.default_rng(0)
-  xr = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
-  kr = jnp.asarray(rng.normal(size=kernel.shape).astype(np.float32))
-  diff = jnp.max(jnp.abs(impls["subpixel"](xr, kr, stride)
-                         - impls["conv_transpose"](xr, kr, stride)))
-  out["max_abs_diff"] = float(diff)
-  out["batch"], out["input_hw"], out["stride"] = batch, h, stride
+  x = jnp.asarray(rng.normal(size=(batch, h, h, 2)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(k, k, 2, 2)).astype(np.float32))
+  out = {"batch": batch, "input_hw": h, "stride": stride, "kernel": k,
+         "dense_zero_stuffed_gflop": 2 * batch * crop * crop * k * k * 2 * 2
+                                     / 1e9}
+  results = {}
+  for name, fn in UPSAMPLE_IMPLS.items():
+    fwd = jax.jit(lambda x, w, fn=fn: fn(x, w, stride))
+    grad = jax.jit(jax.grad(lambda x, w, fn=fn: jnp.sum(fn(x, w, stride)**2),
+                            argnums=(0, 1)))
+    fwd_c = fwd.lower(x, kernel).compile(compiler_options=compiler_options)
+    grad_c = grad.lower(x, kernel).compile(compiler_options=compiler_options)
+    results[name] = fwd_c(x, kernel)
+    out[name] = {
+        "forward_gflop": _cost(fwd_c)["gflop_per_step"],
+        "forward_backward_gflop": _cost(grad_c)["gflop_per_step"],
+        "forward_hlo_convolutions": _conv_ops(fwd_c),
+        "forward_backward_hlo_convolutions": _conv_ops(grad_c),
+        "forward_ms": 1e3 * _best_time(fwd_c, x, kernel),
+        "forward_backward_ms": 1e3 * _best_time(grad_c, x, kernel),
+    }
+  out["max_abs_diff"] = float(jnp.max(jnp.abs(
+      results["subpixel"] - results["conv_transpose"])))
   return out
 
 
@@ -503,45 +550,94 @@ def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
   return jnp.zeros((), jnp.float32)
 
 
-def joint_step_variants(config, batch: int, steps: int, repeats: int,
-                        warmup: int, log=print) -> dict[str, Any]:
-  """Joint step three ways: as the project builds it (subpixel upsampling),
-  with the seg loss removed (so XLA drops the upsampling and pixel CE), and
-  with a zero-stuffed ``lax.conv_transpose``. FLOPs, compile and img/s."""
-  variants = {
-      "project": (),
-      "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
-      "conv_transpose": ((rapool_net, "transposed_conv_as_subpixel",
-                          conv_transpose_zero_stuffed),),
-  }
+JOINT_VARIANTS = {
+    # As the project builds it (subpixel upsampling).
+    "project": (),
+    # Seg loss replaced by a constant: XLA drops the upsampling, pixel CE and
+    # their backward; seg_conv stays (the score map weights the pooling).
+    "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
+    # Upsampling by lax.conv_transpose instead of the subpixel formulation.
+    "conv_transpose": ((rapool_net, "transposed_conv_as_subpixel",
+                        conv_transpose_zero_stuffed),),
+}
+
+
+def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
+                         steps: int, repeats: int, warmup: int,
+                         log=print) -> dict[str, Any]:
+  """Builds JAX runners and times them interleaved: img/s, FLOPs, compile."""
   runners = {}
-  for name, patches in variants.items():
-    with contextlib.ExitStack() as stack:
-      for module, attr, value in patches:
-        stack.enter_context(_patched(module, attr, value))
-      runners[name] = JaxTrainRunner(config, "joint", batch)
-    log(f"  joint[{name}]: compiled in {runners[name].compile_s:.1f} s, "
-        f"{runners[name].cost['gflop_per_step']:.1f} GFLOP/step")
+  for name, make in make_runners.items():
+    runners[name] = make()
+    gflop = runners[name].cost["gflop_per_step"]
+    log(f"  {name}: compiled in {runners[name].compile_s:.1f} s"
+        + (f", {gflop:.1f} GFLOP/step" if gflop else ""))
   trackers = [_PeakTracker(_jax_device_peak) for _ in runners]
-  rates = time_interleaved(list(runners.values()), steps, repeats, warmup,
-                           trackers)
+  blocks = time_interleaved(list(runners.values()), steps, repeats, warmup,
+                            trackers)
   out = {}
-  for (name, runner), r in zip(runners.items(), rates):
-    out[name] = {"img_per_s": statistics.median(r), "img_per_s_repeats": r,
-                 "compile_s": runner.compile_s, **runner.cost}
-  base = out["project"]
-  for name in ("no_seg_loss", "conv_transpose"):
-    v = out[name]
-    if base["gflop_per_step"] and v["gflop_per_step"]:
-      v["gflop_vs_project"] = v["gflop_per_step"] / base["gflop_per_step"]
-    v["time_vs_project"] = base["img_per_s"] / v["img_per_s"]
-  nos = out["no_seg_loss"]
-  out["seg_loss_time_share"] = 1 - base["img_per_s"] / nos["img_per_s"]
-  if base["gflop_per_step"] and nos["gflop_per_step"]:
-    out["seg_loss_flop_share"] = 1 - nos["gflop_per_step"] / base["gflop_per_step"]
-  out["batch"] = batch
+  for (name, runner), b in zip(runners.items(), blocks):
+    out[name] = {**_summary(b), "compile_s": runner.compile_s, **runner.cost}
   del runners
   gc.collect()
+  return out
+
+
+def _ratio(a, b):
+  return a / b if a and b else None
+
+
+def joint_step_variants(config, batch: int, steps: int, repeats: int,
+                        warmup: int, compiler_options=None,
+                        log=print) -> dict[str, Any]:
+  """The joint step as built, without the seg loss, and with conv_transpose."""
+
+  def make(patches):
+    def build():
+      with contextlib.ExitStack() as stack:
+        for module, attr, value in patches:
+          stack.enter_context(_patched(module, attr, value))
+        return JaxTrainRunner(config, "joint", batch,
+                              compiler_options=compiler_options)
+    return build
+
+  out = compare_jax_variants(
+      {name: make(p) for name, p in JOINT_VARIANTS.items()}, steps, repeats,
+      warmup, log=log)
+  base, nos = out["project"], out["no_seg_loss"]
+  for name in ("no_seg_loss", "conv_transpose"):
+    v = out[name]
+    v["gflop_vs_project"] = _ratio(v["gflop_per_step"], base["gflop_per_step"])
+    v["time_vs_project"] = _ratio(base["img_per_s"], v["img_per_s"])
+    v["time_vs_project_quiet"] = _ratio(base["img_per_s_quiet"],
+                                        v["img_per_s_quiet"])
+  out["seg_loss_time_share"] = 1 - base["img_per_s"] / nos["img_per_s"]
+  if base["img_per_s_quiet"] and nos["img_per_s_quiet"]:
+    out["seg_loss_time_share_quiet"] = (
+        1 - base["img_per_s_quiet"] / nos["img_per_s_quiet"])
+  if base["gflop_per_step"] and nos["gflop_per_step"]:
+    out["seg_loss_flop_share"] = (
+        1 - nos["gflop_per_step"] / base["gflop_per_step"])
+  out["batch"] = batch
+  return out
+
+
+def cpu_options_effect(config, batch: int, steps: int, repeats: int,
+                       warmup: int, log=print) -> dict[str, Any]:
+  """Classification step with XLA's defaults vs ``cpu_compiler_options``."""
+  options = cpu_compiler_options("cpu")
+  out = compare_jax_variants(
+      {"xla_default": lambda: JaxTrainRunner(config, "classification", batch),
+       "cpu_compiler_options": lambda: JaxTrainRunner(
+           config, "classification", batch, compiler_options=options)},
+      steps, repeats, warmup, log=log)
+  out["options"] = options
+  out["xla_flags_equivalent"] = cpu_xla_flags()
+  out["speedup"] = _ratio(out["cpu_compiler_options"]["img_per_s"],
+                          out["xla_default"]["img_per_s"])
+  out["speedup_quiet"] = _ratio(out["cpu_compiler_options"]["img_per_s_quiet"],
+                                out["xla_default"]["img_per_s_quiet"])
+  out["batch"] = batch
   return out
 
 
@@ -586,28 +682,29 @@ def torch_available() -> tuple[bool, str]:
 def run(size_name: str, *, steps: int | None = None,
         repeats: int | None = None, dtype: str | None = None,
         batches=None, kinds=STEP_KINDS, with_torch: bool = True,
-        torch_compile: str = "auto", analysis: bool = True,
-        log=print) -> dict[str, Any]:
-  """Runs the benchmark; returns the JSON-able result."""
+        torch_compile: str = "auto", xla_options: str = "recommended",
+        analysis: bool = True, log=print) -> dict[str, Any]:
+  """Runs the benchmark; returns the JSON-able result (see module doc)."""
   size = dict(SIZES[size_name])
-  if steps:
-    size["steps"] = steps
-  if repeats:
-    size["repeats"] = repeats
+  for key, value in (("steps", steps), ("repeats", repeats)):
+    if value:
+      size[key] = value
   if batches:
     size["batches"] = tuple(batches)
   dtype = dtype or size["dtype"]
   config = make_config(size, dtype)
+  platform_name = jax.devices()[0].platform
+  options = (cpu_compiler_options(platform_name)
+             if xla_options == "recommended" else {})
   torch_info = None
   if with_torch:
     ok, why = torch_available()
     if not ok:
       log(f"torch reference skipped: {why}")
-      with_torch = False
-      torch_info = {"skipped": why}
+      with_torch, torch_info = False, {"skipped": why}
   compile_torch = False
   if with_torch:
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top
+    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     compile_torch = {"on": True, "off": False}.get(
         torch_compile, tr.default_device().type == "cuda")
     torch_info = {**tr.runtime_info(), "compile": compile_torch,
@@ -616,65 +713,110 @@ def run(size_name: str, *, steps: int | None = None,
   info = device_info()
   log(f"device: {info['platform']} {info['device_kind']} "
       f"({info['cpu_count']} CPU cores); size '{size_name}': ResNet-"
-      f"{size['depth']} x{size['width']} at {size['crop']} px (from "
+      f"{size['depth']} x{size['width']} at {size['crop']} px (crops of "
       f"{size['image_size']}), {dtype}, batches {size['batches']}, "
       f"{size['repeats']} x {size['steps']} steps after {size['warmup']} "
-      f"warm-up")
+      f"warm-up; JAX compiler options {options or 'XLA defaults'}")
   result = {"device": info, "size": size_name, "size_config": size,
-            "torch": torch_info, "results": []}
+            "dtype": dtype, "jax_compiler_options": options,
+            "torch": torch_info, "quiet_other_cpu_frac": QUIET_OTHER_CPU,
+            "results": []}
   amp = dtype == "bfloat16"
 
-  def add_row(make_jax, make_torch, step, batch, image_size):
+  def add_row(make_jax, make_torch, step, batch):
     runners, trackers = [make_jax()], [_PeakTracker(_jax_device_peak)]
     if with_torch:
       t = make_torch()
+      t.reset_device_peak()
       runners.append(t)
       trackers.append(_PeakTracker(t.device_peak))
-      t.reset_device_peak()
-    rates = time_interleaved(runners, size["steps"], size["repeats"],
-                             size["warmup"], trackers)
-    for runner, r, tracker in zip(runners, rates, trackers):
+    blocks = time_interleaved(runners, size["steps"], size["repeats"],
+                              size["warmup"], trackers)
+    entries = []
+    for runner, b, tracker in zip(runners, blocks, trackers):
       extra = {}
       if runner.framework == "torch":
         extra["torch_compile"] = _compiled_ok(runner)
         error = getattr(getattr(runner, "step", None), "compile_error", None)
         if error:
           extra["torch_compile_error"] = error
-      e = _entry(runner, r, step=step, batch=batch, image_size=image_size,
-                 dtype=dtype, tracker=tracker, extra=extra)
-      result["results"].append(e)
-    log(format_row(result["results"][-len(runners):]))
+      entries.append(_entry(runner, b, step=step, batch=batch,
+                            image_size=size["crop"], dtype=dtype,
+                            tracker=tracker, extra=extra))
+    result["results"].extend(entries)
+    log(format_row(entries))
     del runners
     gc.collect()
+    if with_torch:
+      _torch_release_cache()
 
   log(HEADER)
   for batch in size["batches"]:
     for kind in kinds:
-      add_row(lambda: JaxTrainRunner(config, kind, batch),
+      add_row(lambda: JaxTrainRunner(config, kind, batch,
+                                     compiler_options=options),
               lambda: TorchTrainRunner(size, kind, batch, amp, compile_torch),
-              kind, batch, size["crop"])
+              kind, batch)
   eb = size["eval_batch"]
-  add_row(lambda: JaxEvalRunner(config, eb),
-          lambda: TorchEvalRunner(size, eb, amp), "eval", eb, size["crop"])
+  add_row(lambda: JaxEvalRunner(config, eb, compiler_options=options),
+          lambda: TorchEvalRunner(size, eb, amp), "eval", eb)
 
   if analysis:
-    log("segmentation upsampling:")
-    up = upsample_flops(size["batches"][0], size["crop"])
-    log(f"  upsampling alone, batch {up['batch']}: subpixel "
-        f"{up['subpixel']['forward_backward_gflop']:.3f} GFLOP fwd+bwd vs "
-        f"conv_transpose {up['conv_transpose']['forward_backward_gflop']:.3f}"
-        f" (max |diff| {up['max_abs_diff']:.1e})")
-    joint = joint_step_variants(config, size["batches"][0], size["steps"],
-                                size["repeats"], size["warmup"], log=log)
-    log(f"  joint step: seg loss + upsampling = "
-        f"{100 * joint['seg_loss_time_share']:.1f}% of the time, "
-        f"{100 * joint.get('seg_loss_flop_share', float('nan')):.1f}% of the "
-        f"FLOPs; zero-stuffed conv_transpose costs "
-        f"{joint['conv_transpose'].get('gflop_vs_project', float('nan')):.2f}x"
-        f" the FLOPs, {joint['conv_transpose']['time_vs_project']:.2f}x the "
-        f"time")
+    b0 = size["batches"][0]
+    log("segmentation upsampling alone:")
+    up = upsample_analysis(b0, size["crop"], compiler_options=options)
+    for name in UPSAMPLE_IMPLS:
+      u = up[name]
+      log(f"  {name}: {u['forward_gflop']:.4f} GFLOP fwd (XLA count), "
+          f"{u['forward_ms']:.2f} ms fwd, {u['forward_backward_ms']:.2f} ms "
+          f"fwd+bwd; HLO: {u['forward_hlo_convolutions']}")
+    log(f"  dense zero-stuffed conv would be "
+        f"{up['dense_zero_stuffed_gflop']:.1f} GFLOP fwd; max |subpixel - "
+        f"conv_transpose| = {up['max_abs_diff']:.1e}")
+    log(f"joint step variants (batch {b0}):")
+    joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
+                                size["warmup"], compiler_options=options,
+                                log=log)
+    log(_format_variants(joint, ("project", "no_seg_loss", "conv_transpose")))
+    log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
+        f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
+        f"its time (quiet blocks: "
+        f"{_pct(joint.get('seg_loss_time_share_quiet'))})")
     result["analysis"] = {"upsample_alone": up, "joint_step_variants": joint}
+    if platform_name == "cpu" and xla_options == "recommended":
+      log(f"XLA:CPU options (classification, batch {b0}):")
+      effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
+                                  size["warmup"], log=log)
+      log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
+      result["analysis"]["cpu_compiler_options_effect"] = effect
   return result
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _fmt(x, spec=".2f") -> str:
+  return "-" if x is None else format(x, spec)
+
+
+def _format_variants(out: dict, names) -> str:
+  lines = [f"  {'variant':<22}{'img/s':>8}{'quiet img/s':>13}{'GFLOP/step':>12}"
+           f"{'compile s':>11}"]
+  for name in names:
+    v = out[name]
+    lines.append(f"  {name:<22}{v['img_per_s']:>8.2f}"
+                 f"{_fmt(v['img_per_s_quiet']):>13}"
+                 f"{_fmt(v['gflop_per_step'], '.1f'):>12}"
+                 f"{v['compile_s']:>11.1f}")
+  return "\n".join(lines)
+
+
+def _torch_release_cache():
+  """Returns torch's cached GPU blocks, so the next row's JAX step has room."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
 
 
 def _compiled_ok(runner) -> bool:
@@ -684,23 +826,25 @@ def _compiled_ok(runner) -> bool:
 
 
 HEADER = (f"{'step':<15}{'batch':>6}{'dtype':>10}{'jax img/s':>11}"
-          f"{'torch img/s':>13}{'jax/torch':>11}{'jax compile s':>15}"
-          f"{'jax GFLOP/img':>15}{'jax peak MB':>13}{'torch peak MB':>15}")
+          f"{'torch img/s':>13}{'jax/torch':>11}{'quiet j/t':>11}"
+          f"{'jax compile s':>15}{'jax GFLOP/img':>15}{'jax peak MiB':>14}"
+          f"{'torch peak MiB':>16}")
 
 
 def format_row(entries: list[dict]) -> str:
+  """One table row: the JAX entry, its torch twin (if any), their ratios."""
   j = next(e for e in entries if e["framework"] == "jax")
   t = next((e for e in entries if e["framework"] == "torch"), None)
-  mb = lambda v: f"{v / 2**20:.0f}" if v else "-"
+  mib = lambda v: f"{v / 2**20:.0f}" if v else "-"  # noqa: E731
   flop = (f"{j['gflop_per_step'] / j['batch']:.1f}" if j["gflop_per_step"]
           else "-")
+  ratio = _ratio(j["img_per_s"], t["img_per_s"]) if t else None
+  quiet = _ratio(j["img_per_s_quiet"], t["img_per_s_quiet"]) if t else None
   return (f"{j['step']:<15}{j['batch']:>6}{j['dtype']:>10}"
-          f"{j['img_per_s']:>11.2f}"
-          f"{(t['img_per_s'] if t else float('nan')):>13.2f}"
-          f"{(j['img_per_s'] / t['img_per_s'] if t else float('nan')):>11.2f}"
-          f"{j['compile_s']:>15.1f}{flop:>15}"
-          f"{mb(j['peak_mem_bytes']):>13}"
-          f"{mb(t['peak_mem_bytes']) if t else '-':>15}")
+          f"{j['img_per_s']:>11.2f}{_fmt(t and t['img_per_s']):>13}"
+          f"{_fmt(ratio):>11}{_fmt(quiet):>11}{j['compile_s']:>15.1f}"
+          f"{flop:>15}{mib(j['peak_mem_bytes']):>14}"
+          f"{mib(t['peak_mem_bytes']) if t else '-':>16}")
 
 
 def format_table(result: dict) -> str:
@@ -729,30 +873,31 @@ def main(argv=None):
                       help="compute dtype (default: bfloat16 full, float32 "
                            "small); torch uses bf16 autocast for bfloat16")
   parser.add_argument("--batches", type=int, nargs="+", default=None)
-  parser.add_argument("--steps-kinds", nargs="+", default=list(STEP_KINDS),
+  parser.add_argument("--step-kinds", nargs="+", default=list(STEP_KINDS),
                       choices=STEP_KINDS, dest="kinds")
   parser.add_argument("--torch-compile", default="auto",
                       choices=("auto", "on", "off"),
                       help="torch.compile the reference (auto: on for CUDA)")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--no-analysis", action="store_true",
-                      help="skip the upsampling / seg-loss analysis")
-  parser.add_argument("--xla-flags", default="recommended",
-                      choices=("recommended", "none"),
-                      help="recommended: add cpu_xla_flags() to XLA_FLAGS")
+                      help="skip the upsampling/seg-loss/XLA-option analysis")
+  parser.add_argument("--xla-options", default="recommended",
+                      choices=("recommended", "default"),
+                      help="recommended: compile the JAX steps with "
+                           "cpu_compiler_options() (CPU only)")
   args = parser.parse_args(argv)
 
-  if args.xla_flags == "recommended":
-    apply_xla_flags(cpu_xla_flags())
-  # Both frameworks share the accelerator: JAX must not grab 75% of it upfront.
+  # Both frameworks share the accelerator: JAX must not take 75% of it upfront.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   size = args.device_size
   if size == "auto":
     size = "small" if jax.devices()[0].platform == "cpu" else "full"
+  t0 = time.perf_counter()
   result = run(size, steps=args.steps, repeats=args.repeats, dtype=args.dtype,
                batches=args.batches, kinds=tuple(args.kinds),
                with_torch=not args.no_torch, torch_compile=args.torch_compile,
-               analysis=not args.no_analysis)
+               xla_options=args.xla_options, analysis=not args.no_analysis)
+  result["wall_s"] = time.perf_counter() - t0
   result["command"] = " ".join(["python -m rapool_jax.benchmark"]
                                + list(argv if argv is not None
                                       else sys.argv[1:]))
@@ -760,7 +905,7 @@ def main(argv=None):
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   print(format_table(result))
-  print(f"wrote {args.out}")
+  print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":

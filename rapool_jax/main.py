@@ -2,7 +2,8 @@
 
 Config values are overridden on the command line, e.g.
 ``--config.train.batch_size=32 --config.stages.joint.lambda_seg=5``.
-Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors.
+Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors, and
+``RAPOOL_DEFAULT_XLA_FLAGS=1`` to skip the CPU convolution flag of ``xla_flags.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv):
   # orbax and TFDS log every checkpoint and file at INFO; progress is printed.
   logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors():
+    from rapool_jax import xla_flags
+    if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
+      xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
     from rapool_jax import distributed
     from rapool_jax import train
     distributed.maybe_initialize()

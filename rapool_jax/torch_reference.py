@@ -249,7 +249,8 @@ class TrainStep:
                options: StepOptions, device: torch.device):
     if kind not in STEP_KINDS:
       raise ValueError(f"step kind must be one of {STEP_KINDS}, got {kind!r}")
-    self.model, self.kind, self.options, self.device = model, kind, options, device
+    self.model, self.kind = model, kind
+    self.options, self.device = options, device
     self.images, self.masks, self.labels = images, masks, labels
     frozen = {"classification": ("seg_conv", "seg_upsample"),
               "segmentation": ("backbone", "classifier", "seg_upsample"),
@@ -265,13 +266,29 @@ class TrainStep:
     self.pooling = "region" if kind == "joint" else "gap"
     self.compile_error = None
     self._forward = model
+    self._compile_pending = False
     if options.compile:
-      self._forward = _try_compile(model)
-      if isinstance(self._forward, str):
-        self.compile_error, self._forward = self._forward, model
+      compiled = _try_compile(model)
+      if isinstance(compiled, str):
+        self.compile_error = compiled
+      else:
+        self._forward, self._compile_pending = compiled, True
     self.generator = torch.Generator(device=device).manual_seed(0)
 
   def step(self, idx):
+    if not self._compile_pending:
+      return self._step(idx)
+    # torch.compile fails lazily, at the first call: fall back to eager then.
+    self._compile_pending = False
+    try:
+      return self._step(idx)
+    except Exception as e:  # pylint: disable=broad-except
+      self.compile_error = f"{type(e).__name__}: {str(e)[:300]}"
+      self._forward = self.model
+      self.optimizer.zero_grad(set_to_none=True)
+      return self._step(idx)
+
+  def _step(self, idx):
     opts = self.options
     x, m = augment(self.images, self.masks, idx, opts.crop,
                    opts.rotate_degrees, generator=self.generator)
@@ -321,7 +338,7 @@ def make_model(depth: int | str = 50, width: float = 1.0,
 
 def synthetic_data(num: int, size: int, num_classes: int = 2,
                    device: torch.device | str = "cpu", seed: int = 0):
-  """uint8 images ``[N, 3, S, S]``, uint8 masks ``[N, S, S]``, labels ``[N]``."""
+  """uint8 images ``[N, 3, S, S]``, uint8 masks ``[N, S, S]``, labels."""
   g = torch.Generator().manual_seed(seed)
   images = torch.randint(0, 256, (num, 3, size, size), generator=g,
                          dtype=torch.uint8)

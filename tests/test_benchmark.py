@@ -1,0 +1,105 @@
+"""Benchmark smoke test (tiny model, one step) and the pieces it relies on."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rapool_jax import benchmark
+from rapool_jax.models import rapool_net
+
+
+def _torch_or_skip():
+  ok, why = benchmark.torch_available()
+  if not ok:
+    print(f"skipping the torch part: {why}")
+    pytest.skip(why)
+  import torch
+  return torch
+
+
+def test_upsampling_formulations_agree():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
+  kernel = rng.normal(size=(64, 64, 2, 2)).astype(np.float32)
+  subpixel = rapool_net.transposed_conv_as_subpixel(jnp.asarray(x),
+                                                    jnp.asarray(kernel), 32)
+  zero_stuffed = benchmark.conv_transpose_zero_stuffed(
+      jnp.asarray(x), jnp.asarray(kernel), 32)
+  assert subpixel.shape == (2, 96, 96, 2)
+  np.testing.assert_allclose(subpixel, zero_stuffed, atol=1e-4)
+
+
+def test_torch_upsampling_matches():
+  torch = _torch_or_skip()
+  from rapool_jax import torch_reference
+  model = torch_reference.RAPoolNet("tiny", width=0.125, stride=32)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
+  # torch layout [Cin, Cout, k, k].
+  weight = rng.normal(size=(2, 2, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    model.seg_upsample.weight.copy_(torch.from_numpy(weight))
+    y = model.seg_upsample(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+  ours = rapool_net.transposed_conv_as_subpixel(
+      jnp.asarray(x), jnp.asarray(weight.transpose(2, 3, 0, 1)), 32)
+  np.testing.assert_allclose(y.numpy().transpose(0, 2, 3, 1), ours, atol=1e-4)
+  np.testing.assert_array_equal(
+      model.seg_upsample.bias.detach().numpy(), 0)
+
+
+def test_torch_segmentation_step_trains_only_seg_conv():
+  torch = _torch_or_skip()
+  from rapool_jax import torch_reference as tr
+  model = tr.make_model("tiny", 0.125)
+  images, masks, labels = tr.synthetic_data(4, 40)
+  before = {k: v.clone() for k, v in model.state_dict().items()}
+  step = tr.TrainStep(model, "segmentation", images, masks, labels,
+                      tr.StepOptions(crop=32), torch.device("cpu"))
+  loss = step.step(torch.arange(4))
+  assert torch.isfinite(loss)
+  for name, value in model.state_dict().items():
+    changed = not torch.equal(value, before[name])
+    assert changed == name.startswith("seg_conv."), name
+  for kind in ("classification", "joint"):
+    step = tr.TrainStep(model, kind, images, masks, labels,
+                        tr.StepOptions(crop=32), torch.device("cpu"))
+    assert torch.isfinite(step.step(torch.arange(4)))
+
+
+def test_xla_flag_helpers():
+  assert benchmark.merge_xla_flags("--a=1 --b=2", "--b=3 --c=4") == (
+      "--a=1 --b=2 --c=4")
+  assert benchmark.merge_xla_flags("", benchmark.cpu_xla_flags()) == (
+      benchmark.cpu_xla_flags())
+  assert benchmark.cpu_compiler_options("gpu") == {}
+  options = benchmark.cpu_compiler_options("cpu")
+  f = jax.jit(lambda x: jnp.sum(x * 2))
+  assert float(f.lower(jnp.ones(3)).compile(compiler_options=options)(
+      jnp.ones(3))) == 6.0
+
+
+def test_benchmark_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  argv = ["--out", str(out), "--device-size", "tiny", "--step-kinds", "joint",
+          "--no-analysis"]
+  with_torch = benchmark.torch_available()[0]
+  if not with_torch:
+    print(f"torch part skipped: {benchmark.torch_available()[1]}")
+    argv.append("--no-torch")
+  benchmark.main(argv)
+  result = json.loads(out.read_text())
+  assert {"platform", "device_kind", "cpu_count"} <= set(result["device"])
+  frameworks = {"jax", "torch"} if with_torch else {"jax"}
+  rows = {(e["framework"], e["step"]) for e in result["results"]}
+  assert rows == {(f, s) for f in frameworks for s in ("joint", "eval")}
+  for e in result["results"]:
+    assert e["batch"] == 4 and e["image_size"] == 64
+    assert e["dtype"] == "float32"
+    assert e["img_per_s"] > 0
+    assert {"compile_s", "peak_mem_bytes", "img_per_s_quiet",
+            "other_cpu_frac"} <= set(e)
+    if e["framework"] == "jax":
+      assert e["compile_s"] > 0 and e["gflop_per_step"] > 0
