@@ -5,6 +5,12 @@ import pathlib
 
 import pytest
 
+# Tests compile as ``python -m rapool_jax.main`` does (XLA:CPU convolution flag),
+# so in-process runs and the main job agree to the bit.
+from rapool_jax import xla_flags  # noqa: E402  (imports jax, starts no backend)
+
+xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_ISIC = REPO.parent / "shared" / "data" / "isic2017-256"
 
