@@ -66,7 +66,8 @@ def format_row(row: dict) -> str:
 def results_markdown(results: dict) -> str:
   rows = results["rows"]
   cols = [c for c in COLUMNS if any(c in r for r in rows)]
-  head = "| model | " + " | ".join(c.capitalize() for c in cols) + " |"
+  names = {"auc": "AUC", "jaccard": "Jaccard (JA)"}
+  head = "| model | " + " | ".join(names.get(c, c.capitalize()) for c in cols) + " |"
   lines = [f"Evaluation on `{results['data']}` split `{results['eval_split']}` "
            f"({results['num_eval_examples']} images)", "", head,
            "|" + "---|" * (len(cols) + 1)]
