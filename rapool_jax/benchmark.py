@@ -41,6 +41,7 @@ import re
 import statistics
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
@@ -59,7 +60,7 @@ STEP_KINDS = ("classification", "segmentation", "joint")
 SIZES = {
     "full": dict(depth="50", width=1.0, image_size=256, crop=224,
                  batches=(10, 256), eval_batch=256, dtype="bfloat16",
-                 steps=20, repeats=5, warmup=3),
+                 steps=20, repeats=5, warmup=3, min_images_per_block=2000),
     "small": dict(depth="50", width=1.0, image_size=256, crop=224,
                   batches=(8,), eval_batch=8, dtype="float32",
                   steps=1, repeats=5, warmup=1),
@@ -346,21 +347,40 @@ class TorchTrainRunner:
 class TorchEvalRunner:
   framework = "torch"
 
-  def __init__(self, size: dict, batch: int, amp: bool, seed: int = 0):
+  def __init__(self, size: dict, batch: int, amp: bool,
+               compile_model: bool = False, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
     from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     self.torch, self.tr = torch, tr
     self.device = tr.default_device()
     self.batch = batch
-    self.options = tr.StepOptions(amp=amp, channels_last=True)
+    self.options = tr.StepOptions(amp=amp, channels_last=True,
+                                  compile=compile_model)
     self.model = tr.make_model(size["depth"], size["width"],
                                device=self.device)
+    self.eager_model, self.compile_error = self.model, None
+    self.compile_pending = False
+    if compile_model:
+      compiled = tr.compile_model(self.model)
+      if isinstance(compiled, str):
+        self.compile_error = compiled
+      else:
+        self.model, self.compile_pending = compiled, True
     self.images, _, _ = tr.synthetic_data(batch, size["crop"],
                                           device=self.device, seed=seed)
     self.compile_s = None
     self.cost = {"gflop_per_step": None, "xla_mem_bytes": None}
 
   def run(self, num_steps: int) -> float:
+    if self.compile_pending:
+      # torch.compile fails lazily, at the first call: fall back to eager.
+      self.compile_pending = False
+      try:
+        self.tr.eval_forward(self.model, self.images, self.options,
+                             self.device)
+      except Exception as e:  # pylint: disable=broad-except
+        self.compile_error = f"{type(e).__name__}: {str(e)[:300]}"
+        self.model = self.eager_model
     if self.device.type == "cuda":
       self.torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -679,12 +699,64 @@ def torch_available() -> tuple[bool, str]:
   return True, ""
 
 
+def row_plan(batches, kinds, eval_batch) -> list[tuple[str, int]]:
+  """``(step, batch)`` rows, most wanted first: the joint step at each batch
+  (largest first), then eval, then the other step kinds.
+
+  A time budget cuts the plan from the end, so a short lease still measures
+  the headline rows (the joint step at the throughput and the paper's batch).
+  """
+  batches = sorted(batches, reverse=True)
+  rows = [("joint", b) for b in batches if "joint" in kinds]
+  rows.append(("eval", eval_batch))
+  rows += [(k, b) for b in batches for k in kinds if k != "joint"]
+  return rows
+
+
+def steps_per_block(size: dict, batch: int) -> int:
+  """Enough steps that a timed block sees ``min_images_per_block`` images
+  (a block of 20 steps at batch 10 would be over in ~0.1 s on a GPU)."""
+  return max(size["steps"], -(-size.get("min_images_per_block", 0) // batch))
+
+
+class _Budget:
+  """Wall-clock budget: a piece of work starts only if it is expected to end
+  in time (expected: the longest piece of the same kind so far)."""
+
+  def __init__(self, seconds: float | None):
+    self.seconds, self.t0 = seconds, time.perf_counter()
+    self.longest: dict[str, float] = {}
+
+  def left(self) -> float:
+    if self.seconds is None:
+      return float("inf")
+    return self.seconds - (time.perf_counter() - self.t0)
+
+  def allows(self, what: str, estimate: float = 0.0) -> bool:
+    return max(self.longest.get(what, 0.0), estimate) < self.left()
+
+  @contextlib.contextmanager
+  def piece(self, what: str):
+    t0 = time.perf_counter()
+    yield
+    self.longest[what] = max(self.longest.get(what, 0.0),
+                             time.perf_counter() - t0)
+
+
 def run(size_name: str, *, steps: int | None = None,
         repeats: int | None = None, dtype: str | None = None,
         batches=None, kinds=STEP_KINDS, with_torch: bool = True,
         torch_compile: str = "auto", xla_options: str = "recommended",
-        analysis: bool = True, log=print) -> dict[str, Any]:
-  """Runs the benchmark; returns the JSON-able result (see module doc)."""
+        analysis: bool = True, time_budget_s: float | None = None,
+        on_row: Callable[[dict], None] | None = None,
+        log=print) -> dict[str, Any]:
+  """Runs the benchmark; returns the JSON-able result (see module doc).
+
+  Rows run in ``row_plan`` order. With ``time_budget_s``, a row (or the
+  analysis) that would not end within the budget is skipped and listed under
+  ``skipped``; a row that raises is recorded under ``errors`` and the rest
+  still run. ``on_row(result)`` is called after each row (partial results).
+  """
   size = dict(SIZES[size_name])
   for key, value in (("steps", steps), ("repeats", repeats)):
     if value:
@@ -730,14 +802,14 @@ def run(size_name: str, *, steps: int | None = None,
       t.reset_device_peak()
       runners.append(t)
       trackers.append(_PeakTracker(t.device_peak))
-    blocks = time_interleaved(runners, size["steps"], size["repeats"],
-                              size["warmup"], trackers)
+    blocks = time_interleaved(runners, steps_per_block(size, batch),
+                              size["repeats"], size["warmup"], trackers)
     entries = []
     for runner, b, tracker in zip(runners, blocks, trackers):
-      extra = {}
+      extra = {"ms_per_step": 1e3 * batch / _summary(b)["img_per_s"]}
       if runner.framework == "torch":
         extra["torch_compile"] = _compiled_ok(runner)
-        error = getattr(getattr(runner, "step", None), "compile_error", None)
+        error = getattr(getattr(runner, "step", runner), "compile_error", None)
         if error:
           extra["torch_compile_error"] = error
       entries.append(_entry(runner, b, step=step, batch=batch,
@@ -750,46 +822,89 @@ def run(size_name: str, *, steps: int | None = None,
     if with_torch:
       _torch_release_cache()
 
+  budget = _Budget(time_budget_s)
+  result["time_budget_s"] = time_budget_s
+  result["skipped"], result["errors"] = [], []
   log(HEADER)
-  for batch in size["batches"]:
-    for kind in kinds:
-      add_row(lambda: JaxTrainRunner(config, kind, batch,
-                                     compiler_options=options),
-              lambda: TorchTrainRunner(size, kind, batch, amp, compile_torch),
-              kind, batch)
-  eb = size["eval_batch"]
-  add_row(lambda: JaxEvalRunner(config, eb, compiler_options=options),
-          lambda: TorchEvalRunner(size, eb, amp), "eval", eb)
+  for kind, batch in row_plan(size["batches"], kinds, size["eval_batch"]):
+    row = {"step": kind, "batch": batch}
+    # Compiling dominates a row, whatever its batch: one estimate per kind.
+    piece = "eval" if kind == "eval" else "train"
+    if not budget.allows(piece):
+      log(f"{kind:<15}{batch:>6}  skipped: {budget.left():.0f} s of the time "
+          f"budget left, the longest such row took "
+          f"{budget.longest.get(piece, 0.0):.0f} s")
+      result["skipped"].append(row)
+      continue
+    if kind == "eval":
+      make_jax = lambda b=batch: JaxEvalRunner(config, b,  # noqa: E731
+                                               compiler_options=options)
+      make_torch = lambda b=batch: TorchEvalRunner(  # noqa: E731
+          size, b, amp, compile_torch)
+    else:
+      make_jax = lambda k=kind, b=batch: JaxTrainRunner(  # noqa: E731
+          config, k, b, compiler_options=options)
+      make_torch = lambda k=kind, b=batch: TorchTrainRunner(  # noqa: E731
+          size, k, b, amp, compile_torch)
+    try:
+      with budget.piece(piece):
+        add_row(make_jax, make_torch, kind, batch)
+    except Exception as e:  # pylint: disable=broad-except
+      # One broken row (say, torch.compile on a new driver) must not cost the
+      # rest of a leased accelerator's measurements.
+      error = f"{type(e).__name__}: {str(e)[:500]}"
+      log(f"{kind:<15}{batch:>6}  FAILED: {error}")
+      traceback.print_exc()
+      result["errors"].append({**row, "error": error})
+      gc.collect()
+    if on_row:
+      on_row(result)
 
-  if analysis:
-    b0 = size["batches"][0]
-    log("segmentation upsampling alone:")
-    up = upsample_analysis(b0, size["crop"], compiler_options=options)
-    for name in UPSAMPLE_IMPLS:
-      u = up[name]
-      log(f"  {name}: {u['forward_gflop']:.4f} GFLOP fwd (XLA count), "
-          f"{u['forward_ms']:.2f} ms fwd, {u['forward_backward_ms']:.2f} ms "
-          f"fwd+bwd; HLO: {u['forward_hlo_convolutions']}")
-    log(f"  dense zero-stuffed conv would be "
-        f"{up['dense_zero_stuffed_gflop']:.1f} GFLOP fwd; max |subpixel - "
-        f"conv_transpose| = {up['max_abs_diff']:.1e}")
-    log(f"joint step variants (batch {b0}):")
-    joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
-                                size["warmup"], compiler_options=options,
-                                log=log)
-    log(_format_variants(joint, ("project", "no_seg_loss", "conv_transpose")))
-    log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
-        f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
-        f"its time (quiet blocks: "
-        f"{_pct(joint.get('seg_loss_time_share_quiet'))})")
-    result["analysis"] = {"upsample_alone": up, "joint_step_variants": joint}
-    if platform_name == "cpu" and xla_options == "recommended":
-      log(f"XLA:CPU options (classification, batch {b0}):")
-      effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
-                                  size["warmup"], log=log)
-      log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
-      result["analysis"]["cpu_compiler_options_effect"] = effect
+  # The analysis compiles the joint step three more times (JAX only).
+  estimate = 1.5 * budget.longest.get("train", 0.0)
+  if analysis and not budget.allows("analysis", estimate):
+    log(f"analysis skipped: {budget.left():.0f} s of the time budget left")
+    result["skipped"].append({"step": "analysis"})
+  elif analysis:
+    try:
+      _analysis(result, config, size, options, platform_name, xla_options, log)
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"analysis FAILED: {type(e).__name__}: {str(e)[:500]}")
+      traceback.print_exc()
+      result["errors"].append({"step": "analysis",
+                               "error": f"{type(e).__name__}: {str(e)[:500]}"})
   return result
+
+
+def _analysis(result, config, size, options, platform_name, xla_options, log):
+  """Upsampling formulations, seg-loss share, XLA:CPU options (in place)."""
+  b0 = max(size["batches"])
+  log("segmentation upsampling alone:")
+  up = upsample_analysis(b0, size["crop"], compiler_options=options)
+  for name in UPSAMPLE_IMPLS:
+    u = up[name]
+    log(f"  {name}: {u['forward_gflop']:.4f} GFLOP fwd (XLA count), "
+        f"{u['forward_ms']:.2f} ms fwd, {u['forward_backward_ms']:.2f} ms "
+        f"fwd+bwd; HLO: {u['forward_hlo_convolutions']}")
+  log(f"  dense zero-stuffed conv would be "
+      f"{up['dense_zero_stuffed_gflop']:.1f} GFLOP fwd; max |subpixel - "
+      f"conv_transpose| = {up['max_abs_diff']:.1e}")
+  log(f"joint step variants (batch {b0}):")
+  joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
+                              size["warmup"], compiler_options=options,
+                              log=log)
+  log(_format_variants(joint, ("project", "no_seg_loss", "conv_transpose")))
+  log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
+      f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
+      f"its time (quiet blocks: "
+      f"{_pct(joint.get('seg_loss_time_share_quiet'))})")
+  result["analysis"] = {"upsample_alone": up, "joint_step_variants": joint}
+  if platform_name == "cpu" and xla_options == "recommended":
+    log(f"XLA:CPU options (classification, batch {b0}):")
+    effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
+                                size["warmup"], log=log)
+    log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
+    result["analysis"]["cpu_compiler_options_effect"] = effect
 
 
 def _pct(x) -> str:
@@ -820,9 +935,9 @@ def _torch_release_cache():
 
 
 def _compiled_ok(runner) -> bool:
-  step = getattr(runner, "step", None)
-  return bool(runner.options.compile and step is not None
-              and step.compile_error is None)
+  holder = getattr(runner, "step", runner)
+  return bool(runner.options.compile
+              and getattr(holder, "compile_error", None) is None)
 
 
 HEADER = (f"{'step':<15}{'batch':>6}{'dtype':>10}{'jax img/s':>11}"
@@ -881,6 +996,10 @@ def main(argv=None):
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--no-analysis", action="store_true",
                       help="skip the upsampling/seg-loss/XLA-option analysis")
+  parser.add_argument("--time-budget-s", type=float, default=None,
+                      help="skip rows that would end past this many seconds "
+                           "(most wanted rows run first); the JSON is "
+                           "rewritten after every row")
   parser.add_argument("--xla-options", default="recommended",
                       choices=("recommended", "default"),
                       help="recommended: compile the JAX steps with "
@@ -893,17 +1012,25 @@ def main(argv=None):
   if size == "auto":
     size = "small" if jax.devices()[0].platform == "cpu" else "full"
   t0 = time.perf_counter()
+  command = " ".join(["python -m rapool_jax.benchmark"]
+                     + list(argv if argv is not None else sys.argv[1:]))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+  def write(result, complete):
+    result.update(wall_s=time.perf_counter() - t0, command=command,
+                  complete=complete)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(tmp, args.out)
+
   result = run(size, steps=args.steps, repeats=args.repeats, dtype=args.dtype,
                batches=args.batches, kinds=tuple(args.kinds),
                with_torch=not args.no_torch, torch_compile=args.torch_compile,
-               xla_options=args.xla_options, analysis=not args.no_analysis)
-  result["wall_s"] = time.perf_counter() - t0
-  result["command"] = " ".join(["python -m rapool_jax.benchmark"]
-                               + list(argv if argv is not None
-                                      else sys.argv[1:]))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+               xla_options=args.xla_options, analysis=not args.no_analysis,
+               time_budget_s=args.time_budget_s,
+               on_row=lambda r: write(r, complete=False))
+  write(result, complete=True)
   print(format_table(result))
   print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
 

@@ -268,7 +268,7 @@ class TrainStep:
     self._forward = model
     self._compile_pending = False
     if options.compile:
-      compiled = _try_compile(model)
+      compiled = compile_model(model)
       if isinstance(compiled, str):
         self.compile_error = compiled
       else:
@@ -318,9 +318,16 @@ class TrainStep:
       torch.cuda.synchronize(self.device)
 
 
-def _try_compile(model):
-  """``torch.compile(model)`` or, where it is unavailable, the reason (str)."""
+def compile_model(model):
+  """``torch.compile(model)`` or, where it is unavailable, the reason (str).
+
+  Dynamo's caches are reset first: every benchmark row builds a new model
+  (new guards on the same ``forward``), and past the recompile limit dynamo
+  would silently run eager; a second batch size would also turn on dynamic
+  shapes, which compile to slower kernels.
+  """
   try:
+    torch._dynamo.reset()  # pylint: disable=protected-access
     return torch.compile(model)
   except Exception as e:  # pylint: disable=broad-except
     return f"{type(e).__name__}: {e}"

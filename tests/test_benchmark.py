@@ -103,3 +103,26 @@ def test_benchmark_writes_json(tmp_path):
             "other_cpu_frac"} <= set(e)
     if e["framework"] == "jax":
       assert e["compile_s"] > 0 and e["gflop_per_step"] > 0
+
+
+def test_row_plan_puts_the_headline_rows_first():
+  plan = benchmark.row_plan((10, 256), benchmark.STEP_KINDS, 256)
+  assert plan[:3] == [("joint", 256), ("joint", 10), ("eval", 256)]
+  assert sorted(plan[3:]) == sorted(
+      (k, b) for k in ("classification", "segmentation") for b in (10, 256))
+  assert benchmark.steps_per_block({"steps": 20, "min_images_per_block": 2000},
+                                   10) == 200
+  assert benchmark.steps_per_block({"steps": 20}, 10) == 20
+
+
+def test_benchmark_budget_skips_rows_and_keeps_partial_json(tmp_path):
+  out = tmp_path / "bench.json"
+  # A budget of 1 s fits the first row only (nothing is known about it yet).
+  benchmark.main(["--out", str(out), "--device-size", "tiny", "--no-torch",
+                  "--step-kinds", "joint", "segmentation", "--time-budget-s",
+                  "1"])
+  result = json.loads(out.read_text())
+  assert result["complete"] and not result["errors"]
+  assert [(e["step"], e["batch"]) for e in result["results"]] == [("joint", 4)]
+  assert {"step": "eval", "batch": 4} in result["skipped"]
+  assert {"step": "analysis"} in result["skipped"]
