@@ -126,3 +126,20 @@ def test_benchmark_budget_skips_rows_and_keeps_partial_json(tmp_path):
   assert [(e["step"], e["batch"]) for e in result["results"]] == [("joint", 4)]
   assert {"step": "eval", "batch": 4} in result["skipped"]
   assert {"step": "analysis"} in result["skipped"]
+
+
+def test_conv_ops_reads_plain_and_cudnn_convolutions():
+  hlo = "\n".join([
+      "  %convolution.3 = f32[4,2,2,2048]{3,2,1,0} convolution(%a, %b), "
+      "window={size=2x2 rhs_reversal=1x1}, dim_labels=01fb_o01i->f01b, "
+      "metadata={}",
+      '  %cudnn-conv.1 = (bf16[256,56,56,64]{3,2,1,0}, u8[0]{0}) '
+      'custom-call(%p, %w), window={size=3x3 pad=1_1x1_1}, '
+      'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", '
+      'backend_config={}',
+      "  %add = f32[4]{0} add(%x, %y)"])
+  assert benchmark.conv_ops(hlo) == [
+      "f32[4,2,2,2048]{3,2,1,0} window={size=2x2 rhs_reversal=1x1} "
+      "dim_labels=01fb_o01i->f01b",
+      "bf16[256,56,56,64]{3,2,1,0} window={size=3x3 pad=1_1x1_1} "
+      "dim_labels=b01f_o01i->b01f __cudnn$convForward"]

@@ -1,0 +1,105 @@
+"""Recounts ``gflop_per_step`` of a GPU benchmark JSON on the lowered program.
+
+    python benchmarks/recount_gpu_flops.py benchmarks/results/h200_*.json
+
+The GPU runs of 2026-11-27 counted FLOPs on XLA's *optimised* GPU HLO, where
+convolutions are cuDNN custom calls that the cost analysis leaves out (a
+ResNet-50 train step read as 0.6 GFLOP/img). ``rapool_jax.benchmark`` now
+counts on the lowered program; this script does the same for those files,
+lowering each row's step abstractly (shapes only, nothing runs), and rewrites
+``gflop_per_step`` and ``achieved_tflop_per_s``. The old figure is kept as
+``xla_gpu_optimised_gflop_per_step``; the timings are untouched.
+"""
+
+import contextlib
+import functools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from rapool_jax import benchmark
+from rapool_jax import optim
+from rapool_jax import train
+from rapool_jax.models import rapool_net
+
+
+def lowered_gflop(config, step: str, batch: int) -> float:
+  model = rapool_net.build_model(config.model)
+  crop, size = config.data.crop_size, config.data.image_size
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)},
+                         jnp.zeros((1, crop, crop, 3)), train=False))
+  variables = {"params": variables["params"],
+               "batch_stats": variables["batch_stats"]}
+  sds = jax.ShapeDtypeStruct
+  if step == "eval":
+    fn = jax.jit(functools.partial(
+        train.eval_step, model=model, pooling="region",
+        mean=tuple(config.data.mean), std=tuple(config.data.std)))
+    lowered = fn.lower(variables, sds((batch, crop, crop, 3), jnp.uint8),
+                       sds((batch, crop, crop), jnp.uint8))
+  else:
+    stage = config.stages[step]
+    tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
+    state = {"variables": variables,
+             "opt_state": jax.eval_shape(tx.init, variables["params"]),
+             "step": sds((), jnp.int32)}
+    split = {"images": sds((batch, size, size, 3), jnp.uint8),
+             "masks": sds((batch, size, size), jnp.uint8),
+             "labels": sds((batch,), jnp.int32),
+             "has_mask": sds((batch,), jnp.bool_)}
+    fn = jax.jit(functools.partial(
+        train.resident_train_step, model=model, tx=tx, stage=stage,
+        data=config.data, mean=tuple(config.data.mean),
+        std=tuple(config.data.std)))
+    lowered = fn.lower(state, sds((batch,), jnp.int32), jax.random.key(0),
+                       split=split)
+  return benchmark._cost(lowered, None)["gflop_per_step"]  # pylint: disable=protected-access
+
+
+def main(paths):
+  for path in paths:
+    with open(path) as f:
+      result = json.load(f)
+    config = benchmark.make_config(result["size_config"], result["dtype"])
+    for e in result["results"]:
+      if e["framework"] != "jax":
+        continue
+      gflop = lowered_gflop(config, e["step"], e["batch"])
+      e.setdefault("xla_gpu_optimised_gflop_per_step", e["gflop_per_step"])
+      e["gflop_per_step"] = gflop
+      e["achieved_tflop_per_s"] = gflop * e["img_per_s"] / e["batch"] / 1e3
+      print(f"{path}: {e['step']} batch {e['batch']}: "
+            f"{gflop / e['batch']:.2f} GFLOP/img, "
+            f"{e['achieved_tflop_per_s']:.0f} TFLOP/s")
+    joint = result.get("analysis", {}).get("joint_step_variants")
+    if joint:
+      for name, patches in benchmark.JOINT_VARIANTS.items():
+        with contextlib.ExitStack() as stack:
+          for module, attr, value in patches:
+            stack.enter_context(benchmark._patched(module, attr, value))  # pylint: disable=protected-access
+          gflop = lowered_gflop(config, "joint", joint["batch"])
+        v = joint[name]
+        v.setdefault("xla_gpu_optimised_gflop_per_step", v["gflop_per_step"])
+        v["gflop_per_step"] = gflop
+      base = joint["project"]["gflop_per_step"]
+      for name in ("no_seg_loss", "conv_transpose"):
+        joint[name]["gflop_vs_project"] = joint[name]["gflop_per_step"] / base
+      joint["seg_loss_flop_share"] = (
+          1 - joint["no_seg_loss"]["gflop_per_step"] / base)
+      print(f"{path}: joint variants: seg loss + upsampling "
+            f"{100 * joint['seg_loss_flop_share']:.2f}% of the FLOPs; "
+            f"conv_transpose {joint['conv_transpose']['gflop_vs_project']:.4f}"
+            f"x the project's FLOPs")
+    result["gflop_recounted"] = (
+        "gflop_per_step recounted on the lowered program by "
+        "benchmarks/recount_gpu_flops.py (the run's own count, on optimised "
+        "GPU HLO, left out cuDNN convolutions)")
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
