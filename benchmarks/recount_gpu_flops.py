@@ -77,6 +77,8 @@ def main(paths):
     joint = result.get("analysis", {}).get("joint_step_variants")
     if joint:
       for name, patches in benchmark.JOINT_VARIANTS.items():
+        if name not in joint:   # a variant added after the run
+          continue
         with contextlib.ExitStack() as stack:
           for module, attr, value in patches:
             stack.enter_context(benchmark._patched(module, attr, value))  # pylint: disable=protected-access

@@ -52,6 +52,7 @@ from rapool_jax import config_lib
 from rapool_jax import losses
 from rapool_jax import optim
 from rapool_jax import train
+from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
 
 STEP_KINDS = ("classification", "segmentation", "joint")
@@ -229,7 +230,8 @@ class JaxTrainRunner:
   framework = "jax"
 
   def __init__(self, config, stage_name: str, batch: int, seed: int = 0,
-               compiler_options: dict[str, Any] | None = None):
+               compiler_options: dict[str, Any] | None = None,
+               key_impl: str = "threefry2x32"):
     self.batch = batch
     model = rapool_net.build_model(config.model)
     stage = config.stages[stage_name]
@@ -242,7 +244,7 @@ class JaxTrainRunner:
         batch, config.data.image_size, seed)
     self.data = dict(images=images, masks=masks, labels=labels,
                      has_mask=has_mask)
-    self.key = jax.random.key(seed)
+    self.key = train.make_key(seed, key_impl)
     rng = np.random.default_rng(seed)
     self.idxs = [jnp.asarray(rng.permutation(batch).astype(np.int32))
                  for _ in range(4)]
@@ -580,6 +582,14 @@ def upsample_analysis(batch: int, crop: int, stride: int = 32,
   return out
 
 
+def _centre_crop_batch(key, images, masks, crop_size, rotate_degrees, flip):
+  del key, rotate_degrees, flip
+  o = (images.shape[1] - crop_size) // 2
+  # The pipeline's bilinear resampling returns float images, uint8 masks.
+  return (images[:, o:o + crop_size, o:o + crop_size].astype(jnp.float32),
+          masks[:, o:o + crop_size, o:o + crop_size])
+
+
 def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
   del seg_logits, masks, has_mask
   return jnp.zeros((), jnp.float32)
@@ -594,7 +604,15 @@ JOINT_VARIANTS = {
     # Upsampling by lax.conv_transpose instead of the subpixel formulation.
     "conv_transpose": ((rapool_net, "transposed_conv_as_subpixel",
                         conv_transpose_zero_stuffed),),
+    # Centre crop instead of random crop + rotation + flips: the share of the
+    # step that on-device augmentation takes.
+    "no_augmentation": ((pipeline, "augment_batch", _centre_crop_batch),),
+    # Dropout and augmentation bits from RBG instead of threefry
+    # (``train.prng_impl``).
+    "rbg_prng": (),
 }
+# Runner arguments of a variant, beside its patches.
+JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -625,22 +643,29 @@ def _ratio(a, b):
 def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
-  """The joint step as built, without the seg loss, and with conv_transpose."""
+  """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
+  the seg loss and of augmentation, and two alternatives (conv_transpose
+  upsampling, RBG random bits)."""
 
-  def make(patches):
+  def make(name, patches):
     def build():
       with contextlib.ExitStack() as stack:
         for module, attr, value in patches:
           stack.enter_context(_patched(module, attr, value))
         return JaxTrainRunner(config, "joint", batch,
-                              compiler_options=compiler_options)
+                              compiler_options=compiler_options,
+                              **JOINT_VARIANT_RUNNER_KWARGS.get(name, {}))
     return build
 
   out = compare_jax_variants(
-      {name: make(p) for name, p in JOINT_VARIANTS.items()}, steps, repeats,
-      warmup, log=log)
+      {name: make(name, p) for name, p in JOINT_VARIANTS.items()}, steps,
+      repeats, warmup, log=log)
   base, nos = out["project"], out["no_seg_loss"]
-  for name in ("no_seg_loss", "conv_transpose"):
+  out["augmentation_time_share"] = (
+      1 - base["img_per_s"] / out["no_augmentation"]["img_per_s"])
+  for name in JOINT_VARIANTS:
+    if name == "project":
+      continue
     v = out[name]
     v["gflop_vs_project"] = _ratio(v["gflop_per_step"], base["gflop_per_step"])
     v["time_vs_project"] = _ratio(base["img_per_s"], v["img_per_s"])
@@ -908,11 +933,14 @@ def _analysis(result, config, size, options, platform_name, xla_options, log):
   joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
                               size["warmup"], compiler_options=options,
                               log=log)
-  log(_format_variants(joint, ("project", "no_seg_loss", "conv_transpose")))
+  log(_format_variants(joint, tuple(JOINT_VARIANTS)))
   log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
       f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
       f"its time (quiet blocks: "
-      f"{_pct(joint.get('seg_loss_time_share_quiet'))})")
+      f"{_pct(joint.get('seg_loss_time_share_quiet'))}); augmentation: "
+      f"{_pct(joint['augmentation_time_share'])} of its time; RBG instead of "
+      f"threefry bits: {_fmt(joint['rbg_prng']['time_vs_project'])}x the "
+      f"time")
   result["analysis"] = {"upsample_alone": up, "joint_step_variants": joint}
   if platform_name == "cpu" and xla_options == "recommended":
     log(f"XLA:CPU options (classification, batch {b0}):")

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import errors
 from rapool_jax import losses
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
@@ -97,6 +98,17 @@ def eval_step(variables, images, masks, *, model, pooling, mean, std):
           "score_map": out["score_map"]}
 
 
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def make_key(seed: int, impl: str):
+  """The run's root key; ``impl`` is ``train.prng_impl``."""
+  if impl not in PRNG_IMPLS:
+    raise errors.UserError(
+        f"config key train.prng_impl: {impl!r} is not one of {PRNG_IMPLS}")
+  return jax.random.key(seed, impl=impl)
+
+
 # ----------------------------------------------------------------------------
 # The job.
 
@@ -147,7 +159,7 @@ class Trainer:
     print(f"training split: {len(train)} examples, {nbytes / 2**20:.0f} MiB, "
           f"{'on device' if self.resident else 'streamed from host'}",
           flush=True)
-    self.key = jax.random.key(config.seed)
+    self.key = make_key(config.seed, config.train.prng_impl)
     self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
     self._eval_fns = {}
 
