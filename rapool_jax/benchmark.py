@@ -51,6 +51,7 @@ import numpy as np
 from rapool_jax import config_lib
 from rapool_jax import losses
 from rapool_jax import optim
+from rapool_jax import sharding
 from rapool_jax import train
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
@@ -590,6 +591,62 @@ def _centre_crop_batch(key, images, masks, crop_size, rotate_degrees, flip):
           masks[:, o:o + crop_size, o:o + crop_size])
 
 
+def input_pipeline_throughput(config, batch: int, steps: int,
+                              num_examples: int | None = None,
+                              log=print) -> dict[str, Any]:
+  """img/s of the trainer's two input paths alone, without the network.
+
+  ``device_augment``: a split held on the devices as uint8, the batch
+  gathered, cropped, rotated, flipped and normalised inside jit (what the
+  resident train step runs before the network). ``host_stream``: uint8
+  batches gathered on the host by grain and copied to the devices
+  (``train.stream_host_batches``; augmentation then runs in the step).
+  """
+  mesh = sharding.make_mesh()
+  n = num_examples or 4 * batch
+  rng = np.random.default_rng(0)
+  s = config.data.image_size
+  host = {"images": rng.integers(0, 256, (n, s, s, 3), np.uint8),
+          "masks": rng.integers(0, 2, (n, s, s), np.uint8),
+          "labels": rng.integers(0, 2, (n,)).astype(np.int32),
+          "has_mask": np.ones((n,), bool)}
+  indices = lambda t: pipeline.batch_indices(0, 0, t, batch, n)  # noqa: E731
+  data = config.data
+
+  @jax.jit
+  def device_input(split, idx, key):
+    images, masks = pipeline.augment_batch(
+        jax.random.fold_in(key, idx[0]), split["images"][idx],
+        split["masks"][idx], data.crop_size, data.rotate_degrees, data.flip)
+    return pipeline.normalize(images, tuple(data.mean), tuple(data.std)), masks
+
+  split = sharding.put_replicated(host, mesh)
+  key = jax.random.key(0)
+  idxs = [sharding.put_global_batch(indices(t), mesh) for t in range(steps)]
+  jax.block_until_ready(device_input(split, idxs[0], key))
+  t0 = time.perf_counter()
+  for idx in idxs:
+    out = device_input(split, idx, key)
+  jax.block_until_ready(out)
+  device_rate = batch * steps / (time.perf_counter() - t0)
+  del split, out
+
+  stream = train.stream_host_batches(host, indices, 0, steps + 1, batch, mesh)
+  jax.block_until_ready(next(stream))   # grain's threads are up
+  t0 = time.perf_counter()
+  for out in stream:
+    pass
+  jax.block_until_ready(out)
+  host_rate = batch * steps / (time.perf_counter() - t0)
+  result = {"batch": batch, "num_examples": n, "steps": steps,
+            "device_augment_img_per_s": device_rate,
+            "host_stream_img_per_s": host_rate}
+  log(f"input pipeline alone (batch {batch}): on-device augmentation "
+      f"{device_rate:.0f} img/s, host stream (grain + copy) {host_rate:.0f} "
+      f"img/s")
+  return result
+
+
 def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
   del seg_logits, masks, has_mask
   return jnp.zeros((), jnp.float32)
@@ -917,8 +974,21 @@ def run(size_name: str, *, steps: int | None = None,
 
 
 def _analysis(result, config, size, options, platform_name, xla_options, log):
-  """Upsampling formulations, seg-loss share, XLA:CPU options (in place)."""
+  """Input pipeline, upsampling formulations, seg-loss share, XLA:CPU
+  options (in place)."""
   b0 = max(size["batches"])
+  inputs = input_pipeline_throughput(
+      config, b0, steps=max(size["steps"], 2000 // b0), log=log)
+  result["analysis"] = {"input_pipeline": inputs}
+  train_rates = [e["img_per_s"] for e in result["results"]
+                 if e["framework"] == "jax" and e["batch"] == b0
+                 and e["step"] != "eval"]
+  if train_rates:
+    # Input pipeline throughput over the fastest train step's: > 1 means the
+    # pipeline keeps up.
+    for name in ("device_augment", "host_stream"):
+      inputs[f"{name}_vs_fastest_train_step"] = (
+          inputs[f"{name}_img_per_s"] / max(train_rates))
   log("segmentation upsampling alone:")
   up = upsample_analysis(b0, size["crop"], compiler_options=options)
   for name in UPSAMPLE_IMPLS:
@@ -941,7 +1011,7 @@ def _analysis(result, config, size, options, platform_name, xla_options, log):
       f"{_pct(joint['augmentation_time_share'])} of its time; RBG instead of "
       f"threefry bits: {_fmt(joint['rbg_prng']['time_vs_project'])}x the "
       f"time")
-  result["analysis"] = {"upsample_alone": up, "joint_step_variants": joint}
+  result["analysis"].update(upsample_alone=up, joint_step_variants=joint)
   if platform_name == "cpu" and xla_options == "recommended":
     log(f"XLA:CPU options (classification, batch {b0}):")
     effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],

@@ -98,6 +98,31 @@ def eval_step(variables, images, masks, *, model, pooling, mean, std):
           "score_map": out["score_map"]}
 
 
+def stream_host_batches(host: dict, indices, start: int, stop: int,
+                        batch_size: int, mesh):
+  """Yields steps ``start``..``stop - 1``'s batches of ``host`` arrays (uint8
+  ``images [N, S, S, 3]``, ...), rows ``indices(t)`` ``[batch_size]``, as
+  global arrays sharded over ``mesh``'s data axis.
+
+  Each process gathers only its own rows; grain runs the gathers in
+  background threads, a few steps ahead of training.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  n_proc, rank = jax.process_count(), jax.process_index()
+  per_process = batch_size // n_proc
+
+  def gather(t):
+    local = indices(int(t))[rank * per_process:(rank + 1) * per_process]
+    return {k: v[local] for k, v in host.items()}
+
+  stream = grain.MapDataset.range(start, stop).map(gather).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  for local in stream:
+    yield {k: jax.make_array_from_process_local_data(
+        sharding.batch_sharding(mesh), v, (batch_size,) + v.shape[1:])
+           for k, v in local.items()}
+
+
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
@@ -265,20 +290,8 @@ class Trainer:
       for t in range(start, stop):
         yield sharding.put_global_batch(indices(t), self.mesh)
       return
-    import grain
-    n_proc, rank = jax.process_count(), jax.process_index()
-    per_process = config.train.batch_size // n_proc
-
-    def gather(t):
-      local = indices(int(t))[rank * per_process:(rank + 1) * per_process]
-      return {k: v[local] for k, v in self.train_host.items()}
-
-    stream = grain.MapDataset.range(start, stop).map(gather).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    for local in stream:
-      yield {k: jax.make_array_from_process_local_data(
-          sharding.batch_sharding(self.mesh), v,
-          (config.train.batch_size,) + v.shape[1:]) for k, v in local.items()}
+    yield from stream_host_batches(self.train_host, indices, start, stop,
+                                   config.train.batch_size, self.mesh)
 
   def _plateau_update(self, name, stage, variables, meta, step) -> bool:
     """Evaluates the plateau metric; returns True when the stage should stop."""

@@ -155,3 +155,11 @@ def test_no_augmentation_variant_crops_like_the_pipeline():
   assert [a.shape for a in got] == [a.shape for a in want]
   assert [a.dtype for a in got] == [a.dtype for a in want]
   np.testing.assert_array_equal(got[0], images[:, 2:8, 2:8])
+
+
+def test_input_pipeline_throughput_runs_both_paths():
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  out = benchmark.input_pipeline_throughput(config, batch=4, steps=3)
+  assert out["device_augment_img_per_s"] > 0
+  assert out["host_stream_img_per_s"] > 0
+  assert out["num_examples"] == 16
