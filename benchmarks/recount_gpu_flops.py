@@ -95,6 +95,25 @@ def main(paths):
             f"{100 * joint['seg_loss_flop_share']:.2f}% of the FLOPs; "
             f"conv_transpose {joint['conv_transpose']['gflop_vs_project']:.4f}"
             f"x the project's FLOPs")
+    up = result.get("analysis", {}).get("upsample_alone")
+    if up:
+      shape = (up["batch"], up["input_hw"], up["input_hw"], 2)
+      x = jax.ShapeDtypeStruct(shape, jnp.float32)
+      w = jax.ShapeDtypeStruct((up["kernel"], up["kernel"], 2, 2), jnp.float32)
+      stride = up["stride"]
+      for name, fn in benchmark.UPSAMPLE_IMPLS.items():
+        fwd = jax.jit(lambda x, w, fn=fn: fn(x, w, stride))
+        grad = jax.jit(jax.grad(
+            lambda x, w, fn=fn: jnp.sum(fn(x, w, stride)**2), argnums=(0, 1)))
+        u = up[name]
+        u.setdefault("xla_gpu_optimised_forward_gflop", u["forward_gflop"])
+        u.setdefault("xla_gpu_optimised_forward_backward_gflop",
+                     u["forward_backward_gflop"])
+        u["forward_gflop"] = benchmark._cost(fwd.lower(x, w), None)[  # pylint: disable=protected-access
+            "gflop_per_step"]
+        u["forward_backward_gflop"] = benchmark._cost(  # pylint: disable=protected-access
+            grad.lower(x, w), None)["gflop_per_step"]
+        print(f"{path}: upsampling {name}: {u['forward_gflop']:.4f} GFLOP fwd")
     result["gflop_recounted"] = (
         "gflop_per_step recounted on the lowered program by "
         "benchmarks/recount_gpu_flops.py (the run's own count, on optimised "
