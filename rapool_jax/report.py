@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rapool_jax import metrics as metrics_lib  # noqa: E402
+from rapool_jax import pooling as pooling_lib  # noqa: E402
 from rapool_jax import sharding  # noqa: E402
 from rapool_jax.data import pipeline  # noqa: E402
 
@@ -93,13 +94,19 @@ def plot_roc(path: str, rows_scores: list[tuple[str, np.ndarray, np.ndarray]]):
   plt.close(fig)
 
 
-def class_activation_maps(model, variables, images, pooling: str, cls: int):
-  """CAM of class ``cls``: ``sum_i w_i f_i`` (x S for region pooling). ``[B, h, w]``."""
-  out = model.apply(variables, images, train=False, pooling=pooling)
+def class_activation_maps(model, variables, images, pooling: str, cls: int,
+                          masks=None):
+  """CAM of class ``cls``: ``sum_i w_i f_i``, times the pooling's weights (S
+  for region pooling, the ground truth ``masks [B, H, W]`` for
+  ``mask_oracle``). Returns the CAM and S, each ``[B, h, w]``."""
+  out = model.apply(variables, images, train=False, pooling=pooling,
+                    mask=masks)
   w = variables["params"]["classifier"]["kernel"][:, cls]
   cam = jnp.einsum("bhwc,c->bhw", out["features"].astype(jnp.float32), w)
   if pooling.startswith("region"):
     cam = cam * out["score_map"]
+  elif pooling == "mask_oracle":
+    cam = cam * pooling_lib.resize_mask_to_features(masks, cam.shape[1:3])
   return np.asarray(cam), np.asarray(out["score_map"])
 
 
@@ -119,7 +126,7 @@ def plot_cams(path: str, trainer, stage_variables, split: pipeline.Split):
     stage = config.stages[name]
     if stage.report_as:
       cam, score = class_activation_maps(trainer.model, stage_variables[name], x,
-                                         stage.pooling, 1)
+                                         stage.pooling, 1, jnp.asarray(masks))
       columns.append((f"CAM: {stage.report_as}", cam))
   columns.append(("score map S (last stage)", score))
   fig, axes = plt.subplots(len(pick), len(columns) + 1,

@@ -167,3 +167,13 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   tiny_config.train.prng_impl = "philox"
   with pytest.raises(ValueError, match="train.prng_impl: 'philox'"):
     train.Trainer(tiny_config, str(tmp_path / "bad"))
+
+
+def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
+  # Step 4 pooled with the ground-truth mask: training, RankOpt and the CAM
+  # figure all need the mask passed through.
+  tiny_config.stages.joint.pooling = "mask_oracle"
+  tiny_config.stages.joint.report_as = "Step 4: mask_oracle"
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert [r["model"] for r in results["rows"]][1] == "Step 4: mask_oracle"
+  assert os.path.getsize(tmp_path / "figures" / "cam.png") > 10_000
