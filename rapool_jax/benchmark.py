@@ -615,10 +615,10 @@ def input_pipeline_throughput(config, batch: int, steps: int,
 
   @jax.jit
   def device_input(split, idx, key):
-    images, masks = pipeline.augment_batch(
-        jax.random.fold_in(key, idx[0]), split["images"][idx],
-        split["masks"][idx], data.crop_size, data.rotate_degrees, data.flip)
-    return pipeline.normalize(images, tuple(data.mean), tuple(data.std)), masks
+    # What resident_train_step runs before the network.
+    batch = jax.tree.map(lambda a: a[idx], split)
+    return train.augmented_inputs(jax.random.fold_in(key, idx[0]), batch, data,
+                                  tuple(data.mean), tuple(data.std))
 
   split = sharding.put_replicated(host, mesh)
   key = jax.random.key(0)

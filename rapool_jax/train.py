@@ -37,6 +37,16 @@ from rapool_jax.models import rapool_net
 # Steps (pure functions, jitted by the caller).
 
 
+def augmented_inputs(key, batch, data, mean, std):
+  """uint8 ``images [B, S, S, 3]``, ``masks [B, S, S]`` -> normalised float32
+  crops ``[B, crop, crop, 3]`` and masks ``[B, crop, crop]``, randomly
+  cropped, rotated and flipped together (``data``: the data config)."""
+  images, masks = pipeline.augment_batch(
+      key, batch["images"], batch["masks"], data.crop_size,
+      data.rotate_degrees, data.flip)
+  return pipeline.normalize(images, mean, std), masks
+
+
 def train_step(state, batch, key, *, model, tx, stage, data, mean, std):
   """One SGD step on a batch, augmented on device.
 
@@ -45,10 +55,7 @@ def train_step(state, batch, key, *, model, tx, stage, data, mean, std):
   ``labels [B]`` and ``has_mask [B]``. Returns the new state and scalar metrics.
   """
   aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
-  batch_images, batch_masks = pipeline.augment_batch(
-      aug_key, batch["images"], batch["masks"], data.crop_size,
-      data.rotate_degrees, data.flip)
-  x = pipeline.normalize(batch_images, mean, std)
+  x, batch_masks = augmented_inputs(aug_key, batch, data, mean, std)
   y = batch["labels"]
   y_has_mask = batch["has_mask"]
   params = state["variables"]["params"]
