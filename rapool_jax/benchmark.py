@@ -252,13 +252,9 @@ class JaxTrainRunner:
     step_kwargs = dict(model=model, tx=tx, stage=stage, data=config.data,
                        mean=tuple(config.data.mean),
                        std=tuple(config.data.std))
-    if hasattr(train, "resident_train_step"):
-      # The training path for a split held on the device: gather + step.
-      step_fn = functools.partial(train.resident_train_step, **step_kwargs)
-      self.data_kwargs = {"split": self.data}
-    else:
-      step_fn = functools.partial(train.train_step, **step_kwargs)
-      self.data_kwargs = self.data
+    # The training path for a split held on the device: gather + step.
+    step_fn = functools.partial(train.resident_train_step, **step_kwargs)
+    self.data_kwargs = {"split": self.data}
     step_fn = jax.jit(step_fn, donate_argnums=(0,))
     t0 = time.perf_counter()
     lowered = step_fn.lower(self.state, self.idxs[0], self.key,

@@ -162,6 +162,8 @@ class Trainer:
     self.mean = tuple(config.data.mean)
     self.std = tuple(config.data.std)
     self.model = rapool_net.build_model(config.model)
+    # Before the data loads: a bad train.prng_impl fails at once.
+    self.key = make_key(config.seed, config.train.prng_impl)
 
     needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
     builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
@@ -191,7 +193,6 @@ class Trainer:
     print(f"training split: {len(train)} examples, {nbytes / 2**20:.0f} MiB, "
           f"{'on device' if self.resident else 'streamed from host'}",
           flush=True)
-    self.key = make_key(config.seed, config.train.prng_impl)
     self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
     self._eval_fns = {}
 
