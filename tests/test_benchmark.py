@@ -163,3 +163,74 @@ def test_input_pipeline_throughput_runs_both_paths():
   assert out["device_augment_img_per_s"] > 0
   assert out["host_stream_img_per_s"] > 0
   assert out["num_examples"] == 16
+
+
+def _cpu_breakdown():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parents[1] / "benchmarks" / "cpu_breakdown.py"
+  spec = importlib.util.spec_from_file_location("cpu_breakdown", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cpu_breakdown_finds_every_backbone_convolution():
+  cb = _cpu_breakdown()
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  model = rapool_net.build_model(config.model)
+  variables = benchmark.init_variables(model, 64)
+  convs = cb.network_convolutions(model, variables, 2, 64)
+  # Tiny ResNet: stem + 4 basic blocks x 2 convs + 3 projection shortcuts.
+  assert sum(count for *_, count in convs) == 12
+  shapes = {(lhs, rhs, tuple(p["window_strides"])) for lhs, rhs, p, _ in convs}
+  assert ((2, 64, 64, 3), (7, 7, 3, 8), (2, 2)) in shapes
+  assert all(len(lhs) == 4 and len(rhs) == 4 for lhs, rhs, *_ in convs)
+
+
+def test_cpu_breakdown_torch_conv_replays_the_jaxpr_convolution():
+  torch = _torch_or_skip()
+  cb = _cpu_breakdown()
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  model = rapool_net.build_model(config.model)
+  variables = benchmark.init_variables(model, 64)
+  rng = np.random.default_rng(0)
+  for lhs, rhs, params, _ in cb.network_convolutions(model, variables, 2, 64):
+    x = rng.normal(size=lhs).astype(np.float32)
+    w = rng.normal(size=rhs).astype(np.float32)
+    want = jax.lax.conv_general_dilated_p.bind(
+        jnp.asarray(x), jnp.asarray(w),
+        **{**params, "preferred_element_type": None})
+    got = cb.torch_conv(params)(torch.tensor(x).permute(0, 3, 1, 2),
+                                torch.tensor(w).permute(3, 2, 0, 1))
+    np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), want,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_breakdown_thunk_kinds():
+  kind = _cpu_breakdown().thunk_kind
+  assert kind("convolution-window-dilated.3") == "convolution"
+  assert kind("transpose_copy_fusion.89") == "layout transpose"
+  assert kind("wrapped_reduce-window") == kind("wrapped_iota.2")
+  assert kind("wrapped_reduce-window").startswith("max pool")
+  assert kind("ynn_fusion.12").startswith("reduction")
+  assert kind("multiply_add_fusion.4").startswith("elementwise")
+  assert kind("ThunkExecutor::Execute") is None
+
+
+def test_cpu_breakdown_end_to_end_tiny(tmp_path):
+  _torch_or_skip()
+  cb = _cpu_breakdown()
+  out = tmp_path / "breakdown.json"
+  cb.main(["--out", str(out), "--cpus", "1", "--size", "tiny", "--batch", "2",
+           "--repeats", "1"])
+  (run,) = json.loads(out.read_text())["runs"]
+  assert run["cpus"] == 1 and run["depth"] == "tiny"
+  assert run["num_convolutions"] == 12
+  assert run["step"]["jax_img_per_s"] > 0 and run["step"]["torch_img_per_s"] > 0
+  jax_total = sum(run["convolutions_ms"][f"jax_{k}_ms"]
+                  for k in ("fwd", "dx", "dw"))
+  assert run["convolutions_ms"]["jax"] == pytest.approx(jax_total)
+  trace = run["thunk_trace"]
+  assert trace["threads"] == 1 and trace["thread_ms_per_step"]
+  assert sum(trace["thread_ms_per_step"].values()) > 0
