@@ -312,6 +312,9 @@ def main(argv=None) -> None:
   available = len(os.sched_getaffinity(0))
   if max(args.cpus) > available or min(args.cpus) < 1:
     parser.error(f"--cpus must be between 1 and {available}, got {args.cpus}")
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  if not os.path.isdir(out_dir):
+    parser.error(f"--out: directory {out_dir} does not exist")
 
   from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
   result = {"what": __doc__.split("\n\n")[0].replace("\n", " "),
