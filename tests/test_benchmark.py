@@ -165,14 +165,18 @@ def test_input_pipeline_throughput_runs_both_paths():
   assert out["num_examples"] == 16
 
 
-def _cpu_breakdown():
+def _benchmark_script(name):
   import importlib.util
   import pathlib
-  path = pathlib.Path(__file__).parents[1] / "benchmarks" / "cpu_breakdown.py"
-  spec = importlib.util.spec_from_file_location("cpu_breakdown", path)
+  path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _cpu_breakdown():
+  return _benchmark_script("cpu_breakdown")
 
 
 def test_cpu_breakdown_finds_every_backbone_convolution():
@@ -234,3 +238,53 @@ def test_cpu_breakdown_end_to_end_tiny(tmp_path):
   trace = run["thunk_trace"]
   assert trace["threads"] == 1 and trace["thread_ms_per_step"]
   assert sum(trace["thread_ms_per_step"].values()) > 0
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),   # the ResNet stem's
+    ((2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+])
+def test_slice_max_pool_matches_flax_values_and_gradient(window, strides,
+                                                         padding):
+  import flax.linen as nn
+  variants = _benchmark_script("cpu_step_variants")
+  rng = np.random.default_rng(0)
+  # Small integers: most windows hold ties, where the gradient must go to
+  # the first maximum, as select_and_scatter sends it.
+  x = jnp.asarray(rng.integers(-2, 3, (2, 13, 12, 5)).astype(np.float32))
+  want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides, padding),
+                           x)
+  got, got_vjp = jax.vjp(
+      lambda x: variants.slice_max_pool(x, window, strides, padding), x)
+  np.testing.assert_array_equal(got, want)
+  dy = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
+  (want_dx,), (got_dx,) = want_vjp(dy), got_vjp(dy)
+  np.testing.assert_array_equal(got_dx != 0, want_dx != 0)
+  np.testing.assert_allclose(got_dx, want_dx, rtol=1e-6, atol=1e-6)
+
+
+def test_recomputing_transposes_counts_multi_operand_transpose_fusions():
+  count = _benchmark_script("cpu_step_variants").recomputing_transposes
+  hlo = """HloModule m
+%fused_computation.1 (p: f32[2,3]) -> f32[3,2] { ... }
+ENTRY %main (a: f32[2,3], b: f32[2,3]) -> f32[3,2] {
+  %transpose_copy_fusion = f32[3,2]{1,0} fusion(%a), kind=kLoop
+  %transpose_copy_fusion.2 = f32[3,2]{1,0} fusion(%a, %b), kind=kLoop
+  %add_fusion = f32[2,3]{1,0} fusion(%a, %b), kind=kLoop
+}"""
+  assert count(hlo) == 1
+
+
+def test_cpu_step_variants_compare_tiny():
+  variants = _benchmark_script("cpu_step_variants")
+  out = variants.compare(["slice_max_pool", "materialised_conv_inputs",
+                          "no_dropout"], size_name="tiny", batch=2,
+                         repeats=1, log=lambda _: None)
+  assert set(out) == {"slice_max_pool", "materialised_conv_inputs",
+                      "no_dropout"}
+  for row in out.values():
+    assert row["img_per_s"] > 0 and row["as_built_img_per_s"] > 0
+    assert row["ratio"] == pytest.approx(
+        row["img_per_s"] / row["as_built_img_per_s"])
+    assert row["recomputing_transposes"] >= 0

@@ -1,0 +1,260 @@
+"""Rewrites and XLA:CPU options tried on the CPU train step, each timed
+against the step as built.
+
+Usage: python benchmarks/cpu_step_variants.py --out FILE.json
+           [--variants NAME ...] [--repeats 6] [--size small|tiny]
+
+The step is the classification step (ResNet-50, batch 8, 224, float32),
+compiled with ``cpu_compiler_options()``. It is built once. Each variant is
+then built and timed interleaved with it, one step per block, so the two
+share the machine's background load. The JSON holds both rates, their ratio
+and, from the compiled HLO, the number of transpose fusions that recompute
+their producers. Pin the process (``taskset -c 0``) for 1-core figures.
+
+Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
+  no_dropout            model.dropout_rate = 0
+  rbg_prng              RBG instead of threefry random bits
+  slice_max_pool        max pool as the maximum of strided slices, with
+                        select_and_scatter's first-max gradient (custom VJP)
+  conv_input_barrier    lax.optimization_barrier on every conv input
+  materialised_conv_inputs
+                        every non-stem conv input multiplied by exp(0 * x):
+                        exact, and XLA will not copy exp into its consumers
+  fusion_emitters_off   xla_cpu_use_fusion_emitters=false
+  xnn_convolutions      xla_cpu_experimental_xnn_fusion_type=
+                        LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION
+  onednn_convolutions   xla_cpu_use_onednn + the same fusion type for oneDNN
+  ynn_dots              YNNPACK for dots as well as reductions
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import re
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
+
+
+# ----------------------------------------------------------------------------
+# Max pool with select_and_scatter's gradient, without reduce_window.
+
+
+def _window_views(xp, window, strides, out_hw):
+  """Strided views ``[B, Ho, Wo, C]`` of padded ``xp``, window order row-major."""
+  for i in range(window[0]):
+    for j in range(window[1]):
+      limit = (xp.shape[0], i + (out_hw[0] - 1) * strides[0] + 1,
+               j + (out_hw[1] - 1) * strides[1] + 1, xp.shape[3])
+      yield lax.slice(xp, (0, i, j, 0), limit, (1, *strides, 1))
+
+
+def _slice_max_pool_forward(x, window, strides, padding):
+  """``[B, H, W, C]`` -> max ``[B, Ho, Wo, C]`` and the window index of the
+  first maximum (int8), where select_and_scatter sends the gradient."""
+  xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
+               ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+  out_hw = tuple((x.shape[1 + a] + sum(padding[a]) - window[a]) // strides[a]
+                 + 1 for a in range(2))
+  views = list(_window_views(xp, window, strides, out_hw))
+  y = functools.reduce(jnp.maximum, views)
+  first = jnp.full(y.shape, len(views), jnp.int8)
+  for k in reversed(range(len(views))):
+    first = jnp.where(views[k] == y, jnp.int8(k), first)
+  return y, first
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def slice_max_pool(x, window, strides, padding):
+  """``nn.max_pool`` with the same values and gradient. ``padding`` is
+  ``((top, bottom), (left, right))``."""
+  return _slice_max_pool_forward(x, window, strides, padding)[0]
+
+
+def _slice_max_pool_fwd(x, window, strides, padding):
+  y, first = _slice_max_pool_forward(x, window, strides, padding)
+  return y, (first, x.shape)
+
+
+def _slice_max_pool_bwd(window, strides, padding, residuals, dy):
+  first, shape = residuals
+  padded = [shape[1 + a] + sum(padding[a]) for a in range(2)]
+  zero = jnp.zeros((), dy.dtype)
+  dxp = 0
+  for k in range(window[0] * window[1]):
+    i, j = divmod(k, window[1])
+    hi = [padded[a] - (i, j)[a] - (dy.shape[1 + a] - 1) * strides[a] - 1
+          for a in range(2)]
+    # Spread the window's gradient back to its input pixels.
+    dxp = dxp + lax.pad(jnp.where(first == k, dy, zero), zero,
+                        ((0, 0, 0), (i, hi[0], strides[0] - 1),
+                         (j, hi[1], strides[1] - 1), (0, 0, 0)))
+  (top, _), (left, _) = padding
+  return (dxp[:, top:top + shape[1], left:left + shape[2]],)
+
+
+slice_max_pool.defvjp(_slice_max_pool_fwd, _slice_max_pool_bwd)
+
+
+def _flax_max_pool_as_slices(inputs, window_shape, strides=None,
+                             padding="VALID"):
+  strides = tuple(strides or (1,) * len(window_shape))
+  if isinstance(padding, str):
+    raise ValueError("slice_max_pool takes explicit padding pairs")
+  return slice_max_pool(inputs, tuple(window_shape), strides,
+                        tuple(tuple(p) for p in padding))
+
+
+# ----------------------------------------------------------------------------
+# Variants.
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+  old = getattr(obj, name)
+  setattr(obj, name, value)
+  try:
+    yield
+  finally:
+    setattr(obj, name, old)
+
+
+def _conv_with_input(transform):
+  conv_call = nn.Conv.__call__
+
+  def call(self, inputs):
+    return conv_call(self, transform(inputs))
+  return _patched(nn.Conv, "__call__", call)
+
+
+def _materialise(x):
+  # The stem reads the image, which has negative values: leave it alone.
+  return x if x.shape[-1] == 3 else x * jnp.exp(x * 0.0)
+
+
+_FUSION = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+
+# name -> (config overrides, runner kwargs, compile options, patch factory)
+VARIANTS = {
+    "no_dropout": ({"dropout_rate": 0.0}, {}, {}, None),
+    "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
+    "slice_max_pool": ({}, {}, {}, lambda: _patched(
+        nn, "max_pool", _flax_max_pool_as_slices)),
+    "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(
+        lax.optimization_barrier)),
+    "materialised_conv_inputs": ({}, {}, {}, lambda: _conv_with_input(
+        _materialise)),
+    "fusion_emitters_off": ({}, {}, {"xla_cpu_use_fusion_emitters": False},
+                            None),
+    "xnn_convolutions": ({}, {}, {
+        "xla_cpu_experimental_xnn_fusion_type": _FUSION}, None),
+    "onednn_convolutions": ({}, {}, {
+        "xla_cpu_use_onednn": True,
+        "xla_cpu_experimental_onednn_fusion_type": _FUSION}, None),
+    "ynn_dots": ({}, {}, {
+        "xla_cpu_experimental_ynn_fusion_type":
+            "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+        None),
+}
+
+
+def recomputing_transposes(hlo_text: str) -> int:
+  """Transpose fusions in the entry computation with more than one operand:
+  they recompute their producers instead of reading one buffer."""
+  entry = hlo_text[hlo_text.index("ENTRY"):]
+  return sum(
+      1 for m in re.finditer(r"%transpose\S* = \S+ fusion\(([^)]*)\)", entry)
+      if len(m.group(1).split(",")) > 1)
+
+
+def build(size_name: str, batch: int, name: str | None):
+  """The classification-step runner, as built or as variant ``name``."""
+  overrides, runner_kwargs, options, patch = (
+      VARIANTS[name] if name else ({}, {}, {}, None))
+  config = benchmark.make_config(benchmark.SIZES[size_name], "float32")
+  for key, value in overrides.items():
+    config.model[key] = value
+  options = {**xla_flags.cpu_compiler_options("cpu"), **options}
+  with patch() if patch else contextlib.nullcontext():
+    return benchmark.JaxTrainRunner(config, "classification", batch,
+                                    compiler_options=options, **runner_kwargs)
+
+
+def compare(names, size_name: str = "small", batch: int = 8,
+            repeats: int = 6, log=print) -> dict:
+  """Each variant against the step as built, interleaved pairwise."""
+  base = build(size_name, batch, None)
+  base_transposes = recomputing_transposes(base.compiled.as_text())
+  out = {}
+  for name in names:
+    try:
+      variant = build(size_name, batch, name)
+    except Exception as e:  # pylint: disable=broad-except
+      out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+      log(f"{name}: failed to build: {out[name]['error']}")
+      continue
+    trackers = [benchmark._PeakTracker(lambda: None) for _ in range(2)]  # pylint: disable=protected-access
+    blocks = benchmark.time_interleaved([base, variant], 1, repeats, 1,
+                                        trackers)
+    as_built, changed = (benchmark._summary(b) for b in blocks)  # pylint: disable=protected-access
+    out[name] = {
+        "as_built_img_per_s": as_built["img_per_s"],
+        "img_per_s": changed["img_per_s"],
+        "ratio": changed["img_per_s"] / as_built["img_per_s"],
+        "as_built_img_per_s_quiet": as_built["img_per_s_quiet"],
+        "img_per_s_quiet": changed["img_per_s_quiet"],
+        "compile_s": variant.compile_s,
+        "recomputing_transposes": recomputing_transposes(
+            variant.compiled.as_text()),
+        "as_built_recomputing_transposes": base_transposes,
+    }
+    log(f"{name}: {changed['img_per_s']:.2f} img/s against "
+        f"{as_built['img_per_s']:.2f} as built (x{out[name]['ratio']:.3f}); "
+        f"recomputing transposes {out[name]['recomputing_transposes']} "
+        f"against {base_transposes}")
+    del variant
+  return out
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      metavar="NAME")
+  parser.add_argument("--repeats", type=int, default=6)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--size", choices=("small", "tiny"), default="small")
+  args = parser.parse_args(argv)
+  unknown = sorted(set(args.variants) - set(VARIANTS))
+  if unknown:
+    parser.error(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  if not os.path.isdir(out_dir):
+    parser.error(f"--out: directory {out_dir} does not exist")
+  t0 = time.perf_counter()
+  result = {"what": __doc__.split("\n\n")[0].replace("\n", " "),
+            "date": time.strftime("%Y-%m-%d"),
+            "device": benchmark.device_info(),
+            "cpus": len(os.sched_getaffinity(0)), "size": args.size,
+            "batch": args.batch, "repeats": args.repeats,
+            "variants": compare(args.variants, args.size, args.batch,
+                                args.repeats)}
+  result["wall_s"] = time.perf_counter() - t0
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
