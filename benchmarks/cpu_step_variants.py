@@ -121,14 +121,7 @@ def _flax_max_pool_as_slices(inputs, window_shape, strides=None,
 # Variants.
 
 
-@contextlib.contextmanager
-def _patched(obj, name, value):
-  old = getattr(obj, name)
-  setattr(obj, name, value)
-  try:
-    yield
-  finally:
-    setattr(obj, name, old)
+_patched = benchmark._patched  # pylint: disable=protected-access
 
 
 def _conv_with_input(transform):
