@@ -1,13 +1,28 @@
 #!/bin/bash
-# One leased GPU's benchmark, in one command (a lease is minutes, not hours):
-#   bash benchmarks/run_gpu.sh OUT_DIR [TIME_BUDGET_S]
+# One leased GPU's measurements, in one command (a lease is minutes, not hours):
+#   bash benchmarks/run_gpu.sh OUT_DIR [TIME_BUDGET_S] [PART ...]
+# PARTs, run in the order given (default: benchmark):
+#   benchmark  the full-size benchmark, JAX and torch (benchmark.json)
+#   profile    device time by kind of work, JAX vs torch, joint step at
+#              batches 256 and 10 (profile/step_profile.json)
+#   variants   the joint step at 256 as built and its JOINT_VARIANTS, JAX
+#              only (joint_variants.json)
 # Installs carried wheels from .whl/ (packages the GPU image lacks, e.g.
-# ml_collections), records the software, then runs the full-size benchmark
-# under a time budget: rows run most-wanted first and the JSON is rewritten
-# after each row, so a cut-short run still leaves its measurements.
+# ml_collections) and records the software first. The benchmark and variants
+# parts run under TIME_BUDGET_S each: rows run most-wanted first and the JSON
+# is rewritten after each row, so a cut-short run keeps its measurements.
 set -u -o pipefail
-out=${1:?usage: run_gpu.sh OUT_DIR [TIME_BUDGET_S]}
+out=${1:?usage: run_gpu.sh OUT_DIR [TIME_BUDGET_S] [benchmark|profile|variants ...]}
 budget=${2:-420}
+shift $(( $# < 2 ? $# : 2 ))
+parts=("${@:-benchmark}")
+for part in "${parts[@]}"; do
+  case $part in
+    benchmark|profile|variants) ;;
+    *) echo "run_gpu.sh: unknown part '$part' (benchmark, profile, variants)"
+       exit 2 ;;
+  esac
+done
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -22,5 +37,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, \
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', \
 torch.__version__, jax.devices())" 2>&1 | tee "$out/versions.txt"
-python3 -m rapool_jax.benchmark --out "$out/benchmark.json" \
-  --time-budget-s "$budget" 2>&1 | tee "$out/benchmark.log"
+status=0
+for part in "${parts[@]}"; do
+  case $part in
+    benchmark)
+      python3 -m rapool_jax.benchmark --out "$out/benchmark.json" \
+        --time-budget-s "$budget" 2>&1 | tee "$out/benchmark.log" ;;
+    profile)
+      python3 benchmarks/step_profile.py --out "$out/profile" \
+        --batches 256 10 2>&1 | tee "$out/profile.log" ;;
+    variants)
+      python3 -m rapool_jax.benchmark --out "$out/joint_variants.json" \
+        --step-kinds joint --batches 256 --no-torch \
+        --time-budget-s "$budget" 2>&1 | tee "$out/joint_variants.log" ;;
+  esac
+  status=$(( status || $? ))
+done
+exit $status

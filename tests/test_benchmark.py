@@ -288,3 +288,158 @@ def test_cpu_step_variants_compare_tiny():
     assert row["ratio"] == pytest.approx(
         row["img_per_s"] / row["as_built_img_per_s"])
     assert row["recomputing_transposes"] >= 0
+
+
+_HLO = """HloModule jit_step, is_scheduled=true
+
+%fused_computation.1 (param_0.2: f32[4,8,8,2], param_1.5: f32[]) -> f32[2] {
+  %param_0.2 = f32[4,8,8,2]{3,2,1,0} parameter(0)
+  %param_1.5 = f32[] parameter(1)
+  ROOT %reduce.7 = f32[2]{0} reduce(%param_0.2, %param_1.5), dimensions={0,1,2}, to_apply=%region_add, metadata={op_name="jit(step)/reduce_sum"}
+}
+
+%region_add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add.1 = f32[] add(%a, %b)
+}
+
+%fused_computation.2 (p0: u32[64], p1: u32[64]) -> u32[64] {
+  %p0 = u32[64]{0} parameter(0)
+  %p1 = u32[64]{0} parameter(1)
+  %xor.1 = u32[64]{0} xor(%p0, %p1)
+  %c = u32[] constant(13)
+  %bc = u32[64]{0} broadcast(%c), dimensions={}
+  ROOT %shift-right-logical.1 = u32[64]{0} shift-right-logical(%xor.1, %bc)
+}
+
+%fused_transpose (p0: f32[8,4]) -> f32[4,8] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  ROOT %transpose.1 = f32[4,8]{1,0} transpose(%p0), dimensions={1,0}
+}
+
+%fused_relu (p0: f32[8,4]) -> f32[4,8] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %zero = f32[] constant(0)
+  %bz = f32[8,4]{1,0} broadcast(%zero), dimensions={}
+  %max = f32[8,4]{1,0} maximum(%p0, %bz)
+  ROOT %transpose.2 = f32[4,8]{1,0} transpose(%max), dimensions={1,0}
+}
+
+%fused_relu_only (p0: f32[8,4]) -> f32[8,4] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %zero = f32[] constant(0)
+  %bz = f32[8,4]{1,0} broadcast(%zero), dimensions={}
+  ROOT %max = f32[8,4]{1,0} maximum(%p0, %bz)
+}
+
+%body (t: (s32[], u32[64])) -> (s32[], u32[64]) {
+  %t = (s32[], u32[64]{0}) parameter(0)
+  ROOT %t2 = (s32[], u32[64]{0}) tuple(%t)
+}
+
+ENTRY %main.9 (x: f32[4,8,8,2], w: f32[3,3,2,2]) -> f32[2] {
+  %x = f32[4,8,8,2]{3,2,1,0} parameter(0), metadata={op_name="x"}
+  %w = f32[3,3,2,2]{3,2,1,0} parameter(1)
+  %custom-call.3 = (bf16[4,8,8,2]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="jit(step)/conv_general_dilated"}
+  %custom-call.4 = f32[8,8]{1,0} custom-call(%x, %w), custom_call_target="__cublas$gemm"
+  %convolution.1 = f32[4,8,8,2]{3,2,1,0} convolution(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+  %input_reduce_fusion = f32[2]{0} fusion(%x, %c0), kind=kInput, calls=%fused_computation.1
+  %loop_xor_fusion.2 = u32[64]{0} fusion(%u, %v), kind=kLoop, calls=%fused_computation.2, metadata={op_name="jit(step)/jit(_bernoulli)/xor"}
+  %transpose_fusion = f32[4,8]{1,0} fusion(%y), kind=kLoop, calls=%fused_transpose
+  %relu_transpose_fusion = f32[4,8]{1,0} fusion(%y), kind=kLoop, calls=%fused_relu
+  %relu_fusion = f32[8,4]{1,0} fusion(%y), kind=kLoop, calls=%fused_relu_only
+  %reduce-window.1 = f32[4,4,4,2]{3,2,1,0} reduce-window(%x, %c0), window={size=1x3x3x1 stride=1x2x2x1}, to_apply=%region_add
+  %gather.5 = f32[4,2]{1,0} gather(%x, %i), offset_dims={1}, collapsed_slice_dims={0,1,2}
+  %while.3 = (s32[], u32[64]{0}) while(%t0), condition=%cond, body=%body
+  ROOT %r = f32[2]{0} add(%input_reduce_fusion, %input_reduce_fusion)
+}
+"""
+
+
+def test_step_profile_classifies_hlo_ops_by_what_they_compute():
+  kinds = _benchmark_script("step_profile").hlo_op_kinds(_HLO)
+  assert kinds["custom-call.3"] == "convolution"
+  assert kinds["convolution.1"] == "convolution"
+  assert kinds["custom-call.4"] == "matmul"
+  assert kinds["input_reduce_fusion"] == "reduction"
+  assert kinds["loop_xor_fusion.2"] == "random bits"
+  assert kinds["transpose_fusion"] == "layout copy"
+  # Producers copied into a transpose are the layout change's cost.
+  assert kinds["relu_transpose_fusion"] == "layout copy"
+  assert kinds["relu_fusion"] == "elementwise"
+  assert kinds["reduce-window.1"] == "max pool"
+  assert kinds["gather.5"] == "gather/scatter"
+  assert kinds["r"] == "elementwise"
+  # A container's body is traced op by op: counting it would count twice.
+  assert kinds["while.3"] is None
+
+
+def test_step_profile_classifies_torch_kernels_by_name():
+  kind = _benchmark_script("step_profile").torch_kind
+  assert kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc"
+              "_nhwc_tilesize128x128x64") == "convolution"
+  assert kind("sm90_xmma_wgrad_implicit_gemm_indexed_bf16") == "convolution"
+  assert kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize") == "matmul"
+  # Inductor names kernels after the aten ops they fused.
+  assert kind("triton_poi_fused_add_convolution_backward_relu_12") == (
+      "elementwise")
+  assert kind("triton_red_fused_native_batch_norm_backward_7") == "reduction"
+  assert kind("triton_poi_fused_bernoulli_mul_3") == "random bits"
+  assert kind("void at::native::(anonymous namespace)::distribution_"
+              "elementwise_grid_stride_kernel<float, 4>") == "random bits"
+  assert kind("void at::native::vectorized_elementwise_kernel<4, "
+              "at::native::FillFunctor<float>>") == "elementwise"
+  assert kind("aten::max_pool2d_with_indices_backward") == "max pool"
+  assert kind("aten::grid_sampler_2d") == "gather/scatter"
+  assert kind("Memcpy DtoD (Device -> Device)") == "layout copy"
+  assert kind("aten::randint") == "random bits"
+  assert kind("some_operand_kernel") == "other"
+
+
+def test_step_profile_summary_counts_busy_time_once():
+  sp = _benchmark_script("step_profile")
+  assert sp.union_ns([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25
+  events = [("conv.1", "convolution", 0, 4e6), ("fusion.2", "elementwise",
+                                                2e6, 4e6),
+            ("conv.1", "convolution", 10e6, 4e6),
+            ("fusion.2", "elementwise", 14e6, 2e6)]
+  s = sp.summarise(events, steps=2, wall_s=0.02)
+  assert s["ms_per_step_by_kind"]["convolution"] == pytest.approx(4.0)
+  assert s["ms_per_step_by_kind"]["elementwise"] == pytest.approx(3.0)
+  assert set(s["ms_per_step_by_kind"]) == set(sp.KINDS)
+  assert s["kernel_ms_per_step"] == pytest.approx(7.0)
+  assert s["busy_ms_per_step"] == pytest.approx(6.0)   # overlap counted once
+  assert s["wall_ms_per_step_traced"] == pytest.approx(10.0)
+  assert s["kernels_per_step"] == 2
+  assert [t["name"] for t in s["top"]] == ["conv.1", "fusion.2"]
+
+
+def test_step_profile_end_to_end_tiny(tmp_path):
+  sp = _benchmark_script("step_profile")
+  with_torch = benchmark.torch_available()[0]
+  sp.main(["--out", str(tmp_path), "--size", "tiny", "--steps", "2"]
+          + ([] if with_torch else ["--no-torch"]))
+  result = json.loads((tmp_path / "step_profile.json").read_text())
+  (entry,) = result["profiles"]
+  assert entry["batch"] == 4 and entry["step"] == "joint"
+  jax_kinds = entry["jax"]["ms_per_step_by_kind"]
+  assert jax_kinds["convolution"] > 0 and jax_kinds["elementwise"] > 0
+  assert entry["jax"]["kernels_per_step"] > 50
+  assert (tmp_path / "joint_b4" / "jax.xplane.pb").stat().st_size > 0
+  if with_torch:
+    torch_kinds = entry["torch"]["ms_per_step_by_kind"]
+    assert torch_kinds["convolution"] > 0
+    assert entry["torch"]["wall_ms_per_step"] > 0
+
+
+def test_run_gpu_rejects_an_unknown_part_before_installing(tmp_path):
+  import pathlib
+  import subprocess
+  script = pathlib.Path(__file__).parents[1] / "benchmarks" / "run_gpu.sh"
+  out = tmp_path / "out"
+  proc = subprocess.run(["bash", str(script), str(out), "10", "profile",
+                         "bogus"], capture_output=True, text=True, check=False)
+  assert proc.returncode == 2
+  assert "unknown part 'bogus'" in proc.stdout
+  assert not out.exists()
