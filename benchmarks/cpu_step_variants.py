@@ -13,6 +13,8 @@ their producers. Pin the process (``taskset -c 0``) for 1-core figures.
 
 Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
   no_dropout            model.dropout_rate = 0
+  dropout_8bit          model.dropout_bits = 8: a quarter of the random words
+  dropout_16bit         model.dropout_bits = 16: half of them
   rbg_prng              RBG instead of threefry random bits
   slice_max_pool        max pool as the maximum of strided slices, with
                         select_and_scatter's first-max gradient (custom VJP)
@@ -142,6 +144,8 @@ _FUSION = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 # name -> (config overrides, runner kwargs, compile options, patch factory)
 VARIANTS = {
     "no_dropout": ({"dropout_rate": 0.0}, {}, {}, None),
+    "dropout_8bit": ({"dropout_bits": 8}, {}, {}, None),
+    "dropout_16bit": ({"dropout_bits": 16}, {}, {}, None),
     "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
     "slice_max_pool": ({}, {}, {}, lambda: _patched(
         nn, "max_pool", _flax_max_pool_as_slices)),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import gc
 import json
@@ -663,9 +664,13 @@ JOINT_VARIANTS = {
     # Dropout and augmentation bits from RBG instead of threefry
     # (``train.prng_impl``).
     "rbg_prng": (),
+    # Half the threefry words for dropout masks (``model.dropout_bits``).
+    "dropout_16bit": (),
 }
 # Runner arguments of a variant, beside its patches.
 JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
+# ``config.model`` overrides of a variant.
+JOINT_VARIANT_MODEL = {"dropout_16bit": {"dropout_bits": 16}}
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -697,15 +702,17 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and of augmentation, and two alternatives (conv_transpose
-  upsampling, RBG random bits)."""
+  the seg loss and of augmentation, and three alternatives (conv_transpose
+  upsampling, RBG random bits, 16-bit dropout draws)."""
 
   def make(name, patches):
     def build():
+      variant_config = copy.deepcopy(config)
+      variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
       with contextlib.ExitStack() as stack:
         for module, attr, value in patches:
           stack.enter_context(_patched(module, attr, value))
-        return JaxTrainRunner(config, "joint", batch,
+        return JaxTrainRunner(variant_config, "joint", batch,
                               compiler_options=compiler_options,
                               **JOINT_VARIANT_RUNNER_KWARGS.get(name, {}))
     return build
@@ -713,6 +720,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
   out = compare_jax_variants(
       {name: make(name, p) for name, p in JOINT_VARIANTS.items()}, steps,
       repeats, warmup, log=log)
+  for name, overrides in JOINT_VARIANT_MODEL.items():
+    out[name]["model_overrides"] = overrides
   base, nos = out["project"], out["no_seg_loss"]
   out["augmentation_time_share"] = (
       1 - base["img_per_s"] / out["no_augmentation"]["img_per_s"])

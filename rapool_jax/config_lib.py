@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch_norm=True,        # VGG only: BatchNorm after each conv (vgg*_bn)
       depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
       output_stride=32, dropout_rate=0.2,
+      # Random bits per dropout decision: 32 is flax's nn.Dropout; 16 or 8
+      # run the PRNG 2x or 4x less, the rate quantised to 2**-bits.
+      dropout_bits=32,
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
       dtype="float32",        # compute dtype; params stay float32
       num_classes=2,          # set from data.task

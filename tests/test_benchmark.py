@@ -443,3 +443,17 @@ def test_run_gpu_rejects_an_unknown_part_before_installing(tmp_path):
   assert proc.returncode == 2
   assert "unknown part 'bogus'" in proc.stdout
   assert not out.exists()
+
+
+def test_joint_step_variants_tiny():
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  out = benchmark.joint_step_variants(config, batch=2, steps=1, repeats=1,
+                                      warmup=1, log=lambda *_: None)
+  for name in benchmark.JOINT_VARIANTS:
+    assert out[name]["img_per_s"] > 0, name
+  assert out["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
+  # The override went to a copy: the base config is untouched.
+  assert config.model.dropout_bits == 32
+  # Without the seg loss XLA drops the upsampling and the pixel CE.
+  assert out["no_seg_loss"]["gflop_vs_project"] < 1
+  assert out["batch"] == 2

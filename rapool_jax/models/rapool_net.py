@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import pooling as pooling_lib
+from rapool_jax.models import dropout as dropout_lib
 from rapool_jax.models import vgg as vgg_lib
 from rapool_jax.models.resnet import resnet as make_resnet
 
@@ -140,9 +141,13 @@ class RAPoolNet(nn.Module):
 def build_model(model_config) -> RAPoolNet:
   """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+  # Runs saved before dropout_bits existed used flax's 32-bit dropout.
+  dropout_bits = model_config.get("dropout_bits", 32)
+  dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits)
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
-                dropout_rate=model_config.dropout_rate, dtype=dtype)
+                dropout_rate=model_config.dropout_rate,
+                dropout_bits=dropout_bits, dtype=dtype)
   name = model_config.get("backbone", "resnet")
   if name == "resnet":
     backbone = make_resnet(model_config.depth, **kwargs)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rapool_jax.models.dropout import Dropout
+
 # torch BatchNorm2d(momentum=0.1) updates running = 0.9 * running + 0.1 * batch.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -111,6 +113,7 @@ class ResNet(nn.Module):
     output_stride: 32 (paper), 16 or 8; reached by dilating the last stage(s)
       as torchvision's ``replace_stride_with_dilation`` does.
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
+    dropout_bits: random bits per dropout decision (``dropout.Dropout``).
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
   """
@@ -120,6 +123,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   output_stride: int = 32
   dropout_rate: float = 0.0
+  dropout_bits: int = 32
   num_classes: int | None = None
   dtype: Any = jnp.float32
 
@@ -173,8 +177,8 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name=f"layer{stage + 1}_{i}")(x, bn_train)
         in_features = features * expansion
-      x = nn.Dropout(self.dropout_rate, deterministic=not train,
-                     name=f"dropout{stage + 1}")(x)
+      x = Dropout(self.dropout_rate, self.dropout_bits,
+                  deterministic=not train, name=f"dropout{stage + 1}")(x)
 
     if self.num_classes is not None:
       x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax.models.dropout import Dropout
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 # depth -> output channels of the convs of each of the five blocks.
@@ -46,6 +47,7 @@ class VGG(nn.Module):
       convs after them are dilated, so pretrained kernels see the same
       context, as ``ResNet`` does with ``replace_stride_with_dilation``.
     dropout_rate: dropout after each block's pool.
+    dropout_bits: random bits per dropout decision (``dropout.Dropout``).
     dtype: compute dtype; parameters stay float32.
   """
 
@@ -54,6 +56,7 @@ class VGG(nn.Module):
   width: float = 1.0
   output_stride: int = 32
   dropout_rate: float = 0.0
+  dropout_bits: int = 32
   dtype: Any = jnp.float32
 
   @property
@@ -92,8 +95,8 @@ class VGG(nn.Module):
         dilation *= 2
       else:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train,
-                     name=f"dropout{b}")(x)
+      x = Dropout(self.dropout_rate, self.dropout_bits,
+                  deterministic=not train, name=f"dropout{b}")(x)
     return x
 
 
