@@ -16,8 +16,9 @@ Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
   dropout_8bit          model.dropout_bits = 8: a quarter of the random words
   dropout_16bit         model.dropout_bits = 16: half of them
   rbg_prng              RBG instead of threefry random bits
-  slice_max_pool        max pool as the maximum of strided slices, with
-                        select_and_scatter's first-max gradient (custom VJP)
+  slice_max_pool        model.max_pool = "slices": the maximum of strided
+                        slices, select_and_scatter's first-max gradient
+                        (rapool_jax/models/max_pool.py)
   conv_input_barrier    lax.optimization_barrier on every conv input
   materialised_conv_inputs
                         every non-stem conv input multiplied by exp(0 * x):
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import re
@@ -41,82 +41,12 @@ import sys
 import time
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
 from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
-
-
-# ----------------------------------------------------------------------------
-# Max pool with select_and_scatter's gradient, without reduce_window.
-
-
-def _window_views(xp, window, strides, out_hw):
-  """Strided views ``[B, Ho, Wo, C]`` of padded ``xp``, window order row-major."""
-  for i in range(window[0]):
-    for j in range(window[1]):
-      limit = (xp.shape[0], i + (out_hw[0] - 1) * strides[0] + 1,
-               j + (out_hw[1] - 1) * strides[1] + 1, xp.shape[3])
-      yield lax.slice(xp, (0, i, j, 0), limit, (1, *strides, 1))
-
-
-def _slice_max_pool_forward(x, window, strides, padding):
-  """``[B, H, W, C]`` -> max ``[B, Ho, Wo, C]`` and the window index of the
-  first maximum (int8), where select_and_scatter sends the gradient."""
-  xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
-               ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-  out_hw = tuple((x.shape[1 + a] + sum(padding[a]) - window[a]) // strides[a]
-                 + 1 for a in range(2))
-  views = list(_window_views(xp, window, strides, out_hw))
-  y = functools.reduce(jnp.maximum, views)
-  first = jnp.full(y.shape, len(views), jnp.int8)
-  for k in reversed(range(len(views))):
-    first = jnp.where(views[k] == y, jnp.int8(k), first)
-  return y, first
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def slice_max_pool(x, window, strides, padding):
-  """``nn.max_pool`` with the same values and gradient. ``padding`` is
-  ``((top, bottom), (left, right))``."""
-  return _slice_max_pool_forward(x, window, strides, padding)[0]
-
-
-def _slice_max_pool_fwd(x, window, strides, padding):
-  y, first = _slice_max_pool_forward(x, window, strides, padding)
-  return y, (first, x.shape)
-
-
-def _slice_max_pool_bwd(window, strides, padding, residuals, dy):
-  first, shape = residuals
-  padded = [shape[1 + a] + sum(padding[a]) for a in range(2)]
-  zero = jnp.zeros((), dy.dtype)
-  dxp = 0
-  for k in range(window[0] * window[1]):
-    i, j = divmod(k, window[1])
-    hi = [padded[a] - (i, j)[a] - (dy.shape[1 + a] - 1) * strides[a] - 1
-          for a in range(2)]
-    # Spread the window's gradient back to its input pixels.
-    dxp = dxp + lax.pad(jnp.where(first == k, dy, zero), zero,
-                        ((0, 0, 0), (i, hi[0], strides[0] - 1),
-                         (j, hi[1], strides[1] - 1), (0, 0, 0)))
-  (top, _), (left, _) = padding
-  return (dxp[:, top:top + shape[1], left:left + shape[2]],)
-
-
-slice_max_pool.defvjp(_slice_max_pool_fwd, _slice_max_pool_bwd)
-
-
-def _flax_max_pool_as_slices(inputs, window_shape, strides=None,
-                             padding="VALID"):
-  strides = tuple(strides or (1,) * len(window_shape))
-  if isinstance(padding, str):
-    raise ValueError("slice_max_pool takes explicit padding pairs")
-  return slice_max_pool(inputs, tuple(window_shape), strides,
-                        tuple(tuple(p) for p in padding))
 
 
 # ----------------------------------------------------------------------------
@@ -147,8 +77,7 @@ VARIANTS = {
     "dropout_8bit": ({"dropout_bits": 8}, {}, {}, None),
     "dropout_16bit": ({"dropout_bits": 16}, {}, {}, None),
     "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
-    "slice_max_pool": ({}, {}, {}, lambda: _patched(
-        nn, "max_pool", _flax_max_pool_as_slices)),
+    "slice_max_pool": ({"max_pool": "slices"}, {}, {}, None),
     "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(
         lax.optimization_barrier)),
     "materialised_conv_inputs": ({}, {}, {}, lambda: _conv_with_input(

@@ -5,8 +5,9 @@
 #   benchmark  the full-size benchmark, JAX and torch (benchmark.json)
 #   profile    device time by kind of work, JAX vs torch, joint step at
 #              batches 256 and 10 (profile/step_profile.json)
-#   variants   the joint step at 256 as built and its JOINT_VARIANTS, JAX
-#              only (joint_variants.json)
+#   variants   the joint step at 256, JAX and torch, then the JAX step's
+#              JOINT_VARIANTS, each also as a ratio to that torch row
+#              (joint_variants.json)
 # Installs carried wheels from .whl/ (packages the GPU image lacks, e.g.
 # ml_collections) and records the software first. The benchmark and variants
 # parts run under TIME_BUDGET_S each: rows run most-wanted first and the JSON
@@ -48,7 +49,7 @@ for part in "${parts[@]}"; do
         --batches 256 10 2>&1 | tee "$out/profile.log" ;;
     variants)
       python3 -m rapool_jax.benchmark --out "$out/joint_variants.json" \
-        --step-kinds joint --batches 256 --no-torch \
+        --step-kinds joint --batches 256 \
         --time-budget-s "$budget" 2>&1 | tee "$out/joint_variants.log" ;;
   esac
   status=$(( status || $? ))

@@ -666,11 +666,14 @@ JOINT_VARIANTS = {
     "rbg_prng": (),
     # Half the threefry words for dropout masks (``model.dropout_bits``).
     "dropout_16bit": (),
+    # Stem max pool without select_and_scatter (``model.max_pool``).
+    "slice_max_pool": (),
 }
 # Runner arguments of a variant, beside its patches.
 JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
 # ``config.model`` overrides of a variant.
-JOINT_VARIANT_MODEL = {"dropout_16bit": {"dropout_bits": 16}}
+JOINT_VARIANT_MODEL = {"dropout_16bit": {"dropout_bits": 16},
+                       "slice_max_pool": {"max_pool": "slices"}}
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -702,8 +705,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and of augmentation, and three alternatives (conv_transpose
-  upsampling, RBG random bits, 16-bit dropout draws)."""
+  the seg loss and of augmentation, and four alternatives (conv_transpose
+  upsampling, RBG random bits, 16-bit dropout draws, sliced max pool)."""
 
   def make(name, patches):
     def build():
@@ -1016,6 +1019,17 @@ def _analysis(result, config, size, options, platform_name, xla_options, log):
       f"{_pct(joint['augmentation_time_share'])} of its time; RBG instead of "
       f"threefry bits: {_fmt(joint['rbg_prng']['time_vs_project'])}x the "
       f"time")
+  torch_joint = [e["img_per_s"] for e in result["results"]
+                 if e["framework"] == "torch" and e["step"] == "joint"
+                 and e["batch"] == b0]
+  if torch_joint:
+    # The torch row ran earlier in this job, on the same device.
+    for name in JOINT_VARIANTS:
+      joint[name]["vs_torch_joint"] = _ratio(joint[name]["img_per_s"],
+                                             torch_joint[0])
+    log("  JAX variant / torch joint step (same job): " + ", ".join(
+        f"{name} {_fmt(joint[name]['vs_torch_joint'])}"
+        for name in JOINT_VARIANTS))
   result["analysis"].update(upsample_alone=up, joint_step_variants=joint)
   if platform_name == "cpu" and xla_options == "recommended":
     log(f"XLA:CPU options (classification, batch {b0}):")

@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Random bits per dropout decision: 32 is flax's nn.Dropout; 16 or 8
       # run the PRNG 2x or 4x less, the rate quantised to 2**-bits.
       dropout_bits=32,
+      # Max pool by "reduce_window" (flax) or "slices": same values and
+      # gradients, no select_and_scatter in the backward (models/max_pool.py).
+      max_pool="reduce_window",
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
       dtype="float32",        # compute dtype; params stay float32
       num_classes=2,          # set from data.task

@@ -240,30 +240,6 @@ def test_cpu_breakdown_end_to_end_tiny(tmp_path):
   assert sum(trace["thread_ms_per_step"].values()) > 0
 
 
-@pytest.mark.parametrize("window,strides,padding", [
-    ((3, 3), (2, 2), ((1, 1), (1, 1))),   # the ResNet stem's
-    ((2, 2), (2, 2), ((0, 0), (0, 0))),
-    ((3, 3), (1, 1), ((1, 1), (1, 1))),
-])
-def test_slice_max_pool_matches_flax_values_and_gradient(window, strides,
-                                                         padding):
-  import flax.linen as nn
-  variants = _benchmark_script("cpu_step_variants")
-  rng = np.random.default_rng(0)
-  # Small integers: most windows hold ties, where the gradient must go to
-  # the first maximum, as select_and_scatter sends it.
-  x = jnp.asarray(rng.integers(-2, 3, (2, 13, 12, 5)).astype(np.float32))
-  want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides, padding),
-                           x)
-  got, got_vjp = jax.vjp(
-      lambda x: variants.slice_max_pool(x, window, strides, padding), x)
-  np.testing.assert_array_equal(got, want)
-  dy = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
-  (want_dx,), (got_dx,) = want_vjp(dy), got_vjp(dy)
-  np.testing.assert_array_equal(got_dx != 0, want_dx != 0)
-  np.testing.assert_allclose(got_dx, want_dx, rtol=1e-6, atol=1e-6)
-
-
 def test_recomputing_transposes_counts_multi_operand_transpose_fusions():
   count = _benchmark_script("cpu_step_variants").recomputing_transposes
   hlo = """HloModule m
@@ -445,15 +421,26 @@ def test_run_gpu_rejects_an_unknown_part_before_installing(tmp_path):
   assert not out.exists()
 
 
-def test_joint_step_variants_tiny():
-  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
-  out = benchmark.joint_step_variants(config, batch=2, steps=1, repeats=1,
-                                      warmup=1, log=lambda *_: None)
+def test_analysis_times_every_joint_variant_against_torch_tiny():
+  with_torch = benchmark.torch_available()[0]
+  result = benchmark.run("tiny", kinds=("joint",), with_torch=with_torch,
+                         log=lambda *_: None)
+  assert not result["errors"], result["errors"]
+  joint = result["analysis"]["joint_step_variants"]
   for name in benchmark.JOINT_VARIANTS:
-    assert out[name]["img_per_s"] > 0, name
-  assert out["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
-  # The override went to a copy: the base config is untouched.
-  assert config.model.dropout_bits == 32
+    assert joint[name]["img_per_s"] > 0, name
+  assert joint["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
+  assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
   # Without the seg loss XLA drops the upsampling and the pixel CE.
-  assert out["no_seg_loss"]["gflop_vs_project"] < 1
-  assert out["batch"] == 2
+  assert joint["no_seg_loss"]["gflop_vs_project"] < 1
+  effect = result["analysis"]["cpu_compiler_options_effect"]
+  assert effect["xla_default"]["img_per_s"] > 0
+  assert effect["speedup"] == pytest.approx(
+      effect["cpu_compiler_options"]["img_per_s"]
+      / effect["xla_default"]["img_per_s"])
+  if with_torch:
+    (torch_row,) = [e for e in result["results"]
+                    if e["framework"] == "torch" and e["step"] == "joint"]
+    for name in benchmark.JOINT_VARIANTS:
+      assert joint[name]["vs_torch_joint"] == pytest.approx(
+          joint[name]["img_per_s"] / torch_row["img_per_s"])

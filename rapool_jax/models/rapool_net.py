@@ -17,6 +17,7 @@ import numpy as np
 
 from rapool_jax import pooling as pooling_lib
 from rapool_jax.models import dropout as dropout_lib
+from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models import vgg as vgg_lib
 from rapool_jax.models.resnet import resnet as make_resnet
 
@@ -144,10 +145,15 @@ def build_model(model_config) -> RAPoolNet:
   # Runs saved before dropout_bits existed used flax's 32-bit dropout.
   dropout_bits = model_config.get("dropout_bits", 32)
   dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits)
+  max_pool_impl = model_config.get("max_pool", "reduce_window")
+  if max_pool_impl not in max_pool_lib.MAX_POOL_IMPLS:
+    raise ValueError(f"model.max_pool={max_pool_impl!r}: choose one of "
+                     f"{max_pool_lib.MAX_POOL_IMPLS}")
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,
-                dropout_bits=dropout_bits, dtype=dtype)
+                dropout_bits=dropout_bits, max_pool=max_pool_impl,
+                dtype=dtype)
   name = model_config.get("backbone", "resnet")
   if name == "resnet":
     backbone = make_resnet(model_config.depth, **kwargs)

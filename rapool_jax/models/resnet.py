@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rapool_jax.models.dropout import Dropout
+from rapool_jax.models import max_pool as max_pool_lib
 
 # torch BatchNorm2d(momentum=0.1) updates running = 0.9 * running + 0.1 * batch.
 BN_MOMENTUM = 0.9
@@ -114,6 +115,8 @@ class ResNet(nn.Module):
       as torchvision's ``replace_stride_with_dilation`` does.
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
+    max_pool: the stem's max pool, "reduce_window" or "slices" (same values
+      and gradients; ``max_pool.py``).
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
   """
@@ -124,6 +127,7 @@ class ResNet(nn.Module):
   output_stride: int = 32
   dropout_rate: float = 0.0
   dropout_bits: int = 32
+  max_pool: str = "reduce_window"
   num_classes: int | None = None
   dtype: Any = jnp.float32
 
@@ -152,7 +156,7 @@ class ResNet(nn.Module):
     x = nn.BatchNorm(use_running_average=not bn_train, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
+    x = max_pool_lib.max_pool(x, (3, 3), (2, 2), _pad(1), self.max_pool)
 
     # Stages 3 and 4 trade their stride for dilation below output stride 32.
     dilate = {32: (False, False, False, False),

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax.models.dropout import Dropout
+from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 # depth -> output channels of the convs of each of the five blocks.
@@ -48,6 +49,7 @@ class VGG(nn.Module):
       context, as ``ResNet`` does with ``replace_stride_with_dilation``.
     dropout_rate: dropout after each block's pool.
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
+    max_pool: "reduce_window" or "slices" (same values and gradients).
     dtype: compute dtype; parameters stay float32.
   """
 
@@ -57,6 +59,7 @@ class VGG(nn.Module):
   output_stride: int = 32
   dropout_rate: float = 0.0
   dropout_bits: int = 32
+  max_pool: str = "reduce_window"
   dtype: Any = jnp.float32
 
   @property
@@ -91,10 +94,12 @@ class VGG(nn.Module):
           x = norm(name=f"bn{b}_{i}")(x)
         x = nn.relu(x)
       if b - 1 in unstrided:
-        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        x = max_pool_lib.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)),
+                                  self.max_pool)
         dilation *= 2
       else:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_lib.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)),
+                                  self.max_pool)
       x = Dropout(self.dropout_rate, self.dropout_bits,
                   deterministic=not train, name=f"dropout{b}")(x)
     return x
