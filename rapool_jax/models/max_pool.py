@@ -83,13 +83,19 @@ def _slice_max_pool_bwd(window, strides, padding, residuals, dy):
 slice_max_pool.defvjp(_slice_max_pool_fwd, _slice_max_pool_bwd)
 
 
+def check_max_pool(impl: str) -> None:
+  """Raises ValueError naming ``model.max_pool`` for an unknown ``impl``."""
+  if impl not in MAX_POOL_IMPLS:
+    raise ValueError(f"model.max_pool={impl!r}: choose one of "
+                     f"{MAX_POOL_IMPLS}")
+
+
 def max_pool(x, window: Sequence[int], strides: Sequence[int],
              padding: Padding, impl: str = "reduce_window"):
   """Max pool of ``x [B, H, W, C]``: ``impl`` is one of ``MAX_POOL_IMPLS``."""
+  check_max_pool(impl)
   window, strides = tuple(window), tuple(strides)
   padding = tuple(tuple(p) for p in padding)
-  if impl == "reduce_window":
-    return nn.max_pool(x, window, strides=strides, padding=padding)
   if impl == "slices":
     return slice_max_pool(x, window, strides, padding)
-  raise ValueError(f"model.max_pool={impl!r}: choose one of {MAX_POOL_IMPLS}")
+  return nn.max_pool(x, window, strides=strides, padding=padding)

@@ -146,9 +146,7 @@ def build_model(model_config) -> RAPoolNet:
   dropout_bits = model_config.get("dropout_bits", 32)
   dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits)
   max_pool_impl = model_config.get("max_pool", "reduce_window")
-  if max_pool_impl not in max_pool_lib.MAX_POOL_IMPLS:
-    raise ValueError(f"model.max_pool={max_pool_impl!r}: choose one of "
-                     f"{max_pool_lib.MAX_POOL_IMPLS}")
+  max_pool_lib.check_max_pool(max_pool_impl)
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,

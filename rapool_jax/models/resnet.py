@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rapool_jax.models.dropout import Dropout
 from rapool_jax.models import max_pool as max_pool_lib
+from rapool_jax.models.dropout import Dropout
 
 # torch BatchNorm2d(momentum=0.1) updates running = 0.9 * running + 0.1 * batch.
 BN_MOMENTUM = 0.9

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rapool_jax.models.dropout import Dropout
 from rapool_jax.models import max_pool as max_pool_lib
+from rapool_jax.models.dropout import Dropout
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 # depth -> output channels of the convs of each of the five blocks.
