@@ -325,6 +325,21 @@ def profile_jax(runner, steps: int, save_dir: str | None = None) -> dict:
   return out
 
 
+def _torch_events(function_events, on_gpu: bool, device_types):
+  """``[(name, kind, start_ns, duration_ns)]`` of torch profiler events: GPU
+  kernels and copies on a GPU, ops by self time on a CPU."""
+  events = []
+  for e in function_events:
+    if on_gpu and e.device_type == device_types.CUDA:
+      events.append((e.name, torch_kind(e.name), e.time_range.start * 1e3,
+                     (e.time_range.end - e.time_range.start) * 1e3))
+    elif not on_gpu and e.device_type == device_types.CPU:
+      # Self time, so nested ops are not counted twice; no meaningful start.
+      events.append((e.name, torch_kind(e.name), 0.0,
+                     e.self_cpu_time_total * 1e3))
+  return events
+
+
 def profile_torch(runner, steps: int) -> dict:
   """Traces ``steps`` steps of a warmed-up ``TorchTrainRunner``."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -336,16 +351,7 @@ def profile_torch(runner, steps: int) -> dict:
     activities.append(torch.profiler.ProfilerActivity.CUDA)
   with torch.profiler.profile(activities=activities) as prof:
     wall = runner.run(steps)
-  events = []
-  for e in prof.events():
-    if on_gpu and e.device_type == DeviceType.CUDA:
-      start = e.time_range.start * 1e3
-      events.append((e.name, torch_kind(e.name), start,
-                     (e.time_range.end - e.time_range.start) * 1e3))
-    elif not on_gpu and e.device_type == DeviceType.CPU:
-      # Self time, so nested ops are not counted twice; no meaningful start.
-      events.append((e.name, torch_kind(e.name), 0.0,
-                     e.self_cpu_time_total * 1e3))
+  events = _torch_events(prof.events(), on_gpu, DeviceType)
   if not events:
     raise RuntimeError("the torch trace holds no "
                        + ("CUDA kernels (CUPTI may be missing)" if on_gpu

@@ -444,3 +444,60 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
     for name in benchmark.JOINT_VARIANTS:
       assert joint[name]["vs_torch_joint"] == pytest.approx(
           joint[name]["img_per_s"] / torch_row["img_per_s"])
+
+
+def test_step_profile_reads_gpu_kernels_from_stream_lines_only():
+  from types import SimpleNamespace as NS
+  sp = _benchmark_script("step_profile")
+  kinds = sp.hlo_op_kinds(_HLO)
+
+  def event(name, start, dur, **stats):
+    return NS(name=name, start_ns=start, duration_ns=dur,
+              stats=list(stats.items()))
+
+  stream = NS(name="Stream #14(Compute)", events=[
+      event("sm90_xmma_fprop_implicit_gemm_bf16", 0, 100,
+            hlo_op="custom-call.3", hlo_module="jit_step"),
+      # Kernel name of a fusion inside a command buffer: its hlo_op is the
+      # buffer's call, so the kernel name decides.
+      event("loop_xor_fusion_2", 100, 50, hlo_op="while.3"),
+      event("input_reduce_fusion", 150, 30, hlo_op="input_reduce_fusion"),
+      event("MemcpyD2D", 200, 10)])
+  derived = NS(name="XLA Ops", events=[
+      event("custom-call.3", 0, 100, hlo_op="custom-call.3")])
+  profile = NS(planes=[
+      NS(name="/host:CPU", lines=[NS(name="python", events=[
+          event("custom-call.3", 0, 999)])]),
+      NS(name="/device:GPU:0", lines=[stream, derived])])
+  events = sp._xplane_events(profile, kinds, on_gpu=True)
+  assert [(k, d) for _, k, _, d in events] == [
+      ("convolution", 100), ("random bits", 50), ("reduction", 30),
+      ("layout copy", 10)]
+  # On a CPU, thunks are named after their op; containers are not counted.
+  cpu = NS(planes=[NS(name="/host:CPU", lines=[NS(name="tf_XLAEigen/1",
+                                                  events=[
+      event("convolution.1", 0, 5), event("while.3", 0, 20),
+      event("ThunkExecutor::Execute", 0, 30)])])])
+  assert [(n, k) for n, k, _, _ in sp._xplane_events(cpu, kinds, False)] == [
+      ("convolution.1", "convolution")]
+
+
+def test_step_profile_reads_torch_kernels_on_gpu_and_self_time_on_cpu():
+  from types import SimpleNamespace as NS
+  sp = _benchmark_script("step_profile")
+  types = NS(CPU="cpu", CUDA="cuda")
+
+  def fe(name, device, start_us, end_us, self_us=0.0):
+    return NS(name=name, device_type=device, self_cpu_time_total=self_us,
+              time_range=NS(start=start_us, end=end_us))
+
+  events = [fe("aten::convolution", "cpu", 0, 50, self_us=5),
+            fe("aten::cudnn_convolution", "cpu", 1, 40, self_us=30),
+            fe("sm90_xmma_dgrad_implicit_gemm", "cuda", 10, 30),
+            fe("triton_poi_fused_relu_1", "cuda", 30, 32)]
+  gpu = sp._torch_events(events, True, types)
+  assert gpu == [("sm90_xmma_dgrad_implicit_gemm", "convolution", 10e3, 20e3),
+                 ("triton_poi_fused_relu_1", "elementwise", 30e3, 2e3)]
+  cpu = sp._torch_events(events, False, types)
+  assert [(n, d) for n, _, _, d in cpu] == [("aten::convolution", 5e3),
+                                            ("aten::cudnn_convolution", 30e3)]
