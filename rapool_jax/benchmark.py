@@ -628,19 +628,27 @@ def input_pipeline_throughput(config, batch: int, steps: int,
   device_rate = batch * steps / (time.perf_counter() - t0)
   del split, out
 
+  result = {"batch": batch, "num_examples": n, "steps": steps,
+            "device_augment_img_per_s": device_rate,
+            "host_stream_img_per_s": None}
+  try:
+    import grain  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    # A leased accelerator may lack grain: keep the on-device figure.
+    result["host_stream_skipped"] = f"grain is not importable: {e}"
+    log(f"input pipeline alone (batch {batch}): on-device augmentation "
+        f"{device_rate:.0f} img/s; host stream skipped ({e})")
+    return result
   stream = train.stream_host_batches(host, indices, 0, steps + 1, batch, mesh)
   jax.block_until_ready(next(stream))   # grain's threads are up
   t0 = time.perf_counter()
   for out in stream:
     pass
   jax.block_until_ready(out)
-  host_rate = batch * steps / (time.perf_counter() - t0)
-  result = {"batch": batch, "num_examples": n, "steps": steps,
-            "device_augment_img_per_s": device_rate,
-            "host_stream_img_per_s": host_rate}
+  result["host_stream_img_per_s"] = batch * steps / (time.perf_counter() - t0)
   log(f"input pipeline alone (batch {batch}): on-device augmentation "
-      f"{device_rate:.0f} img/s, host stream (grain + copy) {host_rate:.0f} "
-      f"img/s")
+      f"{device_rate:.0f} img/s, host stream (grain + copy) "
+      f"{result['host_stream_img_per_s']:.0f} img/s")
   return result
 
 
@@ -971,42 +979,32 @@ def run(size_name: str, *, steps: int | None = None,
     log(f"analysis skipped: {budget.left():.0f} s of the time budget left")
     result["skipped"].append({"step": "analysis"})
   elif analysis:
-    try:
-      _analysis(result, config, size, options, platform_name, xla_options, log)
-    except Exception as e:  # pylint: disable=broad-except
-      log(f"analysis FAILED: {type(e).__name__}: {str(e)[:500]}")
-      traceback.print_exc()
-      result["errors"].append({"step": "analysis",
-                               "error": f"{type(e).__name__}: {str(e)[:500]}"})
+    _analysis(result, config, size, options, platform_name, xla_options, log)
   return result
 
 
 def _analysis(result, config, size, options, platform_name, xla_options, log):
-  """Input pipeline, upsampling formulations, seg-loss share, XLA:CPU
-  options (in place)."""
+  """The joint step's variants, the upsampling formulations, the input
+  pipeline and the XLA:CPU options, in that order (in place). Each piece
+  that raises is listed under ``errors`` and the rest still run."""
   b0 = max(size["batches"])
-  inputs = input_pipeline_throughput(
-      config, b0, steps=max(size["steps"], 2000 // b0), log=log)
-  result["analysis"] = {"input_pipeline": inputs}
-  train_rates = [e["img_per_s"] for e in result["results"]
-                 if e["framework"] == "jax" and e["batch"] == b0
-                 and e["step"] != "eval"]
-  if train_rates:
-    # Input pipeline throughput over the fastest train step's: > 1 means the
-    # pipeline keeps up.
-    for name in ("device_augment", "host_stream"):
-      inputs[f"{name}_vs_fastest_train_step"] = (
-          inputs[f"{name}_img_per_s"] / max(train_rates))
-  log("segmentation upsampling alone:")
-  up = upsample_analysis(b0, size["crop"], compiler_options=options)
-  for name in UPSAMPLE_IMPLS:
-    u = up[name]
-    log(f"  {name}: {u['forward_gflop']:.4f} GFLOP fwd (XLA count), "
-        f"{u['forward_ms']:.2f} ms fwd, {u['forward_backward_ms']:.2f} ms "
-        f"fwd+bwd; HLO: {u['forward_hlo_convolutions']}")
-  log(f"  dense zero-stuffed conv would be "
-      f"{up['dense_zero_stuffed_gflop']:.1f} GFLOP fwd; max |subpixel - "
-      f"conv_transpose| = {up['max_abs_diff']:.1e}")
+  result["analysis"] = {}
+  pieces = [("joint_step_variants", _analysis_joint_variants),
+            ("upsample_alone", _analysis_upsample),
+            ("input_pipeline", _analysis_input_pipeline)]
+  if platform_name == "cpu" and xla_options == "recommended":
+    pieces.append(("cpu_compiler_options_effect", _analysis_cpu_options))
+  for name, piece in pieces:
+    try:
+      result["analysis"][name] = piece(result, config, size, b0, options, log)
+    except Exception as e:  # pylint: disable=broad-except
+      error = f"{type(e).__name__}: {str(e)[:500]}"
+      log(f"analysis {name} FAILED: {error}")
+      traceback.print_exc()
+      result["errors"].append({"step": f"analysis/{name}", "error": error})
+
+
+def _analysis_joint_variants(result, config, size, b0, options, log):
   log(f"joint step variants (batch {b0}):")
   joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
                               size["warmup"], compiler_options=options,
@@ -1030,13 +1028,47 @@ def _analysis(result, config, size, options, platform_name, xla_options, log):
     log("  JAX variant / torch joint step (same job): " + ", ".join(
         f"{name} {_fmt(joint[name]['vs_torch_joint'])}"
         for name in JOINT_VARIANTS))
-  result["analysis"].update(upsample_alone=up, joint_step_variants=joint)
-  if platform_name == "cpu" and xla_options == "recommended":
-    log(f"XLA:CPU options (classification, batch {b0}):")
-    effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
-                                size["warmup"], log=log)
-    log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
-    result["analysis"]["cpu_compiler_options_effect"] = effect
+  return joint
+
+
+def _analysis_upsample(result, config, size, b0, options, log):
+  del result, config
+  log("segmentation upsampling alone:")
+  up = upsample_analysis(b0, size["crop"], compiler_options=options)
+  for name in UPSAMPLE_IMPLS:
+    u = up[name]
+    log(f"  {name}: {u['forward_gflop']:.4f} GFLOP fwd (XLA count), "
+        f"{u['forward_ms']:.2f} ms fwd, {u['forward_backward_ms']:.2f} ms "
+        f"fwd+bwd; HLO: {u['forward_hlo_convolutions']}")
+  log(f"  dense zero-stuffed conv would be "
+      f"{up['dense_zero_stuffed_gflop']:.1f} GFLOP fwd; max |subpixel - "
+      f"conv_transpose| = {up['max_abs_diff']:.1e}")
+  return up
+
+
+def _analysis_input_pipeline(result, config, size, b0, options, log):
+  del options
+  inputs = input_pipeline_throughput(
+      config, b0, steps=max(size["steps"], 2000 // b0), log=log)
+  train_rates = [e["img_per_s"] for e in result["results"]
+                 if e["framework"] == "jax" and e["batch"] == b0
+                 and e["step"] != "eval"]
+  if train_rates:
+    # Input pipeline throughput over the fastest train step's: > 1 means the
+    # pipeline keeps up.
+    for name in ("device_augment", "host_stream"):
+      inputs[f"{name}_vs_fastest_train_step"] = _ratio(
+          inputs[f"{name}_img_per_s"], max(train_rates))
+  return inputs
+
+
+def _analysis_cpu_options(result, config, size, b0, options, log):
+  del result, options
+  log(f"XLA:CPU options (classification, batch {b0}):")
+  effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
+                              size["warmup"], log=log)
+  log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
+  return effect
 
 
 def _pct(x) -> str:

@@ -501,3 +501,41 @@ def test_step_profile_reads_torch_kernels_on_gpu_and_self_time_on_cpu():
   cpu = sp._torch_events(events, False, types)
   assert [(n, d) for n, _, _, d in cpu] == [("aten::convolution", 5e3),
                                             ("aten::cudnn_convolution", 30e3)]
+
+
+def test_input_pipeline_without_grain_keeps_the_device_figure(monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "grain", None)   # import grain fails
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  out = benchmark.input_pipeline_throughput(config, batch=4, steps=2,
+                                            log=lambda *_: None)
+  assert out["device_augment_img_per_s"] > 0
+  assert out["host_stream_img_per_s"] is None
+  assert "grain" in out["host_stream_skipped"]
+
+
+def test_a_failing_analysis_piece_does_not_cost_the_others(monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("cuDNN said no")
+  monkeypatch.setattr(benchmark, "joint_step_variants", broken)
+  monkeypatch.setattr(benchmark, "upsample_analysis",
+                      lambda *a, **k: {"stub": True, **{
+                          n: {"forward_gflop": 0.0, "forward_ms": 0.0,
+                              "forward_backward_ms": 0.0,
+                              "forward_hlo_convolutions": []}
+                          for n in benchmark.UPSAMPLE_IMPLS},
+                          "dense_zero_stuffed_gflop": 0.0,
+                          "max_abs_diff": 0.0})
+  monkeypatch.setattr(benchmark, "input_pipeline_throughput",
+                      lambda *a, **k: {"device_augment_img_per_s": 1.0,
+                                       "host_stream_img_per_s": None})
+  size = benchmark.SIZES["tiny"]
+  config = benchmark.make_config(size, "float32")
+  result = {"results": [], "errors": []}
+  benchmark._analysis(result, config, size, {}, "gpu", "recommended",
+                      lambda *_: None)
+  assert result["errors"] == [{"step": "analysis/joint_step_variants",
+                               "error": "RuntimeError: cuDNN said no"}]
+  assert result["analysis"]["upsample_alone"]["stub"]
+  assert result["analysis"]["input_pipeline"]["device_augment_img_per_s"] == 1
+  assert "joint_step_variants" not in result["analysis"]
