@@ -25,9 +25,15 @@ for part in "${parts[@]}"; do
   esac
 done
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
+install() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || exit 1
+    --upgrade --target /tmp/site "$@"
+}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  # One wheel that does not fit this Python must not cost the others.
+  install .whl/*.whl || for w in .whl/*.whl; do
+    install "$w" || echo "run_gpu.sh: could not install $w; going on"
+  done
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
