@@ -25,8 +25,9 @@ copies and the rest.
 Each framework also reports the wall time per step (traced and untraced),
 kernels per step and, on a GPU, busy time: the union of kernel intervals.
 ``wall - busy`` is the time the GPU waits for the host (launches, Python).
-Writes ``DIR/step_profile.json``, JAX's optimised HLO and xplane trace for
-later analysis, and prints a side-by-side table.
+Writes ``DIR/step_profile.json``, JAX's optimised HLO and xplane trace
+(gzipped; ``ProfileData.from_serialized_xspace`` reads it back) for later
+analysis, and prints a side-by-side table.
 """
 
 from __future__ import annotations
@@ -301,7 +302,10 @@ def profile_jax(runner, steps: int, save_dir: str | None = None) -> dict:
                         recursive=True)
     profile = ProfileData.from_file(path)
     if save_dir:
-      shutil.copy(path, os.path.join(save_dir, "jax.xplane.pb"))
+      # Gzipped: a leased GPU returns files of at most 16 MiB.
+      with open(path, "rb") as src, gzip.open(
+          os.path.join(save_dir, "jax.xplane.pb.gz"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
   if save_dir:
     with gzip.open(os.path.join(save_dir, "jax_optimised_hlo.txt.gz"),
                    "wt") as f:

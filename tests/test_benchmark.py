@@ -402,7 +402,10 @@ def test_step_profile_end_to_end_tiny(tmp_path):
   jax_kinds = entry["jax"]["ms_per_step_by_kind"]
   assert jax_kinds["convolution"] > 0 and jax_kinds["elementwise"] > 0
   assert entry["jax"]["kernels_per_step"] > 50
-  assert (tmp_path / "joint_b4" / "jax.xplane.pb").stat().st_size > 0
+  import gzip
+  from jax.profiler import ProfileData
+  with gzip.open(tmp_path / "joint_b4" / "jax.xplane.pb.gz") as f:
+    assert ProfileData.from_serialized_xspace(f.read()).planes
   if with_torch:
     torch_kinds = entry["torch"]["ms_per_step_by_kind"]
     assert torch_kinds["convolution"] > 0
