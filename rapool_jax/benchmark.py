@@ -676,12 +676,17 @@ JOINT_VARIANTS = {
     "dropout_16bit": (),
     # Stem max pool without select_and_scatter (``model.max_pool``).
     "slice_max_pool": (),
+    # The three settings above together: small gains may add up.
+    "rbg_16bit_slices": (),
 }
 # Runner arguments of a variant, beside its patches.
-JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
+JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"},
+                               "rbg_16bit_slices": {"key_impl": "rbg"}}
 # ``config.model`` overrides of a variant.
 JOINT_VARIANT_MODEL = {"dropout_16bit": {"dropout_bits": 16},
-                       "slice_max_pool": {"max_pool": "slices"}}
+                       "slice_max_pool": {"max_pool": "slices"},
+                       "rbg_16bit_slices": {"dropout_bits": 16,
+                                            "max_pool": "slices"}}
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -713,8 +718,9 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and of augmentation, and four alternatives (conv_transpose
-  upsampling, RBG random bits, 16-bit dropout draws, sliced max pool)."""
+  the seg loss and of augmentation, and alternatives: conv_transpose
+  upsampling, RBG random bits, 16-bit dropout draws, sliced max pool, and
+  the last three together."""
 
   def make(name, patches):
     def build():

@@ -434,6 +434,8 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
     assert joint[name]["img_per_s"] > 0, name
   assert joint["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
+  assert joint["rbg_16bit_slices"]["model_overrides"] == {
+      "dropout_bits": 16, "max_pool": "slices"}
   # Without the seg loss XLA drops the upsampling and the pixel CE.
   assert joint["no_seg_loss"]["gflop_vs_project"] < 1
   effect = result["analysis"]["cpu_compiler_options_effect"]
