@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import glob
 import json
 import os
 import re
@@ -189,7 +188,6 @@ def trace_step(size_name: str, batch: int, steps: int = 3) -> dict:
   own tasks and are not traced as thunks: they are in ``untraced_ms`` (with
   idle time), which is ``threads x wall - traced``.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
   from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
@@ -199,12 +197,8 @@ def trace_step(size_name: str, batch: int, steps: int = 3) -> dict:
   runner = benchmark.JaxTrainRunner(config, "classification", batch,
                                     compiler_options=options)
   runner.run(1)
-  with tempfile.TemporaryDirectory() as logdir:
-    with jax.profiler.trace(logdir):
-      wall = runner.run(steps)
-    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
-                        recursive=True)
-    profile = ProfileData.from_file(path)
+  wall, xspace = benchmark.traced(lambda: runner.run(steps))
+  profile = ProfileData.from_serialized_xspace(xspace)
   per_kind = collections.Counter()
   for plane in profile.planes:
     for line in plane.lines:

@@ -34,14 +34,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import gzip
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 
@@ -291,22 +288,17 @@ def profile_jax(runner, steps: int, save_dir: str | None = None) -> dict:
   """Traces ``steps`` steps of a warmed-up ``JaxTrainRunner``."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
   on_gpu = jax.devices()[0].platform == "gpu"
   hlo = runner.compiled.as_text()
   kinds = hlo_op_kinds(hlo)
   untraced_s = runner.run(steps)
-  with tempfile.TemporaryDirectory() as logdir:
-    with jax.profiler.trace(logdir):
-      wall = runner.run(steps)
-    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
-                        recursive=True)
-    profile = ProfileData.from_file(path)
-    if save_dir:
-      # Gzipped: a leased GPU returns files of at most 16 MiB.
-      with open(path, "rb") as src, gzip.open(
-          os.path.join(save_dir, "jax.xplane.pb.gz"), "wb") as dst:
-        shutil.copyfileobj(src, dst)
+  wall, xspace = benchmark.traced(lambda: runner.run(steps))
+  profile = ProfileData.from_serialized_xspace(xspace)
   if save_dir:
+    # Gzipped: a leased GPU returns files of at most 16 MiB.
+    with gzip.open(os.path.join(save_dir, "jax.xplane.pb.gz"), "wb") as f:
+      f.write(xspace)
     with gzip.open(os.path.join(save_dir, "jax_optimised_hlo.txt.gz"),
                    "wt") as f:
       f.write(hlo)
@@ -364,6 +356,16 @@ def profile_torch(runner, steps: int) -> dict:
   return out
 
 
+def _or_error(fn) -> dict:
+  """``fn()``, or ``{"error": ...}`` if it raises: a profiler that fails on
+  one framework must not cost the other's data."""
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+
+
 def profile_batch(config, size: dict, step: str, batch: int, steps: int,
                   with_torch: bool, save_dir: str | None, log=print) -> dict:
   """Both frameworks' profiles of one step kind at one batch."""
@@ -374,35 +376,30 @@ def profile_batch(config, size: dict, step: str, batch: int, steps: int,
   options = benchmark.cpu_compiler_options(jax.devices()[0].platform)
   if not jax.devices()[0].platform == "gpu":
     options = {**options, "xla_cpu_enable_xprof_traceme": True}
-  try:
+
+  def jax_profile():
     runner = benchmark.JaxTrainRunner(config, step, batch,
                                       compiler_options=options)
     runner.run(size["warmup"])
-    out["jax"] = profile_jax(runner, steps, save_dir)
-    out["jax"]["compile_s"] = runner.compile_s
-    del runner
-  except Exception as e:  # pylint: disable=broad-except
-    # A profiler that fails on one framework must not cost the other's data.
-    traceback.print_exc()
-    out["jax"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    return {**profile_jax(runner, steps, save_dir),
+            "compile_s": runner.compile_s}
+
+  def torch_profile():
+    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+    compile_model = tr.default_device().type == "cuda"
+    runner = benchmark.TorchTrainRunner(
+        size, step, batch, amp=config.model.dtype == "bfloat16",
+        compile_model=compile_model)
+    t0 = time.perf_counter()
+    runner.run(size["warmup"])
+    return {**profile_torch(runner, steps), "compile": compile_model,
+            "warmup_s": time.perf_counter() - t0}
+
+  out["jax"] = _or_error(jax_profile)
   gc.collect()
   log(f"  {step} b{batch} JAX done")
   if with_torch:
-    try:
-      from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
-      compile_model = tr.default_device().type == "cuda"
-      runner = benchmark.TorchTrainRunner(
-          size, step, batch, amp=config.model.dtype == "bfloat16",
-          compile_model=compile_model)
-      t0 = time.perf_counter()
-      runner.run(size["warmup"])
-      out["torch"] = profile_torch(runner, steps)
-      out["torch"].update(compile=compile_model,
-                          warmup_s=time.perf_counter() - t0)
-      del runner
-    except Exception as e:  # pylint: disable=broad-except
-      traceback.print_exc()
-      out["torch"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    out["torch"] = _or_error(torch_profile)
     gc.collect()
     log(f"  {step} b{batch} torch done")
   return out

@@ -35,12 +35,14 @@ import contextlib
 import copy
 import functools
 import gc
+import glob
 import json
 import os
 import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -196,6 +198,18 @@ def init_variables(model, crop: int, seed: int = 0):
                                     jnp.zeros((1, crop, crop, 3), jnp.float32))
   return {"params": variables["params"],
           "batch_stats": variables["batch_stats"]}
+
+
+def traced(fn: Callable[[], Any]) -> tuple[Any, bytes]:
+  """``fn()`` under ``jax.profiler.trace``: its result and the serialised
+  XSpace (``jax.profiler.ProfileData.from_serialized_xspace`` reads it)."""
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir):
+      out = fn()
+    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
+                        recursive=True)
+    with open(path, "rb") as f:
+      return out, f.read()
 
 
 def _cost(lowered, compiled) -> dict[str, Any]:
