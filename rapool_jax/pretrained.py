@@ -34,7 +34,8 @@ import numpy as np
 
 # Not `from rapool_jax.models import resnet`: the package re-exports the
 # function `resnet`, which shadows the submodule of the same name.
-from rapool_jax.models.resnet import RESNET_STAGES, ResNet, resnet
+from rapool_jax.models.resnet import (RESNET_STAGES, ResNet, normalize_depth,
+                                      resnet)
 
 __all__ = [
     "IMAGENET",
@@ -405,16 +406,6 @@ def preprocessing_for(path: str | os.PathLike) -> Preprocessing:
 # Matching against the backbone's variables.
 
 
-def _normalize_depth(depth):
-  if isinstance(depth, str) and depth.isdigit():
-    depth = int(depth)
-  if depth not in RESNET_STAGES:
-    raise ValueError(
-        f"model.depth={depth!r} is not a ResNet depth; choose one of "
-        f"{sorted(map(str, RESNET_STAGES))}")
-  return depth
-
-
 def _check_depth(info: WeightsInfo, depth) -> None:
   block, sizes = RESNET_STAGES[depth]
   if info.stage_sizes is None or (info.block, info.stage_sizes) == (
@@ -570,7 +561,7 @@ def load_backbone(path: str | os.PathLike, depth: int | str | None = 50,
           f"{info.path}: cannot infer the ResNet depth ({info.describe()}); "
           f"pass depth explicitly")
     depth = info.depth
-  depth = _normalize_depth(depth)
+  depth = normalize_depth(depth)
   _check_depth(info, depth)
   width = resnet_kwargs.pop("width", None)
   if width is None:
@@ -615,7 +606,7 @@ def load_into(variables: Mapping[str, Any], path: str | os.PathLike,
   target = {"params": params[backbone_key]}
   if backbone_key in new.get("batch_stats", {}):
     target["batch_stats"] = new["batch_stats"][backbone_key]
-  depth = _normalize_depth(depth)
+  depth = normalize_depth(depth)
   weights = _load(path)
   _check_depth(_infer(weights), depth)
   filled = _fill(weights, target, f"the model's ResNet-{depth} backbone "

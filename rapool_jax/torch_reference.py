@@ -33,15 +33,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# depth -> (block kind, blocks per stage); mirrors models/resnet.RESNET_STAGES.
-RESNET_STAGES = {
-    "tiny": ("basic", (1, 1, 1, 1)),
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
+# The same topologies as the JAX model, by construction.
+from rapool_jax.models.resnet import RESNET_STAGES, normalize_depth
+
 STEP_KINDS = ("classification", "segmentation", "joint")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,9 +91,7 @@ class ResNet(nn.Module):
   def __init__(self, depth: int | str = 50, width: float = 1.0,
                dropout_rate: float = 0.0):
     super().__init__()
-    if isinstance(depth, str) and depth.isdigit():
-      depth = int(depth)
-    kind, stages = RESNET_STAGES[depth]
+    kind, stages = RESNET_STAGES[normalize_depth(depth)]
     block = Bottleneck if kind == "bottleneck" else BasicBlock
     base = max(1, int(round(64 * width)))
     self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)

@@ -190,13 +190,18 @@ class ResNet(nn.Module):
     return x
 
 
-def resnet(depth: int | str, **kwargs) -> ResNet:
-  """Builds ResNet-``depth`` (18, 34, 50, 101, 152 or "tiny")."""
+def normalize_depth(depth: int | str) -> int | str:
+  """``"50"`` -> ``50``; raises ValueError naming ``model.depth`` if unknown."""
   if isinstance(depth, str) and depth.isdigit():
     depth = int(depth)
   if depth not in RESNET_STAGES:
     raise ValueError(
         f"model.depth={depth!r} is not a ResNet depth; choose one of "
         f"{sorted(map(str, RESNET_STAGES))}")
-  block, stages = RESNET_STAGES[depth]
+  return depth
+
+
+def resnet(depth: int | str, **kwargs) -> ResNet:
+  """Builds ResNet-``depth`` (18, 34, 50, 101, 152 or "tiny")."""
+  block, stages = RESNET_STAGES[normalize_depth(depth)]
   return ResNet(stage_sizes=stages, block=block, **kwargs)
