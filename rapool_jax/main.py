@@ -51,6 +51,9 @@ def main(argv):
   del argv
   # orbax and TFDS log every checkpoint and file at INFO; progress is printed.
   logging.set_verbosity(logging.WARNING)
+  # TFDS recommends OpenCV once per run; PIL decodes these splits in seconds.
+  logging.get_absl_logger().addFilter(
+      lambda record: "OpenCV is not installed" not in record.getMessage())
   with errors.one_line_errors():
     from rapool_jax import xla_flags
     if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":

@@ -23,22 +23,42 @@ COLUMNS = ("sensitivity", "specificity", "accuracy", "auc", "jaccard")
 
 
 class Progress:
-  """Prints ``[stage] step/total loss ... img/s ETA`` lines."""
+  """Prints ``[stage] step/total loss ... img/s ETA`` lines.
+
+  The clock restarts once the first step has been dispatched (``compiled``),
+  so img/s and ETA measure training, not XLA compilation; the first line
+  after that says how long the first step took.
+  """
 
   def __init__(self, name: str, total: int, batch_size: int):
     self.name, self.total, self.batch_size = name, total, batch_size
 
   def start(self, step: int):
     self.t0, self.step0 = time.time(), step
+    self._first_step_note = None
+    self._waiting_for_first = True
+
+  def compiled(self, step: int):
+    """Call once step ``step``, the first, has run (compilation included)."""
+    if self._waiting_for_first:
+      self._waiting_for_first = False
+      self._first_step_note = (f" (first step {time.time() - self.t0:.1f}s, "
+                               "compilation included)")
+      self.t0, self.step0 = time.time(), step
 
   def log(self, step: int, scalars: dict):
     elapsed = time.time() - self.t0
     done = step - self.step0
-    rate = done * self.batch_size / max(elapsed, 1e-9)
-    eta = (self.total - step) * elapsed / max(done, 1)
     values = " ".join(f"{k}={float(v):.4f}" for k, v in scalars.items())
-    print(f"[{self.name}] step {step}/{self.total} {values} "
-          f"{rate:.1f} img/s ETA {eta:.0f}s", flush=True)
+    if done > 0:
+      speed = (f"{done * self.batch_size / max(elapsed, 1e-9):.1f} img/s "
+               f"ETA {(self.total - step) * elapsed / done:.0f}s")
+    else:
+      speed = "img/s n/a (first step only)"
+    if self._first_step_note:
+      speed, self._first_step_note = speed + self._first_step_note, None
+    print(f"[{self.name}] step {step}/{self.total} {values} {speed}",
+          flush=True)
 
 
 class MetricWriter:

@@ -152,7 +152,8 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     config.model.num_classes = pipeline.num_classes(config.data.task)
-    if config.model.pretrained and config.model.backbone == "resnet":
+    if (config.model.pretrained
+        and config.model.get("backbone", "resnet") == "resnet"):
       # The weights define the input normalisation; config.json records it.
       from rapool_jax import pretrained
       prep = pretrained.preprocessing_for(config.model.pretrained)
@@ -264,6 +265,9 @@ class Trainer:
                                  split=self.train_dev)
       else:
         state, scalars = step_fn(state, next(batches), self.key)
+      if t == start:  # img/s and ETA count from the end of the first step
+        jax.block_until_ready(scalars)
+        progress.compiled(t + 1)
       meta["step"] = t + 1
       if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
         scalars = jax.tree.map(sharding.to_host, scalars)
@@ -399,13 +403,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  if config.model.pretrained and config.model.get("backbone", "resnet") == "resnet":
-    # The weights define the input normalisation; config.json records it.
-    from rapool_jax import pretrained
-    prep = pretrained.preprocessing_for(config.model.pretrained)
-    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
-    print(f"inputs normalised as the weights expect: {prep.as_dict()}",
-          flush=True)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()
