@@ -32,5 +32,8 @@ def one_line_errors():
 def one_line(e: BaseException) -> str:
   """``Type: message`` on one line (some libraries put escaped newlines in)."""
   message = str(e).replace("\\n", "\n").replace("\\'", "'")
-  message = " ".join(message.split()).strip("'\" ") or "(no message)"
-  return f"{type(e).__name__}: {message}"
+  message = " ".join(message.split())
+  # KeyError and ml_collections wrap messages in quotes; drop matched pairs only.
+  while len(message) >= 2 and message[0] == message[-1] and message[0] in "'\"":
+    message = message[1:-1].strip()
+  return f"{type(e).__name__}: {message or '(no message)'}"

@@ -51,6 +51,9 @@ def label_params(params, rules: Sequence[tuple[str, str]]):
   return labels
 
 
+SCHEDULES = ("step", "cosine", "constant")
+
+
 def learning_rate_schedule(stage):
   """Schedule of one stage from its config (``lr``, ``schedule``, ...)."""
   if stage.schedule == "step":
@@ -64,7 +67,7 @@ def learning_rate_schedule(stage):
   if stage.schedule == "constant":
     return optax.constant_schedule(stage.lr)
   raise ValueError(f"stage schedule {stage.schedule!r} is not one of "
-                   "'step', 'cosine', 'constant'")
+                   f"{SCHEDULES}")
 
 
 def make_optimizer(optimizer_config, stage, params):

@@ -26,6 +26,7 @@ from rapool_jax import errors
 from rapool_jax import losses
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
+from rapool_jax import pooling as pooling_lib
 from rapool_jax import rankopt
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
@@ -149,6 +150,7 @@ class Trainer:
   """Holds what every stage shares: model, data on device, jitted steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
     self.config = config
     self.workdir = workdir
     config.model.num_classes = pipeline.num_classes(config.data.task)
@@ -319,9 +321,8 @@ class Trainer:
     elif metric == "val_jaccard":
       value = metrics_lib.jaccard(out["seg_pred"][val.has_mask],
                                   val_masks(val, self.config)[val.has_mask])
-    else:
-      raise ValueError(f"stages.{name}.plateau_metric={metric!r}: choose "
-                       "'val_loss', 'val_auc' or 'val_jaccard'")
+    else:  # check_config lets no other name through
+      raise AssertionError(metric)
     p = meta["plateau"]
     p["history"].append([step, value])
     self.writer.scalars(f"{name}/val", step, {metric: abs(value)})
@@ -386,7 +387,15 @@ def val_masks(split: pipeline.Split, config) -> np.ndarray:
   return pipeline.center_crop_masks(split.masks, config.data.crop_size)
 
 
-def _check_config(config):
+PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
+
+
+def check_config(config) -> None:
+  """Rejects, before any training, a config value that a later stage would trip on.
+
+  Raises:
+    ValueError: naming the config key and its value.
+  """
   unknown = [s for s in config.stage_order if s not in config.stages]
   if unknown:
     raise ValueError(f"config.stage_order names {unknown}, which are not in "
@@ -397,11 +406,33 @@ def _check_config(config):
   if config.rankopt.enabled and config.rankopt.after_stage not in config.stage_order:
     raise ValueError(f"config.rankopt.after_stage={config.rankopt.after_stage!r} "
                      f"is not in config.stage_order {tuple(config.stage_order)}")
+  for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
+    if config.train[key] < 1:
+      raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1")
+  for name in config.stage_order:
+    stage, where = config.stages[name], f"config.stages.{name}"
+    if stage.pooling not in pooling_lib.POOLINGS:
+      raise ValueError(f"{where}.pooling={stage.pooling!r}: choose one of "
+                       f"{sorted(pooling_lib.POOLINGS)}")
+    if stage.schedule not in optim.SCHEDULES:
+      raise ValueError(f"{where}.schedule={stage.schedule!r}: choose one of "
+                       f"{optim.SCHEDULES}")
+    if stage.max_steps < 0:
+      raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
+    if stage.plateau_metric:
+      if stage.plateau_metric not in PLATEAU_METRICS:
+        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r}: "
+                         f"choose '' or one of {PLATEAU_METRICS}")
+      if not config.data.val_split:
+        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r} "
+                         "needs config.data.val_split, which is empty")
+      if stage.plateau_eval_every < 1:
+        raise ValueError(f"{where}.plateau_eval_every="
+                         f"{stage.plateau_eval_every} must be >= 1")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
-  _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)

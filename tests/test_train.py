@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +106,36 @@ def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
   tiny_config.stage_order = ("classification", "joint_typo")
   with pytest.raises(ValueError, match="joint_typo"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("stages.joint.pooling", "regoin", "config.stages.joint.pooling='regoin'"),
+    ("stages.joint.schedule", "linear", "config.stages.joint.schedule='linear'"),
+    ("stages.joint.plateau_metric", "val_acc",
+     "config.stages.joint.plateau_metric='val_acc'"),
+    ("stages.joint.max_steps", -1, "config.stages.joint.max_steps=-1"),
+    ("train.batch_size", 0, "config.train.batch_size=0"),
+    ("train.checkpoint_every", 0, "config.train.checkpoint_every=0"),
+])
+def test_bad_stage_or_train_value_fails_before_any_training(
+    tiny_config, tmp_path, capsys, key, value, message):
+  # A value the last stage would trip on must not cost the earlier stages.
+  section, *rest = key.split(".")
+  node = tiny_config[section]
+  for part in rest[:-1]:
+    node = node[part]
+  node[rest[-1]] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert "step" not in capsys.readouterr().out
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
+  tiny_config.stages.joint.plateau_metric = "val_auc"
+  tiny_config.data.val_split = ""
+  with pytest.raises(ValueError, match="config.data.val_split"):
+    train.Trainer(tiny_config, str(tmp_path))
 
 
 def test_streamed_and_device_resident_data_train_identically(tiny_config,
