@@ -36,20 +36,9 @@ def bilinear_kernel(stride: int, channels: int) -> np.ndarray:
   return kernel
 
 
-def transposed_conv_as_subpixel(x, kernel, stride: int):
-  """Transposed conv (kernel ``2s``, stride ``s``, crop ``s/2``) without zero-stuffing.
-
-  Same result as torch ``ConvTranspose2d(k=2s, stride=s, padding=s//2)`` with
-  output ``[B, s*h, s*w, Cout]``, computed as a 3x3 conv to ``s*s*Cout``
-  phase channels followed by depth-to-space. XLA lowers a plain transposed conv
-  as a conv over an ``s``-times dilated input, i.e. ``s^2`` times the work
-  (mostly multiplications by zero); this formulation does only the useful ones.
-
-  Args:
-    x: ``[B, h, w, Cin]``.
-    kernel: ``[2s, 2s, Cin, Cout]`` (torch layout transposed to HWIO).
-    stride: s, even.
-  """
+def subpixel_phase_kernel(kernel, stride: int):
+  """A transposed conv's ``[2s, 2s, Cin, Cout]`` kernel as the 3x3 kernel
+  ``[3, 3, Cin, s*s*Cout]`` of its ``s*s`` output phases (crop ``s/2``)."""
   s = stride
   k = kernel.shape[0]
   if k != 2 * s or s % 2:
@@ -66,13 +55,37 @@ def transposed_conv_as_subpixel(x, kernel, stride: int):
   w3 = kernel[taps[:, None, :, None], taps[None, :, None, :]]
   w3 = w3 * jnp.asarray(valid[:, None, :, None] & valid[None, :, None, :],
                         kernel.dtype)[..., None, None]
-  w3 = jnp.transpose(w3, (0, 1, 4, 2, 3, 5)).reshape(3, 3, cin, s * s * cout)
+  return jnp.transpose(w3, (0, 1, 4, 2, 3, 5)).reshape(3, 3, cin, s * s * cout)
+
+
+def depth_to_space(y, stride: int):
+  """``[B, h, w, s*s*C]`` phases (row phase major) -> ``[B, s*h, s*w, C]``."""
+  b, h, w, c = y.shape
+  cout = c // (stride * stride)
+  y = y.reshape(b, h, w, stride, stride, cout)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(
+      b, h * stride, w * stride, cout)
+
+
+def transposed_conv_as_subpixel(x, kernel, stride: int):
+  """Transposed conv (kernel ``2s``, stride ``s``, crop ``s/2``) without zero-stuffing.
+
+  Same result as torch ``ConvTranspose2d(k=2s, stride=s, padding=s//2)`` with
+  output ``[B, s*h, s*w, Cout]``, computed as a 3x3 conv to ``s*s*Cout``
+  phase channels followed by depth-to-space. XLA lowers a plain transposed conv
+  as a conv over an ``s``-times dilated input, i.e. ``s^2`` times the work
+  (mostly multiplications by zero); this formulation does only the useful ones.
+
+  Args:
+    x: ``[B, h, w, Cin]``.
+    kernel: ``[2s, 2s, Cin, Cout]`` (torch layout transposed to HWIO).
+    stride: s, even.
+  """
+  w3 = subpixel_phase_kernel(kernel, stride)
   y = jax.lax.conv_general_dilated(
       x, w3.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  b, h, w, _ = y.shape
-  y = y.reshape(b, h, w, s, s, cout)
-  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, h * s, w * s, cout)
+  return depth_to_space(y, stride)
 
 
 class SegmentationUpsample(nn.Module):
