@@ -240,6 +240,35 @@ def _cost(lowered, compiled) -> dict[str, Any]:
   return out
 
 
+def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
+                       key_impl: str = "threefry2x32"):
+  """The project's train step for one stage and its arguments.
+
+  Returns ``(step_fn, state, idxs, key, split)``: ``step_fn`` is
+  ``train.resident_train_step`` jitted with the state donated, called as
+  ``step_fn(state, idxs[i], key, split=split)``; ``split`` is a synthetic
+  uint8 split of ``batch`` examples, ``idxs`` four permutations of it.
+  """
+  model = rapool_net.build_model(config.model)
+  stage = config.stages[stage_name]
+  variables = init_variables(model, config.data.crop_size, seed)
+  tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
+  state = {"variables": variables,
+           "opt_state": jax.jit(tx.init)(variables["params"]),
+           "step": jnp.zeros((), jnp.int32)}
+  images, masks, labels, has_mask = synthetic_device_data(
+      batch, config.data.image_size, seed)
+  split = dict(images=images, masks=masks, labels=labels, has_mask=has_mask)
+  rng = np.random.default_rng(seed)
+  idxs = [jnp.asarray(rng.permutation(batch).astype(np.int32))
+          for _ in range(4)]
+  step_fn = jax.jit(functools.partial(
+      train.resident_train_step, model=model, tx=tx, stage=stage,
+      data=config.data, mean=tuple(config.data.mean),
+      std=tuple(config.data.std)), donate_argnums=(0,))
+  return step_fn, state, idxs, train.make_key(seed, key_impl), split
+
+
 class JaxTrainRunner:
   """The project's train step for one stage: compiled ahead, state donated."""
 
@@ -249,28 +278,10 @@ class JaxTrainRunner:
                compiler_options: dict[str, Any] | None = None,
                key_impl: str = "threefry2x32"):
     self.batch = batch
-    model = rapool_net.build_model(config.model)
-    stage = config.stages[stage_name]
-    variables = init_variables(model, config.data.crop_size, seed)
-    tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
-    self.state = {"variables": variables,
-                  "opt_state": jax.jit(tx.init)(variables["params"]),
-                  "step": jnp.zeros((), jnp.int32)}
-    images, masks, labels, has_mask = synthetic_device_data(
-        batch, config.data.image_size, seed)
-    self.data = dict(images=images, masks=masks, labels=labels,
-                     has_mask=has_mask)
-    self.key = train.make_key(seed, key_impl)
-    rng = np.random.default_rng(seed)
-    self.idxs = [jnp.asarray(rng.permutation(batch).astype(np.int32))
-                 for _ in range(4)]
-    step_kwargs = dict(model=model, tx=tx, stage=stage, data=config.data,
-                       mean=tuple(config.data.mean),
-                       std=tuple(config.data.std))
+    step_fn, self.state, self.idxs, self.key, self.data = train_step_program(
+        config, stage_name, batch, seed, key_impl)
     # The training path for a split held on the device: gather + step.
-    step_fn = functools.partial(train.resident_train_step, **step_kwargs)
     self.data_kwargs = {"split": self.data}
-    step_fn = jax.jit(step_fn, donate_argnums=(0,))
     t0 = time.perf_counter()
     lowered = step_fn.lower(self.state, self.idxs[0], self.key,
                             **self.data_kwargs)
@@ -693,42 +704,49 @@ def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
 JOINT_VARIANTS = {
     # As the project builds it (subpixel upsampling).
     "project": (),
-    # Seg loss replaced by a constant: XLA drops the upsampling, pixel CE and
-    # their backward; seg_conv stays (the score map weights the pooling).
+    # Shares of the step (not candidates). Seg loss replaced by a constant:
+    # XLA drops the upsampling, pixel CE, mask augmentation and their
+    # backward; seg_conv stays (the score map weights the pooling).
     "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
-    # Upsampling by lax.conv_transpose instead of the subpixel formulation.
-    "conv_transpose": ((rapool_net, "transposed_conv_as_subpixel",
-                        conv_transpose_zero_stuffed),),
-    # Centre crop instead of random crop + rotation + flips: the share of the
-    # step that on-device augmentation takes.
+    # Centre crop instead of random crop + rotation + flips.
     "no_augmentation": ((pipeline, "augment_batch", _centre_crop_batch),),
-    # Dropout and augmentation bits from RBG instead of threefry
-    # (``train.prng_impl``).
+    # No dropout: what its masks cost (threefry's 20 rounds per decision).
+    "no_dropout": (),
+    # Candidates for the default. Dropout and augmentation bits from RBG
+    # instead of threefry (``train.prng_impl``).
     "rbg_prng": (),
-    # Half the threefry words for dropout masks (``model.dropout_bits``).
+    # One threefry word per 2 or 4 dropout decisions (``model.dropout_bits``).
     "dropout_16bit": (),
+    "dropout_8bit": (),
     # Stem max pool without select_and_scatter (``model.max_pool``).
     "slice_max_pool": (),
-    # The three settings above together: small gains may add up.
-    "rbg_16bit_slices": (),
     # The subpixel upsampling's 3x3 conv (18 inputs per position) as a GEMM.
     "subpixel_dot": ((rapool_net, "transposed_conv_as_subpixel",
                       subpixel_as_dot),),
-    # Every candidate together.
-    "rbg_16bit_slices_dot": ((rapool_net, "transposed_conv_as_subpixel",
-                              subpixel_as_dot),),
+    # The two that benchmarks/gpu_static_cost.py expects to save most.
+    "dropout_8bit_slices": (),
 }
 # Runner arguments of a variant, beside its patches.
-JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"},
-                               "rbg_16bit_slices": {"key_impl": "rbg"},
-                               "rbg_16bit_slices_dot": {"key_impl": "rbg"}}
+JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
 # ``config.model`` overrides of a variant.
-JOINT_VARIANT_MODEL = {"dropout_16bit": {"dropout_bits": 16},
+JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
+                       "dropout_16bit": {"dropout_bits": 16},
+                       "dropout_8bit": {"dropout_bits": 8},
                        "slice_max_pool": {"max_pool": "slices"},
-                       "rbg_16bit_slices": {"dropout_bits": 16,
-                                            "max_pool": "slices"},
-                       "rbg_16bit_slices_dot": {"dropout_bits": 16,
-                                                "max_pool": "slices"}}
+                       "dropout_8bit_slices": {"dropout_bits": 8,
+                                               "max_pool": "slices"}}
+
+
+@contextlib.contextmanager
+def joint_variant(config, name: str):
+  """Inside: ``(config, runner kwargs)`` of ``JOINT_VARIANTS[name]``, its
+  patches applied (they must be in place while the step is traced)."""
+  variant_config = copy.deepcopy(config)
+  variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
+  with contextlib.ExitStack() as stack:
+    for module, attr, value in JOINT_VARIANTS[name]:
+      stack.enter_context(_patched(module, attr, value))
+    yield variant_config, JOINT_VARIANT_RUNNER_KWARGS.get(name, {})
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -760,30 +778,26 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and of augmentation, and alternatives: conv_transpose
-  upsampling, RBG random bits, 16-bit dropout draws, sliced max pool, the
-  subpixel conv as a matmul, and those together."""
+  the seg loss, augmentation and dropout, and the candidate settings: RBG
+  random bits, 16- and 8-bit dropout draws, sliced max pool, the subpixel
+  conv as a matmul, and 8-bit dropout with the sliced max pool."""
 
-  def make(name, patches):
+  def make(name):
     def build():
-      variant_config = copy.deepcopy(config)
-      variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
-      with contextlib.ExitStack() as stack:
-        for module, attr, value in patches:
-          stack.enter_context(_patched(module, attr, value))
+      with joint_variant(config, name) as (variant_config, runner_kwargs):
         return JaxTrainRunner(variant_config, "joint", batch,
                               compiler_options=compiler_options,
-                              **JOINT_VARIANT_RUNNER_KWARGS.get(name, {}))
+                              **runner_kwargs)
     return build
 
-  out = compare_jax_variants(
-      {name: make(name, p) for name, p in JOINT_VARIANTS.items()}, steps,
-      repeats, warmup, log=log)
+  out = compare_jax_variants({name: make(name) for name in JOINT_VARIANTS},
+                             steps, repeats, warmup, log=log)
   for name, overrides in JOINT_VARIANT_MODEL.items():
     out[name]["model_overrides"] = overrides
   base, nos = out["project"], out["no_seg_loss"]
-  out["augmentation_time_share"] = (
-      1 - base["img_per_s"] / out["no_augmentation"]["img_per_s"])
+  for share, without in (("augmentation_time_share", "no_augmentation"),
+                         ("dropout_time_share", "no_dropout")):
+    out[share] = 1 - base["img_per_s"] / out[without]["img_per_s"]
   for name in JOINT_VARIANTS:
     if name == "project":
       continue
@@ -1062,9 +1076,9 @@ def _analysis_joint_variants(result, config, size, b0, options, log):
       f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
       f"its time (quiet blocks: "
       f"{_pct(joint.get('seg_loss_time_share_quiet'))}); augmentation: "
-      f"{_pct(joint['augmentation_time_share'])} of its time; RBG instead of "
-      f"threefry bits: {_fmt(joint['rbg_prng']['time_vs_project'])}x the "
-      f"time")
+      f"{_pct(joint['augmentation_time_share'])} of its time; dropout: "
+      f"{_pct(joint['dropout_time_share'])}; RBG instead of threefry bits: "
+      f"{_fmt(joint['rbg_prng']['time_vs_project'])}x the time")
   torch_joint = [e["img_per_s"] for e in result["results"]
                  if e["framework"] == "torch" and e["step"] == "joint"
                  and e["batch"] == b0]

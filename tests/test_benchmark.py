@@ -344,6 +344,25 @@ ENTRY %main.9 (x: f32[4,8,8,2], w: f32[3,3,2,2]) -> f32[2] {
 """
 
 
+def test_gpu_static_cost_counts_bytes_and_element_ops_per_kernel():
+  gsc = _benchmark_script("gpu_static_cost")
+  rows = {r["name"]: r for r in gsc.kernel_costs(_HLO)}
+  # Launch-free instructions (parameters) and containers are not kernels.
+  assert "x" not in rows and "while.3" not in rows
+  conv = rows["custom-call.3"]
+  assert conv["kind"] == "convolution"
+  # Reads x f32[4,8,8,2] and w f32[3,3,2,2]; writes bf16[4,8,8,2] + u8[0].
+  assert conv["read_bytes"] == 4 * (4 * 8 * 8 * 2 + 3 * 3 * 2 * 2)
+  assert conv["written_bytes"] == 2 * 4 * 8 * 8 * 2
+  # xor and shift count; parameters, constants and broadcasts do not.
+  assert rows["loop_xor_fusion.2"]["element_ops"] == 2 * 64
+  assert rows["relu_fusion"]["element_ops"] == 1 * 32
+  summary = gsc.summarise_costs(list(rows.values()))
+  assert summary["total"]["kernels"] == len(rows)
+  assert summary["random bits"]["G_element_ops"] == pytest.approx(0, abs=1e-3)
+  assert summary["convolution"]["kernels"] == 2
+
+
 def test_step_profile_classifies_hlo_ops_by_what_they_compute():
   kinds = _benchmark_script("step_profile").hlo_op_kinds(_HLO)
   assert kinds["custom-call.3"] == "convolution"
@@ -445,8 +464,11 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
     assert joint[name]["img_per_s"] > 0, name
   assert joint["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
-  assert joint["rbg_16bit_slices"]["model_overrides"] == {
-      "dropout_bits": 16, "max_pool": "slices"}
+  assert joint["dropout_8bit_slices"]["model_overrides"] == {
+      "dropout_bits": 8, "max_pool": "slices"}
+  assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}
+  assert joint["dropout_time_share"] == pytest.approx(
+      1 - joint["project"]["img_per_s"] / joint["no_dropout"]["img_per_s"])
   # Without the seg loss XLA drops the upsampling and the pixel CE.
   assert joint["no_seg_loss"]["gflop_vs_project"] < 1
   effect = result["analysis"]["cpu_compiler_options_effect"]
