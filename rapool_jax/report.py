@@ -25,9 +25,9 @@ COLUMNS = ("sensitivity", "specificity", "accuracy", "auc", "jaccard")
 class Progress:
   """Prints ``[stage] step/total loss ... img/s ETA`` lines.
 
-  The clock restarts once the first step has been dispatched (``compiled``),
-  so img/s and ETA measure training, not XLA compilation; the first line
-  after that says how long the first step took.
+  The clock restarts once the first step has run (``compiled``), so img/s
+  and ETA measure training, not XLA compilation; the next line says how
+  long the first step took.
   """
 
   def __init__(self, name: str, total: int, batch_size: int):
