@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -20,8 +21,12 @@ def segmentation_loss(seg_logits, masks, has_mask=None):
     masks: ``[B, H, W]`` in {0, 1}.
     has_mask: ``[B]`` bool; images without a ground-truth mask are ignored.
   """
-  per_pixel = optax.softmax_cross_entropy_with_integer_labels(
-      seg_logits.astype(jnp.float32), masks.astype(jnp.int32))
+  logits = seg_logits.astype(jnp.float32)
+  # One-hot, not integer labels: those lower to a gather over every pixel
+  # whose gradient is a scatter-add (1 GB of traffic at batch 256 on GPU);
+  # this form stays elementwise and gives the same values and gradients.
+  per_pixel = optax.softmax_cross_entropy(
+      logits, jax.nn.one_hot(masks, logits.shape[-1], dtype=jnp.float32))
   per_image = jnp.mean(per_pixel, axis=(1, 2))
   if has_mask is None:
     return jnp.mean(per_image)
