@@ -5,12 +5,13 @@
     /tmp/gpuvenv/bin/python benchmarks/gpu_static_cost.py --out benchmarks/results/h200_static_cost.json
 
 XLA can compile for a GPU it is told about instead of one it finds
-(``jax.experimental.topologies`` with a target config): the CUDA plugin, its
-compiler and cuDNN's headers are enough, no device or driver. This script
-compiles the project's joint step (``benchmark.train_step_program``, ResNet-50
-at 224, bf16, batch 256) for an H200 or H100 target, once per variant of
-``benchmark.JOINT_VARIANTS``, and reads the optimised
-HLO. Nothing runs, so nothing here is a timing. Per kind of work
+(``jax.experimental.topologies`` with a target config): the CUDA plugin and
+the CUDA and cuDNN wheels that ``jax[cuda12]`` installs are enough, with no
+device or driver. This script compiles the project's joint step
+(``benchmark.train_step_program``, ResNet-50 at 224, bf16, batch 256) for an
+H200 or H100 target, once per variant of ``benchmark.JOINT_VARIANTS``, and
+reads the optimised HLO (``XLA_FLAGS=--xla_dump_to=DIR`` also keeps each
+kernel's PTX). Nothing runs, so nothing here is a timing. Per kind of work
 (``step_profile.hlo_op_kinds``) it sums, over the kernels of the entry
 computation:
 
