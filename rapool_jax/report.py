@@ -36,15 +36,12 @@ class Progress:
   def start(self, step: int):
     self.t0, self.step0 = time.time(), step
     self._first_step_note = None
-    self._waiting_for_first = True
 
   def compiled(self, step: int):
-    """Call once step ``step``, the first, has run (compilation included)."""
-    if self._waiting_for_first:
-      self._waiting_for_first = False
-      self._first_step_note = (f" (first step {time.time() - self.t0:.1f}s, "
-                               "compilation included)")
-      self.t0, self.step0 = time.time(), step
+    """Call once, when step ``step``, the first, has run (compile included)."""
+    self._first_step_note = (f" (first step {time.time() - self.t0:.1f}s, "
+                             "compilation included)")
+    self.t0, self.step0 = time.time(), step
 
   def log(self, step: int, scalars: dict):
     elapsed = time.time() - self.t0

@@ -138,6 +138,26 @@ def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
     train.Trainer(tiny_config, str(tmp_path))
 
 
+@pytest.mark.parametrize("metric", train.PLATEAU_METRICS)
+def test_plateau_rule_stops_a_stage_that_stops_improving(tiny_config, tmp_path,
+                                                         metric):
+  stage = tiny_config.stages.segmentation
+  stage.max_steps = 6
+  stage.plateau_metric = metric
+  stage.plateau_eval_every = 1
+  stage.plateau_patience = 2
+  stage.plateau_min_delta = 1e9   # after the first evaluation nothing is better
+  trainer = train.Trainer(tiny_config, str(tmp_path))
+  _, meta = trainer.run_stage(1, "segmentation", trainer.init_variables(), {})
+  # The first evaluation sets the best; two without improvement end the stage.
+  assert meta["done"] and meta["step"] == 3
+  steps, values = zip(*meta["plateau"]["history"])
+  assert steps == (1, 2, 3)
+  # val_loss is tracked negated, so that larger is better for every metric.
+  low, high = (-np.inf, 0.0) if metric == "val_loss" else (0.0, 1.0)
+  assert all(low <= v <= high for v in values), values
+
+
 def test_streamed_and_device_resident_data_train_identically(tiny_config,
                                                              tmp_path):
   finals = []
