@@ -15,6 +15,8 @@ Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
   no_dropout            model.dropout_rate = 0
   dropout_8bit          model.dropout_bits = 8: a quarter of the random words
   dropout_16bit         model.dropout_bits = 16: half of them
+  hash_dropout          model.dropout_rng = "hash": masks from a keyed index
+                        hash, recomputed where applied
   rbg_prng              RBG instead of threefry random bits
   slice_max_pool        model.max_pool = "slices": the maximum of strided
                         slices, select_and_scatter's first-max gradient
@@ -76,6 +78,7 @@ VARIANTS = {
     "no_dropout": ({"dropout_rate": 0.0}, {}, {}, None),
     "dropout_8bit": ({"dropout_bits": 8}, {}, {}, None),
     "dropout_16bit": ({"dropout_bits": 16}, {}, {}, None),
+    "hash_dropout": ({"dropout_rng": "hash"}, {}, {}, None),
     "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
     "slice_max_pool": ({"max_pool": "slices"}, {}, {}, None),
     "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(

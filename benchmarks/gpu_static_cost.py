@@ -180,9 +180,9 @@ def compile_joint_step(variant: str, batch: int, target: str):
         a.shape, a.dtype, sharding=replicated), tree)
 
   config = benchmark.make_config(benchmark.SIZES["full"], "bfloat16")
-  with benchmark.joint_variant(config, variant) as (variant_config, kwargs):
+  with benchmark.joint_variant(config, variant) as variant_config:
     step_fn, state, idxs, key, split = benchmark.train_step_program(
-        variant_config, "joint", batch, **kwargs)
+        variant_config, "joint", batch)
     lowered = step_fn.lower(abstract(state), abstract(idxs[0]),
                             abstract(key), split=abstract(split))
   compiled = lowered.compile()

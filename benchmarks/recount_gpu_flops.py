@@ -78,7 +78,7 @@ def main(paths):
       for name in benchmark.JOINT_VARIANTS:
         if name not in joint:   # a variant added after the run
           continue
-        with benchmark.joint_variant(config, name) as (variant_config, _):
+        with benchmark.joint_variant(config, name) as variant_config:
           gflop = lowered_gflop(variant_config, "joint", joint["batch"])
         v = joint[name]
         v.setdefault("xla_gpu_optimised_gflop_per_step", v["gflop_per_step"])

@@ -712,41 +712,40 @@ JOINT_VARIANTS = {
     "no_augmentation": ((pipeline, "augment_batch", _centre_crop_batch),),
     # No dropout: what its masks cost (threefry's 20 rounds per decision).
     "no_dropout": (),
-    # Candidates for the default. Dropout and augmentation bits from RBG
-    # instead of threefry (``train.prng_impl``).
-    "rbg_prng": (),
-    # One threefry word per 2 or 4 dropout decisions (``model.dropout_bits``).
-    "dropout_16bit": (),
+    # Candidates for the default. One threefry word per 4 dropout decisions
+    # (``model.dropout_bits``); RBG and 16 bits moved more bytes for fewer
+    # ops saved (benchmarks/gpu_static_cost.py), so they are not timed here.
     "dropout_8bit": (),
+    # Dropout masks from a keyed hash of the element index, recomputed where
+    # they are applied, never stored (``model.dropout_rng="hash"``).
+    "hash_dropout": (),
     # Stem max pool without select_and_scatter (``model.max_pool``).
     "slice_max_pool": (),
-    # The subpixel upsampling's 3x3 conv (18 inputs per position) as a GEMM.
-    "subpixel_dot": ((rapool_net, "transposed_conv_as_subpixel",
-                      subpixel_as_dot),),
-    # The two that benchmarks/gpu_static_cost.py expects to save most.
+    # Each dropout candidate with the sliced max pool.
     "dropout_8bit_slices": (),
+    "hash_dropout_slices": (),
 }
-# Runner arguments of a variant, beside its patches.
-JOINT_VARIANT_RUNNER_KWARGS = {"rbg_prng": {"key_impl": "rbg"}}
 # ``config.model`` overrides of a variant.
 JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
-                       "dropout_16bit": {"dropout_bits": 16},
                        "dropout_8bit": {"dropout_bits": 8},
+                       "hash_dropout": {"dropout_rng": "hash"},
                        "slice_max_pool": {"max_pool": "slices"},
                        "dropout_8bit_slices": {"dropout_bits": 8,
+                                               "max_pool": "slices"},
+                       "hash_dropout_slices": {"dropout_rng": "hash",
                                                "max_pool": "slices"}}
 
 
 @contextlib.contextmanager
 def joint_variant(config, name: str):
-  """Inside: ``(config, runner kwargs)`` of ``JOINT_VARIANTS[name]``, its
-  patches applied (they must be in place while the step is traced)."""
+  """Inside: the config of ``JOINT_VARIANTS[name]``, its patches applied
+  (they must be in place while the step is traced)."""
   variant_config = copy.deepcopy(config)
   variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
   with contextlib.ExitStack() as stack:
     for module, attr, value in JOINT_VARIANTS[name]:
       stack.enter_context(_patched(module, attr, value))
-    yield variant_config, JOINT_VARIANT_RUNNER_KWARGS.get(name, {})
+    yield variant_config
 
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
@@ -778,16 +777,15 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss, augmentation and dropout, and the candidate settings: RBG
-  random bits, 16- and 8-bit dropout draws, sliced max pool, the subpixel
-  conv as a matmul, and 8-bit dropout with the sliced max pool."""
+  the seg loss, augmentation and dropout, and the candidate settings:
+  8-bit or hashed dropout masks, the sliced max pool, and each dropout
+  candidate with the sliced max pool."""
 
   def make(name):
     def build():
-      with joint_variant(config, name) as (variant_config, runner_kwargs):
+      with joint_variant(config, name) as variant_config:
         return JaxTrainRunner(variant_config, "joint", batch,
-                              compiler_options=compiler_options,
-                              **runner_kwargs)
+                              compiler_options=compiler_options)
     return build
 
   out = compare_jax_variants({name: make(name) for name in JOINT_VARIANTS},
@@ -1077,8 +1075,8 @@ def _analysis_joint_variants(result, config, size, b0, options, log):
       f"its time (quiet blocks: "
       f"{_pct(joint.get('seg_loss_time_share_quiet'))}); augmentation: "
       f"{_pct(joint['augmentation_time_share'])} of its time; dropout: "
-      f"{_pct(joint['dropout_time_share'])}; RBG instead of threefry bits: "
-      f"{_fmt(joint['rbg_prng']['time_vs_project'])}x the time")
+      f"{_pct(joint['dropout_time_share'])}; hashed dropout masks: "
+      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time")
   torch_joint = [e["img_per_s"] for e in result["results"]
                  if e["framework"] == "torch" and e["step"] == "joint"
                  and e["batch"] == b0]

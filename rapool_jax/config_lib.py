@@ -111,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Random bits per dropout decision: 32 is flax's nn.Dropout; 16 or 8
       # run the PRNG 2x or 4x less, the rate quantised to 2**-bits.
       dropout_bits=32,
+      # Dropout masks from "threefry" (jax.random) or "hash": a keyed hash
+      # of each element's index, recomputed where the mask is applied (about
+      # half the integer work, no mask in memory; models/dropout.py).
+      dropout_rng="threefry",
       # Max pool by "reduce_window" (flax) or "slices": same values and
       # gradients, no select_and_scatter in the backward (models/max_pool.py).
       max_pool="reduce_window",

@@ -462,7 +462,7 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
   joint = result["analysis"]["joint_step_variants"]
   for name in benchmark.JOINT_VARIANTS:
     assert joint[name]["img_per_s"] > 0, name
-  assert joint["dropout_16bit"]["model_overrides"] == {"dropout_bits": 16}
+  assert joint["hash_dropout"]["model_overrides"] == {"dropout_rng": "hash"}
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
   assert joint["dropout_8bit_slices"]["model_overrides"] == {
       "dropout_bits": 8, "max_pool": "slices"}

@@ -1,4 +1,9 @@
-"""Dropout with 8, 16 or 32 random bits per decision."""
+"""Dropout with 8, 16 or 32 random bits per decision, or hashed masks."""
+
+import os
+import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -15,13 +20,14 @@ class _Net(nn.Module):
   flax_dropout: bool = False
   bits: int = 32
   rate: float = 0.2
+  rng: str = "threefry"
 
   @nn.compact
   def __call__(self, x):
     if self.flax_dropout:
       return nn.Dropout(self.rate, deterministic=False, name="dropout1")(x)
-    return dropout_lib.Dropout(self.rate, self.bits, deterministic=False,
-                               name="dropout1")(x)
+    return dropout_lib.Dropout(self.rate, self.bits, self.rng,
+                               deterministic=False, name="dropout1")(x)
 
 
 def _apply(x, seed=3, **kwargs):
@@ -101,3 +107,100 @@ def test_configs_saved_before_dropout_bits_still_build():
   del config.model["dropout_bits"]
   model = rapool_net.build_model(config.model)
   assert model.backbone.dropout_bits == 32
+
+
+def _correlation(a, b):
+  a, b = a - a.mean(), b - b.mean()
+  return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+
+
+def test_hashed_bits_are_uniform_and_look_independent():
+  shape = (16, 32, 32, 64)   # 1 M words
+  bits = np.asarray(dropout_lib.hashed_bits(jax.random.key(0), shape))
+  assert bits.dtype == np.uint32 and bits.shape == shape
+  # Every bit position is a fair coin (5 sigma over 1 M draws: 0.0025).
+  per_bit = np.unpackbits(bits.view(np.uint8)).reshape(-1, 32).mean(0)
+  np.testing.assert_allclose(per_bit, 0.5, atol=0.0025)
+  keep = (bits >= round(0.2 * 2**32)).astype(np.float64)
+  other_key = (np.asarray(dropout_lib.hashed_bits(jax.random.key(1), shape))
+               >= round(0.2 * 2**32)).astype(np.float64)
+  # Neighbouring decisions along each axis, and two keys, are uncorrelated
+  # (5 sigma of a correlation over 1 M pairs: 0.005).
+  pairs = {"channel": (keep[..., 1:], keep[..., :-1]),
+           "width": (keep[:, :, 1:], keep[:, :, :-1]),
+           "height": (keep[:, 1:], keep[:, :-1]),
+           "batch": (keep[1:], keep[:-1]),
+           "key": (keep, other_key)}
+  for name, (a, b) in pairs.items():
+    assert abs(_correlation(a, b)) < 0.005, name
+
+
+def test_hash_dropout_keeps_the_expectation_and_draws_two_words():
+  x = jnp.ones((32, 32, 32, 64))   # 2 M decisions
+  apply = lambda x: _apply(x, rng="hash")
+  y = np.asarray(apply(x))
+  assert abs((y == 0).mean() - 0.2) < 0.0015
+  np.testing.assert_allclose(y[y != 0], 1 / 0.8, rtol=1e-6)
+  # The key is the only random draw: the mask is a function of the index.
+  jaxpr = jax.make_jaxpr(apply)(x).jaxpr
+  drawn = [v.aval.shape for eqn in jaxpr.eqns
+           if eqn.primitive.name in ("random_bits", "threefry2x32")
+           for v in eqn.outvars]
+  assert drawn and all(int(np.prod(s)) <= 2 for s in drawn), drawn
+
+
+def test_hash_dropout_gradient_uses_the_forward_mask():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 32))
+  y, vjp = jax.vjp(lambda x: _apply(x, rng="hash"), x)
+  (grad,) = vjp(jnp.ones_like(y))
+  kept = np.asarray(y) != 0
+  np.testing.assert_allclose(np.asarray(grad), kept / 0.8, rtol=1e-6)
+  # A new key, a new mask.
+  assert not np.array_equal(y, _apply(x, seed=4, rng="hash"))
+
+
+def test_hashed_bits_do_not_depend_on_how_the_batch_is_sharded():
+  # Global indices: each device hashes its own slice of the same array.
+  code = """
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from rapool_jax.models import dropout
+mesh = jax.make_mesh((8,), ("data",))
+f = lambda x, k: x + dropout.hashed_bits(k, x.shape)
+x = np.zeros((16, 4, 4, 8), np.uint32)
+sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+key = jax.random.key(5)
+one = np.asarray(jax.jit(f)(x, key))
+eight = jax.jit(f)(sharded, key)
+assert len(eight.sharding.device_set) == 8
+np.testing.assert_array_equal(one, np.asarray(eight))
+print("ok")
+"""
+  env = dict(os.environ,
+             XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, text=True,
+                        capture_output=True, timeout=120,
+                        cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("rng,bits,match", [
+    ("philox", 32, "model.dropout_rng='philox'"),
+    ("hash", 8, "model.dropout_bits=8 with model.dropout_rng='hash'"),
+])
+def test_bad_dropout_rng_is_named(rng, bits, match):
+  config = config_lib.base_config()
+  config.model.dropout_rng = rng
+  config.model.dropout_bits = bits
+  with pytest.raises(ValueError, match=match):
+    rapool_net.build_model(config.model)
+
+
+def test_hash_dropout_reaches_the_backbone():
+  config = config_lib.base_config()
+  config.model.dropout_rng = "hash"
+  assert rapool_net.build_model(config.model).backbone.dropout_rng == "hash"
+  del config.model["dropout_rng"]
+  assert rapool_net.build_model(config.model).backbone.dropout_rng == (
+      "threefry")

@@ -157,13 +157,16 @@ def build_model(model_config) -> RAPoolNet:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
   # Runs saved before dropout_bits existed used flax's 32-bit dropout.
   dropout_bits = model_config.get("dropout_bits", 32)
-  dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits)
+  dropout_rng = model_config.get("dropout_rng", "threefry")
+  dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits,
+                            dropout_rng)
   max_pool_impl = model_config.get("max_pool", "reduce_window")
   max_pool_lib.check_max_pool(max_pool_impl)
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,
-                dropout_bits=dropout_bits, max_pool=max_pool_impl,
+                dropout_bits=dropout_bits, dropout_rng=dropout_rng,
+                max_pool=max_pool_impl,
                 dtype=dtype)
   name = model_config.get("backbone", "resnet")
   if name == "resnet":

@@ -115,6 +115,7 @@ class ResNet(nn.Module):
       as torchvision's ``replace_stride_with_dilation`` does.
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
+    dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
     max_pool: the stem's max pool, "reduce_window" or "slices" (same values
       and gradients; ``max_pool.py``).
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
@@ -127,6 +128,7 @@ class ResNet(nn.Module):
   output_stride: int = 32
   dropout_rate: float = 0.0
   dropout_bits: int = 32
+  dropout_rng: str = "threefry"
   max_pool: str = "reduce_window"
   num_classes: int | None = None
   dtype: Any = jnp.float32
@@ -181,7 +183,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name=f"layer{stage + 1}_{i}")(x, bn_train)
         in_features = features * expansion
-      x = Dropout(self.dropout_rate, self.dropout_bits,
+      x = Dropout(self.dropout_rate, self.dropout_bits, self.dropout_rng,
                   deterministic=not train, name=f"dropout{stage + 1}")(x)
 
     if self.num_classes is not None:

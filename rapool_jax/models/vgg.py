@@ -49,6 +49,7 @@ class VGG(nn.Module):
       context, as ``ResNet`` does with ``replace_stride_with_dilation``.
     dropout_rate: dropout after each block's pool.
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
+    dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
     max_pool: "reduce_window" or "slices" (same values and gradients).
     dtype: compute dtype; parameters stay float32.
   """
@@ -59,6 +60,7 @@ class VGG(nn.Module):
   output_stride: int = 32
   dropout_rate: float = 0.0
   dropout_bits: int = 32
+  dropout_rng: str = "threefry"
   max_pool: str = "reduce_window"
   dtype: Any = jnp.float32
 
@@ -100,7 +102,7 @@ class VGG(nn.Module):
       else:
         x = max_pool_lib.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)),
                                   self.max_pool)
-      x = Dropout(self.dropout_rate, self.dropout_bits,
+      x = Dropout(self.dropout_rate, self.dropout_bits, self.dropout_rng,
                   deterministic=not train, name=f"dropout{b}")(x)
     return x
 
