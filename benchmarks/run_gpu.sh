@@ -11,7 +11,8 @@
 # Installs carried wheels from .whl/ (packages the GPU image lacks, e.g.
 # ml_collections) and records the software first. The benchmark and variants
 # parts run under TIME_BUDGET_S each: rows run most-wanted first and the JSON
-# is rewritten after each row, so a cut-short run keeps its measurements.
+# is rewritten after each row and each analysis piece (the variants are one),
+# so a cut-short run keeps its measurements.
 set -u -o pipefail
 out=${1:?usage: run_gpu.sh OUT_DIR [TIME_BUDGET_S] [benchmark|profile|variants ...]}
 budget=${2:-420}

@@ -933,7 +933,8 @@ def run(size_name: str, *, steps: int | None = None,
   Rows run in ``row_plan`` order. With ``time_budget_s``, a row (or the
   analysis) that would not end within the budget is skipped and listed under
   ``skipped``; a row that raises is recorded under ``errors`` and the rest
-  still run. ``on_row(result)`` is called after each row (partial results).
+  still run. ``on_row(result)`` is called after each row and each analysis
+  piece (partial results).
   """
   size = dict(SIZES[size_name])
   for key, value in (("steps", steps), ("repeats", repeats)):
@@ -1044,14 +1045,17 @@ def run(size_name: str, *, steps: int | None = None,
     log(f"analysis skipped: {budget.left():.0f} s of the time budget left")
     result["skipped"].append({"step": "analysis"})
   elif analysis:
-    _analysis(result, config, size, options, platform_name, xla_options, log)
+    _analysis(result, config, size, options, platform_name, xla_options, log,
+              on_piece=on_row)
   return result
 
 
-def _analysis(result, config, size, options, platform_name, xla_options, log):
+def _analysis(result, config, size, options, platform_name, xla_options, log,
+              on_piece=None):
   """The joint step's variants, the upsampling formulations, the input
   pipeline and the XLA:CPU options, in that order (in place). Each piece
-  that raises is listed under ``errors`` and the rest still run."""
+  that raises is listed under ``errors`` and the rest still run;
+  ``on_piece(result)`` follows each piece."""
   b0 = max(size["batches"])
   result["analysis"] = {}
   pieces = [("joint_step_variants", _analysis_joint_variants),
@@ -1067,6 +1071,8 @@ def _analysis(result, config, size, options, platform_name, xla_options, log):
       log(f"analysis {name} FAILED: {error}")
       traceback.print_exc()
       result["errors"].append({"step": f"analysis/{name}", "error": error})
+    if on_piece:
+      on_piece(result)
 
 
 def _analysis_joint_variants(result, config, size, b0, options, log):

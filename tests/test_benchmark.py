@@ -456,9 +456,14 @@ def test_run_gpu_rejects_an_unknown_part_before_installing(tmp_path):
 
 def test_analysis_times_every_joint_variant_against_torch_tiny():
   with_torch = benchmark.torch_available()[0]
-  result = benchmark.run("tiny", kinds=("joint",), with_torch=with_torch,
-                         log=lambda *_: None)
+  snapshots = []   # the analysis pieces done at each partial write
+  result = benchmark.run(
+      "tiny", kinds=("joint",), with_torch=with_torch, log=lambda *_: None,
+      on_row=lambda r: snapshots.append(list(r.get("analysis", {}))))
   assert not result["errors"], result["errors"]
+  # A run cut short after the variants still has them in its JSON.
+  assert ["joint_step_variants"] in snapshots
+  assert snapshots[-1] == list(result["analysis"])
   joint = result["analysis"]["joint_step_variants"]
   for name in benchmark.JOINT_VARIANTS:
     assert joint[name]["img_per_s"] > 0, name
