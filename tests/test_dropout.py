@@ -137,6 +137,17 @@ def test_hashed_bits_are_uniform_and_look_independent():
     assert abs(_correlation(a, b)) < 0.005, name
 
 
+def test_hashed_bits_take_any_batch_but_count_one_example_to_2_32():
+  key = jax.random.key(0)
+  # 4.6 G elements in all: the batch index is not part of the counter.
+  big = jax.eval_shape(lambda k: dropout_lib.hashed_bits(k, (70_000, 256, 256)),
+                       key)
+  assert big.shape == (70_000, 256, 256) and big.dtype == jnp.uint32
+  with pytest.raises(ValueError, match="4294967296 elements per example"):
+    jax.eval_shape(lambda k: dropout_lib.hashed_bits(k, (2, 2**16, 2**16)),
+                   key)
+
+
 def test_hash_dropout_keeps_the_expectation_and_draws_two_words():
   x = jnp.ones((32, 32, 32, 64))   # 2 M decisions
   apply = lambda x: _apply(x, rng="hash")

@@ -78,26 +78,35 @@ def _mix32(x):
 
 
 def hashed_bits(key, shape) -> jax.Array:
-  """Uniform ``uint32`` ``shape`` from a hash of each element's row-major index.
+  """Uniform ``uint32`` ``shape`` from a hash of each element's index.
 
   ``key``: a JAX PRNG key; 64 bits drawn from it (one threefry call) key the
-  hash. Indices are global, so under ``jit`` with a sharded input every
-  device computes its own slice of the same array.
+  hash. Within a row of the leading (batch) axis the index is row-major; the
+  row enters the second round's key, so a batch of any size works as long
+  as one row has fewer than 2**32 elements. Indices are global, so under
+  ``jit`` with a sharded batch every device computes its own slice of the
+  same array.
   """
-  size = math.prod(shape)
-  if size >= 2**32:
-    raise ValueError(f"hashed_bits: {size} elements in {shape}; the index "
-                     "hash counts to 2**32")
+  if not shape:
+    raise ValueError("hashed dropout needs an array with a batch axis")
+  row_size = math.prod(shape[1:])
+  if row_size >= 2**32:
+    raise ValueError(f"hashed dropout: {row_size} elements per example in "
+                     f"{shape}; the index hash counts to 2**32")
   k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
-  for axis in reversed(range(len(shape))):
+  for axis in reversed(range(1, len(shape))):
     index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(
         stride)
     stride *= shape[axis]
+  # Golden-ratio steps spread consecutive rows over the 32-bit key space.
+  row_key = k1 + lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(
+      0x9E3779B9)
   # Two keyed rounds: the first spreads the counter, the second decorrelates
-  # keys (one round would make the masks of keys k and k + 1 shifted copies).
-  return _mix32(_mix32(index ^ k0) + k1)
+  # keys and rows (one round, mix(index + k), would make the masks of keys k
+  # and k + 1 copies shifted by one element).
+  return _mix32(_mix32(index ^ k0) + row_key)
 
 
 class Dropout(nn.Module):
@@ -124,7 +133,8 @@ class Dropout(nn.Module):
     check_dropout(self.rate, self.bits, self.rng)
     rng = self.make_rng("dropout")
     if self.rng == "hash":
-      threshold = round(self.rate * 2**32)
+      # A rate within 2**-33 of 1 still drops all but one value in 2**32.
+      threshold = min(round(self.rate * 2**32), 2**32 - 1)
       keep_prob = 1.0 - threshold / 2**32
       mask = hashed_bits(rng, inputs.shape) >= jnp.uint32(threshold)
     elif self.bits == 32:
