@@ -624,8 +624,11 @@ def upsample_analysis(batch: int, crop: int, stride: int = 32,
   return out
 
 
-def _centre_crop_batch(key, images, masks, crop_size, rotate_degrees, flip):
+def _centre_crop_batch(key, images, masks, crop_size, rotate_degrees, flip,
+                       rows=None):
   del key, rotate_degrees, flip
+  if rows is not None:
+    images, masks = images[rows], masks[rows]
   o = (images.shape[1] - crop_size) // 2
   # The pipeline's bilinear resampling returns float images, uint8 masks.
   return (images[:, o:o + crop_size, o:o + crop_size].astype(jnp.float32),
@@ -657,7 +660,7 @@ def input_pipeline_throughput(config, batch: int, steps: int,
   @jax.jit
   def device_input(split, idx, key):
     # What resident_train_step runs before the network.
-    batch = jax.tree.map(lambda a: a[idx], split)
+    batch = train.resident_batch(split, idx)
     return train.augmented_inputs(jax.random.fold_in(key, idx[0]), batch, data,
                                   tuple(data.mean), tuple(data.std))
 

@@ -41,10 +41,13 @@ from rapool_jax.models import rapool_net
 def augmented_inputs(key, batch, data, mean, std):
   """uint8 ``images [B, S, S, 3]``, ``masks [B, S, S]`` -> normalised float32
   crops ``[B, crop, crop, 3]`` and masks ``[B, crop, crop]``, randomly
-  cropped, rotated and flipped together (``data``: the data config)."""
+  cropped, rotated and flipped together (``data``: the data config).
+
+  With ``batch["rows"] [B]``, images and masks are a whole split
+  ``[N, S, S, ...]`` and the batch is those rows (``resident_batch``)."""
   images, masks = pipeline.augment_batch(
       key, batch["images"], batch["masks"], data.crop_size,
-      data.rotate_degrees, data.flip)
+      data.rotate_degrees, data.flip, rows=batch.get("rows"))
   return pipeline.normalize(images, mean, std), masks
 
 
@@ -90,10 +93,19 @@ def train_step(state, batch, key, *, model, tx, stage, data, mean, std):
                      "accuracy": accuracy}
 
 
+def resident_batch(split: dict, batch_idx) -> dict:
+  """Rows ``batch_idx [B]`` of a device-resident split. Images and masks stay
+  whole, with ``rows``: the augmentation gathers its pixels from the split
+  directly instead of copying the batch first."""
+  batch = {k: v[batch_idx] for k, v in split.items()
+           if k not in ("images", "masks")}
+  return {**batch, "images": split["images"], "masks": split["masks"],
+          "rows": batch_idx}
+
+
 def resident_train_step(state, batch_idx, key, *, split, **kwargs):
   """``train_step`` on ``split[batch_idx]``, the split already on the devices."""
-  batch = jax.tree.map(lambda a: a[batch_idx], split)
-  return train_step(state, batch, key, **kwargs)
+  return train_step(state, resident_batch(split, batch_idx), key, **kwargs)
 
 
 def eval_step(variables, images, masks, *, model, pooling, mean, std):

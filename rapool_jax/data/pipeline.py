@@ -119,53 +119,131 @@ def normalize(images, mean, std):
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def _sample(image, rows, cols):
-  """Bilinear sampling of ``image [S, S, C]`` at float coords ``[h, w]``, edge-clamped."""
-  coords = jnp.stack([rows, cols])
-  return jax.vmap(
-      lambda ch: jax.scipy.ndimage.map_coordinates(ch, coords, order=1,
-                                                   mode="nearest"),
-      in_axes=-1, out_axes=-1)(image)
+# The sampling grid is fixed point: cos and sin are integers over 2**14 and
+# positions are doubled (an even crop's centre falls between pixels), so a
+# coordinate is an int32 in units of 2**-15 px. XLA recomputes the grid in
+# every fusion that reads it, sometimes with FMA contraction and sometimes
+# without; in float32 a pixel's floor and its interpolation weight could then
+# come from different roundings, and the pixel takes its neighbour's value.
+# Integer arithmetic gives every fusion the same grid. The quantised angle
+# moves a 224-px crop's corners by less than 0.01 px.
+_TRIG_BITS = 14
+GRID_FRACTION_BITS = _TRIG_BITS + 1
+# Pixels of a split that one int32 index can address.
+_FLAT_INDEX_LIMIT = 2 ** 31
 
 
-def augment_one(key, image, mask, crop_size: int, rotate_degrees: float,
-                flip: bool):
-  """Random crop + rotation + flips of one example, mask transformed identically.
-
-  Args:
-    key: PRNG key.
-    image: ``[S, S, 3]`` uint8.  mask: ``[S, S]`` uint8 in {0, 1}.
-  Returns:
-    image ``[crop, crop, 3]`` float32 in [0, 255], mask ``[crop, crop]`` {0, 1}.
-  """
-  size = image.shape[0]
+def augment_params(key, image_size: int, crop_size: int,
+                   rotate_degrees: float, flip: bool):
+  """One example's random view: crop ``offset [2]`` int32 (row, col), rotation
+  ``angle`` (radians) and ``flips [2]`` bool (rows, cols)."""
   k_crop, k_rot, k_flip = jax.random.split(key, 3)
-  margin = size - crop_size
-  offset = jax.random.randint(k_crop, (2,), 0, margin + 1).astype(jnp.float32)
+  offset = jax.random.randint(k_crop, (2,), 0, image_size - crop_size + 1)
   angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-rotate_degrees,
                                          maxval=rotate_degrees))
   flips = (jax.random.bernoulli(k_flip, 0.5, (2,)) if flip
            else jnp.zeros((2,), bool))
-  # Output pixel grid, centred on the crop; rotate about the crop centre.
-  r = jnp.arange(crop_size, dtype=jnp.float32) - (crop_size - 1) / 2
-  rr, cc = jnp.meshgrid(r, r, indexing="ij")
-  rr = jnp.where(flips[0], -rr, rr)
-  cc = jnp.where(flips[1], -cc, cc)
-  cos, sin = jnp.cos(angle), jnp.sin(angle)
-  center = offset + (crop_size - 1) / 2
-  rows = cos * rr - sin * cc + center[0]
-  cols = sin * rr + cos * cc + center[1]
-  out_image = _sample(image.astype(jnp.float32), rows, cols)
-  out_mask = _sample(mask.astype(jnp.float32)[..., None], rows, cols)[..., 0]
-  return out_image, (out_mask >= 0.5).astype(jnp.uint8)
+  return offset.astype(jnp.int32), angle, flips
+
+
+def sampling_grid(offset, angle, flips, crop_size: int):
+  """Source coordinates of a ``[crop, crop]`` view, rotated about the crop's
+  centre: int32 ``rows, cols [crop, crop]`` in units of
+  ``2**-GRID_FRACTION_BITS`` px."""
+  doubled = 2 * jnp.arange(crop_size, dtype=jnp.int32) - (crop_size - 1)
+  rr = jnp.where(flips[0], -doubled, doubled)[:, None]
+  cc = jnp.where(flips[1], -doubled, doubled)[None, :]
+  one = 2 ** _TRIG_BITS
+  cos = jnp.round(jnp.cos(angle) * one).astype(jnp.int32)
+  sin = jnp.round(jnp.sin(angle) * one).astype(jnp.int32)
+  centre = (2 * offset.astype(jnp.int32) + (crop_size - 1)) * one
+  return cos * rr - sin * cc + centre[0], sin * rr + cos * cc + centre[1]
+
+
+def sample_bilinear(images, masks, rows, cols, source_rows=None):
+  """Bilinear, edge-clamped sampling of images and masks on a fixed-point grid.
+
+  Args:
+    images: ``[N, S, S, C]``, masks ``[N, S, S]`` (any real dtype).
+    rows, cols: int32 ``[B, h, w]`` from ``sampling_grid``.
+    source_rows: ``[B]`` int32, which of the N examples each view reads
+      (default: view b reads example b, and B = N).
+  Returns:
+    float32 ``[B, h, w, C]`` and ``[B, h, w]``.
+  """
+  n, size = images.shape[:2]
+  channels = images.shape[-1]
+  shift = GRID_FRACTION_BITS
+  r0, c0 = rows >> shift, cols >> shift          # floor, also below zero
+  wr = (rows & (2 ** shift - 1)).astype(jnp.float32) * 2.0 ** -shift
+  wc = (cols & (2 ** shift - 1)).astype(jnp.float32) * 2.0 ** -shift
+
+  if source_rows is not None and n * size * size < _FLAT_INDEX_LIMIT:
+    # One flat index into the whole (replicated) split: XLA fuses the index
+    # arithmetic into the gather and never stores an index array, which a
+    # gather with a batch dimension makes it do (2 GB per step at batch 256
+    # on the H200's program, benchmarks/README.md).
+    flat_images = images.reshape(n * size * size, channels)
+    flat_masks = masks.reshape(n * size * size)
+    base = (source_rows.astype(jnp.int32) * (size * size))[:, None, None]
+    gather = lambda idx: (  # noqa: E731
+        flat_images.at[base + idx].get(mode="promise_in_bounds"),
+        flat_masks.at[base + idx].get(mode="promise_in_bounds"))
+  else:
+    # The batch itself, perhaps sharded over devices: a batched gather keeps
+    # each device's reads local.
+    if source_rows is not None:
+      images, masks = images[source_rows], masks[source_rows]
+    b = images.shape[0]
+    flat_images = images.reshape(b, size * size, channels)
+    flat_masks = masks.reshape(b, size * size)
+    gather = lambda idx: jax.vmap(  # noqa: E731
+        lambda im, m, i: (im.at[i].get(mode="promise_in_bounds"),
+                          m.at[i].get(mode="promise_in_bounds")))(
+                              flat_images, flat_masks, idx)
+
+  out_images = out_masks = 0.0
+  for dr, w_r in ((0, 1.0 - wr), (1, wr)):
+    for dc, w_c in ((0, 1.0 - wc), (1, wc)):
+      r = jnp.clip(r0 + dr, 0, size - 1)
+      c = jnp.clip(c0 + dc, 0, size - 1)
+      tap_images, tap_masks = gather(r * size + c)
+      weight = w_r * w_c
+      out_images = out_images + tap_images.astype(jnp.float32) * weight[..., None]
+      out_masks = out_masks + tap_masks.astype(jnp.float32) * weight
+  return out_images, out_masks
 
 
 def augment_batch(key, images, masks, crop_size: int, rotate_degrees: float,
-                  flip: bool):
-  """vmapped ``augment_one``: ``[B, S, S, 3]`` -> ``[B, crop, crop, 3]``."""
-  keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(augment_one, in_axes=(0, 0, 0, None, None, None))(
-      keys, images, masks, crop_size, rotate_degrees, flip)
+                  flip: bool, rows=None):
+  """Random crop + rotation + flips, each mask transformed with its image.
+
+  Args:
+    key: PRNG key.
+    images: ``[N, S, S, 3]`` uint8.  masks: ``[N, S, S]`` uint8 in {0, 1}.
+    rows: ``[B]`` int32, the examples to augment (default: all, B = N). Pass
+      the whole device-resident split with ``rows`` rather than
+      ``images[rows]``: the gather then reads the split directly.
+  Returns:
+    images ``[B, crop, crop, 3]`` float32 in [0, 255], masks
+    ``[B, crop, crop]`` uint8 in {0, 1}.
+  """
+  size = images.shape[1]
+  if images.shape[2] != size or masks.shape[1:] != images.shape[1:3]:
+    raise ValueError(f"augment_batch: images {images.shape} and masks "
+                     f"{masks.shape} must be square and of one size")
+  if 2 ** GRID_FRACTION_BITS * (size + crop_size) >= 2 ** 31:
+    raise ValueError(f"augment_batch: image size {size} + crop {crop_size} "
+                     f"overflows the int32 sampling grid")
+  batch = images.shape[0] if rows is None else rows.shape[0]
+  keys = jax.random.split(key, batch)
+  offset, angle, flips = jax.vmap(
+      lambda k: augment_params(k, size, crop_size, rotate_degrees, flip))(keys)
+  grid_rows, grid_cols = jax.vmap(
+      lambda o, a, f: sampling_grid(o, a, f, crop_size))(offset, angle, flips)
+  out_images, out_masks = sample_bilinear(images, masks, grid_rows, grid_cols,
+                                          source_rows=rows)
+  return out_images, (out_masks >= 0.5).astype(jnp.uint8)
 
 
 def center_crop_masks(masks, crop_size: int):
