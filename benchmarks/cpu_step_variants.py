@@ -21,6 +21,9 @@ Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
   slice_max_pool        model.max_pool = "slices": the maximum of strided
                         slices, select_and_scatter's first-max gradient
                         (rapool_jax/models/max_pool.py)
+  flax_batch_norm       model.batch_norm_impl = "flax": nn.BatchNorm + nn.relu
+                        under autodiff, the step's BatchNorm before the
+                        fused one (rapool_jax/models/batch_norm.py)
   conv_input_barrier    lax.optimization_barrier on every conv input
   materialised_conv_inputs
                         every non-stem conv input multiplied by exp(0 * x):
@@ -81,6 +84,7 @@ VARIANTS = {
     "hash_dropout": ({"dropout_rng": "hash"}, {}, {}, None),
     "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
     "slice_max_pool": ({"max_pool": "slices"}, {}, {}, None),
+    "flax_batch_norm": ({"batch_norm_impl": "flax"}, {}, {}, None),
     "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(
         lax.optimization_barrier)),
     "materialised_conv_inputs": ({}, {}, {}, lambda: _conv_with_input(

@@ -624,17 +624,6 @@ def upsample_analysis(batch: int, crop: int, stride: int = 32,
   return out
 
 
-def _centre_crop_batch(key, images, masks, crop_size, rotate_degrees, flip,
-                       rows=None):
-  del key, rotate_degrees, flip
-  if rows is not None:
-    images, masks = images[rows], masks[rows]
-  o = (images.shape[1] - crop_size) // 2
-  # The pipeline's bilinear resampling returns float images, uint8 masks.
-  return (images[:, o:o + crop_size, o:o + crop_size].astype(jnp.float32),
-          masks[:, o:o + crop_size, o:o + crop_size])
-
-
 def input_pipeline_throughput(config, batch: int, steps: int,
                               num_examples: int | None = None,
                               log=print) -> dict[str, Any]:
@@ -711,8 +700,6 @@ JOINT_VARIANTS = {
     # XLA drops the upsampling, pixel CE, mask augmentation and their
     # backward; seg_conv stays (the score map weights the pooling).
     "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
-    # Centre crop instead of random crop + rotation + flips.
-    "no_augmentation": ((pipeline, "augment_batch", _centre_crop_batch),),
     # No dropout: what its masks cost (threefry's 20 rounds per decision).
     "no_dropout": (),
     # Candidates for the default. One threefry word per 4 dropout decisions
@@ -724,6 +711,9 @@ JOINT_VARIANTS = {
     "hash_dropout": (),
     # Stem max pool without select_and_scatter (``model.max_pool``).
     "slice_max_pool": (),
+    # flax's BatchNorm + ReLU under autodiff instead of the fused custom VJP
+    # (``model.batch_norm_impl``): checks what the fused backward saves.
+    "flax_batch_norm": (),
     # The subpixel upsampling's 3x3 conv (18 inputs per position) as a GEMM:
     # the bytes are the same, the kernel is not (0.69 ms fwd+bwd alone on
     # the H200 for 0.93 GFLOP).
@@ -738,6 +728,7 @@ JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
                        "dropout_8bit": {"dropout_bits": 8},
                        "hash_dropout": {"dropout_rng": "hash"},
                        "slice_max_pool": {"max_pool": "slices"},
+                       "flax_batch_norm": {"batch_norm_impl": "flax"},
                        "dropout_8bit_slices": {"dropout_bits": 8,
                                                "max_pool": "slices"},
                        "hash_dropout_slices": {"dropout_rng": "hash",
@@ -785,7 +776,7 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss, augmentation and dropout, and the candidate settings:
+  the seg loss and dropout, flax's BatchNorm, and the candidate settings:
   8-bit or hashed dropout masks, the sliced max pool, the subpixel conv as a
   matmul, and each dropout candidate with the sliced max pool."""
 
@@ -801,9 +792,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
   for name, overrides in JOINT_VARIANT_MODEL.items():
     out[name]["model_overrides"] = overrides
   base, nos = out["project"], out["no_seg_loss"]
-  for share, without in (("augmentation_time_share", "no_augmentation"),
-                         ("dropout_time_share", "no_dropout")):
-    out[share] = 1 - base["img_per_s"] / out[without]["img_per_s"]
+  out["dropout_time_share"] = 1 - base["img_per_s"] / out["no_dropout"][
+      "img_per_s"]
   for name in JOINT_VARIANTS:
     if name == "project":
       continue
@@ -1087,10 +1077,10 @@ def _analysis_joint_variants(result, config, size, b0, options, log):
   log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
       f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
       f"its time (quiet blocks: "
-      f"{_pct(joint.get('seg_loss_time_share_quiet'))}); augmentation: "
-      f"{_pct(joint['augmentation_time_share'])} of its time; dropout: "
+      f"{_pct(joint.get('seg_loss_time_share_quiet'))}); dropout: "
       f"{_pct(joint['dropout_time_share'])}; hashed dropout masks: "
-      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time")
+      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time; flax's "
+      f"BatchNorm: {_fmt(joint['flax_batch_norm']['time_vs_project'])}x")
   torch_joint = [e["img_per_s"] for e in result["results"]
                  if e["framework"] == "torch" and e["step"] == "joint"
                  and e["batch"] == b0]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from rapool_jax import benchmark
-from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
 
 
@@ -155,17 +154,6 @@ def test_conv_ops_reads_plain_and_cudnn_convolutions():
       "dim_labels=01fb_o01i->f01b",
       "bf16[256,56,56,64]{3,2,1,0} window={size=3x3 pad=1_1x1_1} "
       "dim_labels=b01f_o01i->b01f __cudnn$convForward"]
-
-
-def test_no_augmentation_variant_crops_like_the_pipeline():
-  images = jnp.arange(2 * 10 * 10 * 3, dtype=jnp.uint8).reshape(2, 10, 10, 3)
-  masks = jnp.ones((2, 10, 10), jnp.uint8)
-  got = benchmark._centre_crop_batch(None, images, masks, 6, 180.0, True)
-  want = pipeline.augment_batch(jax.random.key(0), images, masks, 6, 0.0,
-                                False)
-  assert [a.shape for a in got] == [a.shape for a in want]
-  assert [a.dtype for a in got] == [a.dtype for a in want]
-  np.testing.assert_array_equal(got[0], images[:, 2:8, 2:8])
 
 
 def test_input_pipeline_throughput_runs_both_paths():
@@ -469,6 +457,8 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
     assert joint[name]["img_per_s"] > 0, name
   assert joint["hash_dropout"]["model_overrides"] == {"dropout_rng": "hash"}
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
+  assert joint["flax_batch_norm"]["model_overrides"] == {
+      "batch_norm_impl": "flax"}
   assert joint["dropout_8bit_slices"]["model_overrides"] == {
       "dropout_bits": 8, "max_pool": "slices"}
   assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import pooling as pooling_lib
+from rapool_jax.models import batch_norm as batch_norm_lib
 from rapool_jax.models import dropout as dropout_lib
 from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models import vgg as vgg_lib
@@ -162,11 +163,13 @@ def build_model(model_config) -> RAPoolNet:
                             dropout_rng)
   max_pool_impl = model_config.get("max_pool", "reduce_window")
   max_pool_lib.check_max_pool(max_pool_impl)
+  batch_norm_impl = model_config.get("batch_norm_impl", "fused")
+  batch_norm_lib.check_batch_norm(batch_norm_impl)
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,
                 dropout_bits=dropout_bits, dropout_rng=dropout_rng,
-                max_pool=max_pool_impl,
+                max_pool=max_pool_impl, batch_norm_impl=batch_norm_impl,
                 dtype=dtype)
   name = model_config.get("backbone", "resnet")
   if name == "resnet":

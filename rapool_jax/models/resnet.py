@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rapool_jax.models import batch_norm as batch_norm_lib
 from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models.dropout import Dropout
 
@@ -37,6 +38,12 @@ def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((size, size), (size, size))
 
 
+def _norm(impl: str, bn_train: bool, dtype, name: str, relu: bool = False):
+  return batch_norm_lib.norm_layer(
+      impl, relu, use_running_average=not bn_train, momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON, dtype=dtype, name=name)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs (ResNet-18/34). Input/output ``[B, H, W, C]``."""
 
@@ -46,27 +53,26 @@ class BasicBlock(nn.Module):
   first_dilation: int = 1
   downsample: bool = False
   dtype: Any = jnp.float32
+  batch_norm_impl: str = "fused"
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x, bn_train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON, dtype=self.dtype)
+    norm = functools.partial(_norm, self.batch_norm_impl, bn_train, self.dtype)
     residual = x
     y = conv(self.features, (3, 3), (self.strides, self.strides),
              padding=_pad(self.first_dilation),
              kernel_dilation=self.first_dilation, name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm("bn1", relu=True)(y)
     y = conv(self.features, (3, 3), padding=_pad(self.dilation),
              kernel_dilation=self.dilation, name="conv2")(y)
-    y = norm(name="bn2")(y)
+    y = norm("bn2")(y)
     if self.downsample:
       residual = conv(self.features, (1, 1), (self.strides, self.strides),
                       padding="VALID", name="downsample_conv")(x)
-      residual = norm(name="downsample_bn")(residual)
+      residual = norm("downsample_bn")(residual)
     return nn.relu(y + residual)
 
 
@@ -79,28 +85,27 @@ class BottleneckBlock(nn.Module):
   first_dilation: int = 1
   downsample: bool = False
   dtype: Any = jnp.float32
+  batch_norm_impl: str = "fused"
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x, bn_train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON, dtype=self.dtype)
+    norm = functools.partial(_norm, self.batch_norm_impl, bn_train, self.dtype)
     residual = x
     y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm("bn1", relu=True)(y)
     y = conv(self.features, (3, 3), (self.strides, self.strides),
              padding=_pad(self.first_dilation),
              kernel_dilation=self.first_dilation, name="conv2")(y)
-    y = nn.relu(norm(name="bn2")(y))
+    y = norm("bn2", relu=True)(y)
     y = conv(self.features * 4, (1, 1), padding="VALID", name="conv3")(y)
-    y = norm(name="bn3")(y)
+    y = norm("bn3")(y)
     if self.downsample:
       residual = conv(self.features * 4, (1, 1), (self.strides, self.strides),
                       padding="VALID", name="downsample_conv")(x)
-      residual = norm(name="downsample_bn")(residual)
+      residual = norm("downsample_bn")(residual)
     return nn.relu(y + residual)
 
 
@@ -118,6 +123,9 @@ class ResNet(nn.Module):
     dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
     max_pool: the stem's max pool, "reduce_window" or "slices" (same values
       and gradients; ``max_pool.py``).
+    batch_norm_impl: "fused" (``batch_norm.BatchNorm``, ReLU inside its
+      custom VJP) or "flax" (``nn.BatchNorm`` + ``nn.relu``); same variables
+      and forward values.
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
   """
@@ -130,6 +138,7 @@ class ResNet(nn.Module):
   dropout_bits: int = 32
   dropout_rng: str = "threefry"
   max_pool: str = "reduce_window"
+  batch_norm_impl: str = "fused"
   num_classes: int | None = None
   dtype: Any = jnp.float32
 
@@ -146,6 +155,7 @@ class ResNet(nn.Module):
     """``train`` enables dropout and, unless ``bn_train`` says otherwise,
     batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
     bn_train = train if bn_train is None else bn_train
+    batch_norm_lib.check_batch_norm(self.batch_norm_impl)
     if self.output_stride not in (8, 16, 32):
       raise ValueError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
@@ -155,9 +165,7 @@ class ResNet(nn.Module):
     stem = self._stage_width(0)
     x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(3), use_bias=False,
                 dtype=self.dtype, name="conv1")(x)
-    x = nn.BatchNorm(use_running_average=not bn_train, momentum=BN_MOMENTUM,
-                     epsilon=BN_EPSILON, dtype=self.dtype, name="bn1")(x)
-    x = nn.relu(x)
+    x = _norm(self.batch_norm_impl, bn_train, self.dtype, "bn1", relu=True)(x)
     x = max_pool_lib.max_pool(x, (3, 3), (2, 2), _pad(1), self.max_pool)
 
     # Stages 3 and 4 trade their stride for dilation below output stride 32.
@@ -180,7 +188,7 @@ class ResNet(nn.Module):
             first_dilation=previous_dilation if i == 0 else dilation,
             downsample=(i == 0 and (strides != 1 or
                                     in_features != features * expansion)),
-            dtype=self.dtype,
+            dtype=self.dtype, batch_norm_impl=self.batch_norm_impl,
             name=f"layer{stage + 1}_{i}")(x, bn_train)
         in_features = features * expansion
       x = Dropout(self.dropout_rate, self.dropout_bits, self.dropout_rng,

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax.models import batch_norm as batch_norm_lib
 from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models.dropout import Dropout
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
@@ -51,6 +52,7 @@ class VGG(nn.Module):
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
     dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
     max_pool: "reduce_window" or "slices" (same values and gradients).
+    batch_norm_impl: "fused" or "flax" (``batch_norm.norm_layer``).
     dtype: compute dtype; parameters stay float32.
   """
 
@@ -62,6 +64,7 @@ class VGG(nn.Module):
   dropout_bits: int = 32
   dropout_rng: str = "threefry"
   max_pool: str = "reduce_window"
+  batch_norm_impl: str = "fused"
   dtype: Any = jnp.float32
 
   @property
@@ -83,8 +86,9 @@ class VGG(nn.Module):
     keep = {32: 0, 16: 1, 8: 2}[self.output_stride]
     unstrided = set(range(len(self.blocks) - keep, len(self.blocks)))
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not bn_train, momentum=BN_MOMENTUM,
+    norm_relu = functools.partial(
+        batch_norm_lib.norm_layer, self.batch_norm_impl, True,
+        use_running_average=not bn_train, momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON, dtype=self.dtype)
     x = x.astype(self.dtype)
     dilation = 1
@@ -93,8 +97,9 @@ class VGG(nn.Module):
         x = conv(self._channels(channels), padding=((dilation, dilation),) * 2,
                  kernel_dilation=dilation, name=f"conv{b}_{i}")(x)
         if self.batch_norm:
-          x = norm(name=f"bn{b}_{i}")(x)
-        x = nn.relu(x)
+          x = norm_relu(name=f"bn{b}_{i}")(x)
+        else:
+          x = nn.relu(x)
       if b - 1 in unstrided:
         x = max_pool_lib.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)),
                                   self.max_pool)
