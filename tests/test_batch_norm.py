@@ -34,9 +34,14 @@ def _loss_and_grads(layer, x, dy, params, stats):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("train", [True, False])
-def test_fused_matches_flax_values_statistics_and_gradients(dtype, relu, train):
+def test_fused_matches_flax_values_statistics_and_gradients(
+    dtype, relu, with_residual, train):
   x, dy, params, stats = _inputs(dtype)
+  # A residual of the block's input, so its gradient is tested with x's.
+  residual = (lambda x: jnp.flip(x, 1) * 0.5) if with_residual else (
+      lambda x: None)
   kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                 dtype=dtype)
   act = jax.nn.relu if relu else (lambda y: y)
@@ -44,12 +49,15 @@ def test_fused_matches_flax_values_statistics_and_gradients(dtype, relu, train):
   class Ref(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return act(nn.BatchNorm(name="bn", **kwargs)(x))
+      y = nn.BatchNorm(name="bn", **kwargs)(x)
+      r = residual(x)
+      return act(y if r is None else y + r)
 
   class Fused(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return batch_norm.BatchNorm(relu=relu, name="bn", **kwargs)(x)
+      return batch_norm.BatchNorm(relu=relu, name="bn", **kwargs)(
+          x, residual(x))
 
   wrap = lambda tree: {"bn": tree}  # noqa: E731
   y_ref, up_ref, g_ref = _loss_and_grads(Ref(), x, dy, wrap(params),
@@ -106,7 +114,7 @@ def test_gradient_through_the_batch_statistics_is_exact():
     return jax.grad(f, (0, 1, 2))(x, params["scale"], params["bias"])
 
   got = loss(lambda x, s, c: batch_norm.batch_norm_train(
-      x, s, c, 1e-5, True, jnp.dtype(jnp.float32)))
+      x, s, c, None, 1e-5, True, jnp.dtype(jnp.float32)))
   want = loss(lambda x, s, c: _plain_batch_norm(x, s, c, 1e-5))
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4,
                                                        atol=1e-5), got, want)

@@ -1,19 +1,21 @@
-"""BatchNorm (optionally + ReLU) whose training backward reads the activations twice.
+"""BatchNorm (+ residual add, + ReLU) with a two-pass training backward.
 
 ``BatchNorm`` has flax ``nn.BatchNorm``'s variables, initialisation, running
-averages and forward values, bit for bit (fast variance, float32 statistics).
-Only the training-mode gradient differs, and only in the order of its float
-sums: a custom VJP gives XLA the textbook two-pass backward,
+averages and forward values, bit for bit (fast variance, float32 statistics),
+and can add a residual and apply a ReLU after it: ``relu(bn(x) + residual)``
+is a ResNet block's tail. Only the training-mode gradient differs from
+autodiff, and only in the order of its float sums: a custom VJP gives XLA the
+textbook backward,
 
-    sums = sum over [B, H, W] of (g, g * (x - mean))      # one pass: x, dy
-    dx   = scale / sigma * (g - mean(g) - xhat * mean(g * xhat))  # x, dy -> dx
+    g    = dy masked by (bn(x) + residual > 0)         # also d residual
+    sums = sum over [B, H, W] of (g, g * (x - mean))   # one pass: x, dy
+    dx   = scale / sigma * (g - mean(g) - xhat * mean(g * xhat))
 
-with ``g = dy``, masked by ``y > 0`` when the ReLU is fused in. Autodiff of
-flax's formula makes XLA:GPU store the masked ``g``, reduce it in a second
-pass and read it again for ``dx``: two more activation-sized reads and a
-write for every BatchNorm that a ReLU follows (about 4 GB per ResNet-50 step
-at batch 256, ``benchmarks/README.md``). Stacking the two sums into one
-reduction is what keeps XLA from materialising the mask for them.
+Autodiff of flax's formula makes XLA:GPU store the masked ``g``, read it
+again in a second reduction for ``sum(g)``, and a third time for ``dx``: for
+every BatchNorm that a ReLU follows, two activation-sized passes more than
+this (``benchmarks/README.md``). The two sums are one reduce op
+(``_pair_sum``), which is what keeps XLA from storing the mask for two.
 """
 
 from __future__ import annotations
@@ -43,55 +45,91 @@ def _stats(x):
   return mean, var
 
 
-def _normalize(x, mean, var, scale, bias, epsilon, relu, dtype):
+def _normalize(x, mean, var, scale, bias, epsilon, dtype):
   y = x.astype(jnp.float32) - mean
-  y = (y * (jax.lax.rsqrt(var + epsilon) * scale) + bias).astype(dtype)
+  return (y * (jax.lax.rsqrt(var + epsilon) * scale) + bias).astype(dtype)
+
+
+def _tail(y, residual, relu):
+  """``relu(y + residual)`` as a ResNet block computes it (either optional)."""
+  if residual is not None:
+    y = y + residual
   return jnp.maximum(y, 0) if relu else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def batch_norm_train(x, scale, bias, epsilon: float, relu: bool, dtype):
-  """Batch-statistics normalisation of ``x [..., C]``, then ReLU if ``relu``.
+def _pair_sum(a, b, axes):
+  """``sum(a), sum(b)`` over ``axes`` as one reduction.
 
-  Returns ``y`` (``dtype``, the shape of x) and the float32 batch
+  On GPUs and TPUs as one complex64 sum (componentwise: two float32 sums);
+  XLA:CPU's complex reduction is scalar, so there a sum over ``stack``.
+  """
+  def complex_sum(a, b):
+    sums = jnp.sum(jax.lax.complex(a, b), axes)
+    return jnp.real(sums), jnp.imag(sums)
+
+  def stacked_sum(a, b):
+    sums = jnp.sum(jnp.stack([a, b], axis=-1), axes)
+    return sums[..., 0], sums[..., 1]
+
+  return jax.lax.platform_dependent(a, b, cpu=stacked_sum,
+                                    default=complex_sum)
+
+
+def _is_zero(ct) -> bool:
+  return isinstance(ct, jax.custom_derivatives.SymbolicZero)
+
+
+def _batch_norm(x, scale, bias, residual, epsilon, relu, dtype):
+  mean, var = _stats(x)
+  y = _normalize(x, mean, var, scale, bias, epsilon, dtype)
+  return _tail(y, residual, relu), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def batch_norm_train(x, scale, bias, residual, epsilon: float, relu: bool,
+                     dtype):
+  """``relu(bn(x) + residual)`` with batch statistics, ``x [..., C]``.
+
+  ``residual`` (the shape of x, or None) and the ReLU are optional. Returns the
+  output (``bn`` in ``dtype``, then the add's type) and the float32 batch
   ``mean, var [C]`` for the running averages.
   """
-  mean, var = _stats(x)
-  return _normalize(x, mean, var, scale, bias, epsilon, relu, dtype), mean, var
+  return _batch_norm(x, scale, bias, residual, epsilon, relu, dtype)
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype):
-  x, scale, bias = x.value, scale.value, bias.value   # symbolic_zeros wrappers
-  mean, var = _stats(x)
-  y = _normalize(x, mean, var, scale, bias, epsilon, relu, dtype)
-  return (y, mean, var), (x, mean, var, scale, bias)
+def _batch_norm_train_fwd(x, scale, bias, residual, epsilon, relu, dtype):
+  # symbolic_zeros=True wraps each differentiable argument (None stays None).
+  x, scale, bias, residual = (None if a is None else a.value
+                              for a in (x, scale, bias, residual))
+  out = _batch_norm(x, scale, bias, residual, epsilon, relu, dtype)
+  return out, (x, out[1], out[2], scale, bias, residual)
 
 
-def _batch_norm_train_bwd(epsilon, relu, dtype, residuals, cotangents):
-  x, mean, var, scale, bias = residuals
-  dy, dmean, dvar = cotangents
+def _batch_norm_train_bwd(epsilon, relu, dtype, saved, cotangents):
+  x, mean, var, scale, bias, residual = saved
+  dout, dmean, dvar = cotangents
   axes = tuple(range(x.ndim - 1))
   n = x.size // x.shape[-1]
   xc = x.astype(jnp.float32) - mean
   inv = jax.lax.rsqrt(var + epsilon)
-  if isinstance(dy, jax.custom_derivatives.SymbolicZero):
-    g = jnp.zeros(x.shape, jnp.float32)
-  else:
-    g = dy.astype(jnp.float32)
-  if relu:
-    y = (xc * (inv * scale) + bias).astype(dtype)   # the forward's rounding
-    g = jnp.where(y > 0, g, 0.0)
-  sums = jnp.sum(jnp.stack([g, g * xc], axis=-1), axes)
-  sum_g, sum_gxc = sums[..., 0], sums[..., 1]
-  dx = (inv * scale) * (g - sum_g / n - xc * (sum_gxc * jnp.square(inv) / n))
-  # Running averages only read the batch statistics: their cotangents are
-  # symbolic zeros unless a caller differentiates through them.
-  if not isinstance(dmean, jax.custom_derivatives.SymbolicZero):
+  if _is_zero(dout):
+    dout = jnp.zeros(dout.shape, dout.dtype)
+  g = dout
+  if relu:   # the forward's output, recomputed for its ReLU mask
+    y = _tail((xc * (inv * scale) + bias).astype(dtype), residual, False)
+    g = jnp.where(y > 0, dout, jnp.zeros_like(dout))
+  gf = g.astype(jnp.float32)
+  sum_g, sum_gxc = _pair_sum(gf, gf * xc, axes)
+  dx = (inv * scale) * (gf - sum_g / n - xc * (sum_gxc * jnp.square(inv) / n))
+  # The running averages only read the batch statistics: their cotangents
+  # are symbolic zeros unless a caller differentiates through them.
+  if not _is_zero(dmean):
     dx = dx + dmean / n
-  if not isinstance(dvar, jax.custom_derivatives.SymbolicZero):
+  if not _is_zero(dvar):
     dx = dx + dvar * (2.0 / n) * xc
+  dresidual = None if residual is None else g.astype(residual.dtype)
   return (dx.astype(x.dtype), (sum_gxc * inv).astype(scale.dtype),
-          sum_g.astype(bias.dtype))
+          sum_g.astype(bias.dtype), dresidual)
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd,
@@ -99,7 +137,8 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd,
 
 
 class BatchNorm(nn.Module):
-  """``nn.BatchNorm`` over the last axis of ``[..., C]``, ReLU fused if ``relu``.
+  """``nn.BatchNorm`` over the last axis of ``[..., C]``; ``__call__(x,
+  residual)`` returns ``relu(bn(x) + residual)``, ReLU if ``relu``.
 
   Same variables (``params/scale, bias``; ``batch_stats/mean, var``) and
   running-average rule as flax, so checkpoints and the ImageNet converter
@@ -114,7 +153,7 @@ class BatchNorm(nn.Module):
   relu: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, residual=None):
     features = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean",
                             lambda: jnp.zeros(features, jnp.float32))
@@ -124,19 +163,20 @@ class BatchNorm(nn.Module):
                        self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, features,
                       self.param_dtype)
-    dtype = self.dtype or jnp.result_type(x, scale, bias)
+    dtype = jnp.dtype(self.dtype or jnp.result_type(x, scale, bias))
     if self.use_running_average:
-      return _normalize(x, ra_mean.value, ra_var.value, scale, bias,
-                        self.epsilon, self.relu, dtype)
+      y = _normalize(x, ra_mean.value, ra_var.value, scale, bias,
+                     self.epsilon, dtype)
+      return _tail(y, residual, self.relu)
     if self.relu:
-      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, True,
-                                      jnp.dtype(dtype))
+      y, mean, var = batch_norm_train(x, scale, bias, residual, self.epsilon,
+                                      True, dtype)
     else:
-      # Without a ReLU the gradient comes from a residual add whose ReLU
-      # mask XLA folds into autodiff's first reduction; the custom VJP
-      # would store that mask instead (2 more activation reads and writes).
+      # No ReLU, so no mask: autodiff's backward is already two passes, and
+      # a custom VJP measured 2 activation passes worse there.
       mean, var = _stats(x)
-      y = _normalize(x, mean, var, scale, bias, self.epsilon, False, dtype)
+      y = _tail(_normalize(x, mean, var, scale, bias, self.epsilon, dtype),
+                residual, False)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
@@ -144,12 +184,19 @@ class BatchNorm(nn.Module):
 
 
 def norm_layer(impl: str, relu: bool = False, **kwargs):
-  """BatchNorm, then ReLU if ``relu``, by ``impl``: "fused" (``BatchNorm``)
-  or "flax" (``nn.BatchNorm`` + ``nn.relu``); same variables and values.
-  ``kwargs`` are the shared attributes (``use_running_average``, ``name``...).
+  """``(x, residual=None) -> relu(bn(x) + residual)`` (ReLU if ``relu``), by
+  ``impl``: "fused" (``BatchNorm``) or "flax" (``nn.BatchNorm``, the add and
+  ``nn.relu`` under autodiff); same variables and values. ``kwargs`` are the
+  shared attributes (``use_running_average``, ``name``, ...).
   """
   check_batch_norm(impl)
   if impl == "fused":
     return BatchNorm(relu=relu, **kwargs)
   norm = nn.BatchNorm(**kwargs)
-  return (lambda x: nn.relu(norm(x))) if relu else norm
+
+  def apply(x, residual=None):
+    y = norm(x)
+    if residual is not None:
+      y = y + residual
+    return nn.relu(y) if relu else y
+  return apply

@@ -68,12 +68,11 @@ class BasicBlock(nn.Module):
     y = norm("bn1", relu=True)(y)
     y = conv(self.features, (3, 3), padding=_pad(self.dilation),
              kernel_dilation=self.dilation, name="conv2")(y)
-    y = norm("bn2")(y)
     if self.downsample:
       residual = conv(self.features, (1, 1), (self.strides, self.strides),
                       padding="VALID", name="downsample_conv")(x)
       residual = norm("downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return norm("bn2", relu=True)(y, residual)
 
 
 class BottleneckBlock(nn.Module):
@@ -101,12 +100,11 @@ class BottleneckBlock(nn.Module):
              kernel_dilation=self.first_dilation, name="conv2")(y)
     y = norm("bn2", relu=True)(y)
     y = conv(self.features * 4, (1, 1), padding="VALID", name="conv3")(y)
-    y = norm("bn3")(y)
     if self.downsample:
       residual = conv(self.features * 4, (1, 1), (self.strides, self.strides),
                       padding="VALID", name="downsample_conv")(x)
       residual = norm("downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return norm("bn3", relu=True)(y, residual)   # relu(bn3(y) + residual)
 
 
 class ResNet(nn.Module):
@@ -123,9 +121,10 @@ class ResNet(nn.Module):
     dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
     max_pool: the stem's max pool, "reduce_window" or "slices" (same values
       and gradients; ``max_pool.py``).
-    batch_norm_impl: "fused" (``batch_norm.BatchNorm``, ReLU inside its
-      custom VJP) or "flax" (``nn.BatchNorm`` + ``nn.relu``); same variables
-      and forward values.
+    batch_norm_impl: "fused" (``batch_norm.BatchNorm``: each ReLU, and the
+      residual add before a block's last one, inside its custom VJP) or
+      "flax" (``nn.BatchNorm``, adds and ``nn.relu`` under autodiff); same
+      variables and forward values.
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
   """
