@@ -118,9 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Max pool by "reduce_window" (flax) or "slices": same values and
       # gradients, no select_and_scatter in the backward (models/max_pool.py).
       max_pool="reduce_window",
-      # BatchNorm (+ the ReLU after it) by "fused": one layer with a custom
-      # VJP, two passes over the activations in the backward where autodiff
-      # gives XLA:GPU three; or "flax": nn.BatchNorm + nn.relu under
+      # BatchNorm (+ residual add, + ReLU) by "fused": one layer with a
+      # custom VJP, two passes over the activations in the backward where
+      # autodiff gives XLA:GPU three; or "flax": nn.BatchNorm + nn.relu under
       # autodiff. Same variables and forward values (models/batch_norm.py).
       batch_norm_impl="fused",
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
