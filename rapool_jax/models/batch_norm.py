@@ -60,8 +60,9 @@ def _tail(y, residual, relu):
 def _pair_sum(a, b, axes):
   """``sum(a), sum(b)`` over ``axes`` as one reduction.
 
-  On GPUs and TPUs as one complex64 sum (componentwise: two float32 sums);
-  XLA:CPU's complex reduction is scalar, so there a sum over ``stack``.
+  On GPUs and TPUs as one complex64 sum (componentwise: two float32 sums).
+  On XLA:CPU that made the ResNet-50 step 7% slower, so there a sum over
+  ``stack`` (which XLA:GPU would store ``a`` apart for).
   """
   def complex_sum(a, b):
     sums = jnp.sum(jax.lax.complex(a, b), axes)
