@@ -245,7 +245,8 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   """The project's train step for one stage and its arguments.
 
   Returns ``(step_fn, state, idxs, key, split)``: ``step_fn`` is
-  ``train.resident_train_step`` jitted with the state donated, called as
+  ``train.resident_train_step`` jitted with the state donated (unless
+  ``config.train.donate_state`` is False), called as
   ``step_fn(state, idxs[i], key, split=split)``; ``split`` is a synthetic
   uint8 split of ``batch`` examples, ``idxs`` four permutations of it.
   """
@@ -265,7 +266,8 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   step_fn = jax.jit(functools.partial(
       train.resident_train_step, model=model, tx=tx, stage=stage,
       data=config.data, mean=tuple(config.data.mean),
-      std=tuple(config.data.std)), donate_argnums=(0,))
+      std=tuple(config.data.std)),
+      donate_argnums=(0,) if config.train.get("donate_state", True) else ())
   return step_fn, state, idxs, train.make_key(seed, key_impl), split
 
 
@@ -714,15 +716,15 @@ JOINT_VARIANTS = {
     # flax's BatchNorm + ReLU under autodiff instead of the fused custom VJP
     # (``model.batch_norm_impl``): checks what the fused backward saves.
     "flax_batch_norm": (),
-    # The subpixel upsampling's 3x3 conv (18 inputs per position) as a GEMM:
-    # the bytes are the same, the kernel is not (0.69 ms fwd+bwd alone on
-    # the H200 for 0.93 GFLOP).
-    "subpixel_dot": ((rapool_net, "transposed_conv_as_subpixel",
-                      subpixel_as_dot),),
+    # The state not donated (``train.donate_state``): XLA:GPU then needs no
+    # copy kernels for the conv kernels' transposing in-place updates.
+    "no_donation": (),
     # Each dropout candidate with the sliced max pool.
     "dropout_8bit_slices": (),
     "hash_dropout_slices": (),
 }
+# ``config.train`` overrides of a variant.
+JOINT_VARIANT_TRAIN = {"no_donation": {"donate_state": False}}
 # ``config.model`` overrides of a variant.
 JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
                        "dropout_8bit": {"dropout_bits": 8},
@@ -741,6 +743,7 @@ def joint_variant(config, name: str):
   (they must be in place while the step is traced)."""
   variant_config = copy.deepcopy(config)
   variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
+  variant_config.train.update(JOINT_VARIANT_TRAIN.get(name, {}))
   with contextlib.ExitStack() as stack:
     for module, attr, value in JOINT_VARIANTS[name]:
       stack.enter_context(_patched(module, attr, value))
@@ -777,8 +780,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
   the seg loss and dropout, flax's BatchNorm, and the candidate settings:
-  8-bit or hashed dropout masks, the sliced max pool, the subpixel conv as a
-  matmul, and each dropout candidate with the sliced max pool."""
+  8-bit or hashed dropout masks, the sliced max pool, the state not donated,
+  and each dropout candidate with the sliced max pool."""
 
   def make(name):
     def build():
@@ -791,6 +794,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                              steps, repeats, warmup, log=log)
   for name, overrides in JOINT_VARIANT_MODEL.items():
     out[name]["model_overrides"] = overrides
+  for name, overrides in JOINT_VARIANT_TRAIN.items():
+    out[name]["train_overrides"] = overrides
   base, nos = out["project"], out["no_seg_loss"]
   out["dropout_time_share"] = 1 - base["img_per_s"] / out["no_dropout"][
       "img_per_s"]

@@ -159,6 +159,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Random bits for augmentation and dropout. "rbg" / "unsafe_rbg" make
       # dropout masks cheaper on GPU/TPU than threefry, with another stream.
       prng_impl="threefry2x32",
+      # The step donates the train state: updated in place, one copy in
+      # memory. On XLA:GPU the in-place conv-kernel updates cost ~140 small
+      # copy kernels a step (a transposing fusion cannot write in place);
+      # False gives up the memory for them (benchmarks/README.md).
+      donate_state=True,
   ))
   c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
   c.compilation_cache_dir = ""

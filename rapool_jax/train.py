@@ -261,14 +261,11 @@ class Trainer:
     replicated = sharding.replicated(self.mesh)
     step_kwargs = dict(model=self.model, tx=tx, stage=stage, data=config.data,
                        mean=self.mean, std=self.std)
-    if self.resident:
-      step_fn = jax.jit(functools.partial(resident_train_step, **step_kwargs),
-                        out_shardings=(replicated, replicated),
-                        donate_argnums=(0,))
-    else:
-      step_fn = jax.jit(functools.partial(train_step, **step_kwargs),
-                        out_shardings=(replicated, replicated),
-                        donate_argnums=(0,))
+    step_fn = jax.jit(
+        functools.partial(resident_train_step if self.resident else train_step,
+                          **step_kwargs),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,) if config.train.get("donate_state", True) else ())
     progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
     start = int(meta["step"])
     progress.start(start)

@@ -459,6 +459,7 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
   assert joint["flax_batch_norm"]["model_overrides"] == {
       "batch_norm_impl": "flax"}
+  assert joint["no_donation"]["train_overrides"] == {"donate_state": False}
   assert joint["dropout_8bit_slices"]["model_overrides"] == {
       "dropout_bits": 8, "max_pool": "slices"}
   assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}
@@ -572,3 +573,15 @@ def test_a_failing_analysis_piece_does_not_cost_the_others(monkeypatch):
   assert result["analysis"]["upsample_alone"]["stub"]
   assert result["analysis"]["input_pipeline"]["device_augment_img_per_s"] == 1
   assert "joint_step_variants" not in result["analysis"]
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_donate_state_decides_whether_the_step_consumes_its_state(donate):
+  config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
+  config.train.donate_state = donate
+  step_fn, state, idxs, key, split = benchmark.train_step_program(
+      config, "joint", 4)
+  new_state, _ = step_fn(state, idxs[0], key, split=split)
+  params = state["variables"]["params"]
+  assert all(leaf.is_deleted() == donate for leaf in jax.tree.leaves(params))
+  assert int(new_state["step"]) == 1
