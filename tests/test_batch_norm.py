@@ -92,33 +92,41 @@ def test_variables_are_flax_batch_norms():
   jax.tree.map(np.testing.assert_array_equal, new, ref)
 
 
-def _plain_batch_norm(x, scale, bias, epsilon):
+def _plain_batch_norm(x, scale, bias, residual, epsilon, relu):
   """The textbook formula, for autodiff: y, mean, var."""
   mean = x.mean((0, 1, 2))
   var = ((x - mean) ** 2).mean((0, 1, 2))
   y = (x - mean) / jnp.sqrt(var + epsilon) * scale + bias
-  return jnp.maximum(y, 0), mean, var
+  if residual is not None:
+    y = y + residual
+  return (jnp.maximum(y, 0) if relu else y), mean, var
 
 
 @pytest.mark.parametrize("use_output", [True, False])
-def test_gradient_through_the_batch_statistics_is_exact(use_output):
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_gradient_through_the_batch_statistics_is_exact(use_output, relu,
+                                                        with_residual):
   # The running averages never carry a gradient, but a caller may: the
   # custom VJP must then add the statistics' own cotangents (and cope with
   # a symbolic-zero cotangent for the output it does not use).
   x, dy, params, _ = _inputs(jnp.float32, seed=1)
   rng = np.random.default_rng(2)
   a, b = rng.normal(size=5), rng.normal(size=5)
+  residual = (jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+              if with_residual else None)
 
   def loss(fn):
-    def f(x, scale, bias):
-      y, mean, var = fn(x, scale, bias)
+    def f(x, scale, bias, residual):
+      y, mean, var = fn(x, scale, bias, residual)
       out = jnp.sum(y * dy) if use_output else 0.0
       return out + jnp.sum(mean * a) + jnp.sum(var * b)
-    return jax.grad(f, (0, 1, 2))(x, params["scale"], params["bias"])
+    return jax.grad(f, (0, 1, 2, 3))(x, params["scale"], params["bias"],
+                                     residual)
 
-  got = loss(lambda x, s, c: batch_norm.batch_norm_train(
-      x, s, c, None, 1e-5, True, jnp.dtype(jnp.float32)))
-  want = loss(lambda x, s, c: _plain_batch_norm(x, s, c, 1e-5))
+  got = loss(lambda x, s, c, r: batch_norm.batch_norm_train(
+      x, s, c, r, 1e-5, relu, jnp.dtype(jnp.float32)))
+  want = loss(lambda x, s, c, r: _plain_batch_norm(x, s, c, r, 1e-5, relu))
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4,
                                                        atol=1e-5), got, want)
 
