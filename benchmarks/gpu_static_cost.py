@@ -181,10 +181,11 @@ def compile_joint_step(variant: str, batch: int, target: str):
 
   config = benchmark.make_config(benchmark.SIZES["full"], "bfloat16")
   with benchmark.joint_variant(config, variant) as variant_config:
-    step_fn, state, idxs, key, split = benchmark.train_step_program(
+    step, state, idxs, key, split = benchmark.train_step_program(
         variant_config, "joint", batch)
-    lowered = step_fn.lower(abstract(state), abstract(idxs[0]),
-                            abstract(key), split=abstract(split))
+    lowered = benchmark.lower_train_step(
+        variant_config, step, state,
+        (abstract(idxs[0]), abstract(key), abstract(split)), replicated)
   compiled = lowered.compile()
   memory = compiled.memory_analysis()
   return compiled.as_text(), getattr(memory, "temp_size_in_bytes", None)

@@ -54,7 +54,7 @@ def lowered_gflop(config, step: str, batch: int) -> float:
         data=config.data, mean=tuple(config.data.mean),
         std=tuple(config.data.std)))
     lowered = fn.lower(state, sds((batch,), jnp.int32), jax.random.key(0),
-                       split=split)
+                       split)
   return benchmark._cost(lowered, None)["gflop_per_step"]  # pylint: disable=protected-access
 
 

@@ -244,11 +244,11 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
                        key_impl: str = "threefry2x32"):
   """The project's train step for one stage and its arguments.
 
-  Returns ``(step_fn, state, idxs, key, split)``: ``step_fn`` is
-  ``train.resident_train_step`` jitted with the state donated (unless
-  ``config.train.donate_state`` is False), called as
-  ``step_fn(state, idxs[i], key, split=split)``; ``split`` is a synthetic
-  uint8 split of ``batch`` examples, ``idxs`` four permutations of it.
+  Returns ``(step, state, idxs, key, split)``: ``step`` is
+  ``train.resident_train_step`` with the model, optimizer and stage bound,
+  called as ``step(state, idxs[i], key, split)`` once compiled by
+  ``lower_train_step``; ``split`` is a synthetic uint8 split of ``batch``
+  examples, ``idxs`` four permutations of it.
   """
   model = rapool_net.build_model(config.model)
   stage = config.stages[stage_name]
@@ -263,12 +263,23 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   rng = np.random.default_rng(seed)
   idxs = [jnp.asarray(rng.permutation(batch).astype(np.int32))
           for _ in range(4)]
-  step_fn = jax.jit(functools.partial(
+  step = functools.partial(
       train.resident_train_step, model=model, tx=tx, stage=stage,
       data=config.data, mean=tuple(config.data.mean),
-      std=tuple(config.data.std)),
-      donate_argnums=(0,) if config.train.get("donate_state", True) else ())
-  return step_fn, state, idxs, train.make_key(seed, key_impl), split
+      std=tuple(config.data.std))
+  return step, state, idxs, train.make_key(seed, key_impl), split
+
+
+def lower_train_step(config, step, state, args: tuple, state_sharding=None):
+  """``train.lower_train_step`` as the project's training runs it: the state
+  donated and laid out as ``config.train`` says, on one device unless
+  ``state_sharding`` says otherwise."""
+  if state_sharding is None:
+    state_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return train.lower_train_step(
+      step, state, args, state_sharding,
+      layout=config.train.get("state_layout", "auto"),
+      donate=config.train.get("donate_state", True))
 
 
 class JaxTrainRunner:
@@ -280,15 +291,15 @@ class JaxTrainRunner:
                compiler_options: dict[str, Any] | None = None,
                key_impl: str = "threefry2x32"):
     self.batch = batch
-    step_fn, self.state, self.idxs, self.key, self.data = train_step_program(
+    step, state, self.idxs, self.key, self.data = train_step_program(
         config, stage_name, batch, seed, key_impl)
     # The training path for a split held on the device: gather + step.
-    self.data_kwargs = {"split": self.data}
     t0 = time.perf_counter()
-    lowered = step_fn.lower(self.state, self.idxs[0], self.key,
-                            **self.data_kwargs)
+    lowered = lower_train_step(config, step, state,
+                               (self.idxs[0], self.key, self.data))
     self.compiled = lowered.compile(compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
+    self.state = train.place_state(self.compiled, state)
     self.cost = _cost(lowered, self.compiled)
     self.first_step_s = None
 
@@ -298,8 +309,7 @@ class JaxTrainRunner:
     t0 = time.perf_counter()
     for i in range(num_steps):
       self.state, metrics = self.compiled(
-          self.state, self.idxs[i % len(self.idxs)], self.key,
-          **self.data_kwargs)
+          self.state, self.idxs[i % len(self.idxs)], self.key, self.data)
     jax.block_until_ready((self.state, metrics))
     return time.perf_counter() - t0
 
@@ -716,15 +726,16 @@ JOINT_VARIANTS = {
     # flax's BatchNorm + ReLU under autodiff instead of the fused custom VJP
     # (``model.batch_norm_impl``): checks what the fused backward saves.
     "flax_batch_norm": (),
-    # The state not donated (``train.donate_state``): XLA:GPU then needs no
-    # copy kernels for the conv kernels' transposing in-place updates.
-    "no_donation": (),
+    # The state row-major (``train.state_layout="default"``), donated: on
+    # XLA:GPU each conv kernel's update is a transposing fusion, which cannot
+    # write in place, so XLA adds ~140 copy kernels. What "auto" saves.
+    "default_layout": (),
     # Each dropout candidate with the sliced max pool.
     "dropout_8bit_slices": (),
     "hash_dropout_slices": (),
 }
 # ``config.train`` overrides of a variant.
-JOINT_VARIANT_TRAIN = {"no_donation": {"donate_state": False}}
+JOINT_VARIANT_TRAIN = {"default_layout": {"state_layout": "default"}}
 # ``config.model`` overrides of a variant.
 JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
                        "dropout_8bit": {"dropout_bits": 8},
@@ -780,7 +791,7 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
   the seg loss and dropout, flax's BatchNorm, and the candidate settings:
-  8-bit or hashed dropout masks, the sliced max pool, the state not donated,
+  8-bit or hashed dropout masks, the sliced max pool, the state row-major,
   and each dropout candidate with the sliced max pool."""
 
   def make(name):

@@ -160,10 +160,13 @@ def base_config() -> ml_collections.ConfigDict:
       # dropout masks cheaper on GPU/TPU than threefry, with another stream.
       prng_impl="threefry2x32",
       # The step donates the train state: updated in place, one copy in
-      # memory. On XLA:GPU the in-place conv-kernel updates cost ~140 small
-      # copy kernels a step (a transposing fusion cannot write in place);
-      # False gives up the memory for them (benchmarks/README.md).
+      # memory.
       donate_state=True,
+      # The state's device layout: "auto" lets XLA choose it (on a GPU, conv
+      # kernels as cuDNN reads them, so the donated update needs no
+      # transpose and no copy); "default" is row-major, which costs XLA:GPU
+      # ~140 small copy kernels a step for ResNet-50 (benchmarks/README.md).
+      state_layout="auto",
   ))
   c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
   c.compilation_cache_dir = ""

@@ -10,6 +10,8 @@ CPU, eight GPUs or many hosts (each process feeds its own slice of the batch).
 from __future__ import annotations
 
 import jax
+from jax.experimental.layout import Format
+from jax.experimental.layout import Layout
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -25,6 +27,32 @@ def make_mesh() -> jax.sharding.Mesh:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+# How a jitted step is told to lay out the train state in device memory.
+STATE_LAYOUTS = ("auto", "default")
+
+
+def state_formats(state, sharding, layout: str):
+  """Per leaf of ``state``: ``sharding``, with a device layout of XLA's choice
+  (``layout="auto"``) or row-major (``"default"``).
+
+  Why "auto": cuDNN reads and writes conv kernels as OHWI, flax stores them
+  as HWIO. Row-major HWIO state makes XLA:GPU transpose every kernel's
+  update, and a transposing fusion cannot update a donated buffer in place,
+  so XLA adds a copy per kernel (and per momentum). In XLA's own layout the
+  state is updated where it lies. The values and shapes are the same either
+  way; ``jax.device_get``, orbax and other jits read any layout.
+  """
+  check_state_layout(layout)
+  placement = Format(Layout.AUTO, sharding) if layout == "auto" else sharding
+  return jax.tree.map(lambda _: placement, state)
+
+
+def check_state_layout(layout: str) -> None:
+  if layout not in STATE_LAYOUTS:
+    raise ValueError(f"config.train.state_layout={layout!r}: choose one of "
+                     f"{STATE_LAYOUTS}")
 
 
 def batch_sharding(mesh) -> NamedSharding:

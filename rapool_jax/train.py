@@ -103,9 +103,45 @@ def resident_batch(split: dict, batch_idx) -> dict:
           "rows": batch_idx}
 
 
-def resident_train_step(state, batch_idx, key, *, split, **kwargs):
+def resident_train_step(state, batch_idx, key, split, **kwargs):
   """``train_step`` on ``split[batch_idx]``, the split already on the devices."""
   return train_step(state, resident_batch(split, batch_idx), key, **kwargs)
+
+
+def lower_train_step(step, state, args: tuple, state_sharding, *,
+                     layout: str, donate: bool):
+  """``step(state, *args) -> (state, scalars)`` jitted and lowered.
+
+  The state is placed by ``sharding.state_formats(state, state_sharding,
+  layout)`` (in and out, so a donated state is updated where it lies); the
+  other arguments keep their own shardings. ``state`` and ``args`` may be
+  arrays or ``jax.ShapeDtypeStruct``s.
+  """
+  formats = sharding.state_formats(state, state_sharding, layout)
+  jitted = jax.jit(step, in_shardings=(formats,) + (None,) * len(args),
+                   out_shardings=(formats, state_sharding),
+                   donate_argnums=(0,) if donate else ())
+  # Layout.AUTO takes shapes, not arrays, whose layout is already fixed.
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=state_sharding),
+      state)
+  return jitted.lower(abstract, *args)
+
+
+def compile_train_step(step, state, args: tuple, state_sharding, *,
+                       layout: str, donate: bool, compiler_options=None):
+  """``lower_train_step`` compiled; returns ``(compiled, state)``, the state
+  moved into the layouts that ``compiled`` reads. Call
+  ``compiled(state, *args)`` with arguments placed like ``args``."""
+  compiled = lower_train_step(step, state, args, state_sharding, layout=layout,
+                              donate=donate).compile(compiler_options)
+  return compiled, place_state(compiled, state)
+
+
+def place_state(compiled, state):
+  """``state`` in the device layouts that ``compiled`` reads (consumes it)."""
+  return jax.jit(lambda s: s, out_shardings=compiled.input_formats[0][0],
+                 donate_argnums=0)(state)
 
 
 def eval_step(variables, images, masks, *, model, pooling, mean, std):
@@ -258,24 +294,24 @@ class Trainer:
       if meta["done"]:
         return state["variables"], meta
 
-    replicated = sharding.replicated(self.mesh)
-    step_kwargs = dict(model=self.model, tx=tx, stage=stage, data=config.data,
-                       mean=self.mean, std=self.std)
-    step_fn = jax.jit(
-        functools.partial(resident_train_step if self.resident else train_step,
-                          **step_kwargs),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,) if config.train.get("donate_state", True) else ())
+    train_fn = functools.partial(
+        resident_train_step if self.resident else train_step,
+        model=self.model, tx=tx, stage=stage, data=config.data,
+        mean=self.mean, std=self.std)
     progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
     start = int(meta["step"])
-    progress.start(start)
+    progress.start(start)  # the first step's time includes compilation
     batches = self._batches(index, start, stage.max_steps)
+    data = (self.train_dev,) if self.resident else ()
+    step_fn = None
     for t in range(start, stage.max_steps):
-      if self.resident:
-        state, scalars = step_fn(state, next(batches), self.key,
-                                 split=self.train_dev)
-      else:
-        state, scalars = step_fn(state, next(batches), self.key)
+      args = (next(batches), self.key) + data
+      if step_fn is None:
+        step_fn, state = compile_train_step(
+            train_fn, state, args, sharding.replicated(self.mesh),
+            layout=config.train.get("state_layout", "auto"),
+            donate=config.train.get("donate_state", True))
+      state, scalars = step_fn(state, *args)
       if t == start:  # img/s and ETA count from the end of the first step
         jax.block_until_ready(scalars)
         progress.compiled(t + 1)
@@ -413,6 +449,7 @@ def check_config(config) -> None:
   if config.rankopt.enabled and config.rankopt.after_stage not in config.stage_order:
     raise ValueError(f"config.rankopt.after_stage={config.rankopt.after_stage!r} "
                      f"is not in config.stage_order {tuple(config.stage_order)}")
+  sharding.check_state_layout(config.train.get("state_layout", "auto"))
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
     if config.train[key] < 1:
       raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rapool_jax import benchmark
+from rapool_jax import train
 from rapool_jax.models import rapool_net
 
 
@@ -459,7 +460,8 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
   assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
   assert joint["flax_batch_norm"]["model_overrides"] == {
       "batch_norm_impl": "flax"}
-  assert joint["no_donation"]["train_overrides"] == {"donate_state": False}
+  assert joint["default_layout"]["train_overrides"] == {
+      "state_layout": "default"}
   assert joint["dropout_8bit_slices"]["model_overrides"] == {
       "dropout_bits": 8, "max_pool": "slices"}
   assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}
@@ -579,9 +581,12 @@ def test_a_failing_analysis_piece_does_not_cost_the_others(monkeypatch):
 def test_donate_state_decides_whether_the_step_consumes_its_state(donate):
   config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
   config.train.donate_state = donate
-  step_fn, state, idxs, key, split = benchmark.train_step_program(
+  step, state, idxs, key, split = benchmark.train_step_program(
       config, "joint", 4)
-  new_state, _ = step_fn(state, idxs[0], key, split=split)
-  params = state["variables"]["params"]
+  step_fn = benchmark.lower_train_step(config, step, state,
+                                       (idxs[0], key, split)).compile()
+  placed = train.place_state(step_fn, state)
+  new_state, _ = step_fn(placed, idxs[0], key, split)
+  params = placed["variables"]["params"]
   assert all(leaf.is_deleted() == donate for leaf in jax.tree.leaves(params))
   assert int(new_state["step"]) == 1

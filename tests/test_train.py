@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import optim
+from rapool_jax import sharding
 from rapool_jax import train
 
 
@@ -116,6 +118,7 @@ def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
     ("stages.joint.max_steps", -1, "config.stages.joint.max_steps=-1"),
     ("train.batch_size", 0, "config.train.batch_size=0"),
     ("train.checkpoint_every", 0, "config.train.checkpoint_every=0"),
+    ("train.state_layout", "ohwi", "config.train.state_layout='ohwi'"),
 ])
 def test_bad_stage_or_train_value_fails_before_any_training(
     tiny_config, tmp_path, capsys, key, value, message):
@@ -228,3 +231,48 @@ def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
   results = train.train_and_evaluate(tiny_config, str(tmp_path))
   assert [r["model"] for r in results["rows"]][1] == "Step 4: mask_oracle"
   assert os.path.getsize(tmp_path / "figures" / "cam.png") > 10_000
+
+
+def test_state_in_gpu_layouts_trains_saves_and_evaluates_as_row_major(
+    tiny_config, tmp_path, monkeypatch):
+  """XLA:CPU keeps row-major state under ``state_layout="auto"``; XLA:GPU
+  picks OHWI conv kernels. Forcing that layout here runs the GPU's path:
+  placing the state, the donated step, checkpoints, evaluation."""
+  from jax.experimental.layout import Format
+  from jax.experimental.layout import Layout
+  ohwi = Layout(major_to_minor=(3, 0, 1, 2))
+  row_major = sharding.state_formats
+
+  def gpu_like(state, state_sharding, layout):
+    if layout == "default":
+      return row_major(state, state_sharding, layout)
+    return jax.tree.map(
+        lambda a: Format(ohwi, state_sharding) if a.ndim == 4 else state_sharding,
+        state)
+
+  tiny_config.train.checkpoint_every = 1
+  runs = {}
+  for layout in ("default", "auto"):
+    if layout == "auto":
+      monkeypatch.setattr(sharding, "state_formats", gpu_like)
+    tiny_config.train.state_layout = layout
+    workdir = str(tmp_path / layout)
+    trainer = train.Trainer(tiny_config, workdir)
+    init = trainer.init_variables()
+    variables, _ = trainer.run_stage(0, "classification", init, {})
+    kernel = variables["params"]["backbone"]["conv1"]["kernel"]
+    assert kernel.format.layout.major_to_minor == (
+        (3, 0, 1, 2) if layout == "auto" else (0, 1, 2, 3))
+    restored = ckpt_lib.restore_variables(workdir, "classification", init)
+    val = trainer.splits[tiny_config.data.val_split]
+    runs[layout] = (_leaves_with_paths(variables), _leaves_with_paths(restored),
+                    trainer.predict(variables, val, "gap")["probs"])
+  (default, default_saved, default_probs) = runs["default"]
+  (auto, auto_saved, auto_probs) = runs["auto"]
+  for name in default:
+    np.testing.assert_allclose(auto[name], default[name], rtol=1e-6,
+                               atol=1e-7, err_msg=name)
+    np.testing.assert_array_equal(auto_saved[name], auto[name], err_msg=name)
+    np.testing.assert_array_equal(default_saved[name], default[name],
+                                  err_msg=name)
+  np.testing.assert_allclose(auto_probs, default_probs, rtol=1e-5, atol=1e-6)
