@@ -129,12 +129,12 @@ def lower_train_step(step, state, args: tuple, state_sharding, *,
 
 
 def compile_train_step(step, state, args: tuple, state_sharding, *,
-                       layout: str, donate: bool, compiler_options=None):
+                       layout: str, donate: bool):
   """``lower_train_step`` compiled; returns ``(compiled, state)``, the state
   moved into the layouts that ``compiled`` reads. Call
   ``compiled(state, *args)`` with arguments placed like ``args``."""
   compiled = lower_train_step(step, state, args, state_sharding, layout=layout,
-                              donate=donate).compile(compiler_options)
+                              donate=donate).compile()
   return compiled, place_state(compiled, state)
 
 
