@@ -1,11 +1,13 @@
 """BatchNorm (+ residual add, + ReLU) with a two-pass training backward.
 
 ``BatchNorm`` has flax ``nn.BatchNorm``'s variables, initialisation, running
-averages and forward values, bit for bit (fast variance, float32 statistics),
-and can add a residual and apply a ReLU after it: ``relu(bn(x) + residual)``
-is a ResNet block's tail. Only the training-mode gradient differs from
-autodiff, and only in the order of its float sums: a custom VJP gives XLA the
-textbook backward,
+averages and forward formula (fast variance, float32 statistics), and can add
+a residual and apply a ReLU after it: ``relu(bn(x) + residual)`` is a ResNet
+block's tail. On the CPU its forward values are flax's bit for bit; on GPUs
+and TPUs the two statistics come from one reduce op (one kernel fewer per
+layer on XLA:GPU), whose float sums may round differently. The training-mode
+gradient differs from autodiff only in the order of its float sums: a custom
+VJP gives XLA the textbook backward,
 
     g    = dy masked by (bn(x) + residual > 0)         # also d residual
     sums = sum over [B, H, W] of (g, g * (x - mean))   # one pass: x, dy
@@ -37,12 +39,27 @@ def check_batch_norm(impl: str) -> None:
 
 
 def _stats(x):
-  """float32 ``mean, var [C]`` of ``x [..., C]`` as flax computes them."""
+  """float32 ``mean, var [C]`` of ``x [..., C]`` (fast variance, as flax)."""
   xf = x.astype(jnp.float32)
   axes = tuple(range(x.ndim - 1))
-  mean = xf.mean(axes)
-  var = jnp.maximum(0.0, jnp.square(xf).mean(axes) - jnp.square(mean))
-  return mean, var
+  mean, mean_sq = jax.lax.platform_dependent(
+      xf, cpu=functools.partial(_flax_means, axes=axes),
+      default=functools.partial(_one_reduction_means, axes=axes))
+  return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+
+
+def _flax_means(xf, axes):
+  """``mean(x), mean(x^2)`` as flax computes them, bit for bit."""
+  return xf.mean(axes), jnp.square(xf).mean(axes)
+
+
+def _one_reduction_means(xf, axes):
+  """``mean(x), mean(x^2)`` from one reduce op: XLA:GPU then launches one
+  second-stage reduction kernel per layer instead of two. The sums may
+  round differently from flax's."""
+  n = xf.size // xf.shape[-1]
+  sum_x, sum_sq = _complex_pair_sum(xf, jnp.square(xf), axes)
+  return sum_x / n, sum_sq / n
 
 
 def _normalize(x, mean, var, scale, bias, epsilon, dtype):
@@ -64,16 +81,19 @@ def _pair_sum(a, b, axes):
   On XLA:CPU that made the ResNet-50 step 7% slower, so there a sum over
   ``stack`` (which XLA:GPU would store ``a`` apart for).
   """
-  def complex_sum(a, b):
-    sums = jnp.sum(jax.lax.complex(a, b), axes)
-    return jnp.real(sums), jnp.imag(sums)
+  return jax.lax.platform_dependent(
+      a, b, cpu=functools.partial(_stacked_pair_sum, axes=axes),
+      default=functools.partial(_complex_pair_sum, axes=axes))
 
-  def stacked_sum(a, b):
-    sums = jnp.sum(jnp.stack([a, b], axis=-1), axes)
-    return sums[..., 0], sums[..., 1]
 
-  return jax.lax.platform_dependent(a, b, cpu=stacked_sum,
-                                    default=complex_sum)
+def _complex_pair_sum(a, b, axes):
+  sums = jnp.sum(jax.lax.complex(a, b), axes)
+  return jnp.real(sums), jnp.imag(sums)
+
+
+def _stacked_pair_sum(a, b, axes):
+  sums = jnp.sum(jnp.stack([a, b], axis=-1), axes)
+  return sums[..., 0], sums[..., 1]
 
 
 def _is_zero(ct) -> bool:
