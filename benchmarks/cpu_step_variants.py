@@ -13,11 +13,13 @@ their producers. Pin the process (``taskset -c 0``) for 1-core figures.
 
 Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
   no_dropout            model.dropout_rate = 0
-  dropout_8bit          model.dropout_bits = 8: a quarter of the random words
-  dropout_16bit         model.dropout_bits = 16: half of them
-  hash_dropout          model.dropout_rng = "hash": masks from a keyed index
-                        hash, recomputed where applied
-  rbg_prng              RBG instead of threefry random bits
+  threefry_dropout      model.dropout_rng = "threefry": jax.random masks
+                        (flax's nn.Dropout) instead of the default keyed
+                        index hash, recomputed where applied
+  dropout_8bit          threefry with model.dropout_bits = 8: a quarter of
+                        the random words
+  dropout_16bit         threefry with model.dropout_bits = 16: half of them
+  rbg_prng              threefry dropout with RBG instead of threefry bits
   slice_max_pool        model.max_pool = "slices": the maximum of strided
                         slices, select_and_scatter's first-max gradient
                         (rapool_jax/models/max_pool.py)
@@ -79,10 +81,12 @@ _FUSION = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 # name -> (config overrides, runner kwargs, compile options, patch factory)
 VARIANTS = {
     "no_dropout": ({"dropout_rate": 0.0}, {}, {}, None),
-    "dropout_8bit": ({"dropout_bits": 8}, {}, {}, None),
-    "dropout_16bit": ({"dropout_bits": 16}, {}, {}, None),
-    "hash_dropout": ({"dropout_rng": "hash"}, {}, {}, None),
-    "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
+    "threefry_dropout": ({"dropout_rng": "threefry"}, {}, {}, None),
+    "dropout_8bit": ({"dropout_rng": "threefry", "dropout_bits": 8}, {}, {},
+                     None),
+    "dropout_16bit": ({"dropout_rng": "threefry", "dropout_bits": 16}, {}, {},
+                      None),
+    "rbg_prng": ({"dropout_rng": "threefry"}, {"key_impl": "rbg"}, {}, None),
     "slice_max_pool": ({"max_pool": "slices"}, {}, {}, None),
     "flax_batch_norm": ({"batch_norm_impl": "flax"}, {}, {}, None),
     "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(

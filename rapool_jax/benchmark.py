@@ -706,23 +706,25 @@ def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
 
 
 JOINT_VARIANTS = {
-    # As the project builds it (subpixel upsampling).
+    # As the project builds it: hashed dropout masks, the stem's max pool
+    # without select_and_scatter off the CPU (``model.max_pool="auto"``).
     "project": (),
     # Shares of the step (not candidates). Seg loss replaced by a constant:
     # XLA drops the upsampling, pixel CE, mask augmentation and their
     # backward; seg_conv stays (the score map weights the pooling).
     "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
-    # No dropout: what its masks cost (threefry's 20 rounds per decision).
+    # No dropout: what its masks cost.
     "no_dropout": (),
-    # Candidates for the default. One threefry word per 4 dropout decisions
-    # (``model.dropout_bits``); RBG and 16 bits moved more bytes for fewer
-    # ops saved (benchmarks/gpu_static_cost.py), so they are not timed here.
+    # What the defaults save. Threefry masks (flax's nn.Dropout: 20 rounds
+    # per decision, the mask stored between forward and backward), in full
+    # and with one threefry word per 4 decisions (``model.dropout_bits``).
+    "threefry_dropout": (),
     "dropout_8bit": (),
-    # Dropout masks from a keyed hash of the element index, recomputed where
-    # they are applied, never stored (``model.dropout_rng="hash"``).
-    "hash_dropout": (),
-    # Stem max pool without select_and_scatter (``model.max_pool``).
-    "slice_max_pool": (),
+    # flax's max pool: select_and_scatter in the backward.
+    "reduce_window_max_pool": (),
+    # Both, as the project was built until 2026-11-27 (threefry masks and
+    # reduce_window): the program of every earlier GPU figure.
+    "threefry_reduce_window": (),
     # flax's BatchNorm + ReLU under autodiff instead of the fused custom VJP
     # (``model.batch_norm_impl``): checks what the fused backward saves.
     "flax_batch_norm": (),
@@ -730,22 +732,18 @@ JOINT_VARIANTS = {
     # XLA:GPU each conv kernel's update is a transposing fusion, which cannot
     # write in place, so XLA adds ~140 copy kernels. What "auto" saves.
     "default_layout": (),
-    # Each dropout candidate with the sliced max pool.
-    "dropout_8bit_slices": (),
-    "hash_dropout_slices": (),
 }
 # ``config.train`` overrides of a variant.
 JOINT_VARIANT_TRAIN = {"default_layout": {"state_layout": "default"}}
 # ``config.model`` overrides of a variant.
-JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0},
-                       "dropout_8bit": {"dropout_bits": 8},
-                       "hash_dropout": {"dropout_rng": "hash"},
-                       "slice_max_pool": {"max_pool": "slices"},
-                       "flax_batch_norm": {"batch_norm_impl": "flax"},
-                       "dropout_8bit_slices": {"dropout_bits": 8,
-                                               "max_pool": "slices"},
-                       "hash_dropout_slices": {"dropout_rng": "hash",
-                                               "max_pool": "slices"}}
+JOINT_VARIANT_MODEL = {
+    "no_dropout": {"dropout_rate": 0.0},
+    "threefry_dropout": {"dropout_rng": "threefry"},
+    "dropout_8bit": {"dropout_rng": "threefry", "dropout_bits": 8},
+    "reduce_window_max_pool": {"max_pool": "reduce_window"},
+    "threefry_reduce_window": {"dropout_rng": "threefry",
+                               "max_pool": "reduce_window"},
+    "flax_batch_norm": {"batch_norm_impl": "flax"}}
 
 
 @contextlib.contextmanager
@@ -790,9 +788,9 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and dropout, flax's BatchNorm, and the candidate settings:
-  8-bit or hashed dropout masks, the sliced max pool, the state row-major,
-  and each dropout candidate with the sliced max pool."""
+  the seg loss and dropout, and what each default saves against its
+  alternative (threefry or 8-bit threefry masks, flax's max pool, both,
+  flax's BatchNorm, the state row-major)."""
 
   def make(name):
     def build():
@@ -1094,8 +1092,8 @@ def _analysis_joint_variants(result, config, size, b0, options, log):
       f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
       f"its time (quiet blocks: "
       f"{_pct(joint.get('seg_loss_time_share_quiet'))}); dropout: "
-      f"{_pct(joint['dropout_time_share'])}; hashed dropout masks: "
-      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time; flax's "
+      f"{_pct(joint['dropout_time_share'])}; threefry dropout masks: "
+      f"{_fmt(joint['threefry_dropout']['time_vs_project'])}x the time; flax's "
       f"BatchNorm: {_fmt(joint['flax_batch_norm']['time_vs_project'])}x")
   torch_joint = [e["img_per_s"] for e in result["results"]
                  if e["framework"] == "torch" and e["step"] == "joint"

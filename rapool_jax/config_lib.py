@@ -111,13 +111,16 @@ def base_config() -> ml_collections.ConfigDict:
       # Random bits per dropout decision: 32 is flax's nn.Dropout; 16 or 8
       # run the PRNG 2x or 4x less, the rate quantised to 2**-bits.
       dropout_bits=32,
-      # Dropout masks from "threefry" (jax.random) or "hash": a keyed hash
-      # of each element's index, recomputed where the mask is applied (about
-      # half the integer work, no mask in memory; models/dropout.py).
-      dropout_rng="threefry",
-      # Max pool by "reduce_window" (flax) or "slices": same values and
-      # gradients, no select_and_scatter in the backward (models/max_pool.py).
-      max_pool="reduce_window",
+      # Dropout masks from "hash": a keyed hash of each element's index,
+      # recomputed where the mask is applied (about half the integer work,
+      # no mask in memory; models/dropout.py), or "threefry": jax.random,
+      # flax's nn.Dropout bit for bit. Same AUCs within seed spread
+      # (results/dropout_rng_default); hash steps are faster on CPU and GPU.
+      dropout_rng="hash",
+      # Max pool by "reduce_window" (flax) or "slices" (no select_and_scatter
+      # in the backward); "auto": reduce_window on CPU, slices on GPU/TPU.
+      # Same values and gradients (models/max_pool.py).
+      max_pool="auto",
       # BatchNorm (+ residual add, + ReLU) by "fused": one layer with a
       # custom VJP, two passes over the activations in the backward where
       # autodiff gives XLA:GPU three; or "flax": nn.BatchNorm + nn.relu under

@@ -475,9 +475,59 @@ def check_config(config) -> None:
                          f"{stage.plateau_eval_every} must be >= 1")
 
 
+# Where a run reads and writes, how it logs, checkpoints, lays out and
+# compiles its state: a resumed run may change these and keep its results
+# (streamed and device-resident data train identically; every max pool has
+# the same values and gradients).
+RESUME_MAY_CHANGE = frozenset({
+    "compilation_cache_dir", "data.data_dir", "data.manual_dir",
+    "data.device_memory_budget_mb", "model.max_pool", "report.num_cam_images",
+    "train.checkpoint_every", "train.donate_state", "train.eval_batch_size",
+    "train.keep_checkpoints", "train.log_every", "train.state_layout"})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resumed_config(config: ml_collections.ConfigDict,
+                         workdir: str) -> None:
+  """Raises ValueError naming every setting that differs from the run whose
+  checkpoints ``workdir`` holds (its ``config.json``): resuming would
+  otherwise mix two configurations in one result. Keys in only one of the
+  two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
+  saved_path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.isfile(saved_path) and os.path.isdir(checkpoints)
+          and os.listdir(checkpoints)):
+    return
+  try:
+    with open(saved_path) as f:
+      saved = _flat(json.load(f))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{saved_path}: not the JSON of a config "
+                     f"({errors.one_line(e)}); delete it to resume") from None
+  now = _flat(json.loads(config.to_json_best_effort()))
+  changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
+             for key in sorted(saved.keys() & now.keys())
+             if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
+  if changed:
+    raise ValueError(
+        f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
+        "pass the saved values (--config.KEY=VALUE) to resume it, use a new "
+        f"--workdir, or delete {saved_path} to resume with the new ones")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   os.makedirs(workdir, exist_ok=True)
+  check_resumed_config(config, workdir)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()

@@ -254,11 +254,11 @@ ENTRY %main (a: f32[2,3], b: f32[2,3]) -> f32[3,2] {
 
 def test_cpu_step_variants_compare_tiny():
   variants = _benchmark_script("cpu_step_variants")
-  out = variants.compare(["slice_max_pool", "materialised_conv_inputs",
-                          "no_dropout"], size_name="tiny", batch=2,
-                         repeats=1, log=lambda _: None)
-  assert set(out) == {"slice_max_pool", "materialised_conv_inputs",
-                      "no_dropout"}
+  names = {"slice_max_pool", "materialised_conv_inputs", "no_dropout",
+           "dropout_8bit"}
+  out = variants.compare(sorted(names), size_name="tiny", batch=2, repeats=1,
+                         log=lambda _: None)
+  assert set(out) == names
   for row in out.values():
     assert row["img_per_s"] > 0 and row["as_built_img_per_s"] > 0
     assert row["ratio"] == pytest.approx(
@@ -456,14 +456,16 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
   joint = result["analysis"]["joint_step_variants"]
   for name in benchmark.JOINT_VARIANTS:
     assert joint[name]["img_per_s"] > 0, name
-  assert joint["hash_dropout"]["model_overrides"] == {"dropout_rng": "hash"}
-  assert joint["slice_max_pool"]["model_overrides"] == {"max_pool": "slices"}
+  assert joint["threefry_dropout"]["model_overrides"] == {
+      "dropout_rng": "threefry"}
+  assert joint["reduce_window_max_pool"]["model_overrides"] == {
+      "max_pool": "reduce_window"}
   assert joint["flax_batch_norm"]["model_overrides"] == {
       "batch_norm_impl": "flax"}
   assert joint["default_layout"]["train_overrides"] == {
       "state_layout": "default"}
-  assert joint["dropout_8bit_slices"]["model_overrides"] == {
-      "dropout_bits": 8, "max_pool": "slices"}
+  assert joint["threefry_reduce_window"]["model_overrides"] == {
+      "dropout_rng": "threefry", "max_pool": "reduce_window"}
   assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}
   assert joint["dropout_time_share"] == pytest.approx(
       1 - joint["project"]["img_per_s"] / joint["no_dropout"]["img_per_s"])

@@ -90,8 +90,10 @@ def test_deterministic_and_rate_zero_are_the_identity():
 
 @pytest.mark.parametrize("overrides,match", [
     (dict(dropout_bits=12), "model.dropout_bits=12"),
-    (dict(dropout_rate=0.001, dropout_bits=8), "rounds to 0"),
-    (dict(dropout_rate=0.999, dropout_bits=8), "rounds to 1"),
+    (dict(dropout_rate=0.001, dropout_bits=8, dropout_rng="threefry"),
+     "rounds to 0"),
+    (dict(dropout_rate=0.999, dropout_bits=8, dropout_rng="threefry"),
+     "rounds to 1"),
     (dict(dropout_rate=1.0), "model.dropout_rate=1.0"),
     (dict(dropout_rng="philox"), "model.dropout_rng='philox'"),
     (dict(dropout_rng="hash", dropout_bits=8),
@@ -109,6 +111,15 @@ def test_configs_saved_before_dropout_bits_still_build():
   del config.model["dropout_bits"]
   model = rapool_net.build_model(config.model)
   assert model.backbone.dropout_bits == 32
+
+
+def test_default_masks_are_hashed_and_old_configs_keep_threefry():
+  config = config_lib.base_config()
+  assert rapool_net.build_model(config.model).backbone.dropout_rng == "hash"
+  # Runs saved before the key existed drew their masks with threefry.
+  del config.model["dropout_rng"]
+  assert rapool_net.build_model(
+      config.model).backbone.dropout_rng == "threefry"
 
 
 def _correlation(a, b):

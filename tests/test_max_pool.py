@@ -1,4 +1,5 @@
-"""The two max pool implementations agree on values and gradients."""
+"""The max pool implementations agree on values and gradients; "auto"
+picks reduce_window for XLA:CPU and slices for GPUs."""
 
 import flax.linen as nn
 import jax
@@ -59,6 +60,32 @@ def test_models_train_the_same_with_either_max_pool(backbone):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-5),
                got_g, want_g)
+
+
+def _stem_pool_grad(impl):
+  pool = lambda x: max_pool_lib.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)),
+                                         impl)
+  return jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2)))
+
+
+@pytest.mark.parametrize("platform,reduce_window", [("cpu", True),
+                                                    ("cuda", False)])
+def test_auto_max_pool_lowers_one_implementation_per_platform(platform,
+                                                              reduce_window):
+  x = jnp.zeros((2, 16, 16, 4))
+  text = _stem_pool_grad("auto").trace(x).lower(
+      lowering_platforms=(platform,)).as_text()
+  assert ("select_and_scatter" in text) == reduce_window
+  assert ("reduce_window" in text) == reduce_window
+
+
+def test_auto_max_pool_on_cpu_is_flax_bit_for_bit_with_no_branch():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.integers(-2, 3, (2, 15, 14, 3)).astype(np.float32))
+  np.testing.assert_array_equal(_stem_pool_grad("auto")(x),
+                                _stem_pool_grad("reduce_window")(x))
+  compiled = _stem_pool_grad("auto").lower(x).compile().as_text()
+  assert " conditional(" not in compiled
 
 
 def test_unknown_max_pool_is_named():

@@ -1,8 +1,10 @@
 """The pipeline: freezing, one whole tiny run, config errors."""
 
+import copy
 import json
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +104,53 @@ def test_whole_pipeline_tiny(tiny_config, tiny_run):
   # Running again is a no-op resume with identical results.
   again = train.train_and_evaluate(tiny_config, workdir)
   assert again == results
+
+
+def _saved_run(config, workdir):
+  """A workdir as a run of ``config`` leaves it once it has checkpointed."""
+  os.makedirs(os.path.join(workdir, "checkpoints", "classification", "2"))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def test_resuming_with_another_config_names_what_changed(tiny_config,
+                                                         tmp_path):
+  workdir = str(tmp_path)
+  _saved_run(tiny_config, workdir)
+  train.check_resumed_config(tiny_config, workdir)   # the same: resumes
+  resumed = copy.deepcopy(tiny_config)
+  resumed.model.dropout_rng = "threefry"
+  resumed.stages.joint.lambda_seg = 5.0
+  # Paths, logging, checkpointing and layout may change on resume.
+  resumed.data.data_dir = "/elsewhere"
+  resumed.train.log_every = 1
+  resumed.model.max_pool = "slices"
+  with pytest.raises(ValueError) as error:
+    train.check_resumed_config(resumed, workdir)
+  message = str(error.value)
+  assert "model.dropout_rng='hash' (now 'threefry')" in message
+  assert "stages.joint.lambda_seg=" in message
+  for allowed in ("data_dir", "log_every", "max_pool"):
+    assert allowed not in message
+  assert "delete" in message and "config.json" in message
+  # Before any checkpoint there is nothing to resume: any config starts.
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  train.check_resumed_config(resumed, workdir)
+
+
+def test_resume_ignores_keys_added_since_the_run_was_saved(tiny_config,
+                                                           tmp_path):
+  old = copy.deepcopy(tiny_config)
+  del old.model["dropout_rng"]   # saved before the key existed
+  _saved_run(old, str(tmp_path))
+  train.check_resumed_config(tiny_config, str(tmp_path))
+
+
+def test_unreadable_saved_config_is_named(tiny_config, tmp_path):
+  _saved_run(tiny_config, str(tmp_path))
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"config\.json: not the JSON"):
+    train.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):

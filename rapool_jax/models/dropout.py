@@ -50,7 +50,8 @@ def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   if rng == "hash" and bits != 32:
     raise ValueError(f"model.dropout_bits={bits!r} with "
                      "model.dropout_rng='hash': the hash always makes 32 "
-                     "bits per element (it costs no memory), use 32")
+                     "bits per element (it costs no memory): use 32, or "
+                     "fewer with model.dropout_rng='threefry'")
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"model.dropout_rate={rate!r}: must be in [0, 1)")
   if rate > 0 and quantised_rate(rate, bits) in (0.0, 1.0):

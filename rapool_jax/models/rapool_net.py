@@ -156,12 +156,14 @@ class RAPoolNet(nn.Module):
 def build_model(model_config) -> RAPoolNet:
   """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
-  # Runs saved before dropout_bits existed used flax's 32-bit dropout.
+  # Runs saved before dropout_bits and dropout_rng existed used flax's
+  # 32-bit threefry dropout.
   dropout_bits = model_config.get("dropout_bits", 32)
   dropout_rng = model_config.get("dropout_rng", "threefry")
   dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits,
                             dropout_rng)
-  max_pool_impl = model_config.get("max_pool", "reduce_window")
+  # All max pools give the same values and gradients.
+  max_pool_impl = model_config.get("max_pool", "auto")
   max_pool_lib.check_max_pool(max_pool_impl)
   batch_norm_impl = model_config.get("batch_norm_impl", "fused")
   batch_norm_lib.check_batch_norm(batch_norm_impl)
