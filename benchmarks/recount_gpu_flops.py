@@ -63,6 +63,9 @@ def main(paths):
     with open(path) as f:
       result = json.load(f)
     config = benchmark.make_config(result["size_config"], result["dtype"])
+    # Those runs had threefry dropout masks and flax's max pool, the
+    # defaults until the same day.
+    config.model.update(dropout_rng="threefry", max_pool="reduce_window")
     for e in result["results"]:
       if e["framework"] != "jax":
         continue
