@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import errors
@@ -486,16 +487,6 @@ RESUME_MAY_CHANGE = frozenset({
     "train.keep_checkpoints", "train.log_every", "train.state_layout"})
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_resumed_config(config: ml_collections.ConfigDict,
                          workdir: str) -> None:
   """Raises ValueError naming every setting that differs from the run whose
@@ -509,11 +500,15 @@ def check_resumed_config(config: ml_collections.ConfigDict,
     return
   try:
     with open(saved_path) as f:
-      saved = _flat(json.load(f))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
     raise ValueError(f"{saved_path}: not the JSON of a config "
                      f"({errors.one_line(e)}); delete it to resume") from None
-  now = _flat(json.loads(config.to_json_best_effort()))
+  saved = traverse_util.flatten_dict(saved, sep=".")
+  now = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()),
+                                   sep=".")
   changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
              for key in sorted(saved.keys() & now.keys())
              if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]

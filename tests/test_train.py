@@ -146,9 +146,10 @@ def test_resume_ignores_keys_added_since_the_run_was_saved(tiny_config,
   train.check_resumed_config(tiny_config, str(tmp_path))
 
 
-def test_unreadable_saved_config_is_named(tiny_config, tmp_path):
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_unreadable_saved_config_is_named(tiny_config, tmp_path, text):
   _saved_run(tiny_config, str(tmp_path))
-  (tmp_path / "config.json").write_text("{not json")
+  (tmp_path / "config.json").write_text(text)
   with pytest.raises(ValueError, match=r"config\.json: not the JSON"):
     train.check_resumed_config(tiny_config, str(tmp_path))
 
