@@ -707,7 +707,7 @@ def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
 
 JOINT_VARIANTS = {
     # As the project builds it: hashed dropout masks, the stem's max pool
-    # without select_and_scatter off the CPU (``model.max_pool="auto"``).
+    # without select_and_scatter on GPUs (``model.max_pool="auto"``).
     "project": (),
     # Shares of the step (not candidates). Seg loss replaced by a constant:
     # XLA drops the upsampling, pixel CE, mask augmentation and their

@@ -118,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
       # (results/dropout_rng_default); hash steps are faster on CPU and GPU.
       dropout_rng="hash",
       # Max pool by "reduce_window" (flax) or "slices" (no select_and_scatter
-      # in the backward); "auto": reduce_window on CPU, slices on GPU/TPU.
+      # in the backward); "auto": slices on GPUs, reduce_window elsewhere.
       # Same values and gradients (models/max_pool.py).
       max_pool="auto",
       # BatchNorm (+ residual add, + ReLU) by "fused": one layer with a

@@ -1,5 +1,5 @@
 """The max pool implementations agree on values and gradients; "auto"
-picks reduce_window for XLA:CPU and slices for GPUs."""
+picks slices for GPUs and reduce_window elsewhere."""
 
 import flax.linen as nn
 import jax
@@ -69,7 +69,9 @@ def _stem_pool_grad(impl):
 
 
 @pytest.mark.parametrize("platform,reduce_window", [("cpu", True),
-                                                    ("cuda", False)])
+                                                    ("cuda", False),
+                                                    ("rocm", False),
+                                                    ("tpu", True)])
 def test_auto_max_pool_lowers_one_implementation_per_platform(platform,
                                                               reduce_window):
   x = jnp.zeros((2, 16, 16, 4))

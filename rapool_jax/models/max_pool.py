@@ -6,11 +6,11 @@ the window's strided slices and saves, per output, the int8 index of the
 first maximum in its window. The backward then spreads each gradient to that
 input pixel with pads and adds, with no scatter. That is the rule
 ``select_and_scatter`` applies, ties included, so gradients match exactly.
-``"auto"`` (the default) lowers ``"reduce_window"`` for XLA:CPU and
-``"slices"`` for GPUs and TPUs: XLA:GPU's ``select_and_scatter`` is a
-scatter with atomics, and the sliced form saves about 4 GB of the ResNet-50
-step's traffic at batch 256, while on XLA:CPU the sliced form was 7% slower
-(``benchmarks/README.md``). Values and gradients are the same either way.
+``"auto"`` (the default) lowers ``"slices"`` for GPUs and ``"reduce_window"``
+elsewhere: XLA:GPU's ``select_and_scatter`` is a scatter with atomics, and
+the sliced form saves about 4 GB of the ResNet-50 step's traffic at batch
+256, while on XLA:CPU it was 7% slower (``benchmarks/README.md``); TPUs,
+unmeasured, keep XLA's own op. Values and gradients are the same either way.
 """
 
 from __future__ import annotations
@@ -107,4 +107,4 @@ def max_pool(x, window: Sequence[int], strides: Sequence[int],
   if impl == "reduce_window":
     return flax_pool(x)
   # Lowering for one platform keeps only its branch: no conditional is left.
-  return lax.platform_dependent(x, cpu=flax_pool, default=sliced)
+  return lax.platform_dependent(x, cuda=sliced, rocm=sliced, default=flax_pool)
