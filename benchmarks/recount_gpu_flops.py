@@ -1,19 +1,28 @@
 """Recounts ``gflop_per_step`` of a GPU benchmark JSON on the lowered program.
 
-    python benchmarks/recount_gpu_flops.py benchmarks/results/h200_*.json
+    python benchmarks/recount_gpu_flops.py FILE.json ...
+    python benchmarks/recount_gpu_flops.py --program before_hash_defaults \
+        benchmarks/results/h200_full.json ...
 
-The GPU runs of 2026-11-27 counted FLOPs on XLA's *optimised* GPU HLO, where
-convolutions are cuDNN custom calls that the cost analysis leaves out (a
-ResNet-50 train step read as 0.6 GFLOP/img). ``rapool_jax.benchmark`` now
-counts on the lowered program; this script does the same for those files,
-lowering each row's step abstractly (shapes only, nothing runs), and rewrites
-``gflop_per_step`` and ``achieved_tflop_per_s``. The old figure is kept as
+Two kinds of GPU file need it. The runs of the morning of 2026-11-27 counted
+FLOPs on XLA's *optimised* GPU HLO, where convolutions are cuDNN custom calls
+that the cost analysis leaves out (a ResNet-50 train step read as 0.6
+GFLOP/img); their program had threefry masks and flax's max pool
+(``--program before_hash_defaults``). Later runs count on the lowered program,
+but on jax 0.11's CUDA plugin ``Lowered.cost_analysis`` is unimplemented, so
+the runs before ``benchmark._cost_on_cpu_client`` wrote None.
+
+This script lowers each row's step abstractly for ``--platform`` (shapes only,
+nothing runs; ``platform_dependent`` takes that platform's branch, so the
+count is the GPU program's) and rewrites ``gflop_per_step`` and
+``achieved_tflop_per_s``. The old figure is kept as
 ``xla_gpu_optimised_gflop_per_step``; the timings are untouched.
 """
 
+import argparse
+
 import functools
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +33,8 @@ from rapool_jax import train
 from rapool_jax.models import rapool_net
 
 
-def lowered_gflop(config, step: str, batch: int) -> float:
+def lowered_gflop(config, step: str, batch: int,
+                  platform: str = "cuda") -> float:
   model = rapool_net.build_model(config.model)
   crop, size = config.data.crop_size, config.data.image_size
   variables = jax.eval_shape(
@@ -37,8 +47,8 @@ def lowered_gflop(config, step: str, batch: int) -> float:
     fn = jax.jit(functools.partial(
         train.eval_step, model=model, pooling="region",
         mean=tuple(config.data.mean), std=tuple(config.data.std)))
-    lowered = fn.lower(variables, sds((batch, crop, crop, 3), jnp.uint8),
-                       sds((batch, crop, crop), jnp.uint8))
+    traced = fn.trace(variables, sds((batch, crop, crop, 3), jnp.uint8),
+                      sds((batch, crop, crop), jnp.uint8))
   else:
     stage = config.stages[step]
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
@@ -53,23 +63,36 @@ def lowered_gflop(config, step: str, batch: int) -> float:
         train.resident_train_step, model=model, tx=tx, stage=stage,
         data=config.data, mean=tuple(config.data.mean),
         std=tuple(config.data.std)))
-    lowered = fn.lower(state, sds((batch,), jnp.int32), jax.random.key(0),
-                       split)
+    traced = fn.trace(state, sds((batch,), jnp.int32), jax.random.key(0),
+                      split)
+  lowered = traced.lower(lowering_platforms=(platform,))
   return benchmark._cost(lowered, None)["gflop_per_step"]  # pylint: disable=protected-access
 
 
-def main(paths):
+# The model settings each ``--program`` ran with, over the current defaults.
+PROGRAMS = {
+    "current": {},
+    # Threefry dropout masks and flax's max pool: the defaults until
+    # commit cb4b218 (2026-11-27).
+    "before_hash_defaults": {"dropout_rng": "threefry",
+                             "max_pool": "reduce_window"},
+    # Hashed masks and the sliced max pool on GPUs: the defaults from
+    # commit eacf683 to the H200 timing of 2026-11-27 (h200_joint_*.json;
+    # their variant names differ from today's, so the variants are skipped).
+    "gpu_sliced_max_pool_defaults": {"max_pool": "auto"},
+}
+
+
+def main(paths, program: str = "current", platform: str = "cuda"):
   for path in paths:
     with open(path) as f:
       result = json.load(f)
     config = benchmark.make_config(result["size_config"], result["dtype"])
-    # Those runs had threefry dropout masks and flax's max pool, the
-    # defaults until the same day.
-    config.model.update(dropout_rng="threefry", max_pool="reduce_window")
+    config.model.update(PROGRAMS[program])
     for e in result["results"]:
       if e["framework"] != "jax":
         continue
-      gflop = lowered_gflop(config, e["step"], e["batch"])
+      gflop = lowered_gflop(config, e["step"], e["batch"], platform)
       e.setdefault("xla_gpu_optimised_gflop_per_step", e["gflop_per_step"])
       e["gflop_per_step"] = gflop
       e["achieved_tflop_per_s"] = gflop * e["img_per_s"] / e["batch"] / 1e3
@@ -82,7 +105,8 @@ def main(paths):
         if name not in joint:   # a variant added after the run
           continue
         with benchmark.joint_variant(config, name) as variant_config:
-          gflop = lowered_gflop(variant_config, "joint", joint["batch"])
+          gflop = lowered_gflop(variant_config, "joint", joint["batch"],
+                                platform)
         v = joint[name]
         v.setdefault("xla_gpu_optimised_gflop_per_step", v["gflop_per_step"])
         v["gflop_per_step"] = gflop
@@ -111,18 +135,27 @@ def main(paths):
         u.setdefault("xla_gpu_optimised_forward_gflop", u["forward_gflop"])
         u.setdefault("xla_gpu_optimised_forward_backward_gflop",
                      u["forward_backward_gflop"])
-        u["forward_gflop"] = benchmark._cost(fwd.lower(x, w), None)[  # pylint: disable=protected-access
+        lower = lambda f: f.trace(x, w).lower(lowering_platforms=(platform,))
+        u["forward_gflop"] = benchmark._cost(lower(fwd), None)[  # pylint: disable=protected-access
             "gflop_per_step"]
         u["forward_backward_gflop"] = benchmark._cost(  # pylint: disable=protected-access
-            grad.lower(x, w), None)["gflop_per_step"]
+            lower(grad), None)["gflop_per_step"]
         print(f"{path}: upsampling {name}: {u['forward_gflop']:.4f} GFLOP fwd")
     result["gflop_recounted"] = (
-        "gflop_per_step recounted on the lowered program by "
-        "benchmarks/recount_gpu_flops.py (the run's own count, on optimised "
-        "GPU HLO, left out cuDNN convolutions)")
+        f"gflop_per_step recounted on the program lowered for {platform} "
+        f"({program} model settings) by benchmarks/recount_gpu_flops.py "
+        "(the run's own count was missing or, on optimised GPU HLO, left out "
+        "cuDNN convolutions)")
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("paths", nargs="+")
+  parser.add_argument("--program", choices=sorted(PROGRAMS), default="current",
+                      help="the model settings the run's JAX steps had")
+  parser.add_argument("--platform", default="cuda",
+                      help="the platform to lower for (cuda, rocm)")
+  args = parser.parse_args()
+  main(args.paths, args.program, args.platform)

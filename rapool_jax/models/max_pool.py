@@ -6,11 +6,13 @@ the window's strided slices and saves, per output, the int8 index of the
 first maximum in its window. The backward then spreads each gradient to that
 input pixel with pads and adds, with no scatter. That is the rule
 ``select_and_scatter`` applies, ties included, so gradients match exactly.
-``"auto"`` (the default) lowers ``"slices"`` for GPUs and ``"reduce_window"``
-elsewhere: XLA:GPU's ``select_and_scatter`` is a scatter with atomics, and
-the sliced form saves about 4 GB of the ResNet-50 step's traffic at batch
-256, while on XLA:CPU it was 7% slower (``benchmarks/README.md``); TPUs,
-unmeasured, keep XLA's own op. Values and gradients are the same either way.
+``"auto"`` lowers ``"slices"`` for GPUs and ``"reduce_window"`` elsewhere.
+
+``"reduce_window"`` is the default: it was the faster on both machines timed.
+The sliced form has no scatter with atomics and, by XLA:GPU's own count,
+about 4 GB less traffic in a ResNet-50 step at batch 256, yet timed 0.3-0.4%
+slower on an H200 and 7% slower on a 2-core CPU (``benchmarks/README.md``).
+The other two stay for ablations and other GPUs.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def check_max_pool(impl: str) -> None:
 
 
 def max_pool(x, window: Sequence[int], strides: Sequence[int],
-             padding: Padding, impl: str = "auto"):
+             padding: Padding, impl: str = "reduce_window"):
   """Max pool of ``x [B, H, W, C]``: ``impl`` is one of ``MAX_POOL_IMPLS``."""
   check_max_pool(impl)
   window, strides = tuple(window), tuple(strides)

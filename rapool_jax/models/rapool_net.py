@@ -163,7 +163,7 @@ def build_model(model_config) -> RAPoolNet:
   dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits,
                             dropout_rng)
   # All max pools give the same values and gradients.
-  max_pool_impl = model_config.get("max_pool", "auto")
+  max_pool_impl = model_config.get("max_pool", "reduce_window")
   max_pool_lib.check_max_pool(max_pool_impl)
   batch_norm_impl = model_config.get("batch_norm_impl", "fused")
   batch_norm_lib.check_batch_norm(batch_norm_impl)

@@ -119,7 +119,7 @@ class ResNet(nn.Module):
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
     dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
-    max_pool: the stem's max pool, "auto", "reduce_window" or "slices" (same
+    max_pool: the stem's max pool, "reduce_window", "slices" or "auto" (same
       values and gradients; ``max_pool.py``).
     batch_norm_impl: "fused" (``batch_norm.BatchNorm``: each ReLU, and the
       residual add before a block's last one, inside its custom VJP) or
@@ -136,7 +136,7 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   dropout_bits: int = 32
   dropout_rng: str = "threefry"
-  max_pool: str = "auto"
+  max_pool: str = "reduce_window"
   batch_norm_impl: str = "fused"
   num_classes: int | None = None
   dtype: Any = jnp.float32

@@ -51,7 +51,7 @@ class VGG(nn.Module):
     dropout_rate: dropout after each block's pool.
     dropout_bits: random bits per dropout decision (``dropout.Dropout``).
     dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
-    max_pool: "auto", "reduce_window" or "slices" (same values and
+    max_pool: "reduce_window", "slices" or "auto" (same values and
       gradients; ``max_pool.py``).
     batch_norm_impl: "fused" or "flax" (``batch_norm.norm_layer``).
     dtype: compute dtype; parameters stay float32.
@@ -64,7 +64,7 @@ class VGG(nn.Module):
   dropout_rate: float = 0.0
   dropout_bits: int = 32
   dropout_rng: str = "threefry"
-  max_pool: str = "auto"
+  max_pool: str = "reduce_window"
   batch_norm_impl: str = "fused"
   dtype: Any = jnp.float32
 
