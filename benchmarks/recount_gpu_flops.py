@@ -20,7 +20,6 @@ count is the GPU program's) and rewrites ``gflop_per_step`` and
 """
 
 import argparse
-
 import functools
 import json
 

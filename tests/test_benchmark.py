@@ -131,7 +131,8 @@ def test_benchmark_writes_json(tmp_path):
       assert e["achieved_tflop_per_s"] > 0
   recount.main([str(out)], platform="cuda")
   for e in json.loads(out.read_text())["results"]:
-    if e["framework"] == "jax":  # the sliced max pool's maxima, little else
+    # The GPU branches of platform_dependent (BatchNorm's sums) differ a little.
+    if e["framework"] == "jax":
       assert e["gflop_per_step"] == pytest.approx(counted[e["step"]], rel=0.02)
 
 
