@@ -11,8 +11,19 @@ every 2000 iterations, lambda = 7.5, ImageNet weights from ``model.pretrained``.
 Variants (``--config configs/isic2017.py:NAME``):
   paper      the protocol above (default).
   runlocal   CPU-sized: ResNet-18 at 1/2 width from scratch, 128 px crops of
-             144 px images, output stride 16, 1000 / 200 / 800 steps of batch 32;
+             144 px images, output stride 16, 1000 / 200 / 800 steps of batch 32,
+             each stage a cosine schedule (Step 4 from lr 0.01, a fifth of Step
+             2's peak, so that it fine-tunes Step 2 instead of restarting it);
              evaluated on the validation split (the shared copy has no test).
+  crossval   one fold of the stratified 5-fold cross-validation over train +
+             validation (2,150 images; ``--config.data.crossval.fold=F``),
+             CPU-sized (ResNet-18 at 1/4 width, 112 px crops of 128 px), with
+             every Step-4 arm branching from the same Step 2/3 state: RAP at
+             lambda 7.5 / 1 / 0.1, GAP + segmentation loss, normalised RAP,
+             the ground-truth-mask oracle and a GAP-only control trained as
+             long as Step 2 + Step 4; RankOpt and a balanced logistic
+             regression on the RAP features. Run all folds with
+             ``launch/crossval.py``.
   three_class  the challenge's melanoma / seborrheic keratosis / nevus head.
 The paper does not state step counts; Step 2 and 4 lengths follow its lr
 schedule (three lr levels of 2000 iterations), Step 3 stops on a plateau of
@@ -24,10 +35,10 @@ from rapool_jax import config_lib
 
 def get_config(arg: str = "paper"):
   variants = set(arg.split(",")) if arg else {"paper"}
-  unknown = variants - {"paper", "runlocal", "three_class"}
+  unknown = variants - {"paper", "runlocal", "crossval", "three_class"}
   if unknown:
     raise ValueError(f"configs/isic2017.py: unknown variant(s) {sorted(unknown)}; "
-                     "use paper, runlocal, three_class")
+                     "use paper, runlocal, crossval, three_class")
   c = config_lib.base_config()
   c.data.name = "isic2017"
   c.data.image_size = 256
@@ -64,5 +75,53 @@ def get_config(arg: str = "paper"):
     c.train.checkpoint_every = 100
     c.stages = config_lib.paper_stages(
         classification_steps=1000, segmentation_steps=200, joint_steps=800,
-        lr=0.05, decay_every=400, lambda_seg=7.5)
+        lr=0.05, lambda_seg=7.5, schedule="cosine")
+    c.stages.joint.lr = 0.01
+  if "crossval" in variants:
+    crossval(c)
   return c
+
+
+# Arms of the cross-validation: stage name -> (report_as, changes to Step 4).
+CROSSVAL_ARMS = {
+    "joint": ("RAP (lambda 7.5)", {}),
+    "joint_lambda1": ("RAP (lambda 1)", dict(lambda_seg=1.0)),
+    "joint_lambda0_1": ("RAP (lambda 0.1)", dict(lambda_seg=0.1)),
+    "joint_gap_seg": ("GAP + seg loss (lambda 7.5)", dict(pooling="gap")),
+    "joint_region_normalized": ("RAP normalized (lambda 7.5)",
+                                dict(pooling="region_normalized")),
+    "joint_mask_oracle": ("mask oracle (lambda 7.5)",
+                          dict(pooling="mask_oracle")),
+}
+
+
+def crossval(c):
+  """The ``crossval`` variant (see the module docstring), applied to ``c``."""
+  c.data.image_size, c.data.crop_size = 128, 112
+  c.data.crossval.num_folds = 5
+  c.data.train_split, c.data.val_split, c.data.eval_split = (
+      "cv_train", "cv_val", "cv_test")
+  c.model.depth, c.model.width = "18", 0.25
+  c.model.output_stride, c.model.dropout_rate = 16, 0.1
+  c.train.batch_size, c.train.eval_batch_size = 32, 64
+  c.train.log_every, c.train.checkpoint_every = 50, 100
+  step4_steps = 250
+  c.stages = config_lib.paper_stages(
+      classification_steps=800, segmentation_steps=100,
+      joint_steps=step4_steps, lr=0.05, lambda_seg=7.5, schedule="cosine")
+  c.stages.classification.warmup_steps = 40
+  for name, (report_as, changes) in CROSSVAL_ARMS.items():
+    arm = c.stages.joint.copy_and_resolve_references()
+    arm.update(dict(lr=0.01, report_as=report_as, init_from="segmentation",
+                    **changes))
+    c.stages[name] = arm
+  control = c.stages.classification.copy_and_resolve_references()
+  control.update(dict(lr=0.01, warmup_steps=0, max_steps=step4_steps,
+                      report_as="GAP control", init_from="classification"))
+  c.stages.gap_control = control
+  c.stage_order = ("classification", "segmentation", *CROSSVAL_ARMS,
+                   "gap_control")
+  c.rankopt.threshold_split = "cv_val"
+  c.rankopt.report_as = "RAP + RankOpt"
+  c.rankopt.logistic_regression = True
+  c.rankopt.logistic_regression_report_as = "RAP + logistic regression"

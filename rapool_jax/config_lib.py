@@ -25,7 +25,7 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
           trainable, train_batch_norm: bool, max_steps: int, lr: float,
           schedule: str = "step", decay_every: int = 2000,
           decay_factor: float = 0.1, warmup_steps: int = 0,
-          report_as: str = "", plateau_metric: str = "",
+          report_as: str = "", init_from: str = "", plateau_metric: str = "",
           plateau_patience: int = 3, plateau_eval_every: int = 100,
           plateau_min_delta: float = 0.0) -> ml_collections.ConfigDict:
   """One training step of the paper as a config entry.
@@ -39,6 +39,9 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
     max_steps: length in iterations (upper bound when a plateau rule is set).
     lr, schedule, decay_every, decay_factor, warmup_steps: learning rate.
     report_as: row name in the results table ("" = not evaluated on its own).
+    init_from: the stage whose final state this one starts from ("" = the
+      stage before it in ``stage_order``). Several stages starting from the
+      same state are arms of an ablation that differ only in what is ablated.
     plateau_metric: "" (fixed length) or a validation metric ("val_loss",
       "val_auc", "val_jaccard") that stops the stage when it stops improving
       for ``plateau_patience`` evaluations made every ``plateau_eval_every`` steps.
@@ -48,7 +51,7 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
       trainable=tuple(tuple(r) for r in trainable),
       train_batch_norm=train_batch_norm, max_steps=max_steps, lr=lr,
       schedule=schedule, decay_every=decay_every, decay_factor=decay_factor,
-      warmup_steps=warmup_steps, report_as=report_as,
+      warmup_steps=warmup_steps, report_as=report_as, init_from=init_from,
       plateau_metric=plateau_metric, plateau_patience=plateau_patience,
       plateau_eval_every=plateau_eval_every,
       plateau_min_delta=plateau_min_delta))
@@ -101,6 +104,12 @@ def base_config() -> ml_collections.ConfigDict:
       device_memory_budget_mb=2048,
       # synthetic_derm only:
       num_train=1200, num_validation=300, num_test=600,
+      # Stratified k-fold CV (data/folds.py): with num_folds >= 2 the split
+      # names "cv_train", "cv_val", "cv_test" are fold `fold` of the pooled
+      # source splits (cv_val: a stratified share of the training folds).
+      crossval=ml_collections.ConfigDict(dict(
+          num_folds=0, fold=0, seed=0, val_fraction=0.1,
+          source_splits=("train", "validation"))),
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -152,6 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
       radius_scale=10.0,        # automatic B: RMS pair margin in sigmoid units
       max_steps=500,
       threshold_split="validation",  # Youden-J threshold on this split ("" = train)
+      # Also fit a class-balanced L2 logistic regression on the same features
+      # (L2 and threshold chosen on threshold_split), to compare RankOpt with.
+      logistic_regression=False,
+      logistic_regression_report_as="Step 4 + logistic regression",
   ))
 
   c.train = ml_collections.ConfigDict(dict(

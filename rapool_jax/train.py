@@ -24,13 +24,14 @@ from flax import traverse_util
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import errors
+from rapool_jax import evaluate
 from rapool_jax import losses
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
-from rapool_jax import rankopt
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
+from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
 
@@ -219,11 +220,7 @@ class Trainer:
 
     needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
     builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
-    self.splits = {}
-    for role in ("train_split", "val_split", "eval_split"):
-      name = config.data[role]
-      if name and name not in self.splits:
-        self.splits[name] = pipeline.load_split(builder, name, config.data.task)
+    self.splits = folds.load_splits(builder, config.data)
     train = self.splits[config.data.train_split]
     if needs_masks and not train.has_mask.any():
       raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
@@ -365,8 +362,8 @@ class Trainer:
       value = metrics_lib.classification_metrics(
           val.labels, out["probs"][:, 1], 0.5)["auc"]
     else:  # "val_jaccard": check_config admits no other name
-      value = metrics_lib.jaccard(out["seg_pred"][val.has_mask],
-                                  val_masks(val, self.config)[val.has_mask])
+      value = float(np.nanmean(evaluate.per_image_jaccard(
+          out, val, self.config.data.crop_size)))
     p = meta["plateau"]
     p["history"].append([step, value])
     self.writer.scalars(f"{name}/val", step, {metric: abs(value)})
@@ -405,31 +402,6 @@ class Trainer:
       outs.append({k: sharding.to_host(v)[:n] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-  def evaluate_row(self, name, variables, pooling, split, threshold=None,
-                   scores=None, out=None):
-    out = out if out is not None else self.predict(variables, split, pooling)
-    positive = 1  # melanoma is class 1 in both tasks
-    if scores is None:
-      scores = out["probs"][:, positive]
-      threshold = 0.5 if threshold is None else threshold
-    row = {"model": name,
-           **metrics_lib.classification_metrics(
-               (split.labels == positive).astype(np.int32), scores, threshold),
-           "threshold": float(threshold),
-           # Carried to the ROC plot, dropped from results.json.
-           "_labels": (split.labels == positive).astype(np.int32),
-           "_scores": np.asarray(scores)}
-    if split.has_mask.any():
-      row["jaccard"] = metrics_lib.jaccard(
-          out["seg_pred"][split.has_mask],
-          val_masks(split, self.config)[split.has_mask])
-    return row, scores
-
-
-def val_masks(split: pipeline.Split, config) -> np.ndarray:
-  """Ground-truth masks ``[N, crop, crop]`` under the evaluation view."""
-  return pipeline.center_crop_masks(split.masks, config.data.crop_size)
-
 
 PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
 
@@ -447,6 +419,12 @@ def check_config(config) -> None:
   if config.data.crop_size > config.data.image_size:
     raise ValueError(f"config.data.crop_size={config.data.crop_size} is larger "
                      f"than config.data.image_size={config.data.image_size}")
+  for i, name in enumerate(config.stage_order):
+    src = config.stages[name].get("init_from", "") if name in config.stages else ""
+    if src and src not in config.stage_order[:i]:
+      raise ValueError(f"config.stages.{name}.init_from={src!r} is not a stage "
+                       f"before it in config.stage_order "
+                       f"{tuple(config.stage_order)}")
   if config.rankopt.enabled and config.rankopt.after_stage not in config.stage_order:
     raise ValueError(f"config.rankopt.after_stage={config.rankopt.after_stage!r} "
                      f"is not in config.stage_order {tuple(config.stage_order)}")
@@ -464,6 +442,10 @@ def check_config(config) -> None:
                        f"{optim.SCHEDULES}")
     if stage.max_steps < 0:
       raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
+    if (stage.schedule == "cosine" and stage.max_steps > 0
+        and stage.get("warmup_steps", 0) >= stage.max_steps):
+      raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
+                       f"below its max_steps={stage.max_steps}")
     if stage.plateau_metric:
       if stage.plateau_metric not in PLATEAU_METRICS:
         raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r}: "
@@ -519,6 +501,17 @@ def check_resumed_config(config: ml_collections.ConfigDict,
         f"--workdir, or delete {saved_path} to resume with the new ones")
 
 
+def batch_stream(config, index: int) -> int:
+  """Which batch order stage ``index`` draws (``pipeline.batch_indices``).
+
+  Its own, except for arms (stages with ``init_from``): they all draw the
+  first arm's, so arms differ only in what they ablate, not in their data."""
+  order = config.stage_order
+  if not config.stages[order[index]].get("init_from"):
+    return index
+  return next(i for i, n in enumerate(order) if config.stages[n].get("init_from"))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   os.makedirs(workdir, exist_ok=True)
@@ -537,22 +530,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stage_variables = {}
   rows = []
   for index, name in enumerate(config.stage_order):
-    variables, meta = trainer.run_stage(index, name, variables, finished)
-    stage_variables[name] = variables
     stage = config.stages[name]
+    if stage.get("init_from"):  # an arm branching from an earlier stage
+      variables = stage_variables[stage.init_from]
+    variables, meta = trainer.run_stage(batch_stream(config, index), name,
+                                        variables, finished)
+    stage_variables[name] = variables
     if stage.report_as:
-      row, _ = trainer.evaluate_row(stage.report_as, variables, stage.pooling,
-                                    eval_split)
+      row = evaluate.evaluate_model(trainer, stage.report_as, variables,
+                                    stage.pooling)
       row["stage"] = name
       rows.append(row)
       print(report_lib.format_row(row), flush=True)
     finished[name] = {"steps": meta["step"]}
 
-  rankopt_result = None
   if config.rankopt.enabled:
-    rankopt_result, row = run_rankopt(trainer, stage_variables, eval_split)
-    rows.append(row)
-    print(report_lib.format_row(row), flush=True)
+    for row in evaluate.fit_linear_heads(trainer, stage_variables):
+      rows.append(row)
+      print(report_lib.format_row(row), flush=True)
 
   results = {"data": config.data.name, "eval_split": config.data.eval_split,
              "num_eval_examples": len(eval_split), "rows": rows,
@@ -573,36 +568,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(f"wrote {os.path.join(workdir, 'results.md')} "
         f"({time.time() - t0:.0f} s)", flush=True)
   return results
-
-
-def run_rankopt(trainer: Trainer, stage_variables, eval_split):
-  """Fits RankOpt on the pooled training features of ``rankopt.after_stage``."""
-  config = trainer.config
-  stage_name = config.rankopt.after_stage
-  stage = config.stages[stage_name]
-  variables = stage_variables[stage_name]
-  train_out = trainer.predict(variables, trainer.train, stage.pooling)
-  positive = (trainer.train.labels == 1).astype(np.int32)
-  kwargs = {}
-  if config.rankopt.threshold_split:
-    split = trainer.splits[config.rankopt.threshold_split]
-    kwargs = dict(threshold_features=trainer.predict(
-        variables, split, stage.pooling)["pooled"],
-                  threshold_labels=(split.labels == 1).astype(np.int32))
-  radius = config.rankopt.radius or None
-  result = rankopt.fit(train_out["pooled"], positive, radius=radius,
-                       radius_scale=config.rankopt.radius_scale,
-                       max_steps=config.rankopt.max_steps, **kwargs)
-  train_scores = np.asarray(rankopt.decision_function(result,
-                                                      train_out["pooled"]))
-  # predict.py maps scores to [0, 1] with sigmoid((s - threshold) / scale).
-  rankopt.save(result, os.path.join(trainer.workdir, "rankopt.npz"),
-               score_scale=float(np.std(train_scores)) or 1.0)
-  eval_out = trainer.predict(variables, eval_split, stage.pooling)
-  scores = np.asarray(rankopt.decision_function(result, eval_out["pooled"]))
-  row, _ = trainer.evaluate_row(config.rankopt.report_as, variables,
-                                stage.pooling, eval_split,
-                                threshold=float(result.threshold),
-                                scores=scores, out=eval_out)
-  row["stage"] = stage_name
-  return result, row
