@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pathlib
 import zipfile
@@ -224,17 +225,72 @@ def test_train_masks_required_unless_waived(tmp_path):
                "without training masks")
 
 
-def test_rerun_is_a_noop_without_manual_dir(tmp_path, manual):
+def _build_files(builder) -> dict:
+  return {p: p.stat().st_mtime_ns
+          for p in pathlib.Path(builder.data_dir).iterdir()}
+
+
+def test_rerun_with_the_same_files_reuses_the_build(tmp_path, manual, capsys):
   builder = build(tmp_path, manual)
-  files = {p: p.stat().st_mtime_ns
-           for p in pathlib.Path(builder.data_dir).iterdir()}
-  for p in manual.iterdir():
-    p.unlink()
-  manual.rmdir()
+  files = _build_files(builder)
+  source = builder.info.metadata["source"]
+  assert source["manual_dir"] == os.path.abspath(manual)
+  assert set(source["files"]) == {
+      "ISIC-2017_Training_Data.zip", "ISIC-2017_Training_Part1_GroundTruth.zip",
+      "ISIC-2017_Training_Part3_GroundTruth.csv"}
+  # The same files copied elsewhere: the same source, no rebuild.
+  moved = tmp_path / "moved"
+  manual.rename(moved)
+  capsys.readouterr()
+  assert _build_files(build(tmp_path, moved)) == files
+  assert capsys.readouterr().out == ""
+  # A folder that no longer exists reuses the build, saying what it was.
   again = build(tmp_path, manual)
-  assert {p: p.stat().st_mtime_ns
-          for p in pathlib.Path(again.data_dir).iterdir()} == files
+  assert _build_files(again) == files
+  assert f"built from {os.path.abspath(manual)}" in capsys.readouterr().out
   assert len(load(again, "train")) == 4
+
+
+def test_changed_source_files_rebuild_the_data_set(tmp_path, manual, capsys):
+  build(tmp_path, manual)
+  # Another folder, one label flipped: same names, same sizes.
+  other = tmp_path / "other"
+  files = fx.make_split("Training")
+  files.labels = files.labels.replace("ISIC_0000003,0.0", "ISIC_0000003,1.0")
+  fx.write_split(other, files)
+  builder = build(tmp_path, other)
+  out = capsys.readouterr().out
+  assert "rebuilding" in out and (
+      "ISIC-2017_Training_Part3_GroundTruth.csv content changed") in out, out
+  assert int(load(builder, "train")["ISIC_0000003"]["melanoma"]) == 1
+  # Validation files added later: the next run builds the split.
+  fx.write_split(other, fx.make_split("Validation", fx.default_images(10)))
+  builder = build(tmp_path, other)
+  assert "ISIC-2017_Validation_Data.zip added" in capsys.readouterr().out
+  assert set(builder.info.splits) == {"train", "validation"}
+  # An empty folder stops with the build kept; the old build is not used.
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert_error(lambda: build(tmp_path, empty), empty, "no ISIC 2017 training")
+  assert set(build(tmp_path, other).info.splits) == {"train", "validation"}
+
+
+def test_a_build_without_a_source_record_is_rebuilt(tmp_path, manual, capsys):
+  builder = build(tmp_path, manual)
+  info = pathlib.Path(builder.data_dir) / "metadata.json"
+  metadata = json.loads(info.read_text())
+  del metadata["source"]
+  info.write_text(json.dumps(metadata))
+  build(tmp_path, manual)
+  assert "records no source files" in capsys.readouterr().out
+  assert "source" in json.loads(info.read_text())
+
+
+def test_truncated_source_zip_is_named(tmp_path, manual):
+  build(tmp_path, manual)
+  path = manual / "ISIC-2017_Training_Data.zip"
+  path.write_bytes(path.read_bytes()[:200])
+  assert_error(lambda: build(tmp_path, manual), path, "truncated or corrupt")
 
 
 def test_failed_build_leaves_no_data_and_can_rerun(tmp_path):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -65,6 +66,10 @@ _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError,
 
 class ISICDataError(ValueError):
   """Bad or missing ISIC input; the one-line message starts with the file."""
+
+
+class MissingMasksError(ISICDataError):
+  """The training masks are required but absent."""
 
 
 def _one_line(text: Any) -> str:
@@ -101,7 +106,7 @@ def expected_files(split: str) -> list[str]:
 def _expected_listing() -> str:
   train = ", ".join(expected_files("train"))
   return (f"expected {train} (each zip or its extracted folder; the masks zip "
-          "may be omitted with require_train_masks=False), optionally the same "
+          "is needed where lesion masks are trained on), optionally the same "
           "for Validation and Test_v2")
 
 
@@ -120,11 +125,8 @@ class _Source:
     self.files: dict[str, str] = {}  # base name -> member name or file path
     duplicates: dict[str, list[str]] = {}
     for member in self._list():
-      base = member.replace("\\", "/").rsplit("/", 1)[-1]
-      # Finder / macOS zip tools add resource-fork twins of every file;
-      # other strays (.DS_Store, READMEs) may repeat harmlessly.
-      if (base.startswith("._") or "__MACOSX" in member
-          or not any(r.search(base) for r in _ISIC_FILE_RES)):
+      base = _base(member)
+      if not _is_isic_file(member):
         continue
       if base in self.files:
         duplicates.setdefault(base, [self.files[base]]).append(member)
@@ -187,6 +189,115 @@ def _find_source(manual_dir: str, stem: str) -> _Source | None:
 
 def _missing(manual_dir: str, stem: str) -> str:
   return f"{os.path.join(manual_dir, stem)}.zip (or folder {stem}/)"
+
+
+def _base(member: str) -> str:
+  return member.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _is_isic_file(member: str) -> bool:
+  """An image, mask or metadata CSV. Finder / macOS zip tools add
+  resource-fork twins of every file; other strays (.DS_Store, READMEs) are
+  not read either."""
+  base = _base(member)
+  return (not base.startswith("._") and "__MACOSX" not in member
+          and any(r.search(base) for r in _ISIC_FILE_RES))
+
+
+# ----------------------------------------------------------------------------
+# Provenance: what a build was made from, compared on every later run.
+# ----------------------------------------------------------------------------
+
+_HEAD_TAIL = 16 * 1024
+
+
+def _digest(value: Any) -> str:
+  return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str, whole: bool) -> str:
+  """sha256 of a whole file, or of its first and last 16 KiB."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    if whole or os.path.getsize(path) <= 2 * _HEAD_TAIL:
+      h.update(f.read())
+    else:
+      h.update(f.read(_HEAD_TAIL))
+      f.seek(-_HEAD_TAIL, os.SEEK_END)
+      h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def _zip_digest(path: str) -> str:
+  """Digest of the ISIC members' names, sizes and CRC-32s: the zip's central
+  directory, so nothing is decompressed."""
+  try:
+    with zipfile.ZipFile(path) as zf:
+      members = sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist()
+                       if not i.is_dir() and _is_isic_file(i.filename))
+  except (zipfile.BadZipFile, OSError) as e:
+    raise _error(path, "not a readable zip: truncated or corrupt "
+                 f"({_one_line(e)}); download it again") from None
+  return _digest(members)
+
+
+def _folder_digest(path: str) -> tuple[int, str]:
+  """Total size and digest of a folder's ISIC files (path, size, ends)."""
+  total, entries = 0, []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, path)
+      if _is_isic_file(rel):
+        size = os.path.getsize(full)
+        total += size
+        entries.append((rel, size, _file_digest(full, whole=False)))
+  return total, _digest(entries)
+
+
+def source_files(manual_dir: str) -> dict[str, dict[str, Any]]:
+  """``{name: {"size": bytes, "fingerprint": hex}}`` of every official file a
+  build of ``manual_dir`` reads (names relative to it; folders end in /).
+
+  Cheap: a zip's central directory (member names, sizes, CRC-32s), a
+  folder's file sizes and first and last 16 KiB, CSVs whole.
+  """
+  files = {}
+  for split in SPLITS:
+    for stem in (data_name(split), masks_name(split)):
+      zip_path = os.path.join(manual_dir, f"{stem}.zip")
+      folder = os.path.join(manual_dir, stem)
+      if os.path.isfile(zip_path):
+        files[f"{stem}.zip"] = {"size": os.path.getsize(zip_path),
+                                "fingerprint": _zip_digest(zip_path)}
+      elif os.path.isdir(folder):
+        size, digest = _folder_digest(folder)
+        files[f"{stem}/"] = {"size": size, "fingerprint": digest}
+    for name in (labels_name(split), f"{data_name(split)}_metadata.csv"):
+      path = os.path.join(manual_dir, name)
+      if os.path.isfile(path):
+        files[name] = {"size": os.path.getsize(path),
+                       "fingerprint": _file_digest(path, whole=True)}
+  return files
+
+
+def source_difference(built: dict[str, Any], now: dict[str, Any]) -> str:
+  """How two ``source_files`` records differ, on one line ('' if equal)."""
+  diffs = []
+  for name in sorted(built.keys() | now.keys()):
+    old, new = built.get(name), now.get(name)
+    if old == new:
+      continue
+    if old is None:
+      diffs.append(f"{name} added")
+    elif new is None:
+      diffs.append(f"{name} removed")
+    elif old["size"] != new["size"]:
+      diffs.append(f"{name} {old['size']} -> {new['size']} bytes")
+    else:
+      diffs.append(f"{name} content changed")
+  return "; ".join(diffs)
 
 
 # ----------------------------------------------------------------------------
@@ -304,9 +415,10 @@ def _plan_split(manual_dir: str, split: str,
                  f"{os.path.basename(images.path)}")
   masks = _find_source(manual_dir, masks_name(split))
   if masks is None and require_masks:
-    raise _error(_missing(manual_dir, masks_name(split)),
-                 f"not found; the {split} split requires lesion masks (pass "
-                 "require_train_masks=False to build without them)")
+    raise MissingMasksError(_one_line(
+        f"{_missing(manual_dir, masks_name(split))}: not found; the {split} "
+        "split requires lesion masks (add the file to the folder, or call "
+        "prepare(..., require_train_masks=False) to build without them)"))
 
   image_members = {}
   for base, member in images.files.items():
@@ -514,6 +626,11 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
         plans[split] = plan
     self.info.metadata["has_masks"] = {
         split: plan.masks is not None for split, plan in plans.items()}
+    # Compared by `prepare` on every later run: a changed folder rebuilds.
+    self.info.metadata["source"] = {
+        "manual_dir": os.path.abspath(manual_dir),
+        "files": source_files(manual_dir),
+        "require_train_masks": self._require_train_masks}
     return {split: self._generate_examples(plan)
             for split, plan in plans.items()}
 
@@ -568,26 +685,62 @@ def make_builder(data_dir, manual_dir, image_size: int = 256, *,
       require_train_masks=require_train_masks)
 
 
+def _check_plans(manual_dir: str, require_train_masks: bool) -> None:
+  """Raises what a build of ``manual_dir`` would, before any image is read."""
+  for split in SPLITS:
+    _plan_split(manual_dir, split, require_train_masks and split == "train")
+
+
+def stale_reason(builder: Isic2017, manual_dir: str) -> str:
+  """Why a prepared build does not match ``manual_dir`` ('' if it does)."""
+  built = builder.info.metadata.get("source")
+  if not built:
+    return "it records no source files (an older build)"
+  return source_difference(built["files"], source_files(manual_dir))
+
+
 def prepare(data_dir, manual_dir, image_size: int = 256,
             require_train_masks: bool = True, *,
             image_format: str = "png") -> Isic2017:
   """Builds the data set into ``data_dir`` unless built; returns the builder.
 
-  A finished build is reused (``manual_dir`` is then not read). TFDS writes
-  into a temporary ``incomplete.*`` folder renamed on success, so a failed or
-  interrupted build never leaves a partial data set (the folder is removed on
-  a Python error; one left by a killed process is ignored, safe to delete).
+  A finished build records its source files (`source_files`). It is reused
+  while ``manual_dir`` holds the same files; otherwise the folder is checked
+  and the data set rebuilt, with a line saying what changed. A
+  ``manual_dir`` that is None or no longer exists reuses the build (a line
+  names the folder it was built from). TFDS writes into a temporary
+  ``incomplete.*`` folder renamed on success, so a failed or interrupted
+  build never leaves a partial data set.
   """
   builder = make_builder(data_dir, manual_dir, image_size,
                          image_format=image_format,
                          require_train_masks=require_train_masks)
+  manual = None if manual_dir is None else os.path.expanduser(
+      os.fspath(manual_dir))
+  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  if builder.is_prepared() and manual is not None:
+    built = builder.info.metadata.get("source") or {}
+    if not os.path.isdir(manual):
+      print(f"{manual}: no such folder; reusing the data set at "
+            f"{builder.data_dir}, built from "
+            f"{built.get('manual_dir', 'an unrecorded folder')}", flush=True)
+    elif (reason := stale_reason(builder, manual)):
+      _check_plans(manual, require_train_masks)  # The old build stays if bad.
+      print(f"rebuilding {builder.data_dir}: {manual} differs from the files "
+            f"it was built from ({reason})", flush=True)
+      mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=None if manual_dir is None else os.fspath(manual_dir),
+      manual_dir=manual, download_mode=mode,
       # No GCS lookup: it is a network call, and ISIC is not hosted there.
       try_download_gcs=False))
+  if mode == tfds.download.GenerateMode.FORCE_REDOWNLOAD:
+    builder = make_builder(data_dir, manual_dir, image_size,
+                           image_format=image_format,
+                           require_train_masks=require_train_masks)
   has_masks = dict(builder.info.metadata.get("has_masks", {}))
   if require_train_masks and not has_masks.get("train", False):
-    raise _error(builder.data_dir, "was built without training masks "
-                 "(require_train_masks=False); delete it to rebuild with "
-                 f"{masks_name('train')}.zip from {manual_dir}")
+    raise MissingMasksError(_one_line(
+        f"{builder.data_dir}: was built without training masks "
+        f"(require_train_masks=False); add {masks_name('train')}.zip to "
+        f"{manual_dir} and run again: the data set is then rebuilt"))
   return builder
