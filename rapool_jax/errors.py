@@ -11,9 +11,13 @@ class UserError(ValueError):
   """An error in the user's input (file, config key or value)."""
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
+
+
 @contextlib.contextmanager
-def one_line_errors():
-  """Turns input errors into ``error: ...`` on stderr and exit status 2.
+def one_line_errors(interrupted: str = "interrupted"):
+  """Turns input errors into ``error: ...`` on stderr and exit status 2, and
+  Ctrl-C into the line ``interrupted`` and exit status 130.
 
   ValueError covers our own checks (data, config, weights files), KeyError an
   unknown config key, OSError a missing or unreadable file, ArithmeticError
@@ -27,6 +31,9 @@ def one_line_errors():
   except (ValueError, KeyError, AttributeError, OSError, ArithmeticError) as e:
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
+  except KeyboardInterrupt:
+    print(interrupted, file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def one_line(e: BaseException) -> str:

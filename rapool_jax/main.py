@@ -8,6 +8,7 @@ Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors, and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from absl import app
@@ -18,23 +19,52 @@ from ml_collections import config_flags
 from rapool_jax import errors
 
 FLAGS = flags.FLAGS
+# Every stage checkpoints, so the same command picks up where this stopped.
+INTERRUPTED = "interrupted; the same command resumes"
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
+
+
+def check_config_file(spec: str) -> None:
+  """Runs ``PATH[:ARG]``'s ``get_config`` once as ml_collections will, so
+  that a file that does not parse, lacks ``get_config`` or rejects ``ARG``
+  stops with one line that keeps the file's own message."""
+  path, has_arg, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise errors.UserError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location("rapool_config_check",
+                                                       path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise errors.UserError(f"config file {path}, line {e.lineno}: "
+                           f"SyntaxError: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(f"config file {path} fails to load: "
+                           f"{errors.one_line(e)}") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise errors.UserError(f"config file {path} defines no get_config() "
+                           "function")
+  try:
+    module.get_config(arg) if has_arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(f"config {spec}: {errors.one_line(e)}") from None
 
 
 def parse_flags(argv):
   """absl parsing, with every bad flag or config key reported on one line."""
   with errors.one_line_errors():
     for i, arg in enumerate(argv[1:], start=1):
-      path = (arg.split("=", 1)[1] if arg.startswith("--config=") else
+      spec = (arg.split("=", 1)[1] if arg.startswith("--config=") else
               argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-      if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-        raise errors.UserError(f"config file {path} not found")
+      if spec is not None:
+        check_config_file(spec)
     try:
       rest = FLAGS(argv)
     except flags.Error as e:
-      raise errors.UserError(f"command line: {str(e).splitlines()[0]}") from None
+      raise errors.UserError(f"command line: {errors.one_line(e)}") from None
     except (AttributeError, KeyError) as e:
       overrides = [a for a in argv if a.startswith("--config.")]
       raise errors.UserError(
@@ -54,7 +84,7 @@ def main(argv):
   # TFDS recommends OpenCV once per run; PIL decodes these splits in seconds.
   logging.get_absl_logger().addFilter(
       lambda record: "OpenCV is not installed" not in record.getMessage())
-  with errors.one_line_errors():
+  with errors.one_line_errors(INTERRUPTED):
     from rapool_jax import xla_flags
     if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
       xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())

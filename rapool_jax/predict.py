@@ -52,6 +52,13 @@ def list_images(path: str) -> list[tuple[str, str]]:
   elif os.path.isdir(path):
     names = [os.path.relpath(os.path.join(root, f), path)
              for root, _, files in os.walk(path) for f in files]
+  elif path.lower().endswith(".zip") or _starts_like_zip(path):
+    try:
+      zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as e:
+      raise errors.UserError(f"{path}: truncated or corrupt zip "
+                             f"({errors.one_line(e)}); copy or download it "
+                             "again") from None
   else:
     raise errors.UserError(f"{path}: not a folder or a zip file")
   found = []
@@ -62,6 +69,11 @@ def list_images(path: str) -> list[tuple[str, str]]:
   if not found:
     raise errors.UserError(f"{path}: no .jpg/.jpeg/.png images found")
   return sorted(found)
+
+
+def _starts_like_zip(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(4) == b"PK\x03\x04"
 
 
 def read_image(path: str, member: str) -> Image.Image:

@@ -62,6 +62,10 @@ CONVERT_HINT = (
 _MAX_LISTED = 40
 
 
+class MissingTorchError(ImportError, ValueError):
+  """A torch weights file, and no torch to read it."""
+
+
 class PretrainedMismatchError(ValueError):
   """A weights file does not fit the backbone (missing/extra/misshaped tensors)."""
 
@@ -178,7 +182,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ImportError(
+    # A ValueError: the command line reports it on one line.
+    raise MissingTorchError(
         f"{path}: reading .pth/.pt/.bin weights needs PyTorch, which is not "
         f"installed; pip install torch, or convert the file to .safetensors "
         f"once where torch is: {CONVERT_HINT}") from None

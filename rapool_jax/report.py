@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 
 from rapool_jax import metrics as metrics_lib  # noqa: E402
 from rapool_jax import pooling as pooling_lib  # noqa: E402
+from rapool_jax import provenance  # noqa: E402
 from rapool_jax import sharding  # noqa: E402
 from rapool_jax.data import pipeline  # noqa: E402
 
@@ -182,7 +183,7 @@ def write_report(workdir: str, config, results: dict, trainer, stage_variables,
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(results_markdown(results))
+    f.write(provenance.results_header(config) + "\n" + results_markdown(results))
   figures = os.path.join(workdir, "figures")
   os.makedirs(figures, exist_ok=True)
   if scores:

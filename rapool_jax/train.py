@@ -23,12 +23,14 @@ import numpy as np
 from flax import traverse_util
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import checks
 from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import losses
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
+from rapool_jax import provenance
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
 from rapool_jax.data import folds
@@ -403,59 +405,9 @@ class Trainer:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
-
-
-def check_config(config) -> None:
-  """Rejects, before any training, a config value that a later stage would trip on.
-
-  Raises:
-    ValueError: naming the config key and its value.
-  """
-  unknown = [s for s in config.stage_order if s not in config.stages]
-  if unknown:
-    raise ValueError(f"config.stage_order names {unknown}, which are not in "
-                     f"config.stages ({sorted(config.stages)})")
-  if config.data.crop_size > config.data.image_size:
-    raise ValueError(f"config.data.crop_size={config.data.crop_size} is larger "
-                     f"than config.data.image_size={config.data.image_size}")
-  for i, name in enumerate(config.stage_order):
-    src = config.stages[name].get("init_from", "") if name in config.stages else ""
-    if src and src not in config.stage_order[:i]:
-      raise ValueError(f"config.stages.{name}.init_from={src!r} is not a stage "
-                       f"before it in config.stage_order "
-                       f"{tuple(config.stage_order)}")
-  if config.rankopt.enabled and config.rankopt.after_stage not in config.stage_order:
-    raise ValueError(f"config.rankopt.after_stage={config.rankopt.after_stage!r} "
-                     f"is not in config.stage_order {tuple(config.stage_order)}")
-  sharding.check_state_layout(config.train.get("state_layout", "auto"))
-  for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
-    if config.train[key] < 1:
-      raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1")
-  for name in config.stage_order:
-    stage, where = config.stages[name], f"config.stages.{name}"
-    if stage.pooling not in pooling_lib.POOLINGS:
-      raise ValueError(f"{where}.pooling={stage.pooling!r}: choose one of "
-                       f"{sorted(pooling_lib.POOLINGS)}")
-    if stage.schedule not in optim.SCHEDULES:
-      raise ValueError(f"{where}.schedule={stage.schedule!r}: choose one of "
-                       f"{optim.SCHEDULES}")
-    if stage.max_steps < 0:
-      raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
-    if (stage.schedule == "cosine" and stage.max_steps > 0
-        and stage.get("warmup_steps", 0) >= stage.max_steps):
-      raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
-                       f"below its max_steps={stage.max_steps}")
-    if stage.plateau_metric:
-      if stage.plateau_metric not in PLATEAU_METRICS:
-        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r}: "
-                         f"choose '' or one of {PLATEAU_METRICS}")
-      if not config.data.val_split:
-        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r} "
-                         "needs config.data.val_split, which is empty")
-      if stage.plateau_eval_every < 1:
-        raise ValueError(f"{where}.plateau_eval_every="
-                         f"{stage.plateau_eval_every} must be >= 1")
+# Checked before any training step (moved to checks.py; names kept here).
+PLATEAU_METRICS = checks.PLATEAU_METRICS
+check_config = checks.check_config
 
 
 # Where a run reads and writes, how it logs, checkpoints, lays out and
@@ -475,10 +427,9 @@ def check_resumed_config(config: ml_collections.ConfigDict,
   checkpoints ``workdir`` holds (its ``config.json``): resuming would
   otherwise mix two configurations in one result. Keys in only one of the
   two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
+  checks.check_workdir_labels(workdir)
   saved_path = os.path.join(workdir, "config.json")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.isfile(saved_path) and os.path.isdir(checkpoints)
-          and os.listdir(checkpoints)):
+  if not checks.has_checkpoints(workdir):
     return
   try:
     with open(saved_path) as f:
@@ -487,18 +438,21 @@ def check_resumed_config(config: ml_collections.ConfigDict,
       raise TypeError(f"a JSON {type(saved).__name__}, not an object")
   except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
     raise ValueError(f"{saved_path}: not the JSON of a config "
-                     f"({errors.one_line(e)}); delete it to resume") from None
+                     f"({errors.one_line(e)}); restore it, or use a new "
+                     "--workdir") from None
   saved = traverse_util.flatten_dict(saved, sep=".")
-  now = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()),
-                                   sep=".")
+  # Resolved as the trainer resolves it before writing config.json.
+  now = traverse_util.flatten_dict(
+      json.loads(checks.resolved_copy(config).to_json_best_effort()), sep=".")
   changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
              for key in sorted(saved.keys() & now.keys())
              if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
   if changed:
     raise ValueError(
         f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
-        "pass the saved values (--config.KEY=VALUE) to resume it, use a new "
-        f"--workdir, or delete {saved_path} to resume with the new ones")
+        "pass the saved values (--config.KEY=VALUE) to resume or re-run it, "
+        "or use a new --workdir for the new ones (its results would "
+        f"otherwise sit beside a {saved_path} that does not describe them)")
 
 
 def batch_stream(config, index: int) -> int:
@@ -520,6 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   t0 = time.time()
   trainer = Trainer(config, workdir)
+  checks.check_before_training(config, workdir, trainer)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -557,14 +512,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() != 0:
     return results
   info_path = os.path.join(workdir, "run_info.json")
-  invocations = []
+  invocations, runs = [], []
   if os.path.exists(info_path):
     with open(info_path) as f:
-      invocations = json.load(f).get("invocations", [])
+      saved = json.load(f)
+    invocations, runs = saved.get("invocations", []), saved.get("runs", [])
   invocations.append(time.time() - t0)
+  # Provenance of each invocation (a resumed run has several): commit,
+  # package versions, command line.
+  runs.append({**provenance.run_record(), "wall_time_s": invocations[-1]})
   with open(info_path, "w") as f:
     json.dump({"wall_time_s": sum(invocations), "invocations": invocations,
-               "devices": [str(d) for d in jax.devices()]}, f, indent=2)
+               "devices": [str(d) for d in jax.devices()],
+               **{k: runs[-1][k] for k in ("command", "commit", "packages")},
+               "runs": runs}, f, indent=2)
   print(f"wrote {os.path.join(workdir, 'results.md')} "
         f"({time.time() - t0:.0f} s)", flush=True)
   return results

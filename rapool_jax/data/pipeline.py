@@ -53,11 +53,51 @@ def make_builder(data_config, require_train_masks: bool = True):
       raise ValueError("config.data.manual_dir is empty: set "
                        "--config.data.manual_dir=PATH to the folder holding the "
                        "official ISIC 2017 zips or folders")
-    return isic2017.prepare(_data_dir(data_config), data_config.manual_dir,
-                            image_size=data_config.image_size,
-                            require_train_masks=require_train_masks)
+    try:
+      builder = isic2017.prepare(_data_dir(data_config),
+                                 data_config.manual_dir,
+                                 image_size=data_config.image_size,
+                                 require_train_masks=require_train_masks)
+    except isic2017.MissingMasksError as e:
+      # The library's hint names a Python argument; say what the config sets.
+      where = str(e).split(": ", 1)[0]
+      raise isic2017.MissingMasksError(
+          f"{where}: training masks not found, and a stage with lambda_seg > 0 "
+          f"trains on them; add {isic2017.masks_name('train')}.zip to "
+          f"{data_config.manual_dir}, or pass --config.stages.NAME.lambda_seg=0 "
+          "for each such stage") from None
+    check_split_names(builder, data_config)
+    return builder
   raise ValueError(f"config.data.name={data_config.name!r} is not a known data "
                    "set; choose 'synthetic_derm' or 'isic2017'")
+
+
+SPLIT_ROLES = ("train_split", "val_split", "eval_split")
+# Derived by data/folds.py from crossval.source_splits, not stored.
+_DERIVED_SPLITS = ("cv_train", "cv_val", "cv_test")
+
+
+def check_split_names(builder, data_config) -> None:
+  """Raises ValueError naming the config key whose split was not built, and
+  the files that would build it (ISIC 2017) or the splits there are."""
+  have = sorted(builder.info.splits)
+  wanted = [(f"config.data.{r}", data_config[r]) for r in SPLIT_ROLES
+            if data_config[r] and data_config[r] not in _DERIVED_SPLITS]
+  if any(data_config[r] in _DERIVED_SPLITS for r in SPLIT_ROLES):
+    wanted += [("config.data.crossval.source_splits", s)
+               for s in data_config.crossval.source_splits]
+  for key, split in wanted:
+    if split in have:
+      continue
+    fix = ""
+    if builder.name == "isic2017" and split in ("train", "validation", "test"):
+      from rapool_jax.data import isic2017
+      fix = (f"add {', '.join(isic2017.expected_files(split))} to "
+             f"{data_config.manual_dir} (the data set is then rebuilt), or ")
+    raise ValueError(
+        f"{key}={split!r}: the {builder.name} data set at {builder.data_dir} "
+        f"has no such split (it has {have}); {fix}pass "
+        f"--{key}=NAME with a split it has")
 
 
 def task_labels(melanoma, seborrheic_keratosis, task: str) -> np.ndarray:

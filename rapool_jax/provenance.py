@@ -1,0 +1,78 @@
+"""What produced a result: code commit, package versions, command line."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shlex
+import subprocess
+import sys
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+            "tensorflow-datasets", "numpy", "ml-collections", "grain",
+            "rapool-jax")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit(repo: str = _REPO) -> str | None:
+  """``HEAD``'s hash, ``+dirty`` when tracked files changed; None outside a
+  git checkout (an installed wheel) or without git."""
+  def git(*args):
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True,
+                          text=True, timeout=10, check=True).stdout.strip()
+  try:
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return commit + ("+dirty" if dirty else "")
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str | None]:
+  versions = {}
+  for name in packages:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def command_line(argv=None) -> str:
+  argv = sys.argv if argv is None else argv
+  return shlex.join([os.path.basename(sys.executable), *argv])
+
+
+def config_source(argv=None) -> tuple[str, list[str]]:
+  """``(config file[:variant], overrides)`` from a ``rapool_jax.main``
+  command line; ``("", [])`` when the config was made in Python."""
+  argv = sys.argv if argv is None else argv
+  source, overrides = "", []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      source = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      source = argv[i + 1]
+    elif arg.startswith("--config."):
+      overrides.append(arg)
+  return source, overrides
+
+
+def run_record(argv=None) -> dict:
+  """One invocation's provenance, for ``run_info.json``."""
+  return {"command": command_line(argv), "commit": git_commit(),
+          "packages": package_versions(), "python": sys.version.split()[0]}
+
+
+def results_header(config, argv=None) -> str:
+  """Markdown lines naming the config, its overrides, the seed and commit."""
+  source, overrides = config_source(argv)
+  commit = git_commit()
+  return "\n".join([
+      f"Config: `{source}`" if source else "Config: built in Python "
+      "(see config.json)",
+      "Overrides: " + (" ".join(f"`{o}`" for o in overrides) if overrides
+                       else "none"),
+      f"Seed: {config.seed}",
+      f"Commit: `{commit}`" if commit else "Commit: unknown (no git checkout)",
+  ]) + "\n"

@@ -1,0 +1,309 @@
+"""Bad input stops before the first training step with one line naming it;
+re-runs and resumes never mix configs or data (issue 23)."""
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import isic_fixtures as fx
+from conftest import REPO
+from rapool_jax import checks
+from rapool_jax import errors
+from rapool_jax import predict
+from rapool_jax import provenance
+from rapool_jax import train
+from rapool_jax.data import isic2017
+from rapool_jax.data import pipeline
+
+
+def _fails_before_training(config, workdir, capsys, *contains):
+  with pytest.raises(ValueError) as info:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(info.value)
+  assert "\n" not in message, message
+  for text in contains:
+    assert text in message, message
+  assert "step" not in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  return message
+
+
+# ----------------------------------------------------------------------------
+# Config values and stage rules: checked before the data is built.
+
+
+@pytest.mark.parametrize("rules,message", [
+    # What --config.stages.joint.trainable=foo makes of the word.
+    (("foo",), "config.stages.joint.trainable=('foo',): expected pairs"),
+    ((("(", "train"),), "rule '(' is not a regular expression"),
+    ((("seg_conv/.*", "trian"), (".*", "freeze")), "'trian'"),
+])
+def test_malformed_trainable_rules_are_named(tiny_config, tmp_path, capsys,
+                                             rules, message):
+  tiny_config.stages.joint.trainable = rules
+  _fails_before_training(tiny_config, tmp_path, capsys, message)
+
+
+def test_trainable_rules_must_cover_every_parameter(tiny_config, tmp_path,
+                                                    capsys):
+  tiny_config.stages.joint.trainable = (("backbone/.*", "train"),)
+  _fails_before_training(tiny_config, tmp_path, capsys,
+                         "config.stages.joint.trainable", "classifier")
+
+
+def test_unsupported_dtype_names_the_key(tiny_config, tmp_path, capsys):
+  tiny_config.model.dtype = "float16"
+  _fails_before_training(tiny_config, tmp_path, capsys,
+                         "config.model.dtype='float16'", "bfloat16")
+
+
+def test_missing_weights_file_is_named(tiny_config, tmp_path, capsys):
+  tiny_config.model.pretrained = str(tmp_path / "resnet.safetensors")
+  _fails_before_training(tiny_config, tmp_path, capsys,
+                         "config.model.pretrained=", "no such file")
+
+
+def test_pth_without_torch_says_how_to_install(tiny_config, tmp_path, capsys,
+                                               monkeypatch):
+  weights = tmp_path / "resnet50.pth"
+  weights.write_bytes(b"not read")
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails
+  tiny_config.model.pretrained = str(weights)
+  _fails_before_training(tiny_config, tmp_path / "run", capsys, str(weights),
+                         "pip install torch")
+
+
+def test_threshold_split_must_be_one_of_the_runs_splits(tiny_config, tmp_path,
+                                                        capsys):
+  tiny_config.rankopt.threshold_split = "valid"
+  _fails_before_training(tiny_config, tmp_path, capsys,
+                         "config.rankopt.threshold_split='valid'")
+
+
+# ----------------------------------------------------------------------------
+# Splits: present, with melanomas and other lesions.
+
+
+def test_split_with_one_class_fails_before_training(tiny_config, tmp_path,
+                                                    capsys):
+  tiny_config.data.num_validation = 1   # one image: one class
+  _fails_before_training(tiny_config, tmp_path, capsys,
+                         "config.data.val_split='validation'", "both")
+
+
+@pytest.fixture
+def isic_train_only(tmp_path, tiny_config):
+  """A data config on fake ISIC files with a training split only."""
+  manual = tmp_path / "manual"
+  fx.write_split(manual, fx.make_split("Training"))
+  data = tiny_config.data
+  data.name, data.manual_dir = "isic2017", str(manual)
+  data.data_dir = str(tmp_path / "tfds")
+  data.image_size = data.crop_size = 16
+  data.val_split, data.eval_split = "", "test"
+  return data
+
+
+def test_missing_split_names_the_key_and_the_files(isic_train_only):
+  with pytest.raises(ValueError) as info:
+    pipeline.make_builder(isic_train_only)
+  message = str(info.value)
+  assert message.startswith("config.data.eval_split='test'"), message
+  assert "ISIC-2017_Test_v2_Data.zip" in message
+  assert "--config.data.eval_split=NAME" in message
+  # Following the fix as written: the files added, the split is built.
+  fx.write_split(isic_train_only.manual_dir,
+                 fx.make_split("Test_v2", fx.default_images(10)))
+  assert "test" in pipeline.make_builder(isic_train_only).info.splits
+
+
+def test_missing_masks_hint_names_settable_options(isic_train_only):
+  os.remove(os.path.join(isic_train_only.manual_dir,
+                         "ISIC-2017_Training_Part1_GroundTruth.zip"))
+  with pytest.raises(isic2017.ISICDataError) as info:
+    pipeline.make_builder(isic_train_only, require_train_masks=True)
+  message = str(info.value)
+  assert "require_train_masks" not in message, message
+  assert "--config.stages.NAME.lambda_seg=0" in message
+  # What lambda_seg=0 everywhere leads to: a build without masks.
+  isic_train_only.eval_split = "train"
+  pipeline.make_builder(isic_train_only, require_train_masks=False)
+
+
+# ----------------------------------------------------------------------------
+# Workdirs: never results of one config beside another's config.json.
+
+
+def _workdir_with_checkpoints(path, config=None):
+  os.makedirs(os.path.join(path, "checkpoints", "classification", "2"))
+  if config is not None:
+    with open(os.path.join(path, "config.json"), "w") as f:
+      f.write(checks.resolved_copy(config).to_json_best_effort())
+
+
+def test_checkpoints_without_config_json_stop(tiny_config, tmp_path):
+  _workdir_with_checkpoints(tmp_path)
+  with pytest.raises(ValueError, match="no config.json"):
+    train.check_resumed_config(tiny_config, str(tmp_path))
+
+
+def test_three_class_saved_config_matches_a_fresh_one(tiny_config, tmp_path):
+  tiny_config.data.task = "three_class"
+  _workdir_with_checkpoints(tmp_path, tiny_config)
+  assert tiny_config.model.num_classes == 2   # the fresh, unresolved config
+  train.check_resumed_config(tiny_config, str(tmp_path))
+  tiny_config.data.task = "melanoma"
+  with pytest.raises(ValueError, match="data.task='three_class'"):
+    train.check_resumed_config(tiny_config, str(tmp_path))
+
+
+def test_resumed_run_on_other_data_stops(tmp_path):
+  source = {"data_set": "isic2017/size16", "version": "1.0.0",
+            "splits": {"train": 4},
+            "files": {"ISIC-2017_Training_Data.zip": {"size": 10,
+                                                       "fingerprint": "a"}}}
+  checks.check_data_source(str(tmp_path), source)   # a new run records it
+  _workdir_with_checkpoints(tmp_path)
+  checks.check_data_source(str(tmp_path), source)   # same data: resumes
+  changed = copy.deepcopy(source)
+  changed["files"]["ISIC-2017_Training_Data.zip"]["size"] = 12
+  with pytest.raises(ValueError, match=r"other data \(ISIC-2017_Training_"
+                     r"Data.zip 10 -> 12 bytes\)"):
+    checks.check_data_source(str(tmp_path), changed)
+
+
+def test_finished_three_class_run_reruns(tiny_config, tmp_path):
+  config = tiny_config   # one short stage: the check is what is tested
+  config.data.task = "three_class"
+  config.stage_order = ("classification",)
+  config.stages.classification.max_steps = 2
+  config.rankopt.enabled = False
+  config.report.num_cam_images = 1
+  first = train.train_and_evaluate(copy.deepcopy(config), str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["num_classes"] == 3
+  # The same command again: a no-op resume with the same results.
+  assert train.train_and_evaluate(copy.deepcopy(config), str(tmp_path)) == first
+
+
+# ----------------------------------------------------------------------------
+# Command line: one line and a non-zero exit.
+
+
+def _main(*args, timeout=120):
+  return subprocess.run(
+      [sys.executable, "-m", "rapool_jax.main", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("text,config_arg,message", [
+    ("def get_config(:\n", "{path}", "line 1: SyntaxError"),
+    ("X = 1\n", "{path}", "defines no get_config() function"),
+    (None, "configs/isic2017.py:nosuch", "unknown variant(s) ['nosuch']"),
+    (None, "configs/tiny.py:extra", "get_config() takes 0 positional"),
+])
+def test_bad_config_files_get_one_line(tmp_path, text, config_arg, message):
+  path = tmp_path / "config.py"
+  if text is not None:
+    path.write_text(text)
+  result = _main("--config", config_arg.format(path=path),
+                 "--workdir", str(tmp_path / "w"))
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.count("\n") == 1, result.stderr
+  assert message in result.stderr, result.stderr
+
+
+def test_truncated_zip_for_predict_is_named(tmp_path):
+  path = tmp_path / "images.zip"
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("ISIC_0000000.jpg", b"x" * 4000)
+  path.write_bytes(path.read_bytes()[:2000])
+  with pytest.raises(errors.UserError, match=r"images\.zip: truncated or "
+                     "corrupt zip"):
+    predict.list_images(str(path))
+
+
+# ----------------------------------------------------------------------------
+# A streamed run, interrupted with Ctrl-C, then resumed by the same command.
+
+
+def test_config_source_reads_the_command_line():
+  argv = ["main.py", "--config", "configs/tiny.py:x", "--workdir", "w",
+          "--config.seed=3"]
+  assert provenance.config_source(argv) == ("configs/tiny.py:x",
+                                            ["--config.seed=3"])
+  assert provenance.config_source(["pytest"]) == ("", [])
+
+
+@pytest.fixture(scope="module")
+def interrupted_streamed_run(tmp_path_factory, data_dir):
+  """``(first, last)`` CompletedProcess-likes of a streamed tiny run stopped
+  with SIGINT inside Step 3, then run again by the same command."""
+  workdir = str(tmp_path_factory.mktemp("streamed"))
+  args = [sys.executable, "-m", "rapool_jax.main", "--config",
+          "configs/tiny.py", "--workdir", workdir,
+          f"--config.data.data_dir={data_dir}",
+          "--config.data.device_memory_budget_mb=0"]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  marker = os.path.join(workdir, "checkpoints", "segmentation", "2")
+  deadline = time.time() + 300
+  while not os.path.exists(marker):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() < deadline, f"no {marker}"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  first = (proc.returncode, out, err)
+  last = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  return workdir, first, last
+
+
+def test_ctrl_c_prints_one_line(interrupted_streamed_run):
+  _, (returncode, _, err), _ = interrupted_streamed_run
+  assert returncode == errors.INTERRUPTED_EXIT, err
+  assert err.strip().splitlines()[-1] == "interrupted; the same command resumes"
+  assert "Traceback" not in err, err
+
+
+def test_streamed_run_resumes_to_the_same_results(interrupted_streamed_run,
+                                                  tiny_run):
+  workdir, _, last = interrupted_streamed_run
+  assert last.returncode == 0, last.stderr
+  assert "streamed from host" in last.stdout
+  assert "[segmentation] resumed from checkpoint" in last.stdout
+  with open(os.path.join(workdir, "results.json")) as f:
+    resumed = json.load(f)
+  # Streamed and device-resident data train identically (test_train.py).
+  with open(os.path.join(tiny_run[0], "results.json")) as f:
+    assert resumed == json.load(f)
+
+
+def test_results_and_run_info_name_their_provenance(interrupted_streamed_run):
+  workdir, _, _ = interrupted_streamed_run
+  with open(os.path.join(workdir, "results.md")) as f:
+    header = f.read()
+  assert "Config: `configs/tiny.py`" in header
+  assert "`--config.data.device_memory_budget_mb=0`" in header
+  assert "Seed: 0" in header
+  commit = provenance.git_commit()
+  if commit:   # others may commit meanwhile: a commit, not necessarily HEAD
+    assert re.search(r"Commit: `[0-9a-f]{40}", header), header
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  assert "--config.data.device_memory_budget_mb=0" in info["command"]
+  assert (info["commit"] is None) == (commit is None)
+  assert info["packages"]["jax"] and info["packages"]["flax"]
+  assert len(info["runs"]) == 1   # the interrupted invocation wrote none
+  with open(os.path.join(workdir, checks.DATA_SOURCE_FILE)) as f:
+    assert json.load(f)["data_set"].startswith("synthetic_derm/")
