@@ -29,7 +29,6 @@ from rapool_jax import evaluate
 from rapool_jax import losses
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
-from rapool_jax import pooling as pooling_lib
 from rapool_jax import provenance
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
