@@ -94,8 +94,10 @@ def read_image(path: str, member: str) -> Image.Image:
     raise errors.UserError(f"{where}: unreadable or corrupt image ({e})") from None
 
 
-def load_run(workdir: str):
-  """Config, model, final variables and (if fitted) RankOpt of a finished run."""
+def load_run(workdir: str, stage: str = "", use_rankopt: bool = True):
+  """Config, model, variables, pooling and (if fitted and used) RankOpt of a
+  finished run's ``stage`` ("" = the final model: RankOpt's stage when it is
+  enabled, else the last stage). RankOpt applies only to its own stage."""
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise errors.UserError(f"{config_path}: not found; is {workdir} the "
@@ -109,15 +111,21 @@ def load_run(workdir: str):
       jax.random.key(0), jnp.zeros((1, crop, crop, 3)), train=False))
   target = {"params": target["params"],
             "batch_stats": target.get("batch_stats", {})}
-  stage = (config.rankopt.after_stage if config.rankopt.enabled
+  final = (config.rankopt.after_stage if config.rankopt.enabled
            else config.stage_order[-1])
+  stage = stage or final
+  if stage not in config.stage_order:
+    raise errors.UserError(f"--stage={stage}: not a stage of the run in "
+                           f"{workdir} (stages: {', '.join(config.stage_order)})")
   variables = ckpt_lib.restore_variables(workdir, stage, target)
   if variables is None:
     raise errors.UserError(f"{ckpt_lib.stage_dir(workdir, stage)}: stage "
                            f"{stage!r} has not finished; run the main job first")
   fitted = None
   rankopt_path = os.path.join(workdir, "rankopt.npz")
-  if config.rankopt.enabled and os.path.exists(rankopt_path):
+  if (use_rankopt and config.rankopt.enabled
+      and stage == config.rankopt.after_stage
+      and os.path.exists(rankopt_path)):
     fitted = rankopt.load(rankopt_path)
   return config, model, variables, config.stages[stage].pooling, fitted
 
@@ -128,9 +136,12 @@ def rankopt_probability(scores, threshold: float, scale: float) -> np.ndarray:
 
 
 def predict(workdir: str, images_path: str, out_csv: str,
-            masks_out: str | None = None, batch_size: int = 16) -> list[dict]:
-  """Writes the CSV (and masks); returns the rows."""
-  config, model, variables, pooling, fitted = load_run(workdir)
+            masks_out: str | None = None, batch_size: int = 16,
+            stage: str = "", use_rankopt: bool = True) -> list[dict]:
+  """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
+  ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
+  config, model, variables, pooling, fitted = load_run(workdir, stage,
+                                                       use_rankopt)
   size, crop = config.data.image_size, config.data.crop_size
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
@@ -191,6 +202,10 @@ flags.DEFINE_string("images", None, "Folder or zip of images.")
 flags.DEFINE_string("out", None, "Output CSV path.")
 flags.DEFINE_string("masks-out", None, "Folder for lesion mask PNGs.")
 flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+flags.DEFINE_string("stage", "", "Score with this stage's model, e.g. "
+                    "'classification' (Step 2, GAP); default: the final model.")
+flags.DEFINE_bool("rankopt", True, "Use the run's RankOpt scores where it has "
+                  "them; --no-rankopt gives the network's softmax.")
 
 
 def main(argv):
@@ -202,7 +217,7 @@ def main(argv):
     if missing:
       raise errors.UserError(f"missing required flag(s): {' '.join(missing)}")
     predict(FLAGS.workdir, FLAGS.images, FLAGS.out, FLAGS["masks-out"].value,
-            FLAGS.batch_size)
+            FLAGS.batch_size, stage=FLAGS.stage, use_rankopt=FLAGS.rankopt)
     print(f"wrote {FLAGS.out}", file=sys.stderr)
 
 

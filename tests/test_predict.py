@@ -131,3 +131,54 @@ def test_isic_config_variants():
   assert module.get_config("three_class").data.task == "three_class"
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("fast")
+
+
+def _write_split_as_pngs(tiny_run, folder, split_name="test"):
+  """The run's own split, as lossless files at the stored size."""
+  from conftest import load_config
+  from rapool_jax.data import pipeline
+  import json
+  workdir, _ = tiny_run
+  config = load_config("tiny")
+  with open(os.path.join(workdir, "config.json")) as f:
+    config.data.data_dir = json.load(f)["data"]["data_dir"]
+  split = pipeline.load_split(pipeline.make_builder(config.data), split_name,
+                              "melanoma")
+  os.makedirs(folder, exist_ok=True)
+  for image_id, image in zip(split.ids, split.images):
+    Image.fromarray(image).save(os.path.join(folder, f"{image_id}.png"))
+  return split
+
+
+def test_predict_stage_scores_equal_the_runs_own_predictions(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  split = _write_split_as_pngs(tiny_run, str(tmp_path / "images"))
+  own = {name: {r["image"]: float(r["score"]) for r in _read_csv(
+      os.path.join(workdir, "predictions", "test", f"{name}.csv"))}
+         for name in ("step_2_gap", "step_4_region_pooling", "step_4_rankopt")}
+  for stage, use_rankopt, name in (("classification", True, "step_2_gap"),
+                                   ("", False, "step_4_region_pooling")):
+    rows = predict.predict(workdir, str(tmp_path / "images"),
+                           str(tmp_path / f"{name}.csv"), stage=stage,
+                           use_rankopt=use_rankopt, batch_size=8)
+    got = np.array([r["melanoma"] for r in rows])
+    want = np.array([own[name][r["image"]] for r in rows])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # The default is the final model with RankOpt: its [0, 1] map of the scores.
+  result, extra = rankopt.load(os.path.join(workdir, "rankopt.npz"))
+  rows = predict.predict(workdir, str(tmp_path / "images"),
+                         str(tmp_path / "final.csv"), batch_size=8)
+  want = predict.rankopt_probability(
+      np.array([own["step_4_rankopt"][r["image"]] for r in rows]),
+      float(result.threshold), float(extra["score_scale"]))
+  np.testing.assert_allclose([r["melanoma"] for r in rows], want, rtol=1e-4,
+                             atol=1e-6)
+  assert len(rows) == len(split)
+
+
+def test_predict_unknown_stage_is_a_one_line_error(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  _write_images(str(tmp_path / "images"), [(32, 32)])
+  with pytest.raises(Exception, match="--stage=nosuch: not a stage"):
+    predict.predict(workdir, str(tmp_path / "images"), str(tmp_path / "p.csv"),
+                    stage="nosuch")
