@@ -19,6 +19,7 @@ import ml_collections
 from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
 from rapool_jax import sharding
+from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 
 PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
@@ -116,6 +117,7 @@ def check_config(config) -> None:
   check_choice("config.model.dtype", config.model.dtype, DTYPES)
   check_choice("config.train.prng_impl", config.train.prng_impl, PRNG_IMPLS)
   check_weights_file(config.model.pretrained)
+  folds.check_crossval(config.data)
   if config.data.crop_size > config.data.image_size:
     raise ValueError(f"config.data.crop_size={config.data.crop_size} is larger "
                      f"than config.data.image_size={config.data.image_size}")

@@ -188,4 +188,6 @@ def write_report(workdir: str, config, results: dict, trainer, stage_variables,
   os.makedirs(figures, exist_ok=True)
   if scores:
     plot_roc(os.path.join(figures, "roc.png"), scores)
-  plot_cams(os.path.join(figures, "cam.png"), trainer, stage_variables, split)
+  if config.report.num_cam_images > 0:  # 0: no CAM figure
+    plot_cams(os.path.join(figures, "cam.png"), trainer, stage_variables,
+              split)

@@ -98,18 +98,32 @@ def load_splits(builder, data_config) -> dict:
   """
   names = {data_config[r] for r in ("train_split", "val_split", "eval_split")}
   names.discard("")
+  check_crossval(data_config)
   out = {}
   stored = sorted(n for n in names if n not in CV_SPLITS)
   for name in stored:
     out[name] = pipeline.load_split(builder, name, data_config.task)
   if names & set(CV_SPLITS):
     cv = data_config.crossval
-    if cv.num_folds < 2:
-      raise ValueError(
-          f"config.data splits name {sorted(names & set(CV_SPLITS))} but "
-          f"config.data.crossval.num_folds={cv.num_folds}; set it to >= 2")
     pooled = concat([out.get(s) or pipeline.load_split(builder, s,
                                                        data_config.task)
                      for s in cv.source_splits])
     out.update(crossval_splits(pooled, cv))
   return out
+
+
+def check_crossval(data_config) -> None:
+  """Rejects, before any data loads, split names and fold settings that disagree."""
+  names = {data_config[r] for r in ("train_split", "val_split", "eval_split")}
+  cv = data_config.crossval
+  if names & set(CV_SPLITS):
+    if cv.num_folds < 2:
+      raise ValueError(
+          f"config.data splits name {sorted(names & set(CV_SPLITS))} but "
+          f"config.data.crossval.num_folds={cv.num_folds}; set it to >= 2")
+    if not 0 <= cv.fold < cv.num_folds:
+      raise ValueError(f"config.data.crossval.fold={cv.fold}: must be in "
+                       f"[0, {cv.num_folds})")
+    if not 0 < cv.val_fraction < 1:
+      raise ValueError(f"config.data.crossval.val_fraction={cv.val_fraction}: "
+                       "must be in (0, 1)")

@@ -1,0 +1,226 @@
+"""Cross-validation: folds, Step-4 arms branching from one state, the pooled report."""
+
+import csv
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import load_config
+from launch import crossval
+from launch import crossval_report
+from rapool_jax import evaluate
+from rapool_jax import train
+from rapool_jax.data import folds
+from rapool_jax.data import pipeline
+
+
+def _pooled(n=103, n_pos=21, size=4):
+  labels = np.zeros(n, np.int32)
+  labels[np.random.default_rng(1).permutation(n)[:n_pos]] = 1
+  return pipeline.Split(
+      images=np.arange(n, dtype=np.uint8)[:, None, None, None]
+      * np.ones((1, size, size, 3), np.uint8),
+      masks=np.zeros((n, size, size), np.uint8), labels=labels,
+      has_mask=np.ones(n, bool),
+      ids=np.array([f"ISIC_{i:07d}" for i in range(n)]))
+
+
+def _cv(fold, k=5, seed=0):
+  return ml_collections.ConfigDict(dict(num_folds=k, fold=fold, seed=seed,
+                                        val_fraction=0.1))
+
+
+def test_folds_are_stratified_deterministic_and_id_based():
+  split = _pooled()
+  f = folds.assign_folds(split.ids, split.labels, 5, seed=0)
+  for k in range(5):
+    # Each class is dealt from fold 0: totals differ by at most one per class.
+    assert abs((f == k).sum() - 103 / 5) <= 2
+    assert abs(split.labels[f == k].sum() - 21 / 5) <= 1
+  np.testing.assert_array_equal(f, folds.assign_folds(split.ids, split.labels,
+                                                      5, seed=0))
+  assert not np.array_equal(f, folds.assign_folds(split.ids, split.labels, 5,
+                                                  seed=1))
+  # The same image gets the same fold whatever order the rows come in.
+  order = np.random.default_rng(2).permutation(103)
+  np.testing.assert_array_equal(
+      folds.assign_folds(split.ids[order], split.labels[order], 5, 0), f[order])
+
+
+def test_crossval_splits_partition_every_fold():
+  split = _pooled()
+  tested = []
+  for k in range(5):
+    s = folds.crossval_splits(split, _cv(k))
+    ids = [set(s[n].ids) for n in folds.CV_SPLITS]
+    assert sum(map(len, ids)) == 103 and len(set.union(*ids)) == 103
+    assert s["cv_val"].labels.sum() >= 1 and (s["cv_val"].labels == 0).sum() >= 1
+    assert abs(len(s["cv_val"]) - 0.1 * (103 - len(s["cv_test"]))) <= 2
+    # Rows travel with their ids.
+    np.testing.assert_array_equal(
+        s["cv_test"].images[:, 0, 0, 0],
+        [int(i[5:]) for i in s["cv_test"].ids])
+    tested += list(s["cv_test"].ids)
+  assert sorted(tested) == sorted(split.ids)  # each image scored exactly once
+  with pytest.raises(ValueError, match="crossval.fold=5"):
+    folds.crossval_splits(split, _cv(5))
+
+
+def test_concat_rejects_shared_ids():
+  split = _pooled(10, 3)
+  with pytest.raises(ValueError, match="share image ids"):
+    folds.concat([split, split])
+
+
+def test_cv_split_names_need_num_folds(tiny_config):
+  tiny_config.data.train_split = "cv_train"
+  with pytest.raises(ValueError, match="num_folds=0"):
+    train.check_config(tiny_config)
+
+
+def test_init_from_must_name_an_earlier_stage(tiny_config):
+  tiny_config.stages.joint.init_from = "joint"
+  with pytest.raises(ValueError, match="stages.joint.init_from='joint'"):
+    train.check_config(tiny_config)
+
+
+def test_crossval_config_arms_share_state_and_batches():
+  import importlib.util
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location(
+      "isic_cfg", REPO / "configs" / "isic2017.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("crossval")
+  order = config.stage_order
+  arms = [i for i, n in enumerate(order) if config.stages[n].init_from]
+  assert len(arms) == len(module.CROSSVAL_ARMS) + 1
+  streams = {train.batch_stream(config, i) for i in arms}
+  assert streams == {arms[0]}
+  assert train.batch_stream(config, 0) == 0
+  assert train.batch_stream(config, 1) == 1
+  # Arms differ from the RAP arm only in what they ablate.
+  rap = config.stages.joint.to_dict()
+  for name, (_, changes) in module.CROSSVAL_ARMS.items():
+    diff = {k for k, v in config.stages[name].to_dict().items() if rap[k] != v}
+    assert diff <= set(changes) | {"report_as"}, (name, diff)
+  train.check_config(config)
+
+
+@pytest.mark.slow  # a whole tiny run: about 80 s on 2 cores
+def test_an_arm_starts_from_the_state_it_names(tiny_config, tmp_path):
+  """A 0-step arm branching from Step 2, run after Step 4, scores as Step 2."""
+  from rapool_jax import config_lib
+  tiny_config.stages.copy_of_step2 = config_lib.stage(
+      pooling="gap", lambda_class=1.0, lambda_seg=0.0,
+      trainable=config_lib.TRAIN_BACKBONE_AND_CLASSIFIER,
+      train_batch_norm=True, max_steps=0, lr=0.01, report_as="copy",
+      init_from="classification")
+  tiny_config.stage_order = ("classification", "segmentation", "joint",
+                             "copy_of_step2")
+  tiny_config.rankopt.enabled = False
+  tiny_config.report.num_cam_images = 0
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(tiny_config, workdir)
+  by_name = {r["model"]: r for r in results["rows"]}
+  assert by_name["copy"]["auc"] == by_name["Step 2: GAP"]["auc"]
+
+  def scores(name):
+    with open(os.path.join(workdir, "predictions", "test", name + ".csv")) as f:
+      return [float(r["score"]) for r in csv.DictReader(f)]
+  assert scores("copy") == scores("step_2_gap")
+  assert scores("copy") != scores("step_4_region_pooling")
+
+
+# ----------------------------------------------------------------------------
+# The pooled report, on fold runs made of files.
+
+
+def _fake_run(root, fold, ids, labels, arms, rng):
+  run = os.path.join(root, crossval.run_name(fold, 0))
+  config = {"seed": 0, "data": {"crossval": {"fold": fold},
+                                "eval_split": "cv_test", "val_split": "cv_val"}}
+  os.makedirs(run)
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump(config, f)
+  with open(os.path.join(run, "results.json"), "w") as f:
+    json.dump({"rows": [{"model": a} for a in arms]}, f)
+  signal = labels + rng.normal(0, 1.0, len(labels))
+  for split, n in (("cv_test", len(ids)), ("cv_val", 40)):
+    val_labels = (np.arange(n) % 4 == 0).astype(int)
+    for i, a in enumerate(arms):
+      path = os.path.join(run, "predictions", split,
+                          evaluate.row_slug(a) + ".csv")
+      y = labels if split == "cv_test" else val_labels
+      s = (signal * (1 + 0.3 * i) + rng.normal(0, 0.5, n)
+           if split == "cv_test" else y + rng.normal(0, 1.0, n))
+      ja = rng.uniform(0.3, 0.9, n)
+      image_ids = ids if split == "cv_test" else [f"v{fold}_{j}" for j in range(n)]
+      evaluate.write_predictions(path, pipeline.Split(
+          images=np.zeros((n, 1, 1, 3), np.uint8),
+          masks=np.zeros((n, 1, 1), np.uint8), labels=np.asarray(y),
+          has_mask=np.ones(n, bool), ids=np.asarray(image_ids)), s, ja)
+  return run
+
+
+def test_report_pools_folds_and_recomputes_from_its_csvs(tmp_path):
+  rng = np.random.default_rng(0)
+  arms = ["Step 2: GAP", "RAP (lambda 7.5)", "GAP control", "RAP + RankOpt"]
+  runs, all_ids = [], []
+  for fold in range(3):
+    ids = [f"ISIC_{fold}{j:03d}" for j in range(60)]
+    labels = (np.arange(60) % 5 == 0).astype(int)
+    runs.append(_fake_run(str(tmp_path), fold, ids, labels, arms, rng))
+    all_ids += ids
+  out = str(tmp_path / "report")
+  results = crossval_report.write_report(runs, out)
+  with open(os.path.join(out, "oof_scores.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r["image"] for r in rows) == sorted(all_ids)
+  assert list(rows[0]) == ["image", "label", "fold", "seed", "step_2_gap",
+                           "rap_lambda_7.5", "gap_control", "rap_rankopt"]
+  seed0 = results["by_seed"][0]
+  assert seed0["num_images"] == 180 and seed0["num_melanomas"] == 36
+  names = [c["name"] for c in seed0["comparisons"]]
+  assert "RAP vs GAP control (primary)" in names
+  assert "RAP vs GAP + seg loss" not in names  # that arm is absent
+  from rapool_jax import stats
+  y = np.array([int(r["label"]) for r in rows])
+  rap = np.array([float(r["rap_lambda_7.5"]) for r in rows])
+  arm = next(a for a in seed0["arms"] if a["arm"] == "rap_lambda_7.5")
+  assert arm["auc"] == pytest.approx(stats.auc(y, rap))
+  assert crossval_report.check(out) == []
+  assert os.path.exists(os.path.join(out, "roc_seed0.png"))
+  md = open(os.path.join(out, "results.md")).read()
+  assert "RAP vs GAP control (primary)" in md
+  # A table that no longer matches its CSVs is caught.
+  with open(os.path.join(out, "results.json")) as f:
+    saved = json.load(f)
+  saved["by_seed"][0]["arms"][1]["auc"] += 0.01
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(saved, f)
+  assert any("auc" in d for d in crossval_report.check(out))
+
+
+def test_report_thresholds_come_from_the_validation_split(tmp_path):
+  rng = np.random.default_rng(3)
+  ids = [f"ISIC_{j:04d}" for j in range(80)]
+  labels = (np.arange(80) % 4 == 0).astype(int)
+  run = _fake_run(str(tmp_path), 0, ids, labels, ["RAP (lambda 7.5)"], rng)
+  out = str(tmp_path / "report")
+  crossval_report.write_report([run], out)
+  oof, _, thresholds, _ = crossval_report.read_tables(out)
+  with open(os.path.join(run, "predictions", "cv_val",
+                         "rap_lambda_7.5.csv")) as f:
+    val = list(csv.DictReader(f))
+  from rapool_jax import stats
+  want = stats.threshold_at_specificity(
+      np.array([int(r["label"]) for r in val]),
+      np.array([float(r["score"]) for r in val]), 0.884)
+  assert thresholds[(0, 0, "rap_lambda_7.5")][0.884] == want
+  positive = crossval_report.predicted_positive(oof, thresholds,
+                                                "rap_lambda_7.5", 0.884)
+  np.testing.assert_array_equal(positive, oof["rap_lambda_7.5"] >= want)
