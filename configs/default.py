@@ -24,4 +24,6 @@ def get_config():
   c.stages = config_lib.paper_stages(
       classification_steps=300, segmentation_steps=100, joint_steps=300,
       lr=0.05, decay_every=200, lambda_seg=7.5)
+  # Step 3 is shorter than one decay period: give it its own, so it anneals.
+  c.stages.segmentation.decay_every = 50
   return c

@@ -20,6 +20,7 @@ def get_config():
   c.stages = config_lib.paper_stages(
       classification_steps=4, segmentation_steps=3, joint_steps=4,
       lr=0.05, decay_every=3)
+  c.stages.segmentation.decay_every = 2  # anneals within its 3 steps
   c.rankopt.max_steps = 50
   c.report.num_cam_images = 2
   return c

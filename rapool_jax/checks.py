@@ -147,6 +147,15 @@ def check_config(config) -> None:
                        f"{optim.SCHEDULES}")
     if stage.max_steps < 0:
       raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
+    if (stage.schedule == "step" and not stage.plateau_metric
+        and 0 < stage.max_steps <= stage.decay_every):
+      # A step schedule that never steps is a constant one by mistake: the
+      # stage would end at its peak lr and never anneal.
+      raise ValueError(
+          f"{where}: schedule='step' with max_steps={stage.max_steps} <= "
+          f"decay_every={stage.decay_every} never lowers the lr; set "
+          f"{where}.decay_every below max_steps, or {where}.schedule to "
+          "'cosine' (or 'constant' to mean it)")
     if (stage.schedule == "cosine" and stage.max_steps > 0
         and stage.get("warmup_steps", 0) >= stage.max_steps):
       raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "

@@ -224,3 +224,30 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
   positive = crossval_report.predicted_positive(oof, thresholds,
                                                 "rap_lambda_7.5", 0.884)
   np.testing.assert_array_equal(positive, oof["rap_lambda_7.5"] >= want)
+
+
+def test_a_step_schedule_that_never_anneals_is_rejected(tiny_config):
+  tiny_config.stages.joint.decay_every = tiny_config.stages.joint.max_steps
+  with pytest.raises(ValueError, match="stages.joint: schedule='step'.*never"):
+    train.check_config(tiny_config)
+  tiny_config.stages.joint.schedule = "cosine"
+  train.check_config(tiny_config)
+
+
+def test_runlocal_and_crossval_stages_anneal():
+  import importlib.util
+  from conftest import REPO
+  from rapool_jax import optim
+  spec = importlib.util.spec_from_file_location(
+      "isic_cfg2", REPO / "configs" / "isic2017.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for variant in ("paper", "runlocal", "crossval"):
+    config = module.get_config(variant)
+    for name in config.stage_order:
+      stage = config.stages[name]
+      lr = optim.learning_rate_schedule(stage)
+      assert float(lr(stage.max_steps - 1)) < 0.2 * stage.lr, (variant, name)
+  runlocal = module.get_config("runlocal")
+  # Step 4 fine-tunes Step 2: it starts well below Step 2's peak.
+  assert runlocal.stages.joint.lr <= 0.2 * runlocal.stages.classification.lr
