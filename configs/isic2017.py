@@ -24,6 +24,9 @@ Variants (``--config configs/isic2017.py:NAME``):
              long as Step 2 + Step 4; RankOpt and a balanced logistic
              regression on the RAP features. Run all folds with
              ``launch/crossval.py``.
+  crossval,fullsize  the same folds and arms at the paper's size (ResNet-50,
+             224 px crops of 256 px, output stride 32), from scratch: for an
+             accelerator.
   three_class  the challenge's melanoma / seborrheic keratosis / nevus head.
 The paper does not state step counts; Step 2 and 4 lengths follow its lr
 schedule (three lr levels of 2000 iterations), Step 3 stops on a plateau of
@@ -35,10 +38,14 @@ from rapool_jax import config_lib
 
 def get_config(arg: str = "paper"):
   variants = set(arg.split(",")) if arg else {"paper"}
-  unknown = variants - {"paper", "runlocal", "crossval", "three_class"}
+  unknown = variants - {"paper", "runlocal", "crossval", "fullsize",
+                       "three_class"}
   if unknown:
     raise ValueError(f"configs/isic2017.py: unknown variant(s) {sorted(unknown)}; "
-                     "use paper, runlocal, crossval, three_class")
+                     "use paper, runlocal, crossval, fullsize, three_class")
+  if "fullsize" in variants and "crossval" not in variants:
+    raise ValueError("configs/isic2017.py: 'fullsize' modifies 'crossval'; "
+                     "use crossval,fullsize")
   c = config_lib.base_config()
   c.data.name = "isic2017"
   c.data.image_size = 256
@@ -79,6 +86,10 @@ def get_config(arg: str = "paper"):
     c.stages.joint.lr = 0.01
   if "crossval" in variants:
     crossval(c)
+  if "fullsize" in variants:
+    c.data.image_size, c.data.crop_size = 256, 224
+    c.model.depth, c.model.width = "50", 1.0
+    c.model.output_stride, c.model.dropout_rate = 32, 0.2
   return c
 
 

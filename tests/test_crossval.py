@@ -251,3 +251,20 @@ def test_runlocal_and_crossval_stages_anneal():
   runlocal = module.get_config("runlocal")
   # Step 4 fine-tunes Step 2: it starts well below Step 2's peak.
   assert runlocal.stages.joint.lr <= 0.2 * runlocal.stages.classification.lr
+
+
+def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
+  import importlib.util
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location(
+      "isic_cfg3", REPO / "configs" / "isic2017.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  small, full = module.get_config("crossval"), module.get_config("crossval,fullsize")
+  assert (full.model.depth, full.data.crop_size, full.model.output_stride) == (
+      "50", 224, 32)
+  assert full.data.crossval == small.data.crossval
+  assert full.stage_order == small.stage_order
+  train.check_config(full)
+  with pytest.raises(ValueError, match="use crossval,fullsize"):
+    module.get_config("fullsize")
