@@ -268,3 +268,15 @@ def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
   train.check_config(full)
   with pytest.raises(ValueError, match="use crossval,fullsize"):
     module.get_config("fullsize")
+
+
+def test_committed_crossval_table_recomputes_from_its_csvs():
+  from conftest import REPO
+  out = REPO / "results" / "crossval_isic2017"
+  assert crossval_report.check(str(out)) == []
+  md = (out / "results.md").read_text()
+  results = crossval_report.compute_all(str(out))
+  primary = next(c for c in results["by_seed"][0]["comparisons"]
+                 if c["name"].startswith("RAP vs GAP control"))
+  assert f"{primary['diff']:+.3f}" in md
+  assert results["by_seed"][0]["num_images"] == 2150
