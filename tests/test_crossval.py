@@ -87,13 +87,19 @@ def test_init_from_must_name_an_earlier_stage(tiny_config):
     train.check_config(tiny_config)
 
 
-def test_crossval_config_arms_share_state_and_batches():
+def _isic_configs():
+  """configs/isic2017.py as a module (its variants and CROSSVAL_ARMS)."""
   import importlib.util
   from conftest import REPO
   spec = importlib.util.spec_from_file_location(
       "isic_cfg", REPO / "configs" / "isic2017.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def test_crossval_config_arms_share_state_and_batches():
+  module = _isic_configs()
   config = module.get_config("crossval")
   order = config.stage_order
   arms = [i for i, n in enumerate(order) if config.stages[n].init_from]
@@ -235,13 +241,8 @@ def test_a_step_schedule_that_never_anneals_is_rejected(tiny_config):
 
 
 def test_runlocal_and_crossval_stages_anneal():
-  import importlib.util
-  from conftest import REPO
   from rapool_jax import optim
-  spec = importlib.util.spec_from_file_location(
-      "isic_cfg2", REPO / "configs" / "isic2017.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _isic_configs()
   for variant in ("paper", "runlocal", "crossval"):
     config = module.get_config(variant)
     for name in config.stage_order:
@@ -254,12 +255,7 @@ def test_runlocal_and_crossval_stages_anneal():
 
 
 def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
-  import importlib.util
-  from conftest import REPO
-  spec = importlib.util.spec_from_file_location(
-      "isic_cfg3", REPO / "configs" / "isic2017.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _isic_configs()
   small, full = module.get_config("crossval"), module.get_config("crossval,fullsize")
   assert (full.model.depth, full.data.crop_size, full.model.output_stride) == (
       "50", 224, 32)
