@@ -181,6 +181,7 @@ def test_resumed_run_on_other_data_stops(tmp_path):
     checks.check_data_source(str(tmp_path), changed)
 
 
+@pytest.mark.slow  # two runs
 def test_finished_three_class_run_reruns(tiny_config, tmp_path):
   config = tiny_config   # one short stage: the check is what is tested
   config.data.task = "three_class"
@@ -269,6 +270,7 @@ def interrupted_streamed_run(tmp_path_factory, data_dir):
   return workdir, first, last
 
 
+@pytest.mark.slow  # shares a killed and resumed run of the main command
 def test_ctrl_c_prints_one_line(interrupted_streamed_run):
   _, (returncode, _, err), _ = interrupted_streamed_run
   assert returncode == errors.INTERRUPTED_EXIT, err
@@ -276,6 +278,7 @@ def test_ctrl_c_prints_one_line(interrupted_streamed_run):
   assert "Traceback" not in err, err
 
 
+@pytest.mark.slow  # shares a killed and resumed run of the main command
 def test_streamed_run_resumes_to_the_same_results(interrupted_streamed_run,
                                                   tiny_run):
   workdir, _, last = interrupted_streamed_run
@@ -289,6 +292,7 @@ def test_streamed_run_resumes_to_the_same_results(interrupted_streamed_run,
     assert resumed == json.load(f)
 
 
+@pytest.mark.slow  # shares a killed and resumed run of the main command
 def test_results_and_run_info_name_their_provenance(interrupted_streamed_run):
   workdir, _, _ = interrupted_streamed_run
   with open(os.path.join(workdir, "results.md")) as f:

@@ -59,6 +59,7 @@ def sweep(tmp_path_factory, data_dir, cache_env):
   return root, out
 
 
+@pytest.mark.slow  # shares a sweep of whole runs
 def test_sweep_lambda_smoke_trains_steps_2_3_once(sweep):
   root, out = sweep
   with open(os.path.join(root, "shared", "results.json")) as f:
@@ -92,6 +93,7 @@ def test_sweep_lambda_smoke_trains_steps_2_3_once(sweep):
   assert "have no results" not in table
 
 
+@pytest.mark.slow  # shares a sweep of whole runs
 def test_ablate_pooling_smoke_reuses_a_finished_base(sweep, tmp_path, data_dir,
                                                      cache_env):
   root, _ = sweep
@@ -120,6 +122,7 @@ def test_ablate_pooling_smoke_reuses_a_finished_base(sweep, tmp_path, data_dir,
   assert os.path.getsize(os.path.join(out_dir, "table2.png")) > 10_000
 
 
+@pytest.mark.slow  # shares a sweep of whole runs
 def test_compare_classifiers_smoke(sweep, tmp_path, data_dir):
   root, _ = sweep
   out_dir = str(tmp_path / "table3")
@@ -146,6 +149,7 @@ def test_compare_classifiers_smoke(sweep, tmp_path, data_dir):
   assert os.path.getsize(os.path.join(out_dir, "table3_roc.png")) > 10_000
 
 
+@pytest.mark.slow  # shares a sweep of whole runs
 def test_aggregate_collects_a_sweep(sweep):
   root, _ = sweep
   runs = aggregate.find_runs([root])
@@ -258,14 +262,25 @@ def test_dry_run_job_lists(tmp_path, capsys):
 
 
 def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
-  cfg = common.load_config("configs/default.py")
-  args = ["--config", "configs/default.py", "--workdir", str(tmp_path),
-          "--backbones", "vgg16", "--dry-run"]
-  if common.has_key(cfg, "model.backbone"):
-    ablate_pooling.main(args)
-  else:
-    with pytest.raises(SystemExit, match="model.backbone"):
-      ablate_pooling.main(args)
+  root = str(tmp_path / "vgg")
+  ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
+                       "--backbones", "vgg16", "--dry-run"])
+  jobs = fanout.read_jobs(os.path.join(root, fanout.JOBS_FILE))
+  assert [j for j in jobs if j.phase == 1] and all(
+      "--config.model.backbone=vgg16" in j.overrides
+      for j in jobs if j.meta.get("backbone") == "vgg16")
+  # A config without model.backbone cannot build a VGG: named before any job.
+  legacy = tmp_path / "legacy.py"
+  legacy.write_text(
+      "from rapool_jax import config_lib\n"
+      "def get_config():\n"
+      "  c = config_lib.base_config()\n"
+      "  del c.model['backbone']\n"
+      "  return c\n")
+  with pytest.raises(SystemExit, match="model.backbone"):
+    ablate_pooling.main(["--config", str(legacy), "--workdir",
+                         str(tmp_path / "legacy"), "--backbones", "vgg16",
+                         "--dry-run"])
 
 
 # ----------------------------------------------------------------------------

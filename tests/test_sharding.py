@@ -12,6 +12,8 @@ from conftest import REPO
 
 SCRIPT = str(REPO / "tests" / "multidevice_train.py")
 
+pytestmark = pytest.mark.slow  # each test trains in 2-3 processes
+
 
 def _env(**extra):
   env = dict(os.environ)

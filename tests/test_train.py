@@ -212,6 +212,7 @@ def test_plateau_rule_stops_a_stage_that_stops_improving(tiny_config, tmp_path,
   assert all(low <= v <= high for v in values), values
 
 
+@pytest.mark.slow  # whole or repeated runs
 def test_streamed_and_device_resident_data_train_identically(tiny_config,
                                                              tmp_path):
   finals = []
@@ -227,6 +228,7 @@ def test_streamed_and_device_resident_data_train_identically(tiny_config,
                                atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow  # whole or repeated runs
 def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
   from conftest import REPO
   from rapool_jax import pretrained
@@ -256,6 +258,7 @@ def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
                                 after["params"]["seg_conv"]["kernel"])
 
 
+@pytest.mark.slow  # whole or repeated runs
 def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   finals = {}
   for impl in ("threefry2x32", "rbg"):
@@ -274,6 +277,7 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
     train.Trainer(tiny_config, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow  # whole or repeated runs
 def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
   # Step 4 pooled with the ground-truth mask: training, RankOpt and the CAM
   # figure all need the mask passed through.
@@ -284,6 +288,7 @@ def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
   assert os.path.getsize(tmp_path / "figures" / "cam.png") > 10_000
 
 
+@pytest.mark.slow  # whole or repeated runs
 def test_state_in_gpu_layouts_trains_saves_and_evaluates_as_row_major(
     tiny_config, tmp_path, monkeypatch):
   """XLA:CPU keeps row-major state under ``state_layout="auto"``; XLA:GPU
