@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
-from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 from rapool_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 

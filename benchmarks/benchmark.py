@@ -1,6 +1,6 @@
 """Train-step throughput of the project's JAX step vs the PyTorch reference.
 
-    python -m rapool_jax.benchmark --out benchmarks/results/cpu_2core.json \
+    python -m benchmarks.benchmark --out benchmarks/results/cpu_2core.json \
         [--device-size auto|small|full|tiny] [--steps N] [--repeats R]
 
 For each step kind of the paper (``classification``: GAP; ``segmentation``:
@@ -9,7 +9,7 @@ each batch size, times the project's own step (``train.resident_train_step``:
 data as uint8 on the device, batch gathered and augmented inside jit; jitted
 with donated state; optimizer from ``optim.make_optimizer``; stages from
 ``config_lib.paper_stages``) and, in the same process and interleaved block
-by block, the same step in ``rapool_jax.torch_reference``. Also times
+by block, the same step in ``benchmarks.torch_reference``. Also times
 inference (``train.eval_step``) and analyses the segmentation upsampling
 (subpixel vs ``lax.conv_transpose``; share of the joint step).
 
@@ -377,7 +377,7 @@ class TorchTrainRunner:
   def __init__(self, size: dict, stage_name: str, batch: int, amp: bool,
                compile_model: bool, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+    from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     self.torch, self.tr = torch, tr
     torch.manual_seed(seed)
     self.device = tr.default_device()
@@ -414,7 +414,7 @@ class TorchEvalRunner:
   def __init__(self, size: dict, batch: int, amp: bool,
                compile_model: bool = False, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+    from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     self.torch, self.tr = torch, tr
     self.device = tr.default_device()
     self.batch = batch
@@ -925,24 +925,24 @@ class _Budget:
   """Wall-clock budget: a piece of work starts only if it is expected to end
   in time (expected: the longest piece of the same kind so far)."""
 
-  def __init__(self, seconds: float | None):
-    self.seconds, self.t0 = seconds, time.perf_counter()
+  def __init__(self, seconds: float | None,
+               clock: Callable[[], float] = time.perf_counter):
+    self.seconds, self.clock, self.t0 = seconds, clock, clock()
     self.longest: dict[str, float] = {}
 
   def left(self) -> float:
     if self.seconds is None:
       return float("inf")
-    return self.seconds - (time.perf_counter() - self.t0)
+    return self.seconds - (self.clock() - self.t0)
 
   def allows(self, what: str, estimate: float = 0.0) -> bool:
     return max(self.longest.get(what, 0.0), estimate) < self.left()
 
   @contextlib.contextmanager
   def piece(self, what: str):
-    t0 = time.perf_counter()
+    t0 = self.clock()
     yield
-    self.longest[what] = max(self.longest.get(what, 0.0),
-                             time.perf_counter() - t0)
+    self.longest[what] = max(self.longest.get(what, 0.0), self.clock() - t0)
 
 
 def run(size_name: str, *, steps: int | None = None,
@@ -979,7 +979,7 @@ def run(size_name: str, *, steps: int | None = None,
       with_torch, torch_info = False, {"skipped": why}
   compile_torch = False
   if with_torch:
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+    from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     compile_torch = {"on": True, "off": False}.get(
         torch_compile, tr.default_device().type == "cuda")
     torch_info = {**tr.runtime_info(), "compile": compile_torch,
@@ -1273,7 +1273,7 @@ def main(argv=None):
   if size == "auto":
     size = "small" if jax.devices()[0].platform == "cpu" else "full"
   t0 = time.perf_counter()
-  command = " ".join(["python -m rapool_jax.benchmark"]
+  command = " ".join(["python -m benchmarks.benchmark"]
                      + list(argv if argv is not None else sys.argv[1:]))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 

@@ -189,7 +189,7 @@ def trace_step(size_name: str, batch: int, steps: int = 3) -> dict:
   idle time), which is ``threads x wall - traced``.
   """
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
   config = benchmark.make_config(dict(benchmark.SIZES[size_name]), "float32")
   options = {**xla_flags.cpu_compiler_options("cpu"),
@@ -224,7 +224,7 @@ def measure(size_name: str, batch: int, repeats: int) -> dict:
   """The child's work: steps and convolutions on this process's cores."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
   from rapool_jax.models import rapool_net  # pylint: disable=g-import-not-at-top
 
@@ -310,7 +310,7 @@ def main(argv=None) -> None:
   if not os.path.isdir(out_dir):
     parser.error(f"--out: directory {out_dir} does not exist")
 
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   result = {"what": __doc__.split("\n\n")[0].replace("\n", " "),
             "date": time.strftime("%Y-%m-%d"),
             "device": benchmark.device_info(), "runs": []}

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
 
 
@@ -155,6 +155,8 @@ def compare(names, size_name: str = "small", batch: int = 8,
         "compile_s": variant.compile_s,
         "recomputing_transposes": recomputing_transposes(
             variant.compiled.as_text()),
+        "program_changed": (variant.compiled.as_text()
+                            != base.compiled.as_text()),
         "as_built_recomputing_transposes": base_transposes,
     }
     log(f"{name}: {changed['img_per_s']:.2f} img/s against "

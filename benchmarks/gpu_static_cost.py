@@ -167,7 +167,7 @@ def compile_joint_step(variant: str, batch: int, target: str):
   """Optimised HLO text and XLA memory of one variant, compiled for ``target``."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
 
   topology = topologies.get_topology_desc(
       platform="cuda", topology="1x1x1",
@@ -201,7 +201,7 @@ def main(argv=None) -> None:
   parser.add_argument("--hlo-dir", default="",
                       help="also save each variant's optimised HLO here")
   args = parser.parse_args(argv)
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   args.variants = args.variants or list(benchmark.JOINT_VARIANTS)
   unknown = [v for v in args.variants if v not in benchmark.JOINT_VARIANTS]
   if unknown:

@@ -22,11 +22,14 @@ count is the GPU program's) and rewrites ``gflop_per_step`` and
 import argparse
 import functools
 import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
-from rapool_jax import benchmark
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
 from rapool_jax import optim
 from rapool_jax import train
 from rapool_jax.models import rapool_net

@@ -49,13 +49,13 @@ status=0
 for part in "${parts[@]}"; do
   case $part in
     benchmark)
-      python3 -m rapool_jax.benchmark --out "$out/benchmark.json" \
+      python3 -m benchmarks.benchmark --out "$out/benchmark.json" \
         --time-budget-s "$budget" 2>&1 | tee "$out/benchmark.log" ;;
     profile)
       python3 benchmarks/step_profile.py --out "$out/profile" \
         --batches 256 10 2>&1 | tee "$out/profile.log" ;;
     variants)
-      python3 -m rapool_jax.benchmark --out "$out/joint_variants.json" \
+      python3 -m benchmarks.benchmark --out "$out/joint_variants.json" \
         --step-kinds joint --batches 256 \
         --time-budget-s "$budget" 2>&1 | tee "$out/joint_variants.log" ;;
   esac

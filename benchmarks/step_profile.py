@@ -288,7 +288,7 @@ def profile_jax(runner, steps: int, save_dir: str | None = None) -> dict:
   """Traces ``steps`` steps of a warmed-up ``JaxTrainRunner``."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   on_gpu = jax.devices()[0].platform == "gpu"
   hlo = runner.compiled.as_text()
   kinds = hlo_op_kinds(hlo)
@@ -371,7 +371,7 @@ def profile_batch(config, size: dict, step: str, batch: int, steps: int,
   """Both frameworks' profiles of one step kind at one batch."""
   import gc  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   out = {"step": step, "batch": batch, "steps": steps}
   options = benchmark.cpu_compiler_options(jax.devices()[0].platform)
   if not jax.devices()[0].platform == "gpu":
@@ -385,7 +385,7 @@ def profile_batch(config, size: dict, step: str, batch: int, steps: int,
             "compile_s": runner.compile_s}
 
   def torch_profile():
-    from rapool_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+    from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
     compile_model = tr.default_device().type == "cuda"
     runner = benchmark.TorchTrainRunner(
         size, step, batch, amp=config.model.dtype == "bfloat16",
@@ -447,7 +447,7 @@ def main(argv=None) -> None:
   os.makedirs(args.out, exist_ok=True)
 
   import jax  # pylint: disable=g-import-not-at-top
-  from rapool_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
   size_name = args.size
   if size_name == "auto":
     size_name = "small" if jax.devices()[0].platform == "cpu" else "full"

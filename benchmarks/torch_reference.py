@@ -1,7 +1,7 @@
 """The same network and train steps in plain PyTorch: the benchmark's reference.
 
-Used only by ``rapool_jax.benchmark`` (torch is imported here and nowhere else
-in the package). ResNet v1.5 in torchvision's topology (written out: the
+Used only by ``benchmarks/benchmark.py`` (``rapool_jax`` never imports torch at
+module level). ResNet v1.5 in torchvision's topology (written out: the
 installed torch has no matching torchvision), dropout after each of the four
 stages, a 1x1 segmentation conv to 2 channels, the lesion score map
 ``S = softmax(h)[:, 1]``, an FCN-style stride-32 ``ConvTranspose2d`` (kernel 64,

@@ -1,0 +1,1 @@
+"""The performance lab: timing runs, the PyTorch reference, profiles (not installed)."""
