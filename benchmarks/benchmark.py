@@ -271,7 +271,7 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   ``lower_train_step``; ``split`` is a synthetic uint8 split of ``batch``
   examples, ``idxs`` four permutations of it.
   """
-  model = rapool_net.build_model(config.model)
+  model = rapool_net.build_model(config.model, config.systems)
   stage = config.stages[stage_name]
   variables = init_variables(model, config.data.crop_size, seed)
   tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
@@ -293,14 +293,13 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
 
 def lower_train_step(config, step, state, args: tuple, state_sharding=None):
   """``train.lower_train_step`` as the project's training runs it: the state
-  donated and laid out as ``config.train`` says, on one device unless
+  donated and laid out as ``config.systems`` says, on one device unless
   ``state_sharding`` says otherwise."""
   if state_sharding is None:
     state_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return train.lower_train_step(
-      step, state, args, state_sharding,
-      layout=config.train.get("state_layout", "auto"),
-      donate=config.train.get("donate_state", True))
+      step, state, args, state_sharding, layout=config.systems.state_layout,
+      donate=config.systems.donate_state)
 
 
 class JaxTrainRunner:
@@ -343,7 +342,7 @@ class JaxEvalRunner:
   def __init__(self, config, batch: int, seed: int = 0,
                compiler_options: dict[str, Any] | None = None):
     self.batch = batch
-    model = rapool_net.build_model(config.model)
+    model = rapool_net.build_model(config.model, config.systems)
     self.variables = init_variables(model, config.data.crop_size, seed)
     images, masks, _, _ = synthetic_device_data(batch, config.data.crop_size,
                                                 seed)
@@ -727,7 +726,7 @@ def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
 
 
 JOINT_VARIANTS = {
-    # As the project builds it: hashed dropout masks, flax's max pool.
+    # As the project builds it (config.systems defaults: flax's layers).
     "project": (),
     # Shares of the step (not candidates). Seg loss replaced by a constant:
     # XLA drops the upsampling, pixel CE, mask augmentation and their
@@ -735,32 +734,22 @@ JOINT_VARIANTS = {
     "no_seg_loss": ((losses, "segmentation_loss", _zero_segmentation_loss),),
     # No dropout: what its masks cost.
     "no_dropout": (),
-    # What hashed masks save. Threefry masks (flax's nn.Dropout: 20 rounds
-    # per decision, the mask stored between forward and backward), in full
-    # and with one threefry word per 4 decisions (``model.dropout_bits``).
-    # Threefry in full is the program of the GPU figures before 2026-11-27.
-    "threefry_dropout": (),
+    # Hashed masks (``systems.dropout_rng="hash"``): recomputed where they
+    # are applied, never stored; and threefry with one word per 4 decisions
+    # (``systems.dropout_bits=8``).
+    "hash_dropout": (),
     "dropout_8bit": (),
-    # The max pool without select_and_scatter in the backward (a scatter
-    # with atomics on XLA:GPU): less traffic, yet 0.4% slower on an H200.
-    "sliced_max_pool": (),
-    # flax's BatchNorm + ReLU under autodiff instead of the fused custom VJP
-    # (``model.batch_norm_impl``): checks what the fused backward saves.
-    "flax_batch_norm": (),
-    # The state row-major (``train.state_layout="default"``), donated: on
+    # The state row-major (``systems.state_layout="default"``), donated: on
     # XLA:GPU each conv kernel's update is a transposing fusion, which cannot
     # write in place, so XLA adds ~140 copy kernels. What "auto" saves.
     "default_layout": (),
 }
-# ``config.train`` overrides of a variant.
-JOINT_VARIANT_TRAIN = {"default_layout": {"state_layout": "default"}}
-# ``config.model`` overrides of a variant.
-JOINT_VARIANT_MODEL = {
-    "no_dropout": {"dropout_rate": 0.0},
-    "threefry_dropout": {"dropout_rng": "threefry"},
-    "dropout_8bit": {"dropout_rng": "threefry", "dropout_bits": 8},
-    "sliced_max_pool": {"max_pool": "slices"},
-    "flax_batch_norm": {"batch_norm_impl": "flax"}}
+# ``config.model`` and ``config.systems`` overrides of a variant.
+JOINT_VARIANT_MODEL = {"no_dropout": {"dropout_rate": 0.0}}
+JOINT_VARIANT_SYSTEMS = {
+    "hash_dropout": {"dropout_rng": "hash"},
+    "dropout_8bit": {"dropout_bits": 8},
+    "default_layout": {"state_layout": "default"}}
 
 
 @contextlib.contextmanager
@@ -769,7 +758,7 @@ def joint_variant(config, name: str):
   (they must be in place while the step is traced)."""
   variant_config = copy.deepcopy(config)
   variant_config.model.update(JOINT_VARIANT_MODEL.get(name, {}))
-  variant_config.train.update(JOINT_VARIANT_TRAIN.get(name, {}))
+  variant_config.systems.update(JOINT_VARIANT_SYSTEMS.get(name, {}))
   with contextlib.ExitStack() as stack:
     for module, attr, value in JOINT_VARIANTS[name]:
       stack.enter_context(_patched(module, attr, value))
@@ -805,9 +794,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                         warmup: int, compiler_options=None,
                         log=print) -> dict[str, Any]:
   """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and dropout, and what each default saves against its
-  alternative (threefry or 8-bit threefry masks, flax's max pool, both,
-  flax's BatchNorm, the state row-major)."""
+  the seg loss and dropout, and what each ``config.systems`` alternative
+  changes (hashed or 8-bit threefry masks, the state row-major)."""
 
   def make(name):
     def build():
@@ -820,8 +808,8 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                              steps, repeats, warmup, log=log)
   for name, overrides in JOINT_VARIANT_MODEL.items():
     out[name]["model_overrides"] = overrides
-  for name, overrides in JOINT_VARIANT_TRAIN.items():
-    out[name]["train_overrides"] = overrides
+  for name, overrides in JOINT_VARIANT_SYSTEMS.items():
+    out[name]["systems_overrides"] = overrides
   base, nos = out["project"], out["no_seg_loss"]
   out["dropout_time_share"] = 1 - base["img_per_s"] / out["no_dropout"][
       "img_per_s"]
@@ -1109,9 +1097,8 @@ def _analysis_joint_variants(result, config, size, b0, options, log):
       f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
       f"its time (quiet blocks: "
       f"{_pct(joint.get('seg_loss_time_share_quiet'))}); dropout: "
-      f"{_pct(joint['dropout_time_share'])}; threefry dropout masks: "
-      f"{_fmt(joint['threefry_dropout']['time_vs_project'])}x the time; flax's "
-      f"BatchNorm: {_fmt(joint['flax_batch_norm']['time_vs_project'])}x")
+      f"{_pct(joint['dropout_time_share'])}; hashed dropout masks: "
+      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time")
   torch_joint = [e["img_per_s"] for e in result["results"]
                  if e["framework"] == "torch" and e["step"] == "joint"
                  and e["batch"] == b0]

@@ -244,7 +244,7 @@ def measure(size_name: str, batch: int, repeats: int) -> dict:
   torch_rate = _step_img_per_s(torch_step, batch, repeats)
   del torch_step
 
-  model = rapool_net.build_model(config.model)
+  model = rapool_net.build_model(config.model, config.systems)
   variables = benchmark.init_variables(model, crop)
   convs = []
   totals = collections.Counter()

@@ -11,21 +11,15 @@ share the machine's background load. The JSON holds both rates, their ratio
 and, from the compiled HLO, the number of transpose fusions that recompute
 their producers. Pin the process (``taskset -c 0``) for 1-core figures.
 
-Variants (see benchmarks/README.md, "What limits JAX on this CPU"):
+Variants (benchmarks/README.md):
   no_dropout            model.dropout_rate = 0
-  threefry_dropout      model.dropout_rng = "threefry": jax.random masks
-                        (flax's nn.Dropout) instead of the default keyed
-                        index hash, recomputed where applied
-  dropout_8bit          threefry with model.dropout_bits = 8: a quarter of
+  hash_dropout          systems.dropout_rng = "hash": a keyed hash of each
+                        element's index, recomputed where applied, instead
+                        of jax.random's threefry masks (flax's nn.Dropout)
+  dropout_8bit          threefry with systems.dropout_bits = 8: a quarter of
                         the random words
-  dropout_16bit         threefry with model.dropout_bits = 16: half of them
-  rbg_prng              threefry dropout with RBG instead of threefry bits
-  slice_max_pool        model.max_pool = "slices": the maximum of strided
-                        slices, select_and_scatter's first-max gradient
-                        (rapool_jax/models/max_pool.py)
-  flax_batch_norm       model.batch_norm_impl = "flax": nn.BatchNorm + nn.relu
-                        under autodiff, the step's BatchNorm before the
-                        fused one (rapool_jax/models/batch_norm.py)
+  dropout_16bit         threefry with systems.dropout_bits = 16: half of them
+  rbg_prng              RBG instead of threefry bits (systems.prng_impl)
   conv_input_barrier    lax.optimization_barrier on every conv input
   materialised_conv_inputs
                         every non-stem conv input multiplied by exp(0 * x):
@@ -80,15 +74,11 @@ _FUSION = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 
 # name -> (config overrides, runner kwargs, compile options, patch factory)
 VARIANTS = {
-    "no_dropout": ({"dropout_rate": 0.0}, {}, {}, None),
-    "threefry_dropout": ({"dropout_rng": "threefry"}, {}, {}, None),
-    "dropout_8bit": ({"dropout_rng": "threefry", "dropout_bits": 8}, {}, {},
-                     None),
-    "dropout_16bit": ({"dropout_rng": "threefry", "dropout_bits": 16}, {}, {},
-                      None),
-    "rbg_prng": ({"dropout_rng": "threefry"}, {"key_impl": "rbg"}, {}, None),
-    "slice_max_pool": ({"max_pool": "slices"}, {}, {}, None),
-    "flax_batch_norm": ({"batch_norm_impl": "flax"}, {}, {}, None),
+    "no_dropout": ({"model.dropout_rate": 0.0}, {}, {}, None),
+    "hash_dropout": ({"systems.dropout_rng": "hash"}, {}, {}, None),
+    "dropout_8bit": ({"systems.dropout_bits": 8}, {}, {}, None),
+    "dropout_16bit": ({"systems.dropout_bits": 16}, {}, {}, None),
+    "rbg_prng": ({}, {"key_impl": "rbg"}, {}, None),
     "conv_input_barrier": ({}, {}, {}, lambda: _conv_with_input(
         lax.optimization_barrier)),
     "materialised_conv_inputs": ({}, {}, {}, lambda: _conv_with_input(
@@ -121,8 +111,9 @@ def build(size_name: str, batch: int, name: str | None):
   overrides, runner_kwargs, options, patch = (
       VARIANTS[name] if name else ({}, {}, {}, None))
   config = benchmark.make_config(benchmark.SIZES[size_name], "float32")
-  for key, value in overrides.items():
-    config.model[key] = value
+  for key, value in overrides.items():   # "block.key": value
+    block, name = key.split(".")
+    config[block][name] = value
   options = {**xla_flags.cpu_compiler_options("cpu"), **options}
   with patch() if patch else contextlib.nullcontext():
     return benchmark.JaxTrainRunner(config, "classification", batch,

@@ -1,14 +1,14 @@
 """Recounts ``gflop_per_step`` of a GPU benchmark JSON on the lowered program.
 
     python benchmarks/recount_gpu_flops.py FILE.json ...
-    python benchmarks/recount_gpu_flops.py --program before_hash_defaults \
+    python benchmarks/recount_gpu_flops.py --program hash_dropout \
         benchmarks/results/h200_full.json ...
 
 Two kinds of GPU file need it. The runs of the morning of 2026-11-27 counted
 FLOPs on XLA's *optimised* GPU HLO, where convolutions are cuDNN custom calls
 that the cost analysis leaves out (a ResNet-50 train step read as 0.6
 GFLOP/img); their program had threefry masks and flax's max pool
-(``--program before_hash_defaults``). Later runs count on the lowered program,
+(``--program current``, today's defaults). Later runs count on the lowered program,
 but on jax 0.11's CUDA plugin ``Lowered.cost_analysis`` is unimplemented, so
 the runs before ``benchmark._cost_on_cpu_client`` wrote None.
 
@@ -37,7 +37,7 @@ from rapool_jax.models import rapool_net
 
 def lowered_gflop(config, step: str, batch: int,
                   platform: str = "cuda") -> float:
-  model = rapool_net.build_model(config.model)
+  model = rapool_net.build_model(config.model, config.systems)
   crop, size = config.data.crop_size, config.data.image_size
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)},
@@ -71,17 +71,13 @@ def lowered_gflop(config, step: str, batch: int,
   return benchmark._cost(lowered, None)["gflop_per_step"]  # pylint: disable=protected-access
 
 
-# The model settings each ``--program`` ran with, over the current defaults.
+# The ``config.systems`` settings each ``--program`` ran with, over today's
+# defaults. The H200 runs of 2026-11-27 had hashed masks (and the fused
+# BatchNorm and, in the first, the sliced max pool, since removed: their
+# FLOP counts are within 2% of flax's layers).
 PROGRAMS = {
     "current": {},
-    # Threefry dropout masks and flax's max pool: the defaults until
-    # commit cb4b218 (2026-11-27).
-    "before_hash_defaults": {"dropout_rng": "threefry",
-                             "max_pool": "reduce_window"},
-    # Hashed masks and the sliced max pool on GPUs: the defaults from
-    # commit eacf683 to the H200 timing of 2026-11-27 (h200_joint_*.json;
-    # their variant names differ from today's, so the variants are skipped).
-    "gpu_sliced_max_pool_defaults": {"max_pool": "auto"},
+    "hash_dropout": {"dropout_rng": "hash"},
 }
 
 
@@ -90,7 +86,7 @@ def main(paths, program: str = "current", platform: str = "cuda"):
     with open(path) as f:
       result = json.load(f)
     config = benchmark.make_config(result["size_config"], result["dtype"])
-    config.model.update(PROGRAMS[program])
+    config.systems.update(PROGRAMS[program])
     for e in result["results"]:
       if e["framework"] != "jax":
         continue

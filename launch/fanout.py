@@ -397,8 +397,8 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
 
 
 def with_compile_cache(job: Job, cache_dir: str) -> Job:
-  """Adds ``--config.compilation_cache_dir`` unless the job sets it already."""
-  key = "--config.compilation_cache_dir"
+  """Adds ``--config.systems.compilation_cache_dir`` unless the job sets it already."""
+  key = "--config.systems.compilation_cache_dir"
   if job.module != "rapool_jax.main" or any(
       o.split("=", 1)[0] == key for o in job.overrides):
     return job

@@ -115,7 +115,8 @@ def check_config(config) -> None:
   check_choice("config.data.name", config.data.name, DATA_SETS)
   check_choice("config.data.task", config.data.task, TASKS)
   check_choice("config.model.dtype", config.model.dtype, DTYPES)
-  check_choice("config.train.prng_impl", config.train.prng_impl, PRNG_IMPLS)
+  check_choice("config.systems.prng_impl", config.systems.prng_impl,
+               PRNG_IMPLS)
   check_weights_file(config.model.pretrained)
   folds.check_crossval(config.data)
   if config.data.crop_size > config.data.image_size:
@@ -132,7 +133,7 @@ def check_config(config) -> None:
       raise ValueError(f"config.rankopt.after_stage="
                        f"{config.rankopt.after_stage!r} is not in "
                        f"config.stage_order {tuple(config.stage_order)}")
-  sharding.check_state_layout(config.train.get("state_layout", "auto"))
+  sharding.check_state_layout(config.systems.state_layout)
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
     if config.train[key] < 1:
       raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1")

@@ -117,25 +117,6 @@ def base_config() -> ml_collections.ConfigDict:
       batch_norm=True,        # VGG only: BatchNorm after each conv (vgg*_bn)
       depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
       output_stride=32, dropout_rate=0.2,
-      # Random bits per dropout decision: 32 is flax's nn.Dropout; 16 or 8
-      # run the PRNG 2x or 4x less, the rate quantised to 2**-bits.
-      dropout_bits=32,
-      # Dropout masks from "hash": a keyed hash of each element's index,
-      # recomputed where the mask is applied (about half the integer work,
-      # no mask in memory; models/dropout.py), or "threefry": jax.random,
-      # flax's nn.Dropout bit for bit. Same AUCs within seed spread
-      # (results/dropout_rng_default); hash steps are faster on CPU and GPU.
-      dropout_rng="hash",
-      # Max pool by "reduce_window" (flax) or "slices" (no select_and_scatter
-      # in the backward); "auto": slices on GPUs, reduce_window elsewhere.
-      # Same values and gradients; reduce_window timed faster on an H200 and
-      # on CPU (models/max_pool.py).
-      max_pool="reduce_window",
-      # BatchNorm (+ residual add, + ReLU) by "fused": one layer with a
-      # custom VJP, two passes over the activations in the backward where
-      # autodiff gives XLA:GPU three; or "flax": nn.BatchNorm + nn.relu under
-      # autodiff. Same variables and forward values (models/batch_norm.py).
-      batch_norm_impl="fused",
       upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
       dtype="float32",        # compute dtype; params stay float32
       num_classes=2,          # set from data.task
@@ -173,18 +154,63 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=50,
       checkpoint_every=500,
       keep_checkpoints=2,
-      # Random bits for augmentation and dropout. "rbg" / "unsafe_rbg" make
-      # dropout masks cheaper on GPU/TPU than threefry, with another stream.
-      prng_impl="threefry2x32",
-      # The step donates the train state: updated in place, one copy in
-      # memory.
-      donate_state=True,
-      # The state's device layout: "auto" lets XLA choose it (on a GPU, conv
-      # kernels as cuDNN reads them, so the donated update needs no
-      # transpose and no copy); "default" is row-major, which costs XLA:GPU
-      # ~140 small copy kernels a step for ResNet-50 (benchmarks/README.md).
-      state_layout="auto",
   ))
   c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
-  c.compilation_cache_dir = ""
+  c.systems = systems_config()
   return c
+
+
+def systems_config() -> ml_collections.ConfigDict:
+  """How the method is computed, not what it computes: one default each.
+
+  None of these changes a result beyond its random stream; measured gains are
+  in ``benchmarks/README.md`` (each under the 5% bar for the default path)."""
+  return ml_collections.ConfigDict(dict(
+      # Random bits for augmentation and dropout keys: "threefry2x32",
+      # "rbg" or "unsafe_rbg" (another stream; cheaper on accelerators).
+      prng_impl="threefry2x32",
+      # Dropout masks: "threefry" is flax's nn.Dropout; "hash" is a keyed
+      # hash of each element's index, recomputed where the mask is applied,
+      # never stored (models/dropout.py; 1.7% of the H200 joint step).
+      dropout_rng="threefry",
+      # threefry only: random bits per dropout decision, 32 (nn.Dropout),
+      # 16 or 8 (the rate rounded to a multiple of 2**-bits).
+      dropout_bits=32,
+      # The step donates the train state: updated in place, one copy.
+      donate_state=True,
+      # The state's device layout: "auto" lets XLA choose it (on a GPU, conv
+      # kernels as cuDNN reads them: 2.1% of the H200 step); "default" is
+      # row-major.
+      state_layout="auto",
+      compilation_cache_dir="",  # keeps compiled programs between runs
+  ))
+
+
+# Where configs saved before the systems block kept its keys (their
+# ``config.json``): old key -> new key, or None for a layer since removed
+# (same values: the fused BatchNorm, the sliced max pool).
+LEGACY_KEYS = {
+    "model.dropout_rng": "systems.dropout_rng",
+    "model.dropout_bits": "systems.dropout_bits",
+    "train.prng_impl": "systems.prng_impl",
+    "train.donate_state": "systems.donate_state",
+    "train.state_layout": "systems.state_layout",
+    "compilation_cache_dir": "systems.compilation_cache_dir",
+    "model.batch_norm_impl": None,
+    "model.max_pool": None,
+}
+
+
+def upgrade_flat(flat: dict) -> dict:
+  """A saved config's ``{"a.b": value}`` with today's key names.
+
+  Configs saved before ``model.dropout_rng`` existed drew threefry masks,
+  today's default, so its absence needs no entry."""
+  out = {}
+  for key, value in flat.items():
+    if key in LEGACY_KEYS:
+      if LEGACY_KEYS[key] is not None:
+        out[LEGACY_KEYS[key]] = value
+    else:
+      out[key] = value
+  return out

@@ -627,6 +627,18 @@ def load_into(variables: Mapping[str, Any], path: str | os.PathLike,
   return flax.core.freeze(new) if frozen else new
 
 
+def load_pretrained(variables: Mapping[str, Any], model_config) -> dict:
+  """Step 1 for every backbone: ``model_config.pretrained`` into the
+  network's ``backbone`` variables, the heads kept (ResNet: torchvision, timm
+  or Hugging Face files, ``load_into``; VGG: torchvision, ``vgg.load_into``)."""
+  name = model_config.get("backbone", "resnet")
+  if name == "resnet":
+    return load_into(variables, model_config.pretrained, model_config.depth)
+  from rapool_jax.models import vgg  # pylint: disable=g-import-not-at-top
+  backbone = vgg.vgg(name, batch_norm=model_config.get("batch_norm", True))
+  return vgg.load_into(variables, model_config.pretrained, backbone)
+
+
 def load_classifier(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
   """The file's ImageNet classifier as ``{"kernel": [C, K], "bias": [K]}``."""
   weights = _load(path)

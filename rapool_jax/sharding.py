@@ -51,7 +51,7 @@ def state_formats(state, sharding, layout: str):
 
 def check_state_layout(layout: str) -> None:
   if layout not in STATE_LAYOUTS:
-    raise ValueError(f"config.train.state_layout={layout!r}: choose one of "
+    raise ValueError(f"config.systems.state_layout={layout!r}: choose one of "
                      f"{STATE_LAYOUTS}")
 
 

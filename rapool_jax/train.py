@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
+from rapool_jax import config_lib
 from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import losses
@@ -186,10 +187,10 @@ PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 def make_key(seed: int, impl: str):
-  """The run's root key; ``impl`` is ``train.prng_impl``."""
+  """The run's root key; ``impl`` is ``systems.prng_impl``."""
   if impl not in PRNG_IMPLS:
     raise errors.UserError(
-        f"config key train.prng_impl: {impl!r} is not one of {PRNG_IMPLS}")
+        f"config key systems.prng_impl: {impl!r} is not one of {PRNG_IMPLS}")
   return jax.random.key(seed, impl=impl)
 
 
@@ -215,9 +216,9 @@ class Trainer:
             flush=True)
     self.mean = tuple(config.data.mean)
     self.std = tuple(config.data.std)
-    self.model = rapool_net.build_model(config.model)
-    # Before the data loads: a bad train.prng_impl fails at once.
-    self.key = make_key(config.seed, config.train.prng_impl)
+    self.model = rapool_net.build_model(config.model, config.systems)
+    # Before the data loads: a bad systems.prng_impl fails at once.
+    self.key = make_key(config.seed, config.systems.prng_impl)
 
     needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
     builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
@@ -257,13 +258,7 @@ class Trainer:
                  "batch_stats": variables.get("batch_stats", {})}
     if self.config.model.pretrained:
       from rapool_jax import pretrained
-      from rapool_jax.models import vgg
-      if isinstance(self.model.backbone, vgg.VGG):
-        variables = vgg.load_into(variables, self.config.model.pretrained,
-                                  self.model.backbone)
-      else:
-        variables = pretrained.load_into(
-            variables, self.config.model.pretrained, self.config.model.depth)
+      variables = pretrained.load_pretrained(variables, self.config.model)
     return variables
 
   # -- one stage ---------------------------------------------------------------
@@ -308,8 +303,8 @@ class Trainer:
       if step_fn is None:
         step_fn, state = compile_train_step(
             train_fn, state, args, sharding.replicated(self.mesh),
-            layout=config.train.get("state_layout", "auto"),
-            donate=config.train.get("donate_state", True))
+            layout=config.systems.state_layout,
+            donate=config.systems.donate_state)
       state, scalars = step_fn(state, *args)
       if t == start:  # img/s and ETA count from the end of the first step
         jax.block_until_ready(scalars)
@@ -411,13 +406,12 @@ check_config = checks.check_config
 
 # Where a run reads and writes, how it logs, checkpoints, lays out and
 # compiles its state: a resumed run may change these and keep its results
-# (streamed and device-resident data train identically; every max pool has
-# the same values and gradients).
+# (streamed and device-resident data train identically).
 RESUME_MAY_CHANGE = frozenset({
-    "compilation_cache_dir", "data.data_dir", "data.manual_dir",
-    "data.device_memory_budget_mb", "model.max_pool", "report.num_cam_images",
-    "train.checkpoint_every", "train.donate_state", "train.eval_batch_size",
-    "train.keep_checkpoints", "train.log_every", "train.state_layout"})
+    "systems.compilation_cache_dir", "data.data_dir", "data.manual_dir",
+    "data.device_memory_budget_mb", "report.num_cam_images",
+    "train.checkpoint_every", "systems.donate_state", "train.eval_batch_size",
+    "train.keep_checkpoints", "train.log_every", "systems.state_layout"})
 
 
 def check_resumed_config(config: ml_collections.ConfigDict,
@@ -439,7 +433,7 @@ def check_resumed_config(config: ml_collections.ConfigDict,
     raise ValueError(f"{saved_path}: not the JSON of a config "
                      f"({errors.one_line(e)}); restore it, or use a new "
                      "--workdir") from None
-  saved = traverse_util.flatten_dict(saved, sep=".")
+  saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
   # Resolved as the trainer resolves it before writing config.json.
   now = traverse_util.flatten_dict(
       json.loads(checks.resolved_copy(config).to_json_best_effort()), sep=".")
@@ -469,8 +463,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   os.makedirs(workdir, exist_ok=True)
   check_resumed_config(config, workdir)
-  if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  if config.systems.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      config.systems.compilation_cache_dir)
   t0 = time.time()
   trainer = Trainer(config, workdir)
   checks.check_before_training(config, workdir, trainer)

@@ -242,7 +242,7 @@ def _cpu_breakdown():
 def test_cpu_breakdown_finds_every_backbone_convolution():
   cb = _cpu_breakdown()
   config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
-  model = rapool_net.build_model(config.model)
+  model = rapool_net.build_model(config.model, config.systems)
   variables = benchmark.init_variables(model, 64)
   convs = cb.network_convolutions(model, variables, 2, 64)
   # Tiny ResNet: stem + 4 basic blocks x 2 convs + 3 projection shortcuts.
@@ -256,7 +256,7 @@ def test_cpu_breakdown_torch_conv_replays_the_jaxpr_convolution():
   torch = _torch_or_skip()
   cb = _cpu_breakdown()
   config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
-  model = rapool_net.build_model(config.model)
+  model = rapool_net.build_model(config.model, config.systems)
   variables = benchmark.init_variables(model, 64)
   rng = np.random.default_rng(0)
   for lhs, rhs, params, _ in cb.network_convolutions(model, variables, 2, 64):
@@ -314,7 +314,7 @@ ENTRY %main (a: f32[2,3], b: f32[2,3]) -> f32[3,2] {
 
 def test_cpu_step_variants_compare_tiny():
   variants = _benchmark_script("cpu_step_variants")
-  names = {"slice_max_pool", "materialised_conv_inputs", "no_dropout",
+  names = {"hash_dropout", "materialised_conv_inputs", "no_dropout",
            "dropout_8bit"}
   out = variants.compare(sorted(names), size_name="tiny", batch=2, repeats=1,
                          log=lambda _: None)
@@ -516,13 +516,8 @@ def test_analysis_times_every_joint_variant_against_torch_tiny():
   joint = result["analysis"]["joint_step_variants"]
   for name in benchmark.JOINT_VARIANTS:
     assert joint[name]["img_per_s"] > 0, name
-  assert joint["threefry_dropout"]["model_overrides"] == {
-      "dropout_rng": "threefry"}
-  assert joint["sliced_max_pool"]["model_overrides"] == {
-      "max_pool": "slices"}
-  assert joint["flax_batch_norm"]["model_overrides"] == {
-      "batch_norm_impl": "flax"}
-  assert joint["default_layout"]["train_overrides"] == {
+  assert joint["hash_dropout"]["systems_overrides"] == {"dropout_rng": "hash"}
+  assert joint["default_layout"]["systems_overrides"] == {
       "state_layout": "default"}
   assert joint["no_dropout"]["model_overrides"] == {"dropout_rate": 0.0}
   assert joint["dropout_time_share"] == pytest.approx(
@@ -640,7 +635,7 @@ def test_a_failing_analysis_piece_does_not_cost_the_others(monkeypatch):
 @pytest.mark.parametrize("donate", [True, False])
 def test_donate_state_decides_whether_the_step_consumes_its_state(donate):
   config = benchmark.make_config(benchmark.SIZES["tiny"], "float32")
-  config.train.donate_state = donate
+  config.systems.donate_state = donate
   step, state, idxs, key, split = benchmark.train_step_program(
       config, "joint", 4)
   step_fn = benchmark.lower_train_step(config, step, state,

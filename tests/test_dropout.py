@@ -89,37 +89,50 @@ def test_deterministic_and_rate_zero_are_the_identity():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(dropout_bits=12), "model.dropout_bits=12"),
-    (dict(dropout_rate=0.001, dropout_bits=8, dropout_rng="threefry"),
-     "rounds to 0"),
-    (dict(dropout_rate=0.999, dropout_bits=8, dropout_rng="threefry"),
-     "rounds to 1"),
+    (dict(dropout_bits=12), "systems.dropout_bits=12"),
+    (dict(dropout_rate=0.001, dropout_bits=8), "rounds to 0"),
+    (dict(dropout_rate=0.999, dropout_bits=8), "rounds to 1"),
     (dict(dropout_rate=1.0), "model.dropout_rate=1.0"),
-    (dict(dropout_rng="philox"), "model.dropout_rng='philox'"),
+    (dict(dropout_rng="philox"), "systems.dropout_rng='philox'"),
     (dict(dropout_rng="hash", dropout_bits=8),
-     "model.dropout_bits=8 with model.dropout_rng='hash'"),
+     "systems.dropout_bits=8 with systems.dropout_rng='hash'"),
 ])
 def test_bad_dropout_settings_are_named(overrides, match):
   config = config_lib.base_config()
-  config.model.update(overrides)
+  for key, value in overrides.items():
+    (config.model if key == "dropout_rate" else config.systems)[key] = value
   with pytest.raises(ValueError, match=match):
-    rapool_net.build_model(config.model)
+    rapool_net.build_model(config.model, config.systems)
 
 
-def test_configs_saved_before_dropout_bits_still_build():
+def test_default_dropout_is_flax_and_systems_choose_the_others():
   config = config_lib.base_config()
-  del config.model["dropout_bits"]
-  model = rapool_net.build_model(config.model)
-  assert model.backbone.dropout_bits == 32
+  assert rapool_net.build_model(config.model).backbone.dropout is nn.Dropout
+  config.systems.dropout_rng = "hash"
+  layer = rapool_net.build_model(config.model, config.systems).backbone.dropout
+  assert layer.func is dropout_lib.Dropout and layer.keywords == {
+      "bits": 32, "rng": "hash"}
+  config.systems.update(dropout_rng="threefry", dropout_bits=8)
+  layer = rapool_net.build_model(config.model, config.systems).backbone.dropout
+  assert layer.keywords == {"bits": 8, "rng": "threefry"}
 
 
-def test_default_masks_are_hashed_and_old_configs_keep_threefry():
+def test_hash_dropout_masks_the_backbone():
   config = config_lib.base_config()
-  assert rapool_net.build_model(config.model).backbone.dropout_rng == "hash"
-  # Runs saved before the key existed drew their masks with threefry.
-  del config.model["dropout_rng"]
-  assert rapool_net.build_model(
-      config.model).backbone.dropout_rng == "threefry"
+  config.model.update(depth="tiny", width=0.125, dropout_rate=0.5)
+  x = jnp.ones((2, 32, 32, 3))
+
+  def features(rng):
+    config.systems.dropout_rng = rng
+    backbone = rapool_net.build_model(config.model, config.systems).backbone
+    variables = backbone.init(jax.random.key(0), x)
+    out, _ = backbone.apply(variables, x, train=True, mutable=["batch_stats"],
+                            rngs={"dropout": jax.random.key(1)})
+    return np.asarray(out)
+
+  threefry, hashed = features("threefry"), features("hash")
+  # Another stream: other units dropped, at the same rate.
+  assert not np.array_equal(threefry == 0, hashed == 0)
 
 
 def _correlation(a, b):
@@ -207,12 +220,3 @@ print("ok")
                         capture_output=True, timeout=120,
                         cwd=pathlib.Path(__file__).resolve().parents[1])
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
-
-
-def test_hash_dropout_reaches_the_backbone():
-  config = config_lib.base_config()
-  config.model.dropout_rng = "hash"
-  assert rapool_net.build_model(config.model).backbone.dropout_rng == "hash"
-  del config.model["dropout_rng"]
-  assert rapool_net.build_model(config.model).backbone.dropout_rng == (
-      "threefry")

@@ -241,7 +241,7 @@ def test_dry_run_job_lists(tmp_path, capsys):
     assert j.stages_from == shared.workdir
     assert "--config.train.batch_size=16" in j.overrides
     assert "--config.data.eval_split=validation" in j.overrides
-    assert any(o.startswith("--config.compilation_cache_dir=")
+    assert any(o.startswith("--config.systems.compilation_cache_dir=")
                for o in j.overrides)
   assert "lambda_seg=12.5" in capsys.readouterr().out
 

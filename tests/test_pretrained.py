@@ -280,6 +280,24 @@ def test_load_into_fills_backbone_keeps_heads(tv_variables):
   _assert_trees_equal(flax.core.unfreeze(frozen), new)
 
 
+def test_one_loader_serves_every_backbone(tv_variables, monkeypatch):
+  from rapool_jax import config_lib
+  from rapool_jax.models import vgg
+  model = config_lib.base_config().model
+  model.update(pretrained=str(FILES["hf"]), depth="50")
+  new = pretrained.load_pretrained(_model_variables(), model)
+  _assert_trees_equal(
+      {c: new[c]["backbone"] for c in ("params", "batch_stats")}, tv_variables)
+  # A VGG config goes to the VGG mapping, with its blocks and BatchNorm.
+  seen = {}
+  monkeypatch.setattr(vgg, "load_into", lambda v, path, backbone: seen.update(
+      path=path, blocks=backbone.blocks, batch_norm=backbone.batch_norm))
+  model.update(backbone="vgg16", batch_norm=False)
+  pretrained.load_pretrained({}, model)
+  assert seen == {"path": str(FILES["hf"]), "blocks": vgg.VGG_BLOCKS["16"],
+                  "batch_norm": False}
+
+
 def test_load_into_checks_depth_shapes_and_key():
   with pytest.raises(pretrained.PretrainedMismatchError, match="depth=101"):
     pretrained.load_into(_model_variables(), FILES["torchvision"], depth=101)

@@ -119,18 +119,18 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
   _saved_run(tiny_config, workdir)
   train.check_resumed_config(tiny_config, workdir)   # the same: resumes
   resumed = copy.deepcopy(tiny_config)
-  resumed.model.dropout_rng = "threefry"
+  resumed.systems.dropout_rng = "hash"
   resumed.stages.joint.lambda_seg = 5.0
   # Paths, logging, checkpointing and layout may change on resume.
   resumed.data.data_dir = "/elsewhere"
   resumed.train.log_every = 1
-  resumed.model.max_pool = "slices"
+  resumed.systems.state_layout = "default"
   with pytest.raises(ValueError) as error:
     train.check_resumed_config(resumed, workdir)
   message = str(error.value)
-  assert "model.dropout_rng='hash' (now 'threefry')" in message
+  assert "systems.dropout_rng='threefry' (now 'hash')" in message
   assert "stages.joint.lambda_seg=" in message
-  for allowed in ("data_dir", "log_every", "max_pool"):
+  for allowed in ("data_dir", "log_every", "state_layout"):
     assert allowed not in message
   # Never the hint to delete config.json: that relabels the results.
   assert "delete" not in message and "new --workdir" in message
@@ -142,8 +142,29 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
 def test_resume_ignores_keys_added_since_the_run_was_saved(tiny_config,
                                                            tmp_path):
   old = copy.deepcopy(tiny_config)
-  del old.model["dropout_rng"]   # saved before the key existed
+  del old["systems"]   # saved before the block existed (threefry masks)
   _saved_run(old, str(tmp_path))
+  train.check_resumed_config(tiny_config, str(tmp_path))
+
+
+def test_configs_saved_before_the_systems_block_resume_by_todays_names(
+    tiny_config, tmp_path):
+  old = copy.deepcopy(tiny_config)
+  systems = old.systems
+  del old["systems"]
+  # Where these keys were, and the layers since removed (same values).
+  old.model.dropout_rng, old.model.dropout_bits = "hash", 32
+  old.model.batch_norm_impl, old.model.max_pool = "fused", "slices"
+  old.train.prng_impl = systems.prng_impl
+  old.train.state_layout = "default"
+  old.compilation_cache_dir = "/cache"
+  _saved_run(old, str(tmp_path))
+  with pytest.raises(ValueError) as error:
+    train.check_resumed_config(tiny_config, str(tmp_path))
+  # One difference: the masks (prng_impl agrees; the rest may change).
+  assert str(error.value).count("(now ") == 1
+  assert "systems.dropout_rng='hash' (now 'threefry')" in str(error.value)
+  tiny_config.systems.dropout_rng = "hash"
   train.check_resumed_config(tiny_config, str(tmp_path))
 
 
@@ -169,7 +190,7 @@ def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
     ("stages.joint.max_steps", -1, "config.stages.joint.max_steps=-1"),
     ("train.batch_size", 0, "config.train.batch_size=0"),
     ("train.checkpoint_every", 0, "config.train.checkpoint_every=0"),
-    ("train.state_layout", "ohwi", "config.train.state_layout='ohwi'"),
+    ("systems.state_layout", "ohwi", "config.systems.state_layout='ohwi'"),
 ])
 def test_bad_stage_or_train_value_fails_before_any_training(
     tiny_config, tmp_path, capsys, key, value, message):
@@ -262,7 +283,7 @@ def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
 def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   finals = {}
   for impl in ("threefry2x32", "rbg"):
-    tiny_config.train.prng_impl = impl
+    tiny_config.systems.prng_impl = impl
     trainer = train.Trainer(tiny_config, str(tmp_path / impl))
     variables, meta = trainer.run_stage(0, "classification",
                                         trainer.init_variables(), {})
@@ -272,8 +293,8 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
     assert np.all(np.isfinite(finals[impl]))
   # Other bits for init, augmentation and dropout: another run, not a no-op.
   assert not np.array_equal(finals["threefry2x32"], finals["rbg"])
-  tiny_config.train.prng_impl = "philox"
-  with pytest.raises(ValueError, match="train.prng_impl: 'philox'"):
+  tiny_config.systems.prng_impl = "philox"
+  with pytest.raises(ValueError, match="systems.prng_impl='philox'"):
     train.Trainer(tiny_config, str(tmp_path / "bad"))
 
 
@@ -311,7 +332,7 @@ def test_state_in_gpu_layouts_trains_saves_and_evaluates_as_row_major(
   for layout in ("default", "auto"):
     if layout == "auto":
       monkeypatch.setattr(sharding, "state_formats", gpu_like)
-    tiny_config.train.state_layout = layout
+    tiny_config.systems.state_layout = layout
     workdir = str(tmp_path / layout)
     trainer = train.Trainer(tiny_config, workdir)
     init = trainer.init_variables()

@@ -1,4 +1,5 @@
-"""Dropout that can draw fewer, or cheaper, random bits per element.
+"""Dropout that can draw fewer, or cheaper, random bits per element (opt-in:
+``config.systems.dropout_rng`` / ``dropout_bits``; the default is ``nn.Dropout``).
 
 Dropout after each ResNet stage masks about 1.5 M activations per 224 px
 image, and random bits are a visible share of the train step
@@ -43,21 +44,21 @@ def quantised_rate(rate: float, bits: int) -> float:
 def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   """Raises ValueError for settings this module cannot honour."""
   if rng not in DROPOUT_RNGS:
-    raise ValueError(f"model.dropout_rng={rng!r}: choose 'threefry' or "
+    raise ValueError(f"systems.dropout_rng={rng!r}: choose 'threefry' or "
                      "'hash'")
   if bits not in DROPOUT_BITS:
-    raise ValueError(f"model.dropout_bits={bits!r}: choose 8, 16 or 32")
+    raise ValueError(f"systems.dropout_bits={bits!r}: choose 8, 16 or 32")
   if rng == "hash" and bits != 32:
-    raise ValueError(f"model.dropout_bits={bits!r} with "
-                     "model.dropout_rng='hash': the hash always makes 32 "
+    raise ValueError(f"systems.dropout_bits={bits!r} with "
+                     "systems.dropout_rng='hash': the hash always makes 32 "
                      "bits per element (it costs no memory): use 32, or "
-                     "fewer with model.dropout_rng='threefry'")
+                     "fewer with systems.dropout_rng='threefry'")
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"model.dropout_rate={rate!r}: must be in [0, 1)")
   if rate > 0 and quantised_rate(rate, bits) in (0.0, 1.0):
     raise ValueError(f"model.dropout_rate={rate!r} rounds to "
                      f"{quantised_rate(rate, bits):g} with "
-                     f"model.dropout_bits={bits}: use more bits")
+                     f"systems.dropout_bits={bits}: use more bits")
 
 
 def _small_uniform_bits(key, shape, bits: int):

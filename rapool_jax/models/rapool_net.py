@@ -8,6 +8,7 @@ pixel-wise loss. Classification branch: pooling chosen by name, then a dense lay
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import config_lib
 from rapool_jax import pooling as pooling_lib
-from rapool_jax.models import batch_norm as batch_norm_lib
 from rapool_jax.models import dropout as dropout_lib
-from rapool_jax.models import max_pool as max_pool_lib
 from rapool_jax.models import vgg as vgg_lib
 from rapool_jax.models.resnet import resnet as make_resnet
 
@@ -153,26 +153,25 @@ class RAPoolNet(nn.Module):
             "pooled": pooled, "features": features}
 
 
-def build_model(model_config) -> RAPoolNet:
-  """Builds the network from ``config.model`` (depth, width, output_stride, ...)."""
+def dropout_layer(model_config, systems) -> Any:
+  """The backbones' dropout module: flax's ``nn.Dropout`` unless
+  ``systems.dropout_rng`` / ``dropout_bits`` choose ``dropout.Dropout``."""
+  rng, bits = systems.dropout_rng, systems.dropout_bits
+  dropout_lib.check_dropout(model_config.dropout_rate, bits, rng)
+  if (rng, bits) == ("threefry", 32):
+    return nn.Dropout
+  return functools.partial(dropout_lib.Dropout, bits=bits, rng=rng)
+
+
+def build_model(model_config, systems=None) -> RAPoolNet:
+  """Builds the network from ``config.model`` (depth, width, output_stride,
+  ...) and ``config.systems`` (default: ``config_lib.systems_config()``)."""
+  systems = systems or config_lib.systems_config()
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
-  # Runs saved before dropout_bits and dropout_rng existed used flax's
-  # 32-bit threefry dropout.
-  dropout_bits = model_config.get("dropout_bits", 32)
-  dropout_rng = model_config.get("dropout_rng", "threefry")
-  dropout_lib.check_dropout(model_config.dropout_rate, dropout_bits,
-                            dropout_rng)
-  # All max pools give the same values and gradients.
-  max_pool_impl = model_config.get("max_pool", "reduce_window")
-  max_pool_lib.check_max_pool(max_pool_impl)
-  batch_norm_impl = model_config.get("batch_norm_impl", "fused")
-  batch_norm_lib.check_batch_norm(batch_norm_impl)
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,
-                dropout_bits=dropout_bits, dropout_rng=dropout_rng,
-                max_pool=max_pool_impl, batch_norm_impl=batch_norm_impl,
-                dtype=dtype)
+                dropout=dropout_layer(model_config, systems), dtype=dtype)
   name = model_config.get("backbone", "resnet")
   if name == "resnet":
     backbone = make_resnet(model_config.depth, **kwargs)

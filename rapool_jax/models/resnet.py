@@ -5,19 +5,22 @@ projection shortcut, explicit symmetric padding) so that torchvision weights
 reproduce torchvision outputs. Module names mirror torchvision's state-dict keys
 (``conv1``, ``bn1``, ``layer1_0/conv1``, ``layer1_0/downsample_conv``, ...), which
 keeps the weight mapping in ``pretrained.py`` a simple rename.
+
+As in flax's ``examples/imagenet/models.py``, blocks take their conv, norm and
+activation as modules; ``ResNet`` also takes the dropout after each stage and
+the stem's pool. The defaults are flax's layers (``systems.py`` swaps in the
+optional hashed dropout).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rapool_jax.models import batch_norm as batch_norm_lib
-from rapool_jax.models import max_pool as max_pool_lib
-from rapool_jax.models.dropout import Dropout
+ModuleDef = Any
 
 # torch BatchNorm2d(momentum=0.1) updates running = 0.9 * running + 0.1 * batch.
 BN_MOMENTUM = 0.9
@@ -38,73 +41,69 @@ def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((size, size), (size, size))
 
 
-def _norm(impl: str, bn_train: bool, dtype, name: str, relu: bool = False):
-  return batch_norm_lib.norm_layer(
-      impl, relu, use_running_average=not bn_train, momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON, dtype=dtype, name=name)
-
-
 class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). Input/output ``[B, H, W, C]``."""
+  """Two 3x3 convs (ResNet-18/34). ``[B, H, W, C]`` -> ``[B, H/s, W/s, F]``."""
 
   features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
   strides: int = 1
   dilation: int = 1
   first_dilation: int = 1
   downsample: bool = False
-  dtype: Any = jnp.float32
-  batch_norm_impl: str = "fused"
 
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, bn_train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(_norm, self.batch_norm_impl, bn_train, self.dtype)
+  def __call__(self, x):
     residual = x
-    y = conv(self.features, (3, 3), (self.strides, self.strides),
-             padding=_pad(self.first_dilation),
-             kernel_dilation=self.first_dilation, name="conv1")(x)
-    y = norm("bn1", relu=True)(y)
-    y = conv(self.features, (3, 3), padding=_pad(self.dilation),
-             kernel_dilation=self.dilation, name="conv2")(y)
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides),
+                  padding=_pad(self.first_dilation),
+                  kernel_dilation=self.first_dilation, name="conv1")(x)
+    y = self.act(self.norm(name="bn1")(y))
+    y = self.conv(self.features, (3, 3), padding=_pad(self.dilation),
+                  kernel_dilation=self.dilation, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
     if self.downsample:
-      residual = conv(self.features, (1, 1), (self.strides, self.strides),
-                      padding="VALID", name="downsample_conv")(x)
-      residual = norm("downsample_bn")(residual)
-    return norm("bn2", relu=True)(y, residual)
+      residual = self.conv(self.features, (1, 1), (self.strides, self.strides),
+                           padding="VALID", name="downsample_conv")(x)
+      residual = self.norm(name="downsample_bn")(residual)
+    return self.act(y + residual)
 
 
 class BottleneckBlock(nn.Module):
-  """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (ResNet-50/101/152)."""
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (ResNet-50/101/152).
+  ``[B, H, W, C]`` -> ``[B, H/s, W/s, 4F]``."""
 
   features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
   strides: int = 1
   dilation: int = 1
   first_dilation: int = 1
   downsample: bool = False
-  dtype: Any = jnp.float32
-  batch_norm_impl: str = "fused"
 
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, bn_train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(_norm, self.batch_norm_impl, bn_train, self.dtype)
+  def __call__(self, x):
     residual = x
-    y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
-    y = norm("bn1", relu=True)(y)
-    y = conv(self.features, (3, 3), (self.strides, self.strides),
-             padding=_pad(self.first_dilation),
-             kernel_dilation=self.first_dilation, name="conv2")(y)
-    y = norm("bn2", relu=True)(y)
-    y = conv(self.features * 4, (1, 1), padding="VALID", name="conv3")(y)
+    y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+    y = self.act(self.norm(name="bn1")(y))
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides),
+                  padding=_pad(self.first_dilation),
+                  kernel_dilation=self.first_dilation, name="conv2")(y)
+    y = self.act(self.norm(name="bn2")(y))
+    y = self.conv(self.features * 4, (1, 1), padding="VALID", name="conv3")(y)
+    y = self.norm(name="bn3")(y)
     if self.downsample:
-      residual = conv(self.features * 4, (1, 1), (self.strides, self.strides),
-                      padding="VALID", name="downsample_conv")(x)
-      residual = norm("downsample_bn")(residual)
-    return norm("bn3", relu=True)(y, residual)   # relu(bn3(y) + residual)
+      residual = self.conv(self.features * 4, (1, 1),
+                           (self.strides, self.strides), padding="VALID",
+                           name="downsample_conv")(x)
+      residual = self.norm(name="downsample_bn")(residual)
+    return self.act(y + residual)
 
 
 class ResNet(nn.Module):
@@ -117,16 +116,11 @@ class ResNet(nn.Module):
     output_stride: 32 (paper), 16 or 8; reached by dilating the last stage(s)
       as torchvision's ``replace_stride_with_dilation`` does.
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
-    dropout_bits: random bits per dropout decision (``dropout.Dropout``).
-    dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
-    max_pool: the stem's max pool, "reduce_window", "slices" or "auto" (same
-      values and gradients; ``max_pool.py``).
-    batch_norm_impl: "fused" (``batch_norm.BatchNorm``: each ReLU, and the
-      residual add before a block's last one, inside its custom VJP) or
-      "flax" (``nn.BatchNorm``, adds and ``nn.relu`` under autodiff); same
-      variables and forward values.
     num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
+    norm, act, dropout, pool: the layers (flax's BatchNorm, ReLU, Dropout and
+      max pool by default); ``norm`` is called with flax BatchNorm's keywords,
+      ``dropout(rate, deterministic=)``, ``pool(x, window, strides, padding)``.
   """
 
   stage_sizes: Sequence[int]
@@ -134,12 +128,12 @@ class ResNet(nn.Module):
   width: float = 1.0
   output_stride: int = 32
   dropout_rate: float = 0.0
-  dropout_bits: int = 32
-  dropout_rng: str = "threefry"
-  max_pool: str = "reduce_window"
-  batch_norm_impl: str = "fused"
   num_classes: int | None = None
   dtype: Any = jnp.float32
+  norm: ModuleDef = nn.BatchNorm
+  act: Callable = nn.relu
+  dropout: ModuleDef = nn.Dropout
+  pool: Callable = nn.max_pool
 
   @property
   def num_features(self) -> int:
@@ -154,18 +148,19 @@ class ResNet(nn.Module):
     """``train`` enables dropout and, unless ``bn_train`` says otherwise,
     batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
     bn_train = train if bn_train is None else bn_train
-    batch_norm_lib.check_batch_norm(self.batch_norm_impl)
     if self.output_stride not in (8, 16, 32):
       raise ValueError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(self.norm, use_running_average=not bn_train,
+                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                             dtype=self.dtype)
     block_cls = {"basic": BasicBlock, "bottleneck": BottleneckBlock}[self.block]
-    expansion = block_cls.expansion
     x = x.astype(self.dtype)
     stem = self._stage_width(0)
-    x = nn.Conv(stem, (7, 7), (2, 2), padding=_pad(3), use_bias=False,
-                dtype=self.dtype, name="conv1")(x)
-    x = _norm(self.batch_norm_impl, bn_train, self.dtype, "bn1", relu=True)(x)
-    x = max_pool_lib.max_pool(x, (3, 3), (2, 2), _pad(1), self.max_pool)
+    x = conv(stem, (7, 7), (2, 2), padding=_pad(3), name="conv1")(x)
+    x = self.act(norm(name="bn1")(x))
+    x = self.pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
 
     # Stages 3 and 4 trade their stride for dilation below output stride 32.
     dilate = {32: (False, False, False, False),
@@ -181,17 +176,16 @@ class ResNet(nn.Module):
         strides = 1
       for i in range(num_blocks):
         x = block_cls(
-            features=features,
+            features=features, conv=conv, norm=norm, act=self.act,
             strides=strides if i == 0 else 1,
             dilation=dilation,
             first_dilation=previous_dilation if i == 0 else dilation,
-            downsample=(i == 0 and (strides != 1 or
-                                    in_features != features * expansion)),
-            dtype=self.dtype, batch_norm_impl=self.batch_norm_impl,
-            name=f"layer{stage + 1}_{i}")(x, bn_train)
-        in_features = features * expansion
-      x = Dropout(self.dropout_rate, self.dropout_bits, self.dropout_rng,
-                  deterministic=not train, name=f"dropout{stage + 1}")(x)
+            downsample=(i == 0 and (strides != 1 or in_features
+                                    != features * block_cls.expansion)),
+            name=f"layer{stage + 1}_{i}")(x)
+        in_features = features * block_cls.expansion
+      x = self.dropout(rate=self.dropout_rate, deterministic=not train,
+                       name=f"dropout{stage + 1}")(x)
 
     if self.num_classes is not None:
       x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

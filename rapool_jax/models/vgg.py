@@ -15,16 +15,13 @@ torchvision's ``features.<index>`` keys.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rapool_jax.models import batch_norm as batch_norm_lib
-from rapool_jax.models import max_pool as max_pool_lib
-from rapool_jax.models.dropout import Dropout
-from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ModuleDef
 
 # depth -> output channels of the convs of each of the five blocks.
 VGG_BLOCKS = {
@@ -49,12 +46,8 @@ class VGG(nn.Module):
       convs after them are dilated, so pretrained kernels see the same
       context, as ``ResNet`` does with ``replace_stride_with_dilation``.
     dropout_rate: dropout after each block's pool.
-    dropout_bits: random bits per dropout decision (``dropout.Dropout``).
-    dropout_rng: "threefry" or "hash" (``dropout.Dropout``).
-    max_pool: "reduce_window", "slices" or "auto" (same values and
-      gradients; ``max_pool.py``).
-    batch_norm_impl: "fused" or "flax" (``batch_norm.norm_layer``).
     dtype: compute dtype; parameters stay float32.
+    norm, act, dropout, pool: the layers, as in ``resnet.ResNet``.
   """
 
   blocks: Sequence[Sequence[int]]
@@ -62,11 +55,11 @@ class VGG(nn.Module):
   width: float = 1.0
   output_stride: int = 32
   dropout_rate: float = 0.0
-  dropout_bits: int = 32
-  dropout_rng: str = "threefry"
-  max_pool: str = "reduce_window"
-  batch_norm_impl: str = "fused"
   dtype: Any = jnp.float32
+  norm: ModuleDef = nn.BatchNorm
+  act: Callable = nn.relu
+  dropout: ModuleDef = nn.Dropout
+  pool: Callable = nn.max_pool
 
   @property
   def num_features(self) -> int:
@@ -87,10 +80,9 @@ class VGG(nn.Module):
     keep = {32: 0, 16: 1, 8: 2}[self.output_stride]
     unstrided = set(range(len(self.blocks) - keep, len(self.blocks)))
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), dtype=self.dtype)
-    norm_relu = functools.partial(
-        batch_norm_lib.norm_layer, self.batch_norm_impl, True,
-        use_running_average=not bn_train, momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON, dtype=self.dtype)
+    norm = functools.partial(self.norm, use_running_average=not bn_train,
+                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                             dtype=self.dtype)
     x = x.astype(self.dtype)
     dilation = 1
     for b, convs in enumerate(self.blocks, start=1):
@@ -98,18 +90,15 @@ class VGG(nn.Module):
         x = conv(self._channels(channels), padding=((dilation, dilation),) * 2,
                  kernel_dilation=dilation, name=f"conv{b}_{i}")(x)
         if self.batch_norm:
-          x = norm_relu(name=f"bn{b}_{i}")(x)
-        else:
-          x = nn.relu(x)
+          x = norm(name=f"bn{b}_{i}")(x)
+        x = self.act(x)
       if b - 1 in unstrided:
-        x = max_pool_lib.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)),
-                                  self.max_pool)
+        x = self.pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
         dilation *= 2
       else:
-        x = max_pool_lib.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)),
-                                  self.max_pool)
-      x = Dropout(self.dropout_rate, self.dropout_bits, self.dropout_rng,
-                  deterministic=not train, name=f"dropout{b}")(x)
+        x = self.pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
+      x = self.dropout(rate=self.dropout_rate, deterministic=not train,
+                       name=f"dropout{b}")(x)
     return x
 
 
