@@ -44,6 +44,7 @@ STATUS_FILE = "fanout_status.json"
 LOG_FILE = "fanout.log"
 SLURM_TEMPLATE = REPO / "launch" / "slurm_array.sh"
 PREPARE_PHASE = -1
+LINKED_STAGES_FILE = "linked_stages.json"  # read by rapool_jax.checks
 
 
 @dataclasses.dataclass
@@ -155,6 +156,10 @@ def link_stages(src_workdir: str, dst_workdir: str,
 
     shutil.copytree(src, tmp, copy_function=link_or_copy)
     os.replace(tmp, dst)
+  # Says where the stages came from: the main job accepts checkpoints that
+  # have no config.json of their own only with this record beside them.
+  with open(os.path.join(dst_workdir, LINKED_STAGES_FILE), "w") as f:
+    json.dump({"from": os.path.abspath(src_workdir), "stages": list(stages)}, f)
 
 
 def run_one(job: Job, env: dict | None = None, force: bool = False,

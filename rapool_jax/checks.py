@@ -150,13 +150,13 @@ def check_config(config) -> None:
       raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
     if (stage.schedule == "step" and not stage.plateau_metric
         and 0 < stage.max_steps <= stage.decay_every):
-      # A step schedule that never steps is a constant one by mistake: the
-      # stage would end at its peak lr and never anneal.
-      raise ValueError(
-          f"{where}: schedule='step' with max_steps={stage.max_steps} <= "
-          f"decay_every={stage.decay_every} never lowers the lr; set "
-          f"{where}.decay_every below max_steps, or {where}.schedule to "
-          "'cosine' (or 'constant' to mean it)")
+      # A step schedule that never steps is usually a constant one by
+      # mistake (the stage ends at its peak lr), but a shortened smoke run
+      # may mean it: say so, before training, without stopping.
+      print(f"warning: {where}: schedule='step' with max_steps="
+            f"{stage.max_steps} <= decay_every={stage.decay_every} never "
+            f"lowers the lr; set {where}.decay_every below max_steps or "
+            f"{where}.schedule='cosine' for a stage that anneals", flush=True)
     if (stage.schedule == "cosine" and stage.max_steps > 0
         and stage.get("warmup_steps", 0) >= stage.max_steps):
       raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
@@ -235,8 +235,11 @@ def has_checkpoints(workdir: str) -> bool:
 def check_workdir_labels(workdir: str) -> None:
   """Checkpoints without the ``config.json`` that says what made them would
   be resumed, and their results labelled, with whatever config runs now."""
+  # launch/fanout.py links finished stages of a base run into a new workdir
+  # and records where from: those are known.
   if (has_checkpoints(workdir)
-      and not os.path.isfile(os.path.join(workdir, "config.json"))):
+      and not os.path.isfile(os.path.join(workdir, "config.json"))
+      and not os.path.isfile(os.path.join(workdir, "linked_stages.json"))):
     raise ValueError(
         f"{workdir} holds checkpoints but no config.json saying which config "
         "made them; use a new --workdir (or restore its config.json)")

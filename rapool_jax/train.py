@@ -422,7 +422,9 @@ def check_resumed_config(config: ml_collections.ConfigDict,
   two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
   checks.check_workdir_labels(workdir)
   saved_path = os.path.join(workdir, "config.json")
-  if not checks.has_checkpoints(workdir):
+  # No config.json beside checkpoints: stages linked by launch/fanout.py
+  # (check_workdir_labels refuses any other case).
+  if not (checks.has_checkpoints(workdir) and os.path.isfile(saved_path)):
     return
   try:
     with open(saved_path) as f:
