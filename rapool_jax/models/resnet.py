@@ -8,8 +8,8 @@ keeps the weight mapping in ``pretrained.py`` a simple rename.
 
 As in flax's ``examples/imagenet/models.py``, blocks take their conv, norm and
 activation as modules; ``ResNet`` also takes the dropout after each stage and
-the stem's pool. The defaults are flax's layers (``systems.py`` swaps in the
-optional hashed dropout).
+the stem's pool. The defaults are flax's layers (``config.systems`` swaps in
+the optional hashed dropout through ``rapool_net.build_model``).
 """
 
 from __future__ import annotations
