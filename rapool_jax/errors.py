@@ -33,7 +33,12 @@ def one_line_errors(interrupted: str = "interrupted"):
     sys.exit(2)
   except KeyboardInterrupt:
     print(interrupted, file=sys.stderr, flush=True)
-    sys.exit(INTERRUPTED_EXIT)
+    sys.stdout.flush()
+    # Not sys.exit: at interpreter shutdown the input pipeline's and the
+    # checkpointer's background threads would still try to schedule work and
+    # print tracebacks after the line. Checkpoints are written atomically, so
+    # the last complete one is what the same command resumes from.
+    os._exit(INTERRUPTED_EXIT)
 
 
 def one_line(e: BaseException) -> str:
