@@ -56,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-from typing import Any
+from typing import Any, NamedTuple
 
 from etils import epath
 import numpy as np
@@ -214,6 +214,219 @@ def image_id(split: str, index: int) -> str:
   return f"SYN_{split}_{index:07d}"
 
 
+class _Lesion(NamedTuple):
+  """A Fourier-blob lesion: centre, mean radius, harmonics and polar map."""
+
+  cy: float
+  cx: float
+  r0: float
+  amp: np.ndarray  # [10] harmonic amplitudes a_k.
+  phase: np.ndarray  # [10] harmonic phases phi_k.
+  rho: np.ndarray  # [S, S] distance of each pixel from (cy, cx).
+  r_lesion: np.ndarray  # [S, S] boundary radius r(theta) at each pixel.
+
+
+def _lesion_at(size: int, cy: float, cx: float, r0: float, amp: np.ndarray,
+               phase: np.ndarray) -> _Lesion:
+  return _Lesion(cy, cx, r0, amp, phase,
+                 *_lesion_polar(size, cy, cx, r0, amp, phase))
+
+
+def _composite(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> None:
+  """Paints ``rgb`` (``[S, S, 3]`` or ``[3]``) over ``img`` ``[S, S, 3]``
+  in place with opacity ``alpha`` ``[S, S]``."""
+  img += (rgb - img) * alpha[..., None]
+
+
+# The recipe steps, in the order `render_example` calls them. Each one draws
+# from the example's generator, so their order and every draw inside them
+# define the data set: reordering anything changes every example.
+
+
+def _draw_class(rng: np.random.Generator) -> tuple[str, float]:
+  """The class ("melanoma", "sk" or "nevus") and its latent severity z."""
+  u = rng.random()
+  kind = ("melanoma" if u < MELANOMA_SHARE else
+          "sk" if u < MELANOMA_SHARE + SK_SHARE else "nevus")
+  return kind, rng.normal(_Z_MEAN[kind], 1.0)
+
+
+def _skin(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Skin background, float ``[S, S, 3]`` in 0..255 units."""
+  tone = rng.uniform()
+  skin = (np.array([235.0, 195.0, 172.0]) * (1 - tone) +
+          np.array([190.0, 135.0, 105.0]) * tone + rng.normal(0, 5, 3))
+  low = _smooth_field(rng, size, 4, 2)
+  img = np.broadcast_to(skin, (size, size, 3)).copy()
+  img *= (1 + 0.04 * low[0])[..., None]
+  img[..., 0] += 6.0 * low[1]  # Blotchy erythema.
+  img += (rng.normal(0, 3.0, (size, size, 1)) +
+          rng.normal(0, 1.5, (size, size, 3)))
+  return img
+
+
+def _lesion_geometry(rng: np.random.Generator, size: int,
+                     z: float) -> _Lesion:
+  """An irregular blob near the centre; its size and irregularity grow with
+  z. ``rho`` and ``r_lesion`` are ``[S, S]``."""
+  r0 = size * np.clip(0.21 + 0.02 * z + 0.035 * rng.normal(), 0.12, 0.32)
+  irr = np.clip(0.045 + 0.035 * z + 0.02 * rng.normal(), 0.01, 0.25)
+  k = np.arange(1, 11)
+  amp = irr * np.abs(rng.normal(size=10)) * k ** -0.8
+  amp[0] *= 0.5
+  amp[1] += rng.uniform(0, 0.15)  # Elongation: ellipses are benign too.
+  phase = rng.uniform(0, 2 * np.pi, 10)
+  cy, cx = size / 2.0 + np.clip(rng.normal(0, 0.06, 2), -0.12, 0.12) * size
+  return _lesion_at(size, cy, cx, r0, amp, phase)
+
+
+def _place_disc_beside(rng: np.random.Generator, size: int, lesion: _Lesion,
+                       fov_radius: float):
+  """Places the calibration disc clear of ``lesion``.
+
+  Returns ``(lesion, (cy, cx, radius), fallback)``: if the lesion left no
+  room, it was nudged off-centre and shrunk until the disc fits, and
+  ``fallback`` is True.
+  """
+  disc = _place_disc(rng, size, lesion.rho, lesion.r_lesion, fov_radius)
+  fallback = False
+  # Rare: a big lesion leaves no room. Nudge it off-centre, then shrink it.
+  while disc is None:
+    fallback = True
+    ang = rng.uniform(0, 2 * np.pi)
+    cy = np.clip(lesion.cy + 0.04 * size * np.sin(ang), 0.3 * size, 0.7 * size)
+    cx = np.clip(lesion.cx + 0.04 * size * np.cos(ang), 0.3 * size, 0.7 * size)
+    lesion = _lesion_at(size, cy, cx, lesion.r0 * 0.93, lesion.amp,
+                        lesion.phase)
+    disc = _place_disc(rng, size, lesion.rho, lesion.r_lesion, fov_radius)
+  return lesion, disc, fallback
+
+
+def _milia(rng: np.random.Generator, size: int, lesion: _Lesion) -> np.ndarray:
+  """Coverage in [0, 1] of a few small bright dots inside the lesion,
+  ``[S, S]``."""
+  yy, xx = _grid(size)
+  n_milia = rng.integers(2, 9)
+  # sqrt: uniform over the inner 70% of the area, not bunched at the centre.
+  mq = np.sqrt(rng.uniform(0, 0.7, n_milia))
+  mt = rng.uniform(0, 2 * np.pi, n_milia)
+  mr = _lesion_radius(mt, lesion.r0, lesion.amp, lesion.phase)
+  my = lesion.cy + mq * mr * np.sin(mt)
+  mx = lesion.cx + mq * mr * np.cos(mt)
+  # Dot width in pixels scales with the image, with a floor for tiny images.
+  sig = rng.uniform(0.5, 0.9, n_milia) * max(size / 64, 0.5)
+  d2 = ((yy[None] - my[:, None, None]) ** 2 +
+        (xx[None] - mx[:, None, None]) ** 2)
+  return np.clip(np.sum(np.exp(-d2 / (2 * sig[:, None, None] ** 2)), 0), 0, 1)
+
+
+def _sk_colour(rng: np.random.Generator, lesion: _Lesion, q: np.ndarray,
+               texture: np.ndarray) -> np.ndarray:
+  """Seborrheic keratosis: waxy tan with a fine texture and milia.
+
+  ``q`` (rho / r(theta), clipped to [0, 1]) and ``texture`` (smooth noise)
+  are ``[S, S]``; returns float ``[S, S, 3]``.
+  """
+  s = q.shape[0]
+  t = rng.uniform()
+  base = (np.array([200.0, 165.0, 120.0]) * (1 - t) +
+          np.array([140.0, 105.0, 70.0]) * t)
+  fine = _smooth_field(rng, s, max(s // 4, 4), 1)[0]
+  rgb = base * (1 + 0.05 * texture + 0.09 * np.tanh(fine))[..., None]
+  rgb = rgb * (1 - 0.06 * (1 - q))[..., None]
+  dots = _milia(rng, s, lesion)
+  milia = np.array([245.0, 238.0, 212.0])
+  rgb += (milia - rgb) * (0.85 * dots)[..., None]
+  return rgb
+
+
+def _nevus_melanoma_colour(rng: np.random.Generator, lesion: _Lesion,
+                           q: np.ndarray, fields: np.ndarray, z: float,
+                           sev: float) -> np.ndarray:
+  """Brown pigment, darker with z, plus z-dependent melanoma colour patches.
+
+  ``q`` is ``[S, S]`` (see `_sk_colour`); ``fields`` ``[>=5, S, S]`` smooth
+  noise: the unevenness, then one field per `_MELANOMA_COLOURS` patch.
+  Returns float ``[S, S, 3]``.
+  """
+  yy, xx = _grid(q.shape[0])
+  t = np.clip(rng.uniform() + 0.15 * z, 0, 1)
+  base = (np.array([170.0, 120.0, 85.0]) * (1 - t) +
+          np.array([95.0, 60.0, 40.0]) * t)
+  uneven = 0.04 + 0.12 * sev
+  rgb = base * (1 + uneven * fields[0])[..., None]
+  rgb = rgb * (1 - 0.12 * (1 - q))[..., None]
+  # Off-centre gradient: melanoma colour patches sit asymmetrically.
+  ga = rng.uniform(0, 2 * np.pi)
+  grad = ((yy - lesion.cy) * np.sin(ga) +
+          (xx - lesion.cx) * np.cos(ga)) / lesion.r0
+  for i, (colour, z50) in enumerate(_MELANOMA_COLOURS.values()):
+    if rng.random() < _sigmoid(1.4 * (z - z50)):
+      bias = rng.uniform(-0.8, 0.4)
+      w = _sigmoid((fields[i + 1] + rng.uniform(0, 1) * grad + bias) / 0.25)
+      opacity = rng.uniform(0.55, 0.9)
+      rgb += (np.array(colour) - rgb) * (opacity * w)[..., None]
+  return rgb
+
+
+def _lesion_layer(rng: np.random.Generator, lesion: _Lesion, kind: str,
+                  z: float) -> tuple[np.ndarray, np.ndarray]:
+  """Lesion colour ``[S, S, 3]`` and opacity ``[S, S]`` (soft edge)."""
+  s = lesion.rho.shape[0]
+  q = np.clip(lesion.rho / lesion.r_lesion, 0, 1)  # 0 centre, 1 border.
+  sev = _sigmoid(z - 1.0)  # Severity in (0, 1); never the label itself.
+  # Edge width in px: severe lesions get blurrier borders.
+  edge = rng.uniform(0.6, 1.0) + rng.uniform(0, 1.5) * sev
+  alpha = np.clip((lesion.r_lesion - lesion.rho) / edge + 0.5, 0, 1)
+  fields = _smooth_field(rng, s, 5, 6)
+  if kind == "sk":
+    rgb = _sk_colour(rng, lesion, q, fields[0])
+  else:
+    rgb = _nevus_melanoma_colour(rng, lesion, q, fields, z, sev)
+  rgb += rng.normal(0, 2.0 + 3.0 * sev, (s, s, 3))
+  opacity = rng.uniform(0.75, 0.95)
+  return rgb, opacity * alpha
+
+
+def _disc_layer(rng: np.random.Generator, size: int,
+                disc: tuple[float, float, float]):
+  """Calibration disc at ``disc`` = (cy, cx, radius): colour ``[S, S, 3]``
+  and anti-aliased coverage ``[S, S]`` (0 off the disc)."""
+  dcy, dcx, rd = disc
+  yy, xx = _grid(size)
+  d = np.hypot(yy - dcy, xx - dcx)
+  colours, probs = zip(*_DISC_COLOURS)
+  colour = np.array(colours[rng.choice(len(colours), p=probs)])
+  colour = colour + rng.normal(0, 8, 3)
+  shade = 1.08 - 0.18 * (d / rd) - 0.35 * (d > 0.82 * rd)  # Dark rim.
+  return colour * shade[..., None], np.clip(rd + 0.5 - d, 0, 1)
+
+
+def _hair_layer(rng: np.random.Generator, size: int, n: int):
+  """``n`` dark hairs: colour ``[3]`` and coverage ``[S, S]``."""
+  cover = _render_hairs(rng, size, n) * rng.uniform(0.7, 0.95)
+  hair_rgb = np.array([40.0, 30.0, 25.0]) + rng.normal(0, 8, 3)
+  return hair_rgb, cover
+
+
+def _dermoscope_optics(rng: np.random.Generator, img: np.ndarray,
+                       fov_radius: float) -> np.ndarray:
+  """Vignetting, the optional circular field of view (``fov_radius`` <
+  S), illumination gain and sensor noise. ``img`` float ``[S, S, 3]`` may be
+  modified in place; use the returned ``[S, S, 3]``."""
+  s = img.shape[0]
+  half = s / 2.0
+  yy, xx = _grid(s)
+  rn = np.hypot(yy - half, xx - half) / (half * np.sqrt(2))
+  img *= (1 - rng.uniform(0.15, 0.45) * rn ** rng.uniform(2, 4))[..., None]
+  if fov_radius < s:
+    fov = np.clip(fov_radius - np.hypot(yy - half, xx - half) + 0.5, 0, 1)
+    img = img * fov[..., None] + 8.0 * (1 - fov[..., None])
+  img *= rng.uniform(0.88, 1.08) * (1 + rng.normal(0, 0.03, 3))
+  img += rng.normal(0, 2.0, img.shape)
+  return img
+
+
 def render_example(rng: np.random.Generator, split: str,
                    image_size: int = 64) -> dict[str, Any]:
   """Draws one example.
@@ -225,129 +438,30 @@ def render_example(rng: np.random.Generator, split: str,
   the disc; 0 of 3000 examples at 64 px).
   """
   s = image_size
-  half = s / 2.0
-  yy, xx = _grid(s)
-
-  u = rng.random()
-  kind = ("melanoma" if u < MELANOMA_SHARE else
-          "sk" if u < MELANOMA_SHARE + SK_SHARE else "nevus")
+  kind, z = _draw_class(rng)
   is_mel = kind == "melanoma"
-  z = rng.normal(_Z_MEAN[kind], 1.0)
-  p_disc = DISC_PROB[split][0 if is_mel else 1]
-  has_disc = rng.random() < p_disc
+  # The label, not z, sets the disc odds: that is the shortcut under test.
+  has_disc = rng.random() < DISC_PROB[split][0 if is_mel else 1]
   n_hairs = 1 + rng.poisson(3) if rng.random() < HAIR_PROB else 0
   fov_radius = s * rng.uniform(0.62, 0.72) if rng.random() < 0.35 else s
 
-  # --- Skin. ---
-  tone = rng.uniform()
-  skin = (np.array([235.0, 195.0, 172.0]) * (1 - tone) +
-          np.array([190.0, 135.0, 105.0]) * tone + rng.normal(0, 5, 3))
-  low = _smooth_field(rng, s, 4, 2)
-  img = np.broadcast_to(skin, (s, s, 3)).copy()
-  img *= (1 + 0.04 * low[0])[..., None]
-  img[..., 0] += 6.0 * low[1]  # Blotchy erythema.
-  img += rng.normal(0, 3.0, (s, s, 1)) + rng.normal(0, 1.5, (s, s, 3))
-
-  # --- Lesion geometry. ---
-  r0 = s * np.clip(0.21 + 0.02 * z + 0.035 * rng.normal(), 0.12, 0.32)
-  irr = np.clip(0.045 + 0.035 * z + 0.02 * rng.normal(), 0.01, 0.25)
-  k = np.arange(1, 11)
-  amp = irr * np.abs(rng.normal(size=10)) * k ** -0.8
-  amp[0] *= 0.5
-  amp[1] += rng.uniform(0, 0.15)  # Elongation: ellipses are benign too.
-  phase = rng.uniform(0, 2 * np.pi, 10)
-  cy, cx = half + np.clip(rng.normal(0, 0.06, 2), -0.12, 0.12) * s
-  rho, r_lesion = _lesion_polar(s, cy, cx, r0, amp, phase)
-
-  disc = None
-  disc_fallback = False
+  img = _skin(rng, s)
+  lesion = _lesion_geometry(rng, s, z)
+  disc, disc_fallback = None, False
   if has_disc:
-    disc = _place_disc(rng, s, rho, r_lesion, fov_radius)
-    # Rare: a big lesion leaves no room. Nudge it off-centre, then shrink it.
-    while disc is None:
-      disc_fallback = True
-      ang = rng.uniform(0, 2 * np.pi)
-      cy = np.clip(cy + 0.04 * s * np.sin(ang), 0.3 * s, 0.7 * s)
-      cx = np.clip(cx + 0.04 * s * np.cos(ang), 0.3 * s, 0.7 * s)
-      r0 *= 0.93
-      rho, r_lesion = _lesion_polar(s, cy, cx, r0, amp, phase)
-      disc = _place_disc(rng, s, rho, r_lesion, fov_radius)
-
-  inside = rho < r_lesion
-  q = np.clip(rho / r_lesion, 0, 1)  # 0 at the centre, 1 on the border.
-  sev = _sigmoid(z - 1.0)  # Severity in (0, 1); never the label itself.
-  edge = rng.uniform(0.6, 1.0) + rng.uniform(0, 1.5) * sev
-  alpha = np.clip((r_lesion - rho) / edge + 0.5, 0, 1)
-
-  # --- Lesion colour. ---
-  fields = _smooth_field(rng, s, 5, 6)
-  if kind == "sk":
-    t = rng.uniform()
-    base = (np.array([200.0, 165.0, 120.0]) * (1 - t) +
-            np.array([140.0, 105.0, 70.0]) * t)
-    fine = _smooth_field(rng, s, max(s // 4, 4), 1)[0]
-    lesion = base * (1 + 0.05 * fields[0] + 0.09 * np.tanh(fine))[..., None]
-    lesion = lesion * (1 - 0.06 * (1 - q))[..., None]
-    n_milia = rng.integers(2, 9)
-    mq = np.sqrt(rng.uniform(0, 0.7, n_milia))
-    mt = rng.uniform(0, 2 * np.pi, n_milia)
-    mr = _lesion_radius(mt, r0, amp, phase)
-    my, mx = cy + mq * mr * np.sin(mt), cx + mq * mr * np.cos(mt)
-    sig = rng.uniform(0.5, 0.9, n_milia) * max(s / 64, 0.5)
-    d2 = ((yy[None] - my[:, None, None]) ** 2 +
-          (xx[None] - mx[:, None, None]) ** 2)
-    dots = np.clip(np.sum(np.exp(-d2 / (2 * sig[:, None, None] ** 2)), 0), 0, 1)
-    milia = np.array([245.0, 238.0, 212.0])
-    lesion += (milia - lesion) * (0.85 * dots)[..., None]
-  else:
-    t = np.clip(rng.uniform() + 0.15 * z, 0, 1)
-    base = (np.array([170.0, 120.0, 85.0]) * (1 - t) +
-            np.array([95.0, 60.0, 40.0]) * t)
-    uneven = 0.04 + 0.12 * sev
-    lesion = base * (1 + uneven * fields[0])[..., None]
-    lesion = lesion * (1 - 0.12 * (1 - q))[..., None]
-    # Off-centre gradient: melanoma colour patches sit asymmetrically.
-    ga = rng.uniform(0, 2 * np.pi)
-    grad = ((yy - cy) * np.sin(ga) + (xx - cx) * np.cos(ga)) / r0
-    for i, (colour, z50) in enumerate(_MELANOMA_COLOURS.values()):
-      if rng.random() < _sigmoid(1.4 * (z - z50)):
-        bias = rng.uniform(-0.8, 0.4)
-        w = _sigmoid((fields[i + 1] + rng.uniform(0, 1) * grad + bias) / 0.25)
-        opacity = rng.uniform(0.55, 0.9)
-        lesion += (np.array(colour) - lesion) * (opacity * w)[..., None]
-  lesion += rng.normal(0, 2.0 + 3.0 * sev, (s, s, 3))
-  opacity = rng.uniform(0.75, 0.95)
-  img += (lesion - img) * (opacity * alpha)[..., None]
-
-  # --- Calibration disc. ---
+    lesion, disc, disc_fallback = _place_disc_beside(rng, s, lesion,
+                                                     fov_radius)
+  _composite(img, *_lesion_layer(rng, lesion, kind, z))
   disc_mask = np.zeros((s, s), bool)
   if disc is not None:
-    dcy, dcx, rd = disc
-    d = np.hypot(yy - dcy, xx - dcx)
-    colours, probs = zip(*_DISC_COLOURS)
-    colour = np.array(colours[rng.choice(len(colours), p=probs)])
-    colour = colour + rng.normal(0, 8, 3)
-    shade = 1.08 - 0.18 * (d / rd) - 0.35 * (d > 0.82 * rd)  # Dark rim.
-    disc_rgb = colour * shade[..., None]
-    a = np.clip(rd + 0.5 - d, 0, 1)
-    disc_mask = a > 0
-    img += (disc_rgb - img) * a[..., None]
-
-  # --- Hairs. ---
+    disc_rgb, disc_alpha = _disc_layer(rng, s, disc)
+    disc_mask = disc_alpha > 0
+    _composite(img, disc_rgb, disc_alpha)
   if n_hairs:
-    cover = _render_hairs(rng, s, n_hairs) * rng.uniform(0.7, 0.95)
-    hair_rgb = np.array([40.0, 30.0, 25.0]) + rng.normal(0, 8, 3)
-    img += (hair_rgb - img) * cover[..., None]
+    _composite(img, *_hair_layer(rng, s, n_hairs))
+  img = _dermoscope_optics(rng, img, fov_radius)
 
-  # --- Dermoscope optics. ---
-  rn = np.hypot(yy - half, xx - half) / (half * np.sqrt(2))
-  img *= (1 - rng.uniform(0.15, 0.45) * rn ** rng.uniform(2, 4))[..., None]
-  if fov_radius < s:
-    fov = np.clip(fov_radius - np.hypot(yy - half, xx - half) + 0.5, 0, 1)
-    img = img * fov[..., None] + 8.0 * (1 - fov[..., None])
-  img *= rng.uniform(0.88, 1.08) * (1 + rng.normal(0, 0.03, 3))
-  img += rng.normal(0, 2.0, img.shape)
-
+  inside = lesion.rho < lesion.r_lesion  # Exactly the blob, not its soft edge.
   return {
       "image": np.clip(np.round(img), 0, 255).astype(np.uint8),
       "mask": (inside[..., None] * 255).astype(np.uint8),
