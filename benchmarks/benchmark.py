@@ -10,7 +10,7 @@ data as uint8 on the device, batch gathered and augmented inside jit; jitted
 with donated state; optimizer from ``optim.make_optimizer``; stages from
 ``config_lib.paper_stages``) and, in the same process and interleaved block
 by block, the same step in ``benchmarks.torch_reference``. Also times
-inference (``train.eval_step``) and analyses the segmentation upsampling
+inference (``evaluate.eval_step``) and analyses the segmentation upsampling
 (subpixel vs ``lax.conv_transpose``; share of the joint step).
 
 Sizes (``--device-size``): ``full`` (the default on GPU/TPU) is ResNet-50 at
@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import config_lib
+from rapool_jax import evaluate
 from rapool_jax import losses
 from rapool_jax import optim
 from rapool_jax import sharding
@@ -288,16 +289,16 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
       train.resident_train_step, model=model, tx=tx, stage=stage,
       data=config.data, mean=tuple(config.data.mean),
       std=tuple(config.data.std))
-  return step, state, idxs, train.make_key(seed, key_impl), split
+  return step, state, idxs, jax.random.key(seed, impl=key_impl), split
 
 
 def lower_train_step(config, step, state, args: tuple, state_sharding=None):
-  """``train.lower_train_step`` as the project's training runs it: the state
+  """``sharding.lower_train_step`` as the project's training runs it: the state
   donated and laid out as ``config.systems`` says, on one device unless
   ``state_sharding`` says otherwise."""
   if state_sharding is None:
     state_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return train.lower_train_step(
+  return sharding.lower_train_step(
       step, state, args, state_sharding, layout=config.systems.state_layout,
       donate=config.systems.donate_state)
 
@@ -319,7 +320,7 @@ class JaxTrainRunner:
                                (self.idxs[0], self.key, self.data))
     self.compiled = lowered.compile(compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
-    self.state = train.place_state(self.compiled, state)
+    self.state = sharding.place_state(self.compiled, state)
     self.cost = _cost(lowered, self.compiled)
     self.first_step_s = None
 
@@ -335,7 +336,7 @@ class JaxTrainRunner:
 
 
 class JaxEvalRunner:
-  """``train.eval_step`` (region pooling) on centre-cropped uint8 batches."""
+  """``evaluate.eval_step`` (region pooling) on centre-cropped uint8 batches."""
 
   framework = "jax"
 
@@ -348,7 +349,7 @@ class JaxEvalRunner:
                                                 seed)
     self.args = (self.variables, images, masks)
     fn = jax.jit(functools.partial(
-        train.eval_step, model=model, pooling="region",
+        evaluate.eval_step, model=model, pooling="region",
         mean=tuple(config.data.mean), std=tuple(config.data.std)))
     t0 = time.perf_counter()
     lowered = fn.lower(*self.args)
@@ -665,7 +666,7 @@ def input_pipeline_throughput(config, batch: int, steps: int,
   gathered, cropped, rotated, flipped and normalised inside jit (what the
   resident train step runs before the network). ``host_stream``: uint8
   batches gathered on the host by grain and copied to the devices
-  (``train.stream_host_batches``; augmentation then runs in the step).
+  (``sharding.stream_host_batches``; augmentation then runs in the step).
   """
   mesh = sharding.make_mesh()
   n = num_examples or 4 * batch
@@ -707,7 +708,7 @@ def input_pipeline_throughput(config, batch: int, steps: int,
     log(f"input pipeline alone (batch {batch}): on-device augmentation "
         f"{device_rate:.0f} img/s; host stream skipped ({e})")
     return result
-  stream = train.stream_host_batches(host, indices, 0, steps + 1, batch, mesh)
+  stream = sharding.stream_host_batches(host, indices, 0, steps + 1, batch, mesh)
   jax.block_until_ready(next(stream))   # grain's threads are up
   t0 = time.perf_counter()
   for out in stream:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
+from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import train
 from rapool_jax.models import rapool_net
@@ -47,7 +48,7 @@ def lowered_gflop(config, step: str, batch: int,
   sds = jax.ShapeDtypeStruct
   if step == "eval":
     fn = jax.jit(functools.partial(
-        train.eval_step, model=model, pooling="region",
+        evaluate.eval_step, model=model, pooling="region",
         mean=tuple(config.data.mean), std=tuple(config.data.std)))
     traced = fn.trace(variables, sds((batch, crop, crop, 3), jnp.uint8),
                       sds((batch, crop, crop), jnp.uint8))

@@ -62,9 +62,8 @@ def get_config(arg: str = "paper"):
   c.stages = config_lib.paper_stages(
       classification_steps=6000, segmentation_steps=4000, joint_steps=6000,
       lr=1e-3, decay_every=2000, lambda_seg=7.5)
-  seg = c.stages.segmentation
-  seg.plateau_metric, seg.plateau_eval_every, seg.plateau_patience = (
-      "val_jaccard", 500, 3)
+  c.stages.segmentation.plateau = config_lib.plateau_rule(
+      "val_jaccard", patience=3, eval_every=500)
   if "three_class" in variants:
     c.data.task = "three_class"
   if "runlocal" in variants:

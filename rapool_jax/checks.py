@@ -16,17 +16,20 @@ import re
 
 import ml_collections
 
+from rapool_jax import config_lib
+from rapool_jax import errors
+from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
 from rapool_jax import sharding
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 
-PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
 DTYPES = ("float32", "bfloat16")
 DATA_SETS = ("synthetic_derm", "isic2017")
 TASKS = ("melanoma", "three_class")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+PLATEAU_METRICS = evaluate.PLATEAU_METRICS
 RULE_LABELS = ("train", "freeze")
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # What the workdir records about the data it was trained on.
@@ -138,45 +141,51 @@ def check_config(config) -> None:
     if config.train[key] < 1:
       raise ValueError(f"config.train.{key}={config.train[key]} must be >= 1")
   for name in config.stage_order:
-    stage, where = config.stages[name], f"config.stages.{name}"
-    check_trainable_rules(where, stage.trainable)
-    if stage.pooling not in pooling_lib.POOLINGS:
-      raise ValueError(f"{where}.pooling={stage.pooling!r}: choose one of "
-                       f"{sorted(pooling_lib.POOLINGS)}")
-    if stage.schedule not in optim.SCHEDULES:
-      raise ValueError(f"{where}.schedule={stage.schedule!r}: choose one of "
-                       f"{optim.SCHEDULES}")
-    if stage.max_steps < 0:
-      raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
-    if (stage.schedule == "step" and not stage.plateau_metric
-        and 0 < stage.max_steps <= stage.decay_every):
-      # A step schedule that never steps is usually a constant one by
-      # mistake (the stage ends at its peak lr), but a shortened smoke run
-      # may mean it: say so, before training, without stopping.
-      print(f"warning: {where}: schedule='step' with max_steps="
-            f"{stage.max_steps} <= decay_every={stage.decay_every} never "
-            f"lowers the lr; set {where}.decay_every below max_steps or "
-            f"{where}.schedule='cosine' for a stage that anneals", flush=True)
-    if (stage.schedule == "cosine" and stage.max_steps > 0
-        and stage.get("warmup_steps", 0) >= stage.max_steps):
-      raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
-                       f"below its max_steps={stage.max_steps}")
-    if stage.plateau_metric:
-      if stage.plateau_metric not in PLATEAU_METRICS:
-        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r}: "
-                         f"choose '' or one of {PLATEAU_METRICS}")
-      if not config.data.val_split:
-        raise ValueError(f"{where}.plateau_metric={stage.plateau_metric!r} "
-                         "needs config.data.val_split, which is empty")
-      if stage.plateau_eval_every < 1:
-        raise ValueError(f"{where}.plateau_eval_every="
-                         f"{stage.plateau_eval_every} must be >= 1")
+    check_stage(config, name)
   roles = {config.data[r] for r in pipeline.SPLIT_ROLES} - {""}
   threshold = config.rankopt.threshold_split
   if config.rankopt.enabled and threshold and threshold not in roles:
     raise ValueError(f"config.rankopt.threshold_split={threshold!r} is not "
                      f"one of the run's splits {sorted(roles)} (config.data."
                      "train_split, val_split, eval_split); '' = train")
+
+
+
+def check_stage(config, name: str) -> None:
+  """One stage's pooling, trainable rules, schedule and plateau rule."""
+  stage, where = config.stages[name], f"config.stages.{name}"
+  check_trainable_rules(where, stage.trainable)
+  if stage.pooling not in pooling_lib.POOLINGS:
+    raise ValueError(f"{where}.pooling={stage.pooling!r}: choose one of "
+                     f"{sorted(pooling_lib.POOLINGS)}")
+  if stage.schedule not in optim.SCHEDULES:
+    raise ValueError(f"{where}.schedule={stage.schedule!r}: choose one of "
+                     f"{optim.SCHEDULES}")
+  if stage.max_steps < 0:
+    raise ValueError(f"{where}.max_steps={stage.max_steps} is negative")
+  plateau = stage.plateau
+  if (stage.schedule == "step" and not plateau.metric
+      and 0 < stage.max_steps <= stage.decay_every):
+    # A step schedule that never steps is usually a constant one by mistake
+    # (the stage ends at its peak lr), but a shortened smoke run may mean it:
+    # say so, before training, without stopping.
+    print(f"warning: {where}: schedule='step' with max_steps="
+          f"{stage.max_steps} <= decay_every={stage.decay_every} never "
+          f"lowers the lr; set {where}.decay_every below max_steps or "
+          f"{where}.schedule='cosine' for a stage that anneals", flush=True)
+  if (stage.schedule == "cosine" and stage.max_steps > 0
+      and stage.get("warmup_steps", 0) >= stage.max_steps):
+    raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
+                     f"below its max_steps={stage.max_steps}")
+  for key in ("eval_every", "patience"):
+    if plateau[key] < 1:
+      raise ValueError(f"{where}.plateau.{key}={plateau[key]} must be >= 1")
+  if plateau.metric and plateau.metric not in PLATEAU_METRICS:
+    raise ValueError(f"{where}.plateau.metric={plateau.metric!r}: "
+                     f"choose '' or one of {PLATEAU_METRICS}")
+  if plateau.metric and not config.data.val_split:
+    raise ValueError(f"{where}.plateau.metric={plateau.metric!r} "
+                     "needs config.data.val_split, which is empty")
 
 
 def check_splits(config, splits: dict) -> None:
@@ -243,6 +252,54 @@ def check_workdir_labels(workdir: str) -> None:
     raise ValueError(
         f"{workdir} holds checkpoints but no config.json saying which config "
         "made them; use a new --workdir (or restore its config.json)")
+
+
+
+# Where a run reads and writes, how it logs, checkpoints, lays out and
+# compiles its state: a resumed run may change these and keep its results
+# (streamed and device-resident data train identically).
+RESUME_MAY_CHANGE = frozenset({
+    "systems.compilation_cache_dir", "data.data_dir", "data.manual_dir",
+    "data.device_memory_budget_mb", "report.num_cam_images",
+    "train.checkpoint_every", "systems.donate_state", "train.eval_batch_size",
+    "train.keep_checkpoints", "train.log_every", "systems.state_layout"})
+
+
+def check_resumed_config(config: ml_collections.ConfigDict,
+                         workdir: str) -> None:
+  """Raises ValueError naming every setting that differs from the run whose
+  checkpoints ``workdir`` holds (its ``config.json``): resuming would
+  otherwise mix two configurations in one result. Keys in only one of the
+  two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  check_workdir_labels(workdir)
+  saved_path = os.path.join(workdir, "config.json")
+  # No config.json beside checkpoints: stages linked by launch/fanout.py
+  # (check_workdir_labels refuses any other case).
+  if not (has_checkpoints(workdir) and os.path.isfile(saved_path)):
+    return
+  try:
+    with open(saved_path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+    raise ValueError(f"{saved_path}: not the JSON of a config "
+                     f"({errors.one_line(e)}); restore it, or use a new "
+                     "--workdir") from None
+  saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
+  # Resolved as the trainer resolves it before writing config.json.
+  now = traverse_util.flatten_dict(
+      json.loads(resolved_copy(config).to_json_best_effort()), sep=".")
+  changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
+             for key in sorted(saved.keys() & now.keys())
+             if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
+  if changed:
+    raise ValueError(
+        f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
+        "pass the saved values (--config.KEY=VALUE) to resume or re-run it, "
+        "or use a new --workdir for the new ones (its results would "
+        f"otherwise sit beside a {saved_path} that does not describe them)")
 
 
 def check_data_source(workdir: str, source: dict) -> None:

@@ -7,6 +7,8 @@ itself). Step 1 (initialisation) is not a stage: it is ``config.model.pretrained
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 # Trainable-parameter rules: (regex on "collection-free" param path, label).
@@ -25,9 +27,8 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
           trainable, train_batch_norm: bool, max_steps: int, lr: float,
           schedule: str = "step", decay_every: int = 2000,
           decay_factor: float = 0.1, warmup_steps: int = 0,
-          report_as: str = "", init_from: str = "", plateau_metric: str = "",
-          plateau_patience: int = 3, plateau_eval_every: int = 100,
-          plateau_min_delta: float = 0.0) -> ml_collections.ConfigDict:
+          report_as: str = "", init_from: str = "",
+          plateau: dict | None = None) -> ml_collections.ConfigDict:
   """One training step of the paper as a config entry.
 
   Args:
@@ -42,9 +43,8 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
     init_from: the stage whose final state this one starts from ("" = the
       stage before it in ``stage_order``). Several stages starting from the
       same state are arms of an ablation that differ only in what is ablated.
-    plateau_metric: "" (fixed length) or a validation metric ("val_loss",
-      "val_auc", "val_jaccard") that stops the stage when it stops improving
-      for ``plateau_patience`` evaluations made every ``plateau_eval_every`` steps.
+    plateau: an early-stopping rule (``plateau_rule``'s keys); none by
+      default: the stage runs ``max_steps``.
   """
   return ml_collections.ConfigDict(dict(
       pooling=pooling, lambda_class=lambda_class, lambda_seg=lambda_seg,
@@ -52,9 +52,18 @@ def stage(*, pooling: str, lambda_class: float, lambda_seg: float,
       train_batch_norm=train_batch_norm, max_steps=max_steps, lr=lr,
       schedule=schedule, decay_every=decay_every, decay_factor=decay_factor,
       warmup_steps=warmup_steps, report_as=report_as, init_from=init_from,
-      plateau_metric=plateau_metric, plateau_patience=plateau_patience,
-      plateau_eval_every=plateau_eval_every,
-      plateau_min_delta=plateau_min_delta))
+      plateau=plateau_rule(**(plateau or {}))))
+
+
+def plateau_rule(metric: str = "", patience: int = 3, eval_every: int = 100,
+                 min_delta: float = 0.0) -> ml_collections.ConfigDict:
+  """A stage's early stop: every ``eval_every`` steps the validation
+  ``metric`` ("val_loss", "val_auc" or "val_jaccard"; "" = no rule) is
+  measured, and the stage stops after ``patience`` evaluations without an
+  improvement above ``min_delta``."""
+  return ml_collections.ConfigDict(dict(
+      metric=metric, patience=patience, eval_every=eval_every,
+      min_delta=min_delta))
 
 
 def paper_stages(*, classification_steps: int, segmentation_steps: int,
@@ -201,6 +210,21 @@ LEGACY_KEYS = {
 }
 
 
+# A stage's plateau rule was four flat keys before it became one sub-dict.
+_LEGACY_PLATEAU = re.compile(
+    r"^(stages\.[^.]+)\.plateau_(metric|patience|eval_every|min_delta)$")
+
+
+def legacy_key_hint(key: str) -> str:
+  """Where an old ``--config.KEY`` override lives now ("" = not an old key)."""
+  key = key.removeprefix("config.")
+  m = _LEGACY_PLATEAU.match(key)
+  new = f"{m[1]}.plateau.{m[2]}" if m else LEGACY_KEYS.get(key, "")
+  if key in LEGACY_KEYS and new is None:
+    return f"config.{key} was removed (the layer it chose is gone)"
+  return f"config.{key} is now config.{new}" if new else ""
+
+
 def upgrade_flat(flat: dict) -> dict:
   """A saved config's ``{"a.b": value}`` with today's key names.
 
@@ -208,7 +232,10 @@ def upgrade_flat(flat: dict) -> dict:
   today's default, so its absence needs no entry."""
   out = {}
   for key, value in flat.items():
-    if key in LEGACY_KEYS:
+    m = _LEGACY_PLATEAU.match(key)
+    if m:
+      out[f"{m[1]}.plateau.{m[2]}"] = value
+    elif key in LEGACY_KEYS:
       if LEGACY_KEYS[key] is not None:
         out[LEGACY_KEYS[key]] = value
     else:

@@ -1,4 +1,5 @@
-"""Evaluation: results rows, per-image predictions and the linear heads.
+"""Evaluation: the model over whole splits, results rows, per-image
+predictions and the linear heads.
 
 Every reported model becomes a row of metrics on the evaluation split, and a
 CSV of per-image outputs (``WORKDIR/predictions/<split>/<row>.csv``: image,
@@ -12,18 +13,69 @@ pooled training features of one stage.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import linear_baselines
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import rankopt
+from rapool_jax import sharding
 from rapool_jax.data import pipeline
 
 POSITIVE = 1  # melanoma is class 1 in both tasks
+PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
+
+
+def eval_step(variables, images, masks, *, model, pooling, mean, std):
+  """Inference on centre-cropped uint8 ``images [B, H, W, 3]`` (and
+  ``masks [B, H, W]``, read by mask-oracle pooling): ``probs [B, K]``,
+  ``pooled [B, C]``, ``seg_pred [B, h, w]`` and ``score_map [B, h, w]``."""
+  out = model.apply(variables, pipeline.normalize(images, mean, std),
+                    train=False, pooling=pooling, mask=masks)
+  return {"probs": jax.nn.softmax(out["logits"], -1),
+          "pooled": out["pooled"],
+          "seg_pred": jnp.argmax(out["seg_logits"], -1).astype(jnp.uint8),
+          "score_map": out["score_map"]}
+
+
+class Predictor:
+  """``predictor(variables, split, pooling)``: ``eval_step`` over a whole
+  split, centre-cropped, in batches of ``batch_size`` sharded over ``mesh``;
+  host arrays with the split's length ``N`` in front."""
+
+  def __init__(self, model, mesh, mean, std, batch_size: int, crop_size: int):
+    self.model, self.mesh, self.mean, self.std = model, mesh, mean, std
+    self.batch_size, self.crop_size = batch_size, crop_size
+    self._steps = {}  # one jitted step per pooling
+
+  def _step(self, pooling: str):
+    if pooling not in self._steps:
+      self._steps[pooling] = jax.jit(
+          functools.partial(eval_step, model=self.model, pooling=pooling,
+                            mean=self.mean, std=self.std),
+          out_shardings=sharding.replicated(self.mesh))
+    return self._steps[pooling]
+
+  def __call__(self, variables, split: pipeline.Split, pooling: str) -> dict:
+    step, bs, outs = self._step(pooling), self.batch_size, []
+    for lo in range(0, len(split), bs):
+      images, masks = split.images[lo:lo + bs], split.masks[lo:lo + bs]
+      n = len(images)
+      if n < bs:  # padded to a fixed shape: one compilation per pooling
+        images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
+                                                  images.dtype)])
+        masks = np.concatenate([masks, np.zeros((bs - n,) + masks.shape[1:],
+                                                masks.dtype)])
+      images, masks = pipeline.center_crop(images, masks, self.crop_size)
+      out = step(variables, sharding.put_global_batch(images, self.mesh),
+                 sharding.put_global_batch(masks, self.mesh))
+      outs.append({k: sharding.to_host(v)[:n] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def row_slug(name: str) -> str:
@@ -62,6 +114,22 @@ def per_image_jaccard(out: dict, split: pipeline.Split, crop_size: int):
         out["seg_pred"][split.has_mask],
         gt_masks(split, crop_size)[split.has_mask])
   return ja
+
+
+def validation_metric(out: dict, split: pipeline.Split, metric: str,
+                      crop_size: int) -> float:
+  """``metric`` (one of ``PLATEAU_METRICS``) of ``Predictor`` outputs on
+  ``split``, signed so that higher is better (``val_loss`` is negated)."""
+  if metric == "val_loss":
+    p_true = out["probs"][np.arange(len(split)), split.labels]
+    return -float(np.mean(-np.log(np.maximum(p_true, 1e-12))))
+  if metric == "val_auc":
+    return metrics_lib.classification_metrics(
+        split.labels, out["probs"][:, POSITIVE], 0.5)["auc"]
+  if metric == "val_jaccard":
+    return float(np.nanmean(per_image_jaccard(out, split, crop_size)))
+  raise ValueError(f"plateau metric {metric!r}: choose one of "
+                   f"{PLATEAU_METRICS}")
 
 
 def metrics_row(name: str, split: pipeline.Split, scores, threshold: float,

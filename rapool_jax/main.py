@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rapool_jax import config_lib
 from rapool_jax import errors
 
 FLAGS = flags.FLAGS
@@ -67,8 +68,11 @@ def parse_flags(argv):
       raise errors.UserError(f"command line: {errors.one_line(e)}") from None
     except (AttributeError, KeyError) as e:
       overrides = [a for a in argv if a.startswith("--config.")]
+      hints = [h for h in (config_lib.legacy_key_hint(
+          a[2:].split("=", 1)[0]) for a in overrides) if h]
       raise errors.UserError(
-          f"unknown config key among {overrides}: {errors.one_line(e)}") from None
+          f"unknown config key among {overrides}: {errors.one_line(e)}"
+          + "".join(f"; {h}" for h in hints)) from None
     if FLAGS.config is None or not FLAGS.workdir:
       raise errors.UserError("both --config=configs/NAME.py and --workdir=DIR "
                              "are required")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shlex
 import subprocess
@@ -76,3 +77,24 @@ def results_header(config, argv=None) -> str:
       f"Seed: {config.seed}",
       f"Commit: `{commit}`" if commit else "Commit: unknown (no git checkout)",
   ]) + "\n"
+
+
+def append_run_info(workdir: str, wall_time_s: float, devices) -> str:
+  """Adds this invocation (a resumed run has several) to
+  ``WORKDIR/run_info.json``: its wall time and ``run_record()``; the
+  top-level command, commit and packages are the latest invocation's.
+  Returns the file's path."""
+  path = os.path.join(workdir, "run_info.json")
+  invocations, runs = [], []
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    invocations, runs = saved.get("invocations", []), saved.get("runs", [])
+  invocations.append(wall_time_s)
+  runs.append({**run_record(), "wall_time_s": wall_time_s})
+  with open(path, "w") as f:
+    json.dump({"wall_time_s": sum(invocations), "invocations": invocations,
+               "devices": [str(d) for d in devices],
+               **{k: runs[-1][k] for k in ("command", "commit", "packages")},
+               "runs": runs}, f, indent=2)
+  return path

@@ -5,6 +5,10 @@ each batch of example indices is split over the ``data`` axis, so the gather,
 augmentation, forward and backward of a step run on each device's share and
 XLA inserts the gradient and BatchNorm all-reduces. The same code runs on one
 CPU, eight GPUs or many hosts (each process feeds its own slice of the batch).
+
+The train step is compiled here too, ahead of its first call, with the
+state's device layout and donation chosen by ``config.systems``; and a split
+too large for device memory streams from the host through grain.
 """
 
 from __future__ import annotations
@@ -91,3 +95,64 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def lower_train_step(step, state, args: tuple, state_sharding, *,
+                     layout: str, donate: bool):
+  """``step(state, *args) -> (state, scalars)`` jitted and lowered.
+
+  The state is placed by ``state_formats(state, state_sharding, layout)`` (in
+  and out, so a donated state is updated where it lies); the other arguments
+  keep their own shardings. ``state`` and ``args`` may be arrays or
+  ``jax.ShapeDtypeStruct``s.
+  """
+  formats = state_formats(state, state_sharding, layout)
+  jitted = jax.jit(step, in_shardings=(formats,) + (None,) * len(args),
+                   out_shardings=(formats, state_sharding),
+                   donate_argnums=(0,) if donate else ())
+  # Layout.AUTO takes shapes, not arrays, whose layout is already fixed.
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=state_sharding),
+      state)
+  return jitted.lower(abstract, *args)
+
+
+def compile_train_step(step, state, args: tuple, state_sharding, *,
+                       layout: str, donate: bool):
+  """``lower_train_step`` compiled; returns ``(compiled, state)``, the state
+  moved into the layouts that ``compiled`` reads. Call
+  ``compiled(state, *args)`` with arguments placed like ``args``."""
+  compiled = lower_train_step(step, state, args, state_sharding, layout=layout,
+                              donate=donate).compile()
+  return compiled, place_state(compiled, state)
+
+
+def place_state(compiled, state):
+  """``state`` in the device layouts that ``compiled`` reads (consumes it)."""
+  return jax.jit(lambda s: s, out_shardings=compiled.input_formats[0][0],
+                 donate_argnums=0)(state)
+
+
+def stream_host_batches(host: dict, indices, start: int, stop: int,
+                        batch_size: int, mesh):
+  """Yields steps ``start``..``stop - 1``'s batches of ``host`` arrays (uint8
+  ``images [N, S, S, 3]``, ...), rows ``indices(t)`` ``[batch_size]``, as
+  global arrays sharded over ``mesh``'s data axis.
+
+  Each process gathers only its own rows; grain runs the gathers in
+  background threads, a few steps ahead of training.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  n_proc, rank = jax.process_count(), jax.process_index()
+  per_process = batch_size // n_proc
+
+  def gather(t):
+    local = indices(int(t))[rank * per_process:(rank + 1) * per_process]
+    return {k: v[local] for k, v in host.items()}
+
+  stream = grain.MapDataset.range(start, stop).map(gather).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  for local in stream:
+    yield {k: jax.make_array_from_process_local_data(
+        batch_sharding(mesh), v, (batch_size,) + v.shape[1:])
+           for k, v in local.items()}

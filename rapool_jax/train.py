@@ -1,4 +1,4 @@
-"""Training and evaluation: the paper's steps run in order from ``config.stage_order``.
+"""Training: the train step, the stage loop and the whole job.
 
 ``train_and_evaluate(config, workdir)`` is the whole job: Step 1 initialisation,
 each configured stage (with its own pooling, loss weights, frozen parameters and
@@ -6,12 +6,13 @@ schedule), RankOpt on the pooled training features, evaluation of every
 reported model on the evaluation split, and the report (table, ROC, CAMs).
 Every stage checkpoints periodically and at its end; a restarted run picks up
 where the last checkpoint left off and ends with the same results.
+Checks live in ``checks.py``, evaluation and RankOpt in ``evaluate.py``,
+compilation, layouts and host streaming in ``sharding.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -20,15 +21,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
-from rapool_jax import config_lib
-from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import losses
-from rapool_jax import metrics as metrics_lib
 from rapool_jax import optim
 from rapool_jax import provenance
 from rapool_jax import report as report_lib
@@ -112,88 +109,6 @@ def resident_train_step(state, batch_idx, key, split, **kwargs):
   return train_step(state, resident_batch(split, batch_idx), key, **kwargs)
 
 
-def lower_train_step(step, state, args: tuple, state_sharding, *,
-                     layout: str, donate: bool):
-  """``step(state, *args) -> (state, scalars)`` jitted and lowered.
-
-  The state is placed by ``sharding.state_formats(state, state_sharding,
-  layout)`` (in and out, so a donated state is updated where it lies); the
-  other arguments keep their own shardings. ``state`` and ``args`` may be
-  arrays or ``jax.ShapeDtypeStruct``s.
-  """
-  formats = sharding.state_formats(state, state_sharding, layout)
-  jitted = jax.jit(step, in_shardings=(formats,) + (None,) * len(args),
-                   out_shardings=(formats, state_sharding),
-                   donate_argnums=(0,) if donate else ())
-  # Layout.AUTO takes shapes, not arrays, whose layout is already fixed.
-  abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=state_sharding),
-      state)
-  return jitted.lower(abstract, *args)
-
-
-def compile_train_step(step, state, args: tuple, state_sharding, *,
-                       layout: str, donate: bool):
-  """``lower_train_step`` compiled; returns ``(compiled, state)``, the state
-  moved into the layouts that ``compiled`` reads. Call
-  ``compiled(state, *args)`` with arguments placed like ``args``."""
-  compiled = lower_train_step(step, state, args, state_sharding, layout=layout,
-                              donate=donate).compile()
-  return compiled, place_state(compiled, state)
-
-
-def place_state(compiled, state):
-  """``state`` in the device layouts that ``compiled`` reads (consumes it)."""
-  return jax.jit(lambda s: s, out_shardings=compiled.input_formats[0][0],
-                 donate_argnums=0)(state)
-
-
-def eval_step(variables, images, masks, *, model, pooling, mean, std):
-  """Inference on a centre-cropped batch: probabilities, features, masks."""
-  out = model.apply(variables, pipeline.normalize(images, mean, std),
-                    train=False, pooling=pooling, mask=masks)
-  return {"probs": jax.nn.softmax(out["logits"], -1),
-          "pooled": out["pooled"],
-          "seg_pred": jnp.argmax(out["seg_logits"], -1).astype(jnp.uint8),
-          "score_map": out["score_map"]}
-
-
-def stream_host_batches(host: dict, indices, start: int, stop: int,
-                        batch_size: int, mesh):
-  """Yields steps ``start``..``stop - 1``'s batches of ``host`` arrays (uint8
-  ``images [N, S, S, 3]``, ...), rows ``indices(t)`` ``[batch_size]``, as
-  global arrays sharded over ``mesh``'s data axis.
-
-  Each process gathers only its own rows; grain runs the gathers in
-  background threads, a few steps ahead of training.
-  """
-  import grain  # pylint: disable=g-import-not-at-top
-  n_proc, rank = jax.process_count(), jax.process_index()
-  per_process = batch_size // n_proc
-
-  def gather(t):
-    local = indices(int(t))[rank * per_process:(rank + 1) * per_process]
-    return {k: v[local] for k, v in host.items()}
-
-  stream = grain.MapDataset.range(start, stop).map(gather).to_iter_dataset(
-      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-  for local in stream:
-    yield {k: jax.make_array_from_process_local_data(
-        sharding.batch_sharding(mesh), v, (batch_size,) + v.shape[1:])
-           for k, v in local.items()}
-
-
-PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
-
-
-def make_key(seed: int, impl: str):
-  """The run's root key; ``impl`` is ``systems.prng_impl``."""
-  if impl not in PRNG_IMPLS:
-    raise errors.UserError(
-        f"config key systems.prng_impl: {impl!r} is not one of {PRNG_IMPLS}")
-  return jax.random.key(seed, impl=impl)
-
-
 # ----------------------------------------------------------------------------
 # The job.
 
@@ -202,54 +117,30 @@ class Trainer:
   """Holds what every stage shares: model, data on device, jitted steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    check_config(config)
+    checks.check_config(config)
     self.config = config
     self.workdir = workdir
     config.model.num_classes = pipeline.num_classes(config.data.task)
-    if (config.model.pretrained
-        and config.model.get("backbone", "resnet") == "resnet"):
-      # The weights define the input normalisation; config.json records it.
-      from rapool_jax import pretrained
-      prep = pretrained.preprocessing_for(config.model.pretrained)
-      config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
-      print(f"inputs normalised as the weights expect: {prep.as_dict()}",
-            flush=True)
-    self.mean = tuple(config.data.mean)
-    self.std = tuple(config.data.std)
+    set_input_normalisation(config)
+    self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
     self.model = rapool_net.build_model(config.model, config.systems)
-    # Before the data loads: a bad systems.prng_impl fails at once.
-    self.key = make_key(config.seed, config.systems.prng_impl)
-
-    needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
-    builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
-    self.splits = folds.load_splits(builder, config.data)
-    train = self.splits[config.data.train_split]
-    if needs_masks and not train.has_mask.any():
-      raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
-                       "but a stage has lambda_seg > 0")
-    self.train = train
+    self.key = jax.random.key(config.seed, impl=config.systems.prng_impl)
     self.mesh = sharding.make_mesh()
     sharding.check_batch_size(config.train.batch_size, self.mesh)
     sharding.check_batch_size(config.train.eval_batch_size, self.mesh,
                               "train.eval_batch_size")
-    self.train_host = {"images": train.images, "masks": train.masks,
-                       "labels": train.labels, "has_mask": train.has_mask}
-    # A split within the budget lives on the devices as uint8 and its batches
-    # are gathered and augmented inside jit; a larger one streams from the
-    # host through grain, prefetched in background threads.
-    nbytes = sum(a.nbytes for a in self.train_host.values())
-    self.resident = nbytes <= config.data.device_memory_budget_mb * 2**20
-    self.train_dev = (sharding.put_replicated(self.train_host, self.mesh)
-                      if self.resident else None)
-    print(f"training split: {len(train)} examples, {nbytes / 2**20:.0f} MiB, "
-          f"{'on device' if self.resident else 'streamed from host'}",
-          flush=True)
+    self.splits = load_splits(config)
+    self.train = self.splits[config.data.train_split]
+    self.train_host, self.train_dev = place_training_split(
+        self.train, config.data.device_memory_budget_mb, self.mesh)
+    self.resident = self.train_dev is not None
+    self.predict = evaluate.Predictor(
+        self.model, self.mesh, self.mean, self.std,
+        config.train.eval_batch_size, config.data.crop_size)
     self.writer = report_lib.MetricWriter(os.path.join(workdir, "tensorboard"))
-    self._eval_fns = {}
-
-  # -- initialisation (Step 1) -----------------------------------------------
 
   def init_variables(self):
+    """Step 1: random initialisation, then ``model.pretrained``'s weights."""
     crop = self.config.data.crop_size
     variables = self.model.init(
         {"params": jax.random.fold_in(self.key, 0)},
@@ -257,37 +148,44 @@ class Trainer:
     variables = {"params": variables["params"],
                  "batch_stats": variables.get("batch_stats", {})}
     if self.config.model.pretrained:
-      from rapool_jax import pretrained
+      from rapool_jax import pretrained  # pylint: disable=g-import-not-at-top
       variables = pretrained.load_pretrained(variables, self.config.model)
     return variables
 
-  # -- one stage ---------------------------------------------------------------
-
   def run_stage(self, index: int, name: str, variables, finished: dict):
-    """Trains stage ``name`` from ``variables`` (or its checkpoint); returns meta."""
+    """Trains stage ``name`` from ``variables`` (or its checkpoint), drawing
+    batch order ``index``; returns its final variables and meta."""
+    stage = self.config.stages[name]
+    tx = optim.make_optimizer(self.config.optimizer, stage, variables["params"])
     with ckpt_lib.manager(self.workdir, name,
                           self.config.train.keep_checkpoints) as mngr:
-      return self._run_stage(mngr, index, name, variables, finished)
+      state, meta = self._start_or_resume(mngr, name, tx, variables, finished)
+      if not meta["done"]:
+        state = self._train(mngr, index, name, tx, state, meta)
+        meta["done"] = True
+        ckpt_lib.save(mngr, int(meta["step"]) + 1, state, meta)
+    return state["variables"], meta
 
-  def _run_stage(self, mngr, index, name, variables, finished):
-    config, stage = self.config, self.config.stages[name]
-    tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
+  def _start_or_resume(self, mngr, name, tx, variables, finished):
+    """The stage's state and meta: fresh from ``variables``, or restored."""
     # The step donates its state; the caller keeps ``variables`` (CAMs, RankOpt).
     variables = jax.tree.map(jnp.copy, variables)
     state = {"variables": variables, "opt_state": tx.init(variables["params"]),
              "step": jnp.zeros((), jnp.int32)}
+    state = sharding.put_replicated(state, self.mesh)
     meta = {"stage": name, "step": 0, "done": False,
             "plateau": {"best": None, "bad": 0, "history": []},
             "finished": finished}
-    state = sharding.put_replicated(state, self.mesh)
     step, saved_meta = ckpt_lib.latest_meta(mngr)
-    if step is not None:
-      state = ckpt_lib.restore_state(mngr, step, state)
-      meta = saved_meta
-      print(f"[{name}] resumed from checkpoint at step {step}", flush=True)
-      if meta["done"]:
-        return state["variables"], meta
+    if step is None:
+      return state, meta
+    print(f"[{name}] resumed from checkpoint at step {step}", flush=True)
+    return ckpt_lib.restore_state(mngr, step, state), saved_meta
 
+  def _train(self, mngr, index, name, tx, state, meta):
+    """Steps ``meta["step"]``..``max_steps - 1`` (or to a plateau); logs and
+    checkpoints on the way. Returns the state (``meta`` is updated)."""
+    config, stage = self.config, self.config.stages[name]
     train_fn = functools.partial(
         resident_train_step if self.resident else train_step,
         model=self.model, tx=tx, stage=stage, data=config.data,
@@ -295,13 +193,13 @@ class Trainer:
     progress = report_lib.Progress(name, stage.max_steps, config.train.batch_size)
     start = int(meta["step"])
     progress.start(start)  # the first step's time includes compilation
-    batches = self._batches(index, start, stage.max_steps)
     data = (self.train_dev,) if self.resident else ()
     step_fn = None
-    for t in range(start, stage.max_steps):
-      args = (next(batches), self.key) + data
+    for t, batch in enumerate(self._batches(index, start, stage.max_steps),
+                              start):
+      args = (batch, self.key) + data
       if step_fn is None:
-        step_fn, state = compile_train_step(
+        step_fn, state = sharding.compile_train_step(
             train_fn, state, args, sharding.replicated(self.mesh),
             layout=config.systems.state_layout,
             donate=config.systems.donate_state)
@@ -311,24 +209,39 @@ class Trainer:
         progress.compiled(t + 1)
       meta["step"] = t + 1
       if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
-        scalars = jax.tree.map(sharding.to_host, scalars)
-        if not np.isfinite(scalars["loss"]):
-          raise FloatingPointError(
-              f"[{name}] loss is {scalars['loss']} at step {t + 1}: lower "
-              f"config.stages.{name}.lr (now {stage.lr})")
-        progress.log(t + 1, scalars)
-        self.writer.scalars(f"{name}/train", t + 1, scalars)
-      if stage.plateau_metric and (t + 1) % stage.plateau_eval_every == 0:
-        if self._plateau_update(name, stage, state["variables"], meta, t + 1):
-          print(f"[{name}] {stage.plateau_metric} has not improved for "
-                f"{stage.plateau_patience} evaluations: stopping at step "
-                f"{t + 1}", flush=True)
-          break
+        self._log(name, t + 1, scalars, progress)
+      if self._plateau_reached(name, state["variables"], meta, t + 1):
+        break
       if (t + 1) % config.train.checkpoint_every == 0:
         ckpt_lib.save(mngr, t + 1, state, meta)
-    meta["done"] = True
-    ckpt_lib.save(mngr, int(meta["step"]) + 1, state, meta)
-    return state["variables"], meta
+    return state
+
+  def _log(self, name: str, step: int, scalars: dict, progress) -> None:
+    scalars = jax.tree.map(sharding.to_host, scalars)
+    if not np.isfinite(scalars["loss"]):
+      raise FloatingPointError(
+          f"[{name}] loss is {scalars['loss']} at step {step}: lower "
+          f"config.stages.{name}.lr (now {self.config.stages[name].lr})")
+    progress.log(step, scalars)
+    self.writer.scalars(f"{name}/train", step, scalars)
+
+  def _plateau_reached(self, name: str, variables, meta, step: int) -> bool:
+    """At the stage's plateau rule's evaluations: True when it says stop."""
+    stage = self.config.stages[name]
+    rule = stage.plateau
+    if not rule.metric or step % rule.eval_every:
+      return False
+    val = self.splits[self.config.data.val_split]
+    value = evaluate.validation_metric(
+        self.predict(variables, val, stage.pooling), val, rule.metric,
+        self.config.data.crop_size)
+    self.writer.scalars(f"{name}/val", step, {rule.metric: abs(value)})
+    if plateau_update(meta["plateau"], step, value,
+                      rule.min_delta) < rule.patience:
+      return False
+    print(f"[{name}] {rule.metric} has not improved for {rule.patience} "
+          f"evaluations: stopping at step {step}", flush=True)
+    return True
 
   def _batches(self, stage_index: int, start: int, stop: int):
     """Yields step ``start``..``stop - 1``'s batch, sharded over the devices.
@@ -343,111 +256,63 @@ class Trainer:
       for t in range(start, stop):
         yield sharding.put_global_batch(indices(t), self.mesh)
       return
-    yield from stream_host_batches(self.train_host, indices, start, stop,
-                                   config.train.batch_size, self.mesh)
-
-  def _plateau_update(self, name, stage, variables, meta, step) -> bool:
-    """Evaluates the plateau metric; returns True when the stage should stop."""
-    val = self.splits[self.config.data.val_split]
-    out = self.predict(variables, val, stage.pooling)
-    metric = stage.plateau_metric
-    if metric == "val_loss":
-      value = -float(np.mean(-np.log(np.maximum(
-          out["probs"][np.arange(len(val)), val.labels], 1e-12))))
-    elif metric == "val_auc":
-      value = metrics_lib.classification_metrics(
-          val.labels, out["probs"][:, 1], 0.5)["auc"]
-    else:  # "val_jaccard": check_config admits no other name
-      value = float(np.nanmean(evaluate.per_image_jaccard(
-          out, val, self.config.data.crop_size)))
-    p = meta["plateau"]
-    p["history"].append([step, value])
-    self.writer.scalars(f"{name}/val", step, {metric: abs(value)})
-    if p["best"] is None or value > p["best"] + stage.plateau_min_delta:
-      p["best"], p["bad"] = value, 0
-    else:
-      p["bad"] += 1
-    return p["bad"] >= stage.plateau_patience
-
-  # -- evaluation ----------------------------------------------------------------
-
-  def predict(self, variables, split: pipeline.Split, pooling: str):
-    """Runs the model over a split (centre crop). Returns host arrays."""
-    key = pooling
-    if key not in self._eval_fns:
-      replicated = sharding.replicated(self.mesh)
-      self._eval_fns[key] = jax.jit(functools.partial(
-          eval_step, model=self.model, pooling=pooling, mean=self.mean,
-          std=self.std), out_shardings=replicated)
-    fn = self._eval_fns[key]
-    bs = self.config.train.eval_batch_size
-    crop = self.config.data.crop_size
-    outs = []
-    for lo in range(0, len(split), bs):
-      images = split.images[lo:lo + bs]
-      masks = split.masks[lo:lo + bs]
-      n = len(images)
-      if n < bs:  # pad to a fixed shape: one compilation per split size
-        images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
-                                                  images.dtype)])
-        masks = np.concatenate([masks, np.zeros((bs - n,) + masks.shape[1:],
-                                                masks.dtype)])
-      images, masks = pipeline.center_crop(images, masks, crop)
-      out = fn(variables, sharding.put_global_batch(images, self.mesh),
-               sharding.put_global_batch(masks, self.mesh))
-      outs.append({k: sharding.to_host(v)[:n] for k, v in out.items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    yield from sharding.stream_host_batches(
+        self.train_host, indices, start, stop, config.train.batch_size,
+        self.mesh)
 
 
-# Checked before any training step (moved to checks.py; names kept here).
-PLATEAU_METRICS = checks.PLATEAU_METRICS
-check_config = checks.check_config
+def plateau_update(tracker: dict, step: int, value: float,
+                   min_delta: float) -> int:
+  """Records ``value`` (higher is better) at ``step`` in ``tracker``
+  (``{"best", "bad", "history"}``, kept in the checkpoint's meta); returns
+  how many evaluations in a row have not beaten the best by ``min_delta``."""
+  tracker["history"].append([step, value])
+  if tracker["best"] is None or value > tracker["best"] + min_delta:
+    tracker["best"], tracker["bad"] = value, 0
+  else:
+    tracker["bad"] += 1
+  return tracker["bad"]
 
 
-# Where a run reads and writes, how it logs, checkpoints, lays out and
-# compiles its state: a resumed run may change these and keep its results
-# (streamed and device-resident data train identically).
-RESUME_MAY_CHANGE = frozenset({
-    "systems.compilation_cache_dir", "data.data_dir", "data.manual_dir",
-    "data.device_memory_budget_mb", "report.num_cam_images",
-    "train.checkpoint_every", "systems.donate_state", "train.eval_batch_size",
-    "train.keep_checkpoints", "train.log_every", "systems.state_layout"})
+def set_input_normalisation(config: ml_collections.ConfigDict) -> None:
+  """ImageNet weights define the input normalisation: ``config.data.mean``
+  and ``std`` are set from them (in place; ``config.json`` records it)."""
+  if (config.model.pretrained
+      and config.model.get("backbone", "resnet") == "resnet"):
+    from rapool_jax import pretrained  # pylint: disable=g-import-not-at-top
+    prep = pretrained.preprocessing_for(config.model.pretrained)
+    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
+    print(f"inputs normalised as the weights expect: {prep.as_dict()}",
+          flush=True)
 
 
-def check_resumed_config(config: ml_collections.ConfigDict,
-                         workdir: str) -> None:
-  """Raises ValueError naming every setting that differs from the run whose
-  checkpoints ``workdir`` holds (its ``config.json``): resuming would
-  otherwise mix two configurations in one result. Keys in only one of the
-  two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
-  checks.check_workdir_labels(workdir)
-  saved_path = os.path.join(workdir, "config.json")
-  # No config.json beside checkpoints: stages linked by launch/fanout.py
-  # (check_workdir_labels refuses any other case).
-  if not (checks.has_checkpoints(workdir) and os.path.isfile(saved_path)):
-    return
-  try:
-    with open(saved_path) as f:
-      saved = json.load(f)
-    if not isinstance(saved, dict):
-      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
-  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-    raise ValueError(f"{saved_path}: not the JSON of a config "
-                     f"({errors.one_line(e)}); restore it, or use a new "
-                     "--workdir") from None
-  saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
-  # Resolved as the trainer resolves it before writing config.json.
-  now = traverse_util.flatten_dict(
-      json.loads(checks.resolved_copy(config).to_json_best_effort()), sep=".")
-  changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
-             for key in sorted(saved.keys() & now.keys())
-             if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
-  if changed:
-    raise ValueError(
-        f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
-        "pass the saved values (--config.KEY=VALUE) to resume or re-run it, "
-        "or use a new --workdir for the new ones (its results would "
-        f"otherwise sit beside a {saved_path} that does not describe them)")
+def place_training_split(train: pipeline.Split, budget_mb: float, mesh):
+  """``(host, device)``: the training split's arrays (uint8 ``images
+  [N, S, S, 3]``, ``masks [N, S, S]``, ``labels [N]``, ``has_mask [N]``) on
+  the host, and replicated on the devices if within ``budget_mb`` (else
+  None)."""
+  host = {"images": train.images, "masks": train.masks,
+          "labels": train.labels, "has_mask": train.has_mask}
+  # On the devices as uint8, batches are gathered and augmented inside jit;
+  # a larger split streams from the host through grain, prefetched in
+  # background threads.
+  nbytes = sum(a.nbytes for a in host.values())
+  resident = nbytes <= budget_mb * 2**20
+  print(f"training split: {len(train)} examples, {nbytes / 2**20:.0f} MiB, "
+        f"{'on device' if resident else 'streamed from host'}", flush=True)
+  return host, (sharding.put_replicated(host, mesh) if resident else None)
+
+
+def load_splits(config: ml_collections.ConfigDict) -> dict:
+  """Every split the run names (``pipeline.Split``s by name); a stage that
+  trains segmentation needs lesion masks in the training split."""
+  needs_masks = any(config.stages[s].lambda_seg > 0 for s in config.stage_order)
+  builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
+  splits = folds.load_splits(builder, config.data)
+  if needs_masks and not splits[config.data.train_split].has_mask.any():
+    raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
+                     "but a stage has lambda_seg > 0")
+  return splits
 
 
 def batch_stream(config, index: int) -> int:
@@ -464,7 +329,7 @@ def batch_stream(config, index: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
   os.makedirs(workdir, exist_ok=True)
-  check_resumed_config(config, workdir)
+  checks.check_resumed_config(config, workdir)
   if config.systems.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       config.systems.compilation_cache_dir)
@@ -474,7 +339,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  eval_split = trainer.splits[config.data.eval_split]
 
   variables = trainer.init_variables()
   finished: dict[str, Any] = {}
@@ -490,38 +354,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if stage.report_as:
       row = evaluate.evaluate_model(trainer, stage.report_as, variables,
                                     stage.pooling)
-      row["stage"] = name
-      rows.append(row)
+      rows.append({**row, "stage": name})
       print(report_lib.format_row(row), flush=True)
     finished[name] = {"steps": meta["step"]}
-
   if config.rankopt.enabled:
     for row in evaluate.fit_linear_heads(trainer, stage_variables):
       rows.append(row)
       print(report_lib.format_row(row), flush=True)
 
+  eval_split = trainer.splits[config.data.eval_split]
   results = {"data": config.data.name, "eval_split": config.data.eval_split,
              "num_eval_examples": len(eval_split), "rows": rows,
              "stages": finished}
   report_lib.write_report(workdir, config, results, trainer, stage_variables,
                           eval_split)
-  if jax.process_index() != 0:
-    return results
-  info_path = os.path.join(workdir, "run_info.json")
-  invocations, runs = [], []
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      saved = json.load(f)
-    invocations, runs = saved.get("invocations", []), saved.get("runs", [])
-  invocations.append(time.time() - t0)
-  # Provenance of each invocation (a resumed run has several): commit,
-  # package versions, command line.
-  runs.append({**provenance.run_record(), "wall_time_s": invocations[-1]})
-  with open(info_path, "w") as f:
-    json.dump({"wall_time_s": sum(invocations), "invocations": invocations,
-               "devices": [str(d) for d in jax.devices()],
-               **{k: runs[-1][k] for k in ("command", "commit", "packages")},
-               "runs": runs}, f, indent=2)
-  print(f"wrote {os.path.join(workdir, 'results.md')} "
-        f"({time.time() - t0:.0f} s)", flush=True)
+  if jax.process_index() == 0:
+    provenance.append_run_info(workdir, time.time() - t0, jax.devices())
+    print(f"wrote {os.path.join(workdir, 'results.md')} "
+          f"({time.time() - t0:.0f} s)", flush=True)
   return results

@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts, not instal
   sys.path.insert(0, str(REPO))
 
 from benchmarks import benchmark  # noqa: E402
-from rapool_jax import train  # noqa: E402
+from rapool_jax import sharding  # noqa: E402
 from rapool_jax.models import rapool_net  # noqa: E402
 
 pytestmark = pytest.mark.slow  # timing runs of the performance lab
@@ -642,7 +642,7 @@ def test_donate_state_decides_whether_the_step_consumes_its_state(donate):
       config, "joint", 4)
   step_fn = benchmark.lower_train_step(config, step, state,
                                        (idxs[0], key, split)).compile()
-  placed = train.place_state(step_fn, state)
+  placed = sharding.place_state(step_fn, state)
   new_state, _ = step_fn(placed, idxs[0], key, split)
   params = placed["variables"]["params"]
   assert all(leaf.is_deleted() == donate for leaf in jax.tree.leaves(params))

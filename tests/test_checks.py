@@ -11,7 +11,6 @@ import sys
 import time
 import zipfile
 
-import numpy as np
 import pytest
 
 import isic_fixtures as fx
@@ -153,17 +152,17 @@ def _workdir_with_checkpoints(path, config=None):
 def test_checkpoints_without_config_json_stop(tiny_config, tmp_path):
   _workdir_with_checkpoints(tmp_path)
   with pytest.raises(ValueError, match="no config.json"):
-    train.check_resumed_config(tiny_config, str(tmp_path))
+    checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_three_class_saved_config_matches_a_fresh_one(tiny_config, tmp_path):
   tiny_config.data.task = "three_class"
   _workdir_with_checkpoints(tmp_path, tiny_config)
   assert tiny_config.model.num_classes == 2   # the fresh, unresolved config
-  train.check_resumed_config(tiny_config, str(tmp_path))
+  checks.check_resumed_config(tiny_config, str(tmp_path))
   tiny_config.data.task = "melanoma"
   with pytest.raises(ValueError, match="data.task='three_class'"):
-    train.check_resumed_config(tiny_config, str(tmp_path))
+    checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_resumed_run_on_other_data_stops(tmp_path):
@@ -221,6 +220,22 @@ def test_bad_config_files_get_one_line(tmp_path, text, config_arg, message):
   assert result.returncode == 2, result.stderr
   assert result.stderr.count("\n") == 1, result.stderr
   assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("override,hint", [
+    ("--config.model.dropout_rng=hash",
+     "config.model.dropout_rng is now config.systems.dropout_rng"),
+    ("--config.stages.joint.plateau_patience=4",
+     "config.stages.joint.plateau_patience is now "
+     "config.stages.joint.plateau.patience"),
+    ("--config.model.max_pool=sliced", "config.model.max_pool was removed"),
+])
+def test_an_old_override_key_says_where_it_moved(tmp_path, override, hint):
+  result = _main("--config", "configs/tiny.py", "--workdir",
+                 str(tmp_path / "w"), override)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.count("\n") == 1, result.stderr
+  assert "unknown config key" in result.stderr and hint in result.stderr
 
 
 def test_truncated_zip_for_predict_is_named(tmp_path):

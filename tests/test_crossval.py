@@ -8,9 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import load_config
 from launch import crossval
 from launch import crossval_report
+from rapool_jax import checks
 from rapool_jax import evaluate
 from rapool_jax import train
 from rapool_jax.data import folds
@@ -78,13 +78,13 @@ def test_concat_rejects_shared_ids():
 def test_cv_split_names_need_num_folds(tiny_config):
   tiny_config.data.train_split = "cv_train"
   with pytest.raises(ValueError, match="num_folds=0"):
-    train.check_config(tiny_config)
+    checks.check_config(tiny_config)
 
 
 def test_init_from_must_name_an_earlier_stage(tiny_config):
   tiny_config.stages.joint.init_from = "joint"
   with pytest.raises(ValueError, match="stages.joint.init_from='joint'"):
-    train.check_config(tiny_config)
+    checks.check_config(tiny_config)
 
 
 def _isic_configs():
@@ -113,7 +113,7 @@ def test_crossval_config_arms_share_state_and_batches():
   for name, (_, changes) in module.CROSSVAL_ARMS.items():
     diff = {k for k, v in config.stages[name].to_dict().items() if rap[k] != v}
     assert diff <= set(changes) | {"report_as"}, (name, diff)
-  train.check_config(config)
+  checks.check_config(config)
 
 
 @pytest.mark.slow  # a whole tiny run: about 80 s on 2 cores
@@ -233,13 +233,13 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
 
 
 def test_a_step_schedule_that_never_anneals_is_named(tiny_config, capsys):
-  train.check_config(tiny_config)
+  checks.check_config(tiny_config)
   assert "never lowers" not in capsys.readouterr().out
   tiny_config.stages.joint.decay_every = tiny_config.stages.joint.max_steps
-  train.check_config(tiny_config)
+  checks.check_config(tiny_config)
   assert "stages.joint: schedule='step'" in capsys.readouterr().out
   tiny_config.stages.joint.schedule = "cosine"
-  train.check_config(tiny_config)
+  checks.check_config(tiny_config)
   assert "never lowers" not in capsys.readouterr().out
 
 
@@ -264,7 +264,7 @@ def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
       "50", 224, 32)
   assert full.data.crossval == small.data.crossval
   assert full.stage_order == small.stage_order
-  train.check_config(full)
+  checks.check_config(full)
   with pytest.raises(ValueError, match="use crossval,fullsize"):
     module.get_config("fullsize")
 

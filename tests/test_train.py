@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import checks
+from rapool_jax import config_lib
+from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import sharding
 from rapool_jax import train
@@ -117,7 +120,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
                                                          tmp_path):
   workdir = str(tmp_path)
   _saved_run(tiny_config, workdir)
-  train.check_resumed_config(tiny_config, workdir)   # the same: resumes
+  checks.check_resumed_config(tiny_config, workdir)   # the same: resumes
   resumed = copy.deepcopy(tiny_config)
   resumed.systems.dropout_rng = "hash"
   resumed.stages.joint.lambda_seg = 5.0
@@ -126,7 +129,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
   resumed.train.log_every = 1
   resumed.systems.state_layout = "default"
   with pytest.raises(ValueError) as error:
-    train.check_resumed_config(resumed, workdir)
+    checks.check_resumed_config(resumed, workdir)
   message = str(error.value)
   assert "systems.dropout_rng='threefry' (now 'hash')" in message
   assert "stages.joint.lambda_seg=" in message
@@ -136,7 +139,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
   assert "delete" not in message and "new --workdir" in message
   # Before any checkpoint there is nothing to resume: any config starts.
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
-  train.check_resumed_config(resumed, workdir)
+  checks.check_resumed_config(resumed, workdir)
 
 
 def test_resume_ignores_keys_added_since_the_run_was_saved(tiny_config,
@@ -144,7 +147,7 @@ def test_resume_ignores_keys_added_since_the_run_was_saved(tiny_config,
   old = copy.deepcopy(tiny_config)
   del old["systems"]   # saved before the block existed (threefry masks)
   _saved_run(old, str(tmp_path))
-  train.check_resumed_config(tiny_config, str(tmp_path))
+  checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_configs_saved_before_the_systems_block_resume_by_todays_names(
@@ -160,12 +163,12 @@ def test_configs_saved_before_the_systems_block_resume_by_todays_names(
   old.compilation_cache_dir = "/cache"
   _saved_run(old, str(tmp_path))
   with pytest.raises(ValueError) as error:
-    train.check_resumed_config(tiny_config, str(tmp_path))
+    checks.check_resumed_config(tiny_config, str(tmp_path))
   # One difference: the masks (prng_impl agrees; the rest may change).
   assert str(error.value).count("(now ") == 1
   assert "systems.dropout_rng='hash' (now 'threefry')" in str(error.value)
   tiny_config.systems.dropout_rng = "hash"
-  train.check_resumed_config(tiny_config, str(tmp_path))
+  checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
@@ -173,7 +176,7 @@ def test_unreadable_saved_config_is_named(tiny_config, tmp_path, text):
   _saved_run(tiny_config, str(tmp_path))
   (tmp_path / "config.json").write_text(text)
   with pytest.raises(ValueError, match=r"config\.json: not the JSON"):
-    train.check_resumed_config(tiny_config, str(tmp_path))
+    checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
@@ -185,8 +188,10 @@ def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("stages.joint.pooling", "regoin", "config.stages.joint.pooling='regoin'"),
     ("stages.joint.schedule", "linear", "config.stages.joint.schedule='linear'"),
-    ("stages.joint.plateau_metric", "val_acc",
-     "config.stages.joint.plateau_metric='val_acc'"),
+    ("stages.joint.plateau.metric", "val_acc",
+     "config.stages.joint.plateau.metric='val_acc'"),
+    ("stages.joint.plateau.patience", 0,
+     "config.stages.joint.plateau.patience=0"),
     ("stages.joint.max_steps", -1, "config.stages.joint.max_steps=-1"),
     ("train.batch_size", 0, "config.train.batch_size=0"),
     ("train.checkpoint_every", 0, "config.train.checkpoint_every=0"),
@@ -207,23 +212,43 @@ def test_bad_stage_or_train_value_fails_before_any_training(
 
 
 def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
-  tiny_config.stages.joint.plateau_metric = "val_auc"
+  tiny_config.stages.joint.plateau.metric = "val_auc"
   tiny_config.data.val_split = ""
   with pytest.raises(ValueError, match="config.data.val_split"):
     train.Trainer(tiny_config, str(tmp_path))
 
 
+def test_plateau_update_counts_evaluations_since_the_best():
+  tracker = {"best": None, "bad": 0, "history": []}
+  bad = [train.plateau_update(tracker, step, value, min_delta=0.01)
+         for step, value in [(1, 0.5), (2, 0.505), (3, 0.52), (4, 0.4),
+                             (5, 0.525)]]
+  # 0.505 is within min_delta of 0.5; 0.525 within it of 0.52.
+  assert bad == [0, 1, 0, 1, 2]
+  assert tracker["best"] == 0.52
+  assert tracker["history"][-1] == [5, 0.525]
+
+
+def test_saved_configs_with_flat_plateau_keys_compare_with_todays():
+  saved = {"stages.segmentation.plateau_metric": "val_jaccard",
+           "stages.segmentation.plateau_eval_every": 500,
+           "model.dropout_rng": "threefry", "model.max_pool": "reduce_window",
+           "seed": 0}
+  assert config_lib.upgrade_flat(saved) == {
+      "stages.segmentation.plateau.metric": "val_jaccard",
+      "stages.segmentation.plateau.eval_every": 500,
+      "systems.dropout_rng": "threefry", "seed": 0}
+
+
 @pytest.mark.parametrize("metric", [  # one in the quick tier
     m if m == "val_loss" else pytest.param(m, marks=pytest.mark.slow)
-    for m in train.PLATEAU_METRICS])
+    for m in evaluate.PLATEAU_METRICS])
 def test_plateau_rule_stops_a_stage_that_stops_improving(tiny_config, tmp_path,
                                                          metric):
   stage = tiny_config.stages.segmentation
   stage.max_steps = 6
-  stage.plateau_metric = metric
-  stage.plateau_eval_every = 1
-  stage.plateau_patience = 2
-  stage.plateau_min_delta = 1e9   # after the first evaluation nothing is better
+  stage.plateau = dict(metric=metric, eval_every=1, patience=2,
+                       min_delta=1e9)  # after the first evaluation nothing is better
   trainer = train.Trainer(tiny_config, str(tmp_path))
   _, meta = trainer.run_stage(1, "segmentation", trainer.init_variables(), {})
   # The first evaluation sets the best; two without improvement end the stage.
