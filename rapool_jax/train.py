@@ -114,7 +114,8 @@ def resident_train_step(state, batch_idx, key, split, **kwargs):
 
 
 class Trainer:
-  """Holds what every stage shares: model, data on device, jitted steps."""
+  """What every stage shares: the model, the splits (the training split on
+  the devices or streamed from the host), the predictor and the writer."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     checks.check_config(config)
