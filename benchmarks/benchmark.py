@@ -677,7 +677,30 @@ def input_pipeline_throughput(config, batch: int, steps: int,
           "labels": rng.integers(0, 2, (n,)).astype(np.int32),
           "has_mask": np.ones((n,), bool)}
   indices = lambda t: pipeline.batch_indices(0, 0, t, batch, n)  # noqa: E731
-  data = config.data
+  device_rate = _device_augment_rate(config.data, host, indices, batch, steps,
+                                     mesh)
+  result = {"batch": batch, "num_examples": n, "steps": steps,
+            "device_augment_img_per_s": device_rate,
+            "host_stream_img_per_s": None}
+  try:
+    import grain  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    # A leased accelerator may lack grain: keep the on-device figure.
+    result["host_stream_skipped"] = f"grain is not importable: {e}"
+    log(f"input pipeline alone (batch {batch}): on-device augmentation "
+        f"{device_rate:.0f} img/s; host stream skipped ({e})")
+    return result
+  result["host_stream_img_per_s"] = _host_stream_rate(host, indices, batch,
+                                                      steps, mesh)
+  log(f"input pipeline alone (batch {batch}): on-device augmentation "
+      f"{device_rate:.0f} img/s, host stream (grain + copy) "
+      f"{result['host_stream_img_per_s']:.0f} img/s")
+  return result
+
+
+def _device_augment_rate(data, host, indices, batch, steps, mesh) -> float:
+  """Returns the img/s of ``steps`` batches gathered and augmented in jit
+  from ``host`` held on the devices."""
 
   @jax.jit
   def device_input(split, idx, key):
@@ -694,31 +717,19 @@ def input_pipeline_throughput(config, batch: int, steps: int,
   for idx in idxs:
     out = device_input(split, idx, key)
   jax.block_until_ready(out)
-  device_rate = batch * steps / (time.perf_counter() - t0)
-  del split, out
+  return batch * steps / (time.perf_counter() - t0)
 
-  result = {"batch": batch, "num_examples": n, "steps": steps,
-            "device_augment_img_per_s": device_rate,
-            "host_stream_img_per_s": None}
-  try:
-    import grain  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    # A leased accelerator may lack grain: keep the on-device figure.
-    result["host_stream_skipped"] = f"grain is not importable: {e}"
-    log(f"input pipeline alone (batch {batch}): on-device augmentation "
-        f"{device_rate:.0f} img/s; host stream skipped ({e})")
-    return result
+
+def _host_stream_rate(host, indices, batch, steps, mesh) -> float:
+  """Returns the img/s of ``steps`` uint8 batches gathered on the host by
+  grain and copied to the devices."""
   stream = sharding.stream_host_batches(host, indices, 0, steps + 1, batch, mesh)
   jax.block_until_ready(next(stream))   # grain's threads are up
   t0 = time.perf_counter()
   for out in stream:
     pass
   jax.block_until_ready(out)
-  result["host_stream_img_per_s"] = batch * steps / (time.perf_counter() - t0)
-  log(f"input pipeline alone (batch {batch}): on-device augmentation "
-      f"{device_rate:.0f} img/s, host stream (grain + copy) "
-      f"{result['host_stream_img_per_s']:.0f} img/s")
-  return result
+  return batch * steps / (time.perf_counter() - t0)
 
 
 def _zero_segmentation_loss(seg_logits, masks, has_mask=None):
@@ -949,31 +960,63 @@ def run(size_name: str, *, steps: int | None = None,
   still run. ``on_row(result)`` is called after each row and each analysis
   piece (partial results).
   """
+  size = _size_config(size_name, steps, repeats, batches)
+  dtype = dtype or size["dtype"]
+  config = make_config(size, dtype)
+  platform_name = jax.devices()[0].platform
+  options = (cpu_compiler_options(platform_name)
+             if xla_options == "recommended" else {})
+  with_torch, compile_torch, torch_info = _torch_reference(
+      with_torch, torch_compile, dtype, log)
+  result = _start_result(size_name, size, dtype, options, torch_info,
+                         time_budget_s, log)
+  time_row = functools.partial(
+      _time_row, config=config, size=size, dtype=dtype, options=options,
+      with_torch=with_torch, compile_torch=compile_torch)
+  budget = _Budget(time_budget_s)
+  log(HEADER)
+  for kind, batch in row_plan(size["batches"], kinds, size["eval_batch"]):
+    ran = _add_row(result, budget, kind, batch, time_row, with_torch, log)
+    if ran and on_row:
+      on_row(result)
+  if analysis and _analysis_fits(result, budget, log):
+    _analysis(result, config, size, options, platform_name, xla_options, log,
+              on_piece=on_row)
+  return result
+
+
+def _size_config(size_name: str, steps, repeats, batches) -> dict:
+  """Returns a copy of ``SIZES[size_name]`` with the overrides given."""
   size = dict(SIZES[size_name])
   for key, value in (("steps", steps), ("repeats", repeats)):
     if value:
       size[key] = value
   if batches:
     size["batches"] = tuple(batches)
-  dtype = dtype or size["dtype"]
-  config = make_config(size, dtype)
-  platform_name = jax.devices()[0].platform
-  options = (cpu_compiler_options(platform_name)
-             if xla_options == "recommended" else {})
-  torch_info = None
-  if with_torch:
-    ok, why = torch_available()
-    if not ok:
-      log(f"torch reference skipped: {why}")
-      with_torch, torch_info = False, {"skipped": why}
-  compile_torch = False
-  if with_torch:
-    from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
-    compile_torch = {"on": True, "off": False}.get(
-        torch_compile, tr.default_device().type == "cuda")
-    torch_info = {**tr.runtime_info(), "compile": compile_torch,
-                  "amp_bf16": dtype == "bfloat16", "channels_last": True}
+  return size
 
+
+def _torch_reference(with_torch: bool, torch_compile: str, dtype: str, log):
+  """Returns ``(with_torch, compile_torch, torch_info)``: whether the torch
+  reference runs (only where torch imports), whether it is compiled, and
+  what the result records about it."""
+  if not with_torch:
+    return False, False, None
+  ok, why = torch_available()
+  if not ok:
+    log(f"torch reference skipped: {why}")
+    return False, False, {"skipped": why}
+  from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top,line-too-long
+  compile_torch = {"on": True, "off": False}.get(
+      torch_compile, tr.default_device().type == "cuda")
+  torch_info = {**tr.runtime_info(), "compile": compile_torch,
+                "amp_bf16": dtype == "bfloat16", "channels_last": True}
+  return True, compile_torch, torch_info
+
+
+def _start_result(size_name, size, dtype, options, torch_info, time_budget_s,
+                  log) -> dict[str, Any]:
+  """Logs what is about to be timed; returns the result before any row."""
   info = device_info()
   log(f"device: {info['platform']} {info['device_kind']} "
       f"({info['cpu_count']} CPU cores); size '{size_name}': ResNet-"
@@ -981,86 +1024,103 @@ def run(size_name: str, *, steps: int | None = None,
       f"{size['image_size']}), {dtype}, batches {size['batches']}, "
       f"{size['repeats']} x {size['steps']} steps after {size['warmup']} "
       f"warm-up; JAX compiler options {options or 'XLA defaults'}")
-  result = {"device": info, "size": size_name, "size_config": size,
-            "dtype": dtype, "jax_compiler_options": options,
-            "torch": torch_info, "quiet_other_cpu_frac": QUIET_OTHER_CPU,
-            "results": []}
-  amp = dtype == "bfloat16"
+  return {"device": info, "size": size_name, "size_config": size,
+          "dtype": dtype, "jax_compiler_options": options,
+          "torch": torch_info, "quiet_other_cpu_frac": QUIET_OTHER_CPU,
+          "results": [], "time_budget_s": time_budget_s, "skipped": [],
+          "errors": []}
 
-  def add_row(make_jax, make_torch, step, batch):
-    runners, trackers = [make_jax()], [_PeakTracker(_jax_device_peak)]
-    if with_torch:
-      t = make_torch()
-      t.reset_device_peak()
-      runners.append(t)
-      trackers.append(_PeakTracker(t.device_peak))
-    blocks = time_interleaved(runners, steps_per_block(size, batch),
-                              size["repeats"], size["warmup"], trackers)
-    entries = []
-    for runner, b, tracker in zip(runners, blocks, trackers):
-      extra = {"ms_per_step": 1e3 * batch / _summary(b)["img_per_s"]}
-      if runner.framework == "torch":
-        extra["torch_compile"] = _compiled_ok(runner)
-        error = getattr(getattr(runner, "step", runner), "compile_error", None)
-        if error:
-          extra["torch_compile_error"] = error
-      entries.append(_entry(runner, b, step=step, batch=batch,
-                            image_size=size["crop"], dtype=dtype,
-                            tracker=tracker, extra=extra))
-    result["results"].extend(entries)
-    log(format_row(entries))
-    del runners
-    gc.collect()
-    if with_torch:
-      _torch_release_cache()
 
-  budget = _Budget(time_budget_s)
-  result["time_budget_s"] = time_budget_s
-  result["skipped"], result["errors"] = [], []
-  log(HEADER)
-  for kind, batch in row_plan(size["batches"], kinds, size["eval_batch"]):
-    row = {"step": kind, "batch": batch}
-    # Compiling dominates a row, whatever its batch: one estimate per kind.
-    piece = "eval" if kind == "eval" else "train"
-    if not budget.allows(piece):
-      log(f"{kind:<15}{batch:>6}  skipped: {budget.left():.0f} s of the time "
-          f"budget left, the longest such row took "
-          f"{budget.longest.get(piece, 0.0):.0f} s")
-      result["skipped"].append(row)
-      continue
-    if kind == "eval":
-      make_jax = lambda b=batch: JaxEvalRunner(config, b,  # noqa: E731
-                                               compiler_options=options)
-      make_torch = lambda b=batch: TorchEvalRunner(  # noqa: E731
-          size, b, amp, compile_torch)
-    else:
-      make_jax = lambda k=kind, b=batch: JaxTrainRunner(  # noqa: E731
-          config, k, b, compiler_options=options)
-      make_torch = lambda k=kind, b=batch: TorchTrainRunner(  # noqa: E731
-          size, k, b, amp, compile_torch)
-    try:
-      with budget.piece(piece):
-        add_row(make_jax, make_torch, kind, batch)
-    except Exception as e:  # pylint: disable=broad-except
-      # One broken row (say, torch.compile on a new driver) must not cost the
-      # rest of a leased accelerator's measurements.
-      error = f"{type(e).__name__}: {str(e)[:500]}"
-      log(f"{kind:<15}{batch:>6}  FAILED: {error}")
-      traceback.print_exc()
-      result["errors"].append({**row, "error": error})
+def _add_row(result, budget, kind: str, batch: int, time_row, with_torch,
+             log) -> bool:
+  """Times one planned row into ``result``: its entries, or its error.
+  Returns False, the row listed as skipped, where the budget has no room."""
+  row = {"step": kind, "batch": batch}
+  # Compiling dominates a row, whatever its batch: one estimate per kind.
+  piece = "eval" if kind == "eval" else "train"
+  if not budget.allows(piece):
+    log(f"{kind:<15}{batch:>6}  skipped: {budget.left():.0f} s of the time "
+        f"budget left, the longest such row took "
+        f"{budget.longest.get(piece, 0.0):.0f} s")
+    result["skipped"].append(row)
+    return False
+  try:
+    # A row that raises leaves the budget's estimate as it was.
+    with budget.piece(piece):
+      entries = time_row(kind, batch)
+      result["results"].extend(entries)
+      log(format_row(entries))
       gc.collect()
-    if on_row:
-      on_row(result)
+      if with_torch:
+        _torch_release_cache()
+  except Exception as e:  # pylint: disable=broad-except
+    # One broken row (say, torch.compile on a new driver) must not cost the
+    # rest of a leased accelerator's measurements.
+    error = f"{type(e).__name__}: {str(e)[:500]}"
+    log(f"{kind:<15}{batch:>6}  FAILED: {error}")
+    traceback.print_exc()
+    result["errors"].append({**row, "error": error})
+    gc.collect()
+  return True
 
+
+def _time_row(kind: str, batch: int, *, config, size, dtype, options,
+              with_torch, compile_torch) -> list[dict]:
+  """Times the row's JAX step and, interleaved, its torch twin; returns
+  their entries, JAX's first."""
+  runners = [_jax_runner(kind, batch, config, options)]
+  trackers = [_PeakTracker(_jax_device_peak)]
+  if with_torch:
+    t = _torch_runner(kind, batch, size, dtype == "bfloat16", compile_torch)
+    t.reset_device_peak()
+    runners.append(t)
+    trackers.append(_PeakTracker(t.device_peak))
+  blocks = time_interleaved(runners, steps_per_block(size, batch),
+                            size["repeats"], size["warmup"], trackers)
+  entries = []
+  for runner, b, tracker in zip(runners, blocks, trackers):
+    extra = {"ms_per_step": 1e3 * batch / _summary(b)["img_per_s"]}
+    if runner.framework == "torch":
+      extra.update(_torch_compile_fields(runner))
+    entries.append(_entry(runner, b, step=kind, batch=batch,
+                          image_size=size["crop"], dtype=dtype,
+                          tracker=tracker, extra=extra))
+  return entries
+
+
+def _jax_runner(kind: str, batch: int, config, options):
+  """Returns the project's runner for a row: eval or a ``kind`` train step."""
+  if kind == "eval":
+    return JaxEvalRunner(config, batch, compiler_options=options)
+  return JaxTrainRunner(config, kind, batch, compiler_options=options)
+
+
+def _torch_runner(kind: str, batch: int, size, amp: bool, compile_torch):
+  """Returns the torch reference's runner for a row (``_jax_runner``'s)."""
+  if kind == "eval":
+    return TorchEvalRunner(size, batch, amp, compile_torch)
+  return TorchTrainRunner(size, kind, batch, amp, compile_torch)
+
+
+def _torch_compile_fields(runner) -> dict[str, Any]:
+  """Returns whether torch.compile held for the runner and, if not, why."""
+  fields = {"torch_compile": _compiled_ok(runner)}
+  error = getattr(getattr(runner, "step", runner), "compile_error", None)
+  if error:
+    fields["torch_compile_error"] = error
+  return fields
+
+
+def _analysis_fits(result, budget, log) -> bool:
+  """Whether the analysis is expected to end within the budget; where not,
+  it is listed as skipped."""
   # The analysis compiles the joint step three more times (JAX only).
   estimate = 1.5 * budget.longest.get("train", 0.0)
-  if analysis and not budget.allows("analysis", estimate):
-    log(f"analysis skipped: {budget.left():.0f} s of the time budget left")
-    result["skipped"].append({"step": "analysis"})
-  elif analysis:
-    _analysis(result, config, size, options, platform_name, xla_options, log,
-              on_piece=on_row)
-  return result
+  if budget.allows("analysis", estimate):
+    return True
+  log(f"analysis skipped: {budget.left():.0f} s of the time budget left")
+  result["skipped"].append({"step": "analysis"})
+  return False
 
 
 def _analysis(result, config, size, options, platform_name, xla_options, log,
@@ -1221,6 +1281,38 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None):
+  args = _parse_args(argv)
+  # Both frameworks share the accelerator: JAX must not take 75% of it upfront.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  size = args.device_size
+  if size == "auto":
+    size = "small" if jax.devices()[0].platform == "cpu" else "full"
+  t0 = time.perf_counter()
+  command = " ".join(["python -m benchmarks.benchmark"]
+                     + list(argv if argv is not None else sys.argv[1:]))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+  def write(result, complete):
+    result.update(wall_s=time.perf_counter() - t0, command=command,
+                  complete=complete)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(tmp, args.out)
+
+  result = run(size, steps=args.steps, repeats=args.repeats, dtype=args.dtype,
+               batches=args.batches, kinds=tuple(args.kinds),
+               with_torch=not args.no_torch, torch_compile=args.torch_compile,
+               xla_options=args.xla_options, analysis=not args.no_analysis,
+               time_budget_s=args.time_budget_s,
+               on_row=lambda r: write(r, complete=False))
+  write(result, complete=True)
+  print(format_table(result))
+  print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+
+
+def _parse_args(argv) -> argparse.Namespace:
+  """Returns the command line's options (``argv``; None: ``sys.argv``)."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1253,35 +1345,7 @@ def main(argv=None):
                       choices=("recommended", "default"),
                       help="recommended: compile the JAX steps with "
                            "cpu_compiler_options() (CPU only)")
-  args = parser.parse_args(argv)
-
-  # Both frameworks share the accelerator: JAX must not take 75% of it upfront.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  size = args.device_size
-  if size == "auto":
-    size = "small" if jax.devices()[0].platform == "cpu" else "full"
-  t0 = time.perf_counter()
-  command = " ".join(["python -m benchmarks.benchmark"]
-                     + list(argv if argv is not None else sys.argv[1:]))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-
-  def write(result, complete):
-    result.update(wall_s=time.perf_counter() - t0, command=command,
-                  complete=complete)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
-
-  result = run(size, steps=args.steps, repeats=args.repeats, dtype=args.dtype,
-               batches=args.batches, kinds=tuple(args.kinds),
-               with_torch=not args.no_torch, torch_compile=args.torch_compile,
-               xla_options=args.xla_options, analysis=not args.no_analysis,
-               time_budget_s=args.time_budget_s,
-               on_row=lambda r: write(r, complete=False))
-  write(result, complete=True)
-  print(format_table(result))
-  print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+  return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
