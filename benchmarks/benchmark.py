@@ -7,9 +7,10 @@ For each step kind of the paper (``classification``: GAP; ``segmentation``:
 only the seg conv trains; ``joint``: region pooling + lambda * pixel CE) and
 each batch size, times the project's own step (``train.resident_train_step``:
 data as uint8 on the device, batch gathered and augmented inside jit; jitted
-with donated state; optimizer from ``optim.make_optimizer``; stages from
-``config_lib.paper_stages``) and, in the same process and interleaved block
-by block, the same step in ``benchmarks.torch_reference``. Also times
+with donated state; optimizer from ``optim.make_optimizer``; the config is
+``configs/isic2017.py``'s at the benchmark's size) and, in the same process
+and interleaved block by block, the same step in
+``benchmarks.torch_reference``. Also times
 inference (``evaluate.eval_step``) and analyses the segmentation upsampling
 (subpixel vs ``lax.conv_transpose``; share of the joint step).
 
@@ -51,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rapool_jax import config_lib
+from launch import common
 from rapool_jax import evaluate
 from rapool_jax import losses
 from rapool_jax import optim
@@ -154,21 +155,18 @@ class _PeakTracker:
 # The JAX side: the project's own train step.
 
 
-def make_config(size: dict, dtype: str):
-  """The paper's config (``configs/isic2017.py`` values) at benchmark size."""
-  c = config_lib.base_config()
+def make_config(size: dict, dtype: str,
+                spec: str = "configs/isic2017.py:paper"):
+  """The config the paper's protocol runs (``spec``) at benchmark size: its
+  stages, optimizer, augmentation and model, with the size's depth, width,
+  image and crop sizes and ``dtype``."""
+  c = common.load_config(spec)
   c.data.image_size = size["image_size"]
   c.data.crop_size = size["crop"]
-  c.data.rotate_degrees = 180.0
   c.model.depth = size["depth"]
   c.model.width = size["width"]
-  c.model.output_stride = 32
-  c.model.dropout_rate = 0.2
   c.model.dtype = dtype
-  c.model.num_classes = 2
-  c.stages = config_lib.paper_stages(
-      classification_steps=6000, segmentation_steps=4000, joint_steps=6000,
-      lr=1e-3, decay_every=2000, lambda_seg=7.5)
+  c.model.num_classes = pipeline.num_classes(c.data.task)
   return c
 
 
