@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 
 
 class UserError(ValueError):
@@ -26,12 +28,8 @@ def one_line_errors(interrupted: str = "interrupted"):
   if os.environ.get("RAPOOL_DEBUG"):
     yield
     return
-  try:
-    yield
-  except (ValueError, KeyError, AttributeError, OSError, ArithmeticError) as e:
-    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  except KeyboardInterrupt:
+
+  def interrupt(*_):
     print(interrupted, file=sys.stderr, flush=True)
     sys.stdout.flush()
     # Not sys.exit: at interpreter shutdown the input pipeline's and the
@@ -39,6 +37,22 @@ def one_line_errors(interrupted: str = "interrupted"):
     # print tracebacks after the line. Checkpoints are written atomically, so
     # the last complete one is what the same command resumes from.
     os._exit(INTERRUPTED_EXIT)
+
+  # A handler, not KeyboardInterrupt: raised inside a garbage-collection
+  # callback (JAX registers one) the exception is printed and dropped, and
+  # the run would go on as if Ctrl-C had not been pressed.
+  in_main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGINT, interrupt) if in_main else None
+  try:
+    yield
+  except (ValueError, KeyError, AttributeError, OSError, ArithmeticError) as e:
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except KeyboardInterrupt:  # raised by a library with its own SIGINT handler
+    interrupt()
+  finally:
+    if in_main:
+      signal.signal(signal.SIGINT, previous)
 
 
 def one_line(e: BaseException) -> str:

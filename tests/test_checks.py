@@ -238,6 +238,27 @@ def test_an_old_override_key_says_where_it_moved(tmp_path, override, hint):
   assert "unknown config key" in result.stderr and hint in result.stderr
 
 
+def test_ctrl_c_inside_a_destructor_still_stops_the_run():
+  # Python drops a KeyboardInterrupt raised in __del__ or a gc callback (JAX
+  # has one) with "Exception ignored": the run must stop all the same.
+  code = """if True:
+      import os, signal, time
+      from rapool_jax import errors
+      class Finalised:
+        def __del__(self):
+          os.kill(os.getpid(), signal.SIGINT)
+          time.sleep(2)
+      with errors.one_line_errors("interrupted; the same command resumes"):
+        Finalised()
+        print("went on")
+  """
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == errors.INTERRUPTED_EXIT, result
+  assert result.stderr == "interrupted; the same command resumes\n"
+  assert "went on" not in result.stdout
+
+
 def test_truncated_zip_for_predict_is_named(tmp_path):
   path = tmp_path / "images.zip"
   with zipfile.ZipFile(path, "w") as zf:
