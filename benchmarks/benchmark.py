@@ -95,14 +95,20 @@ def _rss_peak_reset() -> bool:
     return False
 
 
-def _rss_peak_bytes() -> int | None:
+def _proc_line(path: str, prefix: str) -> str | None:
+  """The first line of a /proc file that starts with ``prefix``; None where
+  there is no such line or file (not Linux)."""
   try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
+    with open(path) as f:
+      return next((line for line in f if line.startswith(prefix)), None)
   except OSError:
-    pass
+    return None
+
+
+def _rss_peak_bytes() -> int | None:
+  line = _proc_line("/proc/self/status", "VmHWM:")
+  if line:
+    return int(line.split()[1]) * 1024
   try:
     import resource  # pylint: disable=g-import-not-at-top
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -881,13 +887,9 @@ def device_info() -> dict[str, Any]:
 
 
 def _cpu_model() -> str | None:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
+  line = _proc_line("/proc/cpuinfo", "model name")
+  if line:
+    return line.split(":", 1)[1].strip()
   return platform.processor() or None
 
 
