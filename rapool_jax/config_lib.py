@@ -215,14 +215,22 @@ _LEGACY_PLATEAU = re.compile(
     r"^(stages\.[^.]+)\.plateau_(metric|patience|eval_every|min_delta)$")
 
 
+def current_key(key: str) -> str | None:
+  """Today's name of a dotted config key: the key itself, its new name, or
+  None for a key whose layer was removed."""
+  m = _LEGACY_PLATEAU.match(key)
+  if m:
+    return f"{m[1]}.plateau.{m[2]}"
+  return LEGACY_KEYS.get(key, key)
+
+
 def legacy_key_hint(key: str) -> str:
   """Where an old ``--config.KEY`` override lives now ("" = not an old key)."""
   key = key.removeprefix("config.")
-  m = _LEGACY_PLATEAU.match(key)
-  new = f"{m[1]}.plateau.{m[2]}" if m else LEGACY_KEYS.get(key, "")
-  if key in LEGACY_KEYS and new is None:
+  new = current_key(key)
+  if new is None:
     return f"config.{key} was removed (the layer it chose is gone)"
-  return f"config.{key} is now config.{new}" if new else ""
+  return f"config.{key} is now config.{new}" if new != key else ""
 
 
 def upgrade_flat(flat: dict) -> dict:
@@ -230,14 +238,5 @@ def upgrade_flat(flat: dict) -> dict:
 
   Configs saved before ``model.dropout_rng`` existed drew threefry masks,
   today's default, so its absence needs no entry."""
-  out = {}
-  for key, value in flat.items():
-    m = _LEGACY_PLATEAU.match(key)
-    if m:
-      out[f"{m[1]}.plateau.{m[2]}"] = value
-    elif key in LEGACY_KEYS:
-      if LEGACY_KEYS[key] is not None:
-        out[LEGACY_KEYS[key]] = value
-    else:
-      out[key] = value
-  return out
+  return {current_key(key): value for key, value in flat.items()
+          if current_key(key) is not None}
