@@ -154,6 +154,12 @@ def check_config(config) -> None:
 def check_stage(config, name: str) -> None:
   """One stage's pooling, trainable rules, schedule and plateau rule."""
   stage, where = config.stages[name], f"config.stages.{name}"
+  for key in sorted(set(stage.keys()) - config_lib.STAGE_KEYS):
+    # A config file that sets an unknown key on a stage would otherwise
+    # train without the setting it meant.
+    hint = config_lib.legacy_key_hint(f"stages.{name}.{key}")
+    raise ValueError(f"{where}.{key} is not a stage setting; "
+                     + (hint or f"choose from {sorted(config_lib.STAGE_KEYS)}"))
   check_trainable_rules(where, stage.trainable)
   if stage.pooling not in pooling_lib.POOLINGS:
     raise ValueError(f"{where}.pooling={stage.pooling!r}: choose one of "

@@ -66,6 +66,12 @@ def plateau_rule(metric: str = "", patience: int = 3, eval_every: int = 100,
       min_delta=min_delta))
 
 
+# Every setting a stage has (what ``check_stage`` accepts).
+STAGE_KEYS = frozenset(stage(
+    pooling="gap", lambda_class=1.0, lambda_seg=0.0, trainable=TRAIN_ALL,
+    train_batch_norm=True, max_steps=0, lr=0.0).keys())
+
+
 def paper_stages(*, classification_steps: int, segmentation_steps: int,
                  joint_steps: int, lr: float = 1e-3, decay_every: int = 2000,
                  lambda_seg: float = 7.5, schedule: str = "step"):

@@ -211,6 +211,22 @@ def test_bad_stage_or_train_value_fails_before_any_training(
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_a_stage_key_set_in_a_config_file_must_exist(tiny_config, tmp_path):
+  # ConfigDict accepts new attributes: an old flat plateau key would be
+  # silently ignored, and the stage would run without early stopping.
+  tiny_config.stages.segmentation.plateau_metric = "val_jaccard"
+  with pytest.raises(ValueError, match=re.escape(
+      "config.stages.segmentation.plateau_metric is not a stage setting; "
+      "config.stages.segmentation.plateau_metric is now "
+      "config.stages.segmentation.plateau.metric")):
+    train.Trainer(tiny_config, str(tmp_path))
+  del tiny_config.stages.segmentation["plateau_metric"]
+  tiny_config.stages.segmentation.lamda_seg = 2.0
+  with pytest.raises(ValueError, match="lamda_seg is not a stage setting; "
+                     "choose from"):
+    train.Trainer(tiny_config, str(tmp_path))
+
+
 def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
   tiny_config.stages.joint.plateau.metric = "val_auc"
   tiny_config.data.val_split = ""
