@@ -373,7 +373,21 @@ class JaxEvalRunner:
 # The torch side.
 
 
-class TorchTrainRunner:
+class _TorchDevicePeak:
+  """Peak device memory of a torch runner (``self.torch``, ``self.device``);
+  None off CUDA, where the process's peak RSS is read instead."""
+
+  def device_peak(self):
+    if self.device.type != "cuda":
+      return None
+    return self.torch.cuda.max_memory_allocated(self.device)
+
+  def reset_device_peak(self):
+    if self.device.type == "cuda":
+      self.torch.cuda.reset_peak_memory_stats(self.device)
+
+
+class TorchTrainRunner(_TorchDevicePeak):
   """``torch_reference.TrainStep`` with the same sizes."""
 
   framework = "torch"
@@ -402,17 +416,8 @@ class TorchTrainRunner:
   def run(self, num_steps: int) -> float:
     return self.tr.time_steps(self.step, self.batch, num_steps, self.batch)
 
-  def device_peak(self):
-    if self.device.type != "cuda":
-      return None
-    return self.torch.cuda.max_memory_allocated(self.device)
 
-  def reset_device_peak(self):
-    if self.device.type == "cuda":
-      self.torch.cuda.reset_peak_memory_stats(self.device)
-
-
-class TorchEvalRunner:
+class TorchEvalRunner(_TorchDevicePeak):
   framework = "torch"
 
   def __init__(self, size: dict, batch: int, amp: bool,
@@ -457,15 +462,6 @@ class TorchEvalRunner:
                                  self.device)
     out[0].cpu()
     return time.perf_counter() - t0
-
-  def device_peak(self):
-    if self.device.type != "cuda":
-      return None
-    return self.torch.cuda.max_memory_allocated(self.device)
-
-  def reset_device_peak(self):
-    if self.device.type == "cuda":
-      self.torch.cuda.reset_peak_memory_stats(self.device)
 
 
 # ----------------------------------------------------------------------------
