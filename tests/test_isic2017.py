@@ -56,7 +56,7 @@ def assert_error(fn, starts_with, *contains) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Real data (the shared 256 px copy of train + validation).
+# Real data (the shared 256 px copy of train, validation and test).
 # ----------------------------------------------------------------------------
 
 
@@ -72,12 +72,16 @@ def real(tmp_path_factory):
 
 def test_real_counts_and_labels(real):
   builder, splits = real
-  assert set(builder.info.splits) == {"train", "validation"}
-  assert {s: len(v) for s, v in splits.items()} == {"train": 2000,
-                                                    "validation": 150}
+  # The shared copy holds the official test split too (no masks, labels for
+  # reporting only).
+  assert set(builder.info.splits) == {"train", "validation", "test"}
+  splits = {**splits, "test": load(builder, "test")}
+  assert {s: len(v) for s, v in splits.items()} == {
+      "train": 2000, "validation": 150, "test": 600}
   melanomas = {s: sum(int(e["melanoma"]) for e in v.values())
                for s, v in splits.items()}
-  assert melanomas == {"train": 374, "validation": 30}
+  assert melanomas == {"train": 374, "validation": 30, "test": 117}
+  assert not any(bool(e["has_mask"]) for e in splits["test"].values())
   for examples in splits.values():
     for image_id, ex in examples.items():
       # Superpixel / metadata files would give other ids or extra examples.
