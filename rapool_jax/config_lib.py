@@ -127,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
       train_split="train",
       val_split="validation",  # plateau rules, RankOpt threshold ("" = none)
       eval_split="test",       # the results table
+      # Splits on which every reported model also writes its per-image
+      # predictions (not in the table): e.g. the official test split for
+      # the models of a cross-validation.
+      report_splits=(),
       mean=(0.485, 0.456, 0.406),  # RGB in [0, 1]; ImageNet, as the weights expect
       std=(0.229, 0.224, 0.225),
       # A training split up to this size lives on each device (augmented in

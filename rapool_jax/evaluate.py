@@ -234,10 +234,11 @@ def check_heads(config) -> None:
 
 def prediction_splits(data) -> list[str]:
   """Where every reported model writes per-image predictions: the
-  evaluation split, then the validation split if it is another one."""
+  evaluation split, the validation split, then ``data.report_splits``."""
   names = [data.eval_split]
-  if data.val_split and data.val_split != data.eval_split:
-    names.append(data.val_split)
+  for name in (data.val_split, *data.get("report_splits", ())):
+    if name and name not in names:
+      names.append(name)
   return names
 
 

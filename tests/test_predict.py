@@ -121,7 +121,11 @@ def test_isic_config_variants():
           paper.stages.classification.lr,
           paper.stages.classification.decay_every) == (
               "50", 224, 256, 10, 7.5, 0.9, 5e-4, 1e-3, 2000)
-  assert module.get_config("runlocal").data.eval_split == "validation"
+  # The paper's protocol: reported on test, thresholds from validation.
+  runlocal = module.get_config("runlocal")
+  assert (runlocal.data.eval_split, runlocal.data.val_split,
+          runlocal.rankopt.threshold_split) == ("test", "validation",
+                                                "validation")
   assert module.get_config("three_class").data.task == "three_class"
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("fast")

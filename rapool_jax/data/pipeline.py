@@ -85,6 +85,9 @@ def check_split_names(builder, data_config) -> None:
   have = sorted(builder.info.splits)
   wanted = [(f"config.data.{r}", data_config[r]) for r in SPLIT_ROLES
             if data_config[r] and data_config[r] not in _DERIVED_SPLITS]
+  wanted += [("config.data.report_splits", s)
+             for s in data_config.get("report_splits", ())
+             if s not in _DERIVED_SPLITS]
   if any(data_config[r] in _DERIVED_SPLITS for r in SPLIT_ROLES):
     wanted += [("config.data.crossval.source_splits", s)
                for s in data_config.crossval.source_splits]
