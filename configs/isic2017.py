@@ -25,6 +25,12 @@ Variants (``--config configs/isic2017.py:NAME``):
              long as Step 2 + Step 4; RankOpt and a balanced logistic
              regression on the RAP features. Run all folds with
              ``launch/crossval.py``.
+  testsplit  the crossval recipe and its primary arms (RAP at lambda 7.5, GAP
+             + segmentation loss, the GAP control; RankOpt and logistic
+             regression on RAP) trained on the official training split,
+             thresholds from validation, reported on the 600 test images (no
+             test masks, so no mask oracle); one seed per run
+             (``--config.seed=S``), seeds paired by ``launch/testsplit.py``.
   crossval,fullsize  the same folds and arms at the paper's size (ResNet-50,
              224 px crops of 256 px, output stride 32), from scratch: for an
              accelerator.
@@ -40,11 +46,12 @@ from rapool_jax import config_lib
 def get_config(arg: str = "paper"):
   variants = set(arg.split(",")) if arg else {"paper"}
   unknown = variants - {"paper", "runlocal", "crossval", "fullsize",
-                       "three_class"}
+                       "three_class", "testsplit"}
   if unknown:
     raise ValueError(f"configs/isic2017.py: unknown variant(s) {sorted(unknown)}; "
-                     "use paper, runlocal, crossval, fullsize, three_class")
-  if "fullsize" in variants and "crossval" not in variants:
+                     "use paper, runlocal, crossval, fullsize, three_class, "
+                     "testsplit")
+  if "fullsize" in variants and not variants & {"crossval", "testsplit"}:
     raise ValueError("configs/isic2017.py: 'fullsize' modifies 'crossval'; "
                      "use crossval,fullsize")
   c = config_lib.base_config()
@@ -82,8 +89,10 @@ def get_config(arg: str = "paper"):
         classification_steps=1000, segmentation_steps=200, joint_steps=800,
         lr=0.05, lambda_seg=7.5, schedule="cosine")
     c.stages.joint.lr = 0.01
-  if "crossval" in variants:
+  if variants & {"crossval", "testsplit"}:
     crossval(c)
+  if "testsplit" in variants:
+    official_splits(c)
   if "fullsize" in variants:
     c.data.image_size, c.data.crop_size = 256, 224
     c.model.depth, c.model.width = "50", 1.0
@@ -136,3 +145,17 @@ def crossval(c):
   c.rankopt.report_as = "RAP + RankOpt"
   c.rankopt.logistic_regression = True
   c.rankopt.logistic_regression_report_as = "RAP + logistic regression"
+
+
+# The test split has no masks: the oracle arm cannot be scored there.
+TESTSPLIT_ARMS = ("joint", "joint_gap_seg", "gap_control")
+
+
+def official_splits(c):
+  """The ``testsplit`` variant: ``crossval``'s recipe on the official splits."""
+  c.data.crossval.num_folds = 0
+  c.data.train_split, c.data.val_split, c.data.eval_split = (
+      "train", "validation", "test")
+  c.data.report_splits = ()
+  c.rankopt.threshold_split = "validation"
+  c.stage_order = ("classification", "segmentation", *TESTSPLIT_ARMS)
