@@ -240,9 +240,11 @@ def paired_bootstrap_auc_diff(labels, scores_a, scores_b, n_resamples=2000,
   y, a, b = _validated_pair(labels, scores_a, scores_b)
   groups = _strata(np.zeros(y.size) if strata is None else strata, y.size)
   for name, idx in groups:
-    if not 0 < y[idx].sum() < idx.size:
-      raise ValueError(f"stratum {name!r}: needs both classes, got "
-                       f"{int(y[idx].sum())} positives of {idx.size}")
+    n_pos = int(y[idx].sum())
+    if min(n_pos, idx.size - n_pos) < 2:  # scipy resamples samples of >= 2
+      raise ValueError(f"stratum {name!r}: the bootstrap needs at least 2 "
+                       f"positives and 2 negatives, got {n_pos} and "
+                       f"{idx.size - n_pos}")
   samples, statistic, diff = _bootstrap_problem(y, a, b, groups)
   # Bound the per-call working set (B x N floats) for large test sets.
   batch = int(max(1, min(int(n_resamples), 20_000_000 // y.size)))
