@@ -132,10 +132,12 @@ def stratified_delong(labels, scores_a, scores_b, strata,
   stratum's DeLong difference is combined with weight P_s Q_s / sum(P Q):
   the result is the difference of the AUCs over within-stratum (positive,
   negative) pairs only, so pairs scored by different fold models, whose
-  calibrations differ, never enter. These fixed, design-given weights keep
-  the estimate unbiased and the resampling of ``paired_bootstrap_auc_diff``
-  aligned with it; inverse-variance weights would chase noisy per-fold SEs.
-  Strata hold different images, so var = sum w_s^2 var_s. Every stratum
+  calibrations differ, never enter. Why these weights: they are fixed by the
+  design (stratified resampling keeps every P_s and Q_s, so
+  ``paired_bootstrap_auc_diff`` resamples this very estimate), and they
+  weigh a fold by its information; inverse-variance weights would instead
+  follow noisy per-fold SEs (a fold whose two models happen to agree would
+  dominate). Strata hold different images, so var = sum w_s^2 var_s. Every stratum
   needs at least 2 positives and 2 negatives. With one stratum this is
   ``paired_delong``. Returns dict(auc_a, auc_b, diff, se, lo, hi, z, p,
   strata): the AUCs are the weighted per-stratum AUCs; ``strata`` lists
