@@ -117,7 +117,8 @@ def threshold_at_specificity(labels, scores, specificity: float) -> float:
   # Counts, not rates, so that e.g. 0.9 of 10 negatives allows exactly one
   # false positive despite 0.9 * 10 rounding to 9.000000000000002.
   false_pos = np.rint(fpr[1:] * n_neg)
-  ok = np.nonzero(false_pos <= math.floor((1.0 - specificity) * n_neg + 1e-9))[0]
+  allowed = math.floor((1.0 - specificity) * n_neg + 1e-9)
+  ok = np.nonzero(false_pos <= allowed)[0]
   if ok.size == 0:
     return float("inf")
   return _between(thresholds[1:], int(ok[-1]))

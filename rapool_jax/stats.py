@@ -137,8 +137,8 @@ def stratified_delong(labels, scores_a, scores_b, strata,
   ``paired_bootstrap_auc_diff`` resamples this very estimate), and they
   weigh a fold by its information; inverse-variance weights would instead
   follow noisy per-fold SEs (a fold whose two models happen to agree would
-  dominate). Strata hold different images, so var = sum w_s^2 var_s. Every stratum
-  needs at least 2 positives and 2 negatives. With one stratum this is
+  dominate). Strata hold different images, so var = sum w_s^2 var_s. Every
+  stratum needs at least 2 positives and 2 negatives. With one stratum this is
   ``paired_delong``. Returns dict(auc_a, auc_b, diff, se, lo, hi, z, p,
   strata): the AUCs are the weighted per-stratum AUCs; ``strata`` lists
   dict(stratum, n_pos, n_neg, weight, auc_a, auc_b, diff, se) per stratum.
@@ -198,9 +198,11 @@ def _bootstrap_problem(y, a, b, groups):
     slot[pos], slot[neg] = np.arange(pos.size), np.arange(neg.size)
     samples += [pos, neg]
     pq.append(float(pos.size * neg.size))
-    diffs.append(metrics.roc_auc(y[idx], a[idx]) - metrics.roc_auc(y[idx], b[idx]))
+    diffs.append(metrics.roc_auc(y[idx], a[idx])
+                 - metrics.roc_auc(y[idx], b[idx]))
     # Negatives sorted once per model so that each resample is a cumsum.
-    models.append([(s[pos], np.sort(s[neg]), np.argsort(s[neg])) for s in (a, b)])
+    models.append([(s[pos], np.sort(s[neg]), np.argsort(s[neg]))
+                   for s in (a, b)])
   weights = np.array(pq) / sum(pq)
 
   def counts(idx, size):
