@@ -31,6 +31,15 @@ def test_auc_matches_sklearn_with_ties(seed):
       skm.roc_auc_score(labels, scores), abs=1e-12)
 
 
+def test_auc_is_the_mean_over_all_pairs_with_ties_half():
+  # Independent of sklearn: every (positive, negative) pair, brute force.
+  labels, scores = _tied_problem(7, n=120)
+  x = scores[labels == 1][:, None]
+  y = scores[labels == 0][None, :]
+  want = np.mean((x > y) + 0.5 * (x == y))
+  assert metrics.roc_auc(labels, scores) == pytest.approx(want, abs=1e-12)
+
+
 @pytest.mark.parametrize('seed', range(3))
 def test_roc_curve_matches_sklearn(seed):
   labels, scores = _tied_problem(seed)
