@@ -194,11 +194,11 @@ def test_report_pools_folds_and_recomputes_from_its_csvs(tmp_path):
   names = [c["name"] for c in seed0["comparisons"]]
   assert "RAP vs GAP control (primary)" in names
   assert "RAP vs GAP + seg loss" not in names  # that arm is absent
-  from rapool_jax import stats
+  from rapool_jax import metrics
   y = np.array([int(r["label"]) for r in rows])
   rap = np.array([float(r["rap_lambda_7.5"]) for r in rows])
   arm = next(a for a in seed0["arms"] if a["arm"] == "rap_lambda_7.5")
-  assert arm["auc"] == pytest.approx(stats.auc(y, rap))
+  assert arm["auc"] == pytest.approx(metrics.roc_auc(y, rap))
   assert crossval_report.check(out) == []
   assert os.path.exists(os.path.join(out, "roc_seed0.png"))
   md = open(os.path.join(out, "results.md")).read()
@@ -223,8 +223,8 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
   with open(os.path.join(run, "predictions", "cv_val",
                          "rap_lambda_7.5.csv")) as f:
     val = list(csv.DictReader(f))
-  from rapool_jax import stats
-  want = stats.threshold_at_specificity(
+  from rapool_jax import metrics
+  want = metrics.threshold_at_specificity(
       np.array([int(r["label"]) for r in val]),
       np.array([float(r["score"]) for r in val]), 0.884)
   assert thresholds[(0, 0, "rap_lambda_7.5")][0.884] == want
