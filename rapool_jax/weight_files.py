@@ -139,12 +139,13 @@ def fill(variables: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
            "wrong shape": wrong}
   if any(found.values()):
     counts = ", ".join(f"{len(v)} {k}" for k, v in found.items() if v)
-    lines = [f"{path} does not fit {what}: {counts}"]
+    # The likely cause first: the lists can be long.
+    lines = [f"{path} does not fit {what}: {counts}"
+             + "".join(f"; hint: {h}" for h in [hint()] if h)]
     for name, items in found.items():
       if items:
         more = (f", ... (+{len(items) - _MAX_LISTED} more)"
                 if len(items) > _MAX_LISTED else "")
         lines.append(f"  {name}: {', '.join(items[:_MAX_LISTED])}{more}")
-    lines += [f"  hint: {h}" for h in [hint()] if h]
     raise MismatchError("\n".join(lines))
   return traverse_util.unflatten_dict(out)
