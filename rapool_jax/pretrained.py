@@ -87,7 +87,7 @@ def load_backbone(path: str | os.PathLike, depth: int | str = 50,
   """
   path = os.fspath(path)
   tensors = weight_files.read(path)
-  resnet_kwargs.setdefault("width", stem_width(tensors, path))
+  resnet_kwargs.setdefault("width", stem_width(tensors, path) or 1.0)
   module = resnet(depth, **resnet_kwargs)
   if module.num_classes is not None:
     raise ValueError("load_backbone builds a trunk (num_classes=None); the "

@@ -261,10 +261,12 @@ def key_naming(keys, path: str = "") -> tuple[Callable[..., str], str]:
       f"layout; first keys: {', '.join(sorted(keys)[:8]) or '(no tensors)'}")
 
 
-def stem_width(tensors: Mapping[str, np.ndarray], path: str = "") -> float:
-  """Width multiplier of a ResNet state dict: its stem channels / 64."""
+def stem_width(tensors: Mapping[str, np.ndarray],
+               path: str = "") -> float | None:
+  """Width multiplier of a ResNet state dict (its stem channels / 64), or
+  None without a stem."""
   stem = tensors.get(key_naming(tensors, path)[0](("conv1",)) + ".weight")
-  return 1.0 if stem is None else stem.shape[0] / 64
+  return None if stem is None else stem.shape[0] / 64
 
 
 def _structure(keys) -> tuple[str, tuple[int, ...]]:
@@ -300,7 +302,7 @@ def _hint(tensors, names, stem: int, path: str) -> str | None:
     fix = f"set model.depth={depth}" if depth else "no ResNet depth fits it"
     return f"the file holds a {_describe(held)}; {fix}"
   width = stem_width(tensors, path)
-  if round(width * 64) != stem:
+  if width and round(width * 64) != stem:
     return (f"the file has width {width:g} (stem {round(width * 64)} "
             f"channels), the model {stem / 64:g}; set model.width={width:g}")
   return None
