@@ -228,14 +228,14 @@ _BLOCK_KEY = re.compile(r"(?:layer|stages\.)(\d+)[._](?:layers\.)?(\d+)")
 _IGNORED = r"^(fc|classifier)\.|num_batches_tracked$"
 
 
-def torchvision_module(modules: tuple[str, ...]) -> str:
+def _torchvision_module(modules: tuple[str, ...]) -> str:
   """``("layer1_0", "downsample_bn")`` -> ``"layer1.0.downsample.1"`` (also
   timm's names)."""
   rename = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
   return ".".join(rename.get(m, m.replace("_", ".")) for m in modules)
 
 
-def hf_module(modules: tuple[str, ...], prefix: str = "resnet.") -> str:
+def _hf_module(modules: tuple[str, ...], prefix: str = "resnet.") -> str:
   """``("layer1_0", "bn2")`` -> ``"resnet.encoder.stages.0.layers.0.layer.1.
   normalization"``: transformers' ``ResNetForImageClassification`` (``prefix``
   "" for ``ResNetModel``)."""
@@ -253,9 +253,9 @@ def key_naming(keys, path: str = "") -> tuple[Callable[..., str], str]:
   """``(module name function, layout name)`` of a ResNet state dict."""
   if any(_HF_KEY.match(k) for k in keys):
     prefix = "resnet." if any(k.startswith("resnet.") for k in keys) else ""
-    return functools.partial(hf_module, prefix=prefix), "Hugging Face"
+    return functools.partial(_hf_module, prefix=prefix), "Hugging Face"
   if any(_TV_KEY.match(k) for k in keys):
-    return torchvision_module, "torchvision"
+    return _torchvision_module, "torchvision"
   raise weight_files.MismatchError(
       f"{path}: not a ResNet state dict in torchvision/timm or Hugging Face "
       f"layout; first keys: {', '.join(sorted(keys)[:8]) or '(no tensors)'}")
