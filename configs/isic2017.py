@@ -34,6 +34,7 @@ validation Jaccard ("when the loss ... does not tend to increase").
 """
 
 from rapool_jax import config_lib
+from rapool_jax.data import folds
 
 
 def get_config(arg: str = "paper"):
@@ -109,6 +110,8 @@ def crossval(c):
   """The ``crossval`` variant (see the module docstring), applied to ``c``."""
   c.data.image_size, c.data.crop_size = 128, 112
   c.data.crossval.num_folds = 5
+  # Near-duplicate images share a fold (rapool_jax/data/folds.py says why 0.97).
+  c.data.crossval.near_duplicate_threshold = folds.NEAR_DUPLICATE_THRESHOLD
   c.data.train_split, c.data.val_split, c.data.eval_split = (
       "cv_train", "cv_val", "cv_test")
   c.model.depth, c.model.width = "18", 0.25
