@@ -94,9 +94,7 @@ def _expected_listing() -> str:
           "trained on), optionally the same for Validation and Test_v2")
 
 
-# ----------------------------------------------------------------------------
 # Sources: one official zip, or the folder it was extracted to.
-# ----------------------------------------------------------------------------
 
 
 def _base(member: str) -> str:
@@ -165,22 +163,23 @@ class _Source:
             if (m := regex.match(base))}
 
 
-def _find_source(manual_dir: str, stem: str) -> _Source | None:
-  """The zip ``stem.zip`` (preferred: the complete official file) or folder."""
+def _source_path(manual_dir: str, stem: str) -> str | None:
+  """``stem.zip`` (preferred: the complete official file), else the folder."""
   if os.path.isfile(path := os.path.join(manual_dir, f"{stem}.zip")):
-    return _Source(path)
-  if os.path.isdir(path := os.path.join(manual_dir, stem)):
-    return _Source(path)
-  return None
+    return path
+  return path[:-4] if os.path.isdir(path[:-4]) else None
+
+
+def _find_source(manual_dir: str, stem: str) -> _Source | None:
+  path = _source_path(manual_dir, stem)
+  return None if path is None else _Source(path)
 
 
 def _missing(manual_dir: str, stem: str) -> str:
   return f"{os.path.join(manual_dir, stem)}.zip (or folder {stem}/)"
 
 
-# ----------------------------------------------------------------------------
 # Provenance: what a build was made from, compared on every later run.
-# ----------------------------------------------------------------------------
 
 
 def _digest(value: Any) -> str:
@@ -221,13 +220,10 @@ def source_files(manual_dir: str) -> dict[str, dict[str, Any]]:
   files = {}
   for split in SPLITS:
     for stem in (data_name(split), masks_name(split)):
-      for name in (f"{stem}.zip", f"{stem}/"):
-        path = os.path.join(manual_dir, name.rstrip("/"))
-        if os.path.isfile(path) if name.endswith(".zip") else os.path.isdir(
-            path):
-          size, digest = _fingerprint(path)
-          files[name] = {"size": size, "fingerprint": digest}
-          break
+      if (path := _source_path(manual_dir, stem)) is not None:
+        size, digest = _fingerprint(path)
+        name = f"{stem}.zip" if path.endswith(".zip") else f"{stem}/"
+        files[name] = {"size": size, "fingerprint": digest}
     for name in (labels_name(split), f"{data_name(split)}_metadata.csv"):
       if os.path.isfile(path := os.path.join(manual_dir, name)):
         files[name] = {"size": os.path.getsize(path),
@@ -251,9 +247,7 @@ def source_difference(built: dict[str, Any], now: dict[str, Any]) -> str:
   return "; ".join(diffs)
 
 
-# ----------------------------------------------------------------------------
 # CSVs.
-# ----------------------------------------------------------------------------
 
 
 def _read_csv(data: bytes, where: str, columns: tuple[str, ...]
@@ -331,10 +325,8 @@ def _read_metadata(source: _Source, manual_dir: str,
   return metadata
 
 
-# ----------------------------------------------------------------------------
 # The plan of one split: which files make which example, checked up front so
 # that mismatched files fail before any image is decoded.
-# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -428,9 +420,7 @@ def _plan_split(manual_dir: str, split: str,
                                                          labels))
 
 
-# ----------------------------------------------------------------------------
 # Pixels.
-# ----------------------------------------------------------------------------
 
 
 def _open(data: bytes, where: str, what: str, formats: str,
@@ -508,9 +498,7 @@ def _examples(plan: _SplitPlan, size: int, fmt: str):
         "age": np.float32(age), "sex": sex}
 
 
-# ----------------------------------------------------------------------------
 # The builder.
-# ----------------------------------------------------------------------------
 
 
 def config_name(image_size: int, image_format: str = "png") -> str:
