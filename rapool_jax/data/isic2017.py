@@ -11,14 +11,13 @@ or the folder it extracts to:
     ISIC-2017_{Training,Validation,Test_v2}_Part3_GroundTruth.csv
         image_id,melanoma,seborrheic_keratosis (floats 0.0/1.0)
 
-Splits: train (Training, required), validation and test (Test_v2); a split
-whose files are all absent is not generated. Masks are required for train
-unless ``require_train_masks=False``, optional elsewhere (absent: ``has_mask``
-False and an all-zero mask). Images and masks are stored resized to S x S
-(aspect squashed, as the paper does): ``image`` (S, S, 3) uint8, ``mask``
-(S, S, 1) 0/255 (area-resized then > 127), ``has_mask``, ``melanoma`` and
-``seborrheic_keratosis`` (0/1), ``image_id``, ``age`` (-1 unknown), ``sex``
-('' unknown).
+Splits: train (Training, required), validation and test (Test_v2), each
+built if its files are there. Masks are required for train unless
+``require_train_masks=False`` (elsewhere, absent: ``has_mask`` False, mask
+zero). Stored resized to S x S, aspect squashed as in the paper: ``image``
+(S, S, 3) uint8, ``mask`` (S, S, 1) 0/255 (area-resized, > 127), ``has_mask``,
+``melanoma``, ``seborrheic_keratosis`` (0/1), ``image_id``, ``age`` (-1
+unknown), ``sex`` ('' unknown).
 
 A build records its source files' fingerprints (`source_files`); `prepare`
 rebuilds, saying what changed, when the folder no longer matches. Bad input
@@ -282,23 +281,18 @@ def _read_file(path: str) -> bytes:
     raise _error(path, f"cannot be read ({_brief(e)})") from None
 
 
-def _binary(value: str) -> int | None:
-  try:
-    return {0.0: 0, 1.0: 1}.get(float(value))
-  except (TypeError, ValueError):
-    return None
-
-
 def _read_labels(path: str) -> dict[str, tuple[int, int, int]]:
   """``{image_id: (line, melanoma, seborrheic_keratosis)}`` from Part3 CSV."""
   labels = {}
   for image_id, (line, row) in _read_csv(_read_file(path), path,
                                          LABEL_COLUMNS).items():
-    values = [_binary(row[c]) for c in LABEL_COLUMNS[1:]]
-    for column, value in zip(LABEL_COLUMNS[1:], values):
-      if value is None:
+    values = []
+    for column in LABEL_COLUMNS[1:]:
+      try:
+        values.append({0.0: 0, 1.0: 1}[float(row[column])])
+      except (TypeError, ValueError, KeyError):
         raise _error(path, f"line {line}: {column}={row[column]!r} for "
-                     f"{image_id} is not 0 or 1")
+                     f"{image_id} is not 0 or 1") from None
     labels[image_id] = (line, *values)
   return labels
 
@@ -530,20 +524,6 @@ class ISIC2017Config(tfds.core.BuilderConfig):
         f"{self.image_format.upper()} images.")
 
 
-def _features(size: int, image_format: str) -> tfds.features.FeaturesDict:
-  f = tfds.features
-  return f.FeaturesDict({
-      "image": f.Image(shape=(size, size, 3), encoding_format=image_format),
-      "mask": f.Image(shape=(size, size, 1), encoding_format="png"),
-      "has_mask": f.Scalar(np.bool_),
-      "melanoma": f.Scalar(np.int64),
-      "seborrheic_keratosis": f.Scalar(np.int64),
-      "image_id": f.Text(),
-      "age": f.Scalar(np.float32),
-      "sex": f.Text(),
-  })
-
-
 def _plans(manual_dir: str, require_train_masks: bool) -> dict:
   """``{split: _SplitPlan}`` of the splits present; raises what a build
   would, before any image is read."""
@@ -576,10 +556,18 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
+    s, f = self.builder_config.image_size, tfds.features
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=_features(cfg.image_size, cfg.image_format),
+        features=f.FeaturesDict({
+            "image": f.Image(shape=(s, s, 3), encoding_format=(
+                self.builder_config.image_format)),
+            "mask": f.Image(shape=(s, s, 1), encoding_format="png"),
+            "has_mask": f.Scalar(np.bool_),
+            "melanoma": f.Scalar(np.int64),
+            "seborrheic_keratosis": f.Scalar(np.int64),
+            "image_id": f.Text(), "age": f.Scalar(np.float32),
+            "sex": f.Text()}),
         homepage="https://challenge.isic-archive.com/data/#2017",
         # Which splits had masks, and the source files; read by `prepare`.
         metadata=tfds.core.MetadataDict())
