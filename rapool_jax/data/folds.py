@@ -54,10 +54,13 @@ def screen_features(images) -> np.ndarray:
   """``[N, S, S, 3]`` uint8 -> ``[N, 576]`` float64: the images as 24 x 24
   grayscale (area-averaged), each centred and scaled to unit norm, so that a
   dot product of two rows is their Pearson correlation (0 for a flat image)."""
-  gray = np.asarray(images, np.float32) @ np.float32([0.299, 0.587, 0.114])
-  small = np.stack([np.asarray(Image.fromarray(g, mode="F").resize(
-      (SCREEN_SIZE, SCREEN_SIZE), Image.BOX), np.float64) for g in gray])
-  x = small.reshape(len(small), -1)
+  if not len(images):
+    return np.zeros((0, SCREEN_SIZE * SCREEN_SIZE))
+  luma = np.float32([0.299, 0.587, 0.114])
+  # One image at a time: a float copy of a whole split would be 4x its size.
+  x = np.stack([np.asarray(Image.fromarray(np.asarray(im, np.float32) @ luma)
+                           .resize((SCREEN_SIZE, SCREEN_SIZE), Image.BOX),
+                           np.float64).ravel() for im in images])
   x -= x.mean(1, keepdims=True)
   norm = np.linalg.norm(x, axis=1, keepdims=True)
   return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-9)
