@@ -143,7 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
       # source splits (cv_val: a stratified share of the training folds).
       crossval=ml_collections.ConfigDict(dict(
           num_folds=0, fold=0, seed=0, val_fraction=0.1,
-          source_splits=("train", "validation"))),
+          source_splits=("train", "validation"),
+          # Images whose 24 px grayscale correlation reaches this are one
+          # lesion and stay in one fold (data/folds.py says why 0.97).
+          near_duplicate_threshold=0.97)),
   ))
 
   c.model = ml_collections.ConfigDict(dict(
