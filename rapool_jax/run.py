@@ -29,6 +29,7 @@ from rapool_jax import provenance
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
 from rapool_jax import train
+from rapool_jax import weight_files
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
@@ -56,7 +57,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_stage_order(config)
   pipeline.check_data_settings(config.data)
   folds.check_crossval(config.data)
-  checks.check_weights_file(config.model.pretrained)
+  if config.model.pretrained:
+    weight_files.check_readable(config.model.pretrained)
   train.check_train_settings(config.train)
   errors.check_choice("config.systems.prng_impl", config.systems.prng_impl,
                       train.PRNG_IMPLS)

@@ -174,7 +174,7 @@ def test_near_duplicate_threshold_must_be_a_correlation(tiny_config):
   tiny_config.data.crossval.num_folds = 5
   tiny_config.data.crossval.near_duplicate_threshold = 1.5
   with pytest.raises(ValueError, match="near_duplicate_threshold=1.5"):
-    checks.check_config(tiny_config)
+    run.validate_config(tiny_config)
 
 
 def test_init_from_must_name_an_earlier_stage(tiny_config):
