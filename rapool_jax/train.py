@@ -329,48 +329,49 @@ def batch_stream(config, index: int) -> int:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, RankOpt and the evaluation; writes the report. Returns results."""
-  os.makedirs(workdir, exist_ok=True)
-  checks.check_resumed_config(config, workdir)
-  if config.systems.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      config.systems.compilation_cache_dir)
-  t0 = time.time()
-  trainer = Trainer(config, workdir)
-  checks.check_before_training(config, workdir, trainer)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  with ckpt_lib.hold_workdir(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    checks.check_resumed_config(config, workdir)
+    if config.systems.compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir",
+                        config.systems.compilation_cache_dir)
+    t0 = time.time()
+    trainer = Trainer(config, workdir)
+    checks.check_before_training(config, workdir, trainer)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
 
-  variables = trainer.init_variables()
-  finished: dict[str, Any] = {}
-  stage_variables = {}
-  rows = []
-  for index, name in enumerate(config.stage_order):
-    stage = config.stages[name]
-    if stage.get("init_from"):  # an arm branching from an earlier stage
-      variables = stage_variables[stage.init_from]
-    variables, meta = trainer.run_stage(batch_stream(config, index), name,
-                                        variables, finished)
-    stage_variables[name] = variables
-    if stage.report_as:
-      row = evaluate.evaluate_model(trainer, stage.report_as, variables,
-                                    stage.pooling)
-      rows.append({**row, "stage": name})
-      print(report_lib.format_row(row), flush=True)
-    finished[name] = {"steps": meta["step"]}
-  if config.rankopt.enabled:
-    for row in evaluate.fit_linear_heads(trainer, stage_variables):
-      rows.append(row)
-      print(report_lib.format_row(row), flush=True)
+    variables = trainer.init_variables()
+    finished: dict[str, Any] = {}
+    stage_variables = {}
+    rows = []
+    for index, name in enumerate(config.stage_order):
+      stage = config.stages[name]
+      if stage.get("init_from"):  # an arm branching from an earlier stage
+        variables = stage_variables[stage.init_from]
+      variables, meta = trainer.run_stage(batch_stream(config, index), name,
+                                          variables, finished)
+      stage_variables[name] = variables
+      if stage.report_as:
+        row = evaluate.evaluate_model(trainer, stage.report_as, variables,
+                                      stage.pooling)
+        rows.append({**row, "stage": name})
+        print(report_lib.format_row(row), flush=True)
+      finished[name] = {"steps": meta["step"]}
+    if config.rankopt.enabled:
+      for row in evaluate.fit_linear_heads(trainer, stage_variables):
+        rows.append(row)
+        print(report_lib.format_row(row), flush=True)
 
-  eval_split = trainer.splits[config.data.eval_split]
-  results = {"data": config.data.name, "eval_split": config.data.eval_split,
-             "num_eval_examples": len(eval_split), "rows": rows,
-             "stages": finished}
-  report_lib.write_report(workdir, config, results, trainer, stage_variables,
-                          eval_split)
-  if jax.process_index() == 0:
-    provenance.append_run_info(workdir, time.time() - t0, jax.devices())
-    print(f"wrote {os.path.join(workdir, 'results.md')} "
-          f"({time.time() - t0:.0f} s)", flush=True)
-  return results
+    eval_split = trainer.splits[config.data.eval_split]
+    results = {"data": config.data.name, "eval_split": config.data.eval_split,
+               "num_eval_examples": len(eval_split), "rows": rows,
+               "stages": finished}
+    report_lib.write_report(workdir, config, results, trainer, stage_variables,
+                            eval_split)
+    if jax.process_index() == 0:
+      provenance.append_run_info(workdir, time.time() - t0, jax.devices())
+      print(f"wrote {os.path.join(workdir, 'results.md')} "
+            f"({time.time() - t0:.0f} s)", flush=True)
+    return results
