@@ -146,13 +146,10 @@ def save_mask(seg: np.ndarray, size: tuple[int, int], path: str) -> None:
   mask.resize(size, Image.NEAREST).save(path)
 
 
-def predict(workdir: str, images_path: str, out_csv: str,
-            masks_out: str | None = None, batch_size: int = 16,
-            stage: str = "", use_rankopt: bool = True) -> list[dict]:
-  """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
-  ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
-  config, model, variables, pooling, fitted = load_run(workdir, stage,
-                                                       use_rankopt)
+def forward_fn(config, model, variables, pooling):
+  """A jitted ``[B, S, S, 3]`` uint8 images (S = ``data.image_size``) ->
+  class probabilities ``[B, K]`` and pooled features of the centre crop, and
+  the ``[B, S, S]`` 0/1 lesion mask of the whole image."""
   size, crop = config.data.image_size, config.data.crop_size
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
@@ -166,6 +163,18 @@ def predict(workdir: str, images_path: str, out_csv: str,
     return (jax.nn.softmax(cls["logits"], -1), cls["pooled"],
             jnp.argmax(seg["seg_logits"], -1))
 
+  return forward
+
+
+def predict(workdir: str, images_path: str, out_csv: str,
+            masks_out: str | None = None, batch_size: int = 16,
+            stage: str = "", use_rankopt: bool = True) -> list[dict]:
+  """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
+  ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
+  config, model, variables, pooling, fitted = load_run(workdir, stage,
+                                                       use_rankopt)
+  size = config.data.image_size
+  forward = forward_fn(config, model, variables, pooling)
   entries = list_images(images_path)
   if masks_out:
     os.makedirs(masks_out, exist_ok=True)
