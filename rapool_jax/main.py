@@ -64,8 +64,12 @@ def config_catalogue() -> list[tuple[str, str]]:
   folder = next((d for d in CONFIG_DIRS if d.is_dir()), None)
   rows = []
   for path in sorted(folder.glob("*.py")) if folder else ():
-    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     name = f"configs/{path.name}"
+    try:  # parsed, not run: listing the configs runs none of them
+      doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (SyntaxError, OSError, ValueError) as e:
+      rows.append((name, f"(unreadable: {errors.one_line(e)})"))
+      continue
     rows.append((name, doc.splitlines()[0] if doc else "(no docstring)"))
     rows += [(f"{name}:{v}", text) for v, text in docstring_variants(doc)]
   return rows
@@ -83,7 +87,7 @@ def config_listing() -> str:
 
 # absl's --help prints this module's docstring: the configs are listed there,
 # read from configs/ at each start, so a new file or variant shows up.
-__doc__ = f"{__doc__}\n{config_listing()}\n"
+__doc__ = f"{__doc__ or ''}\n{config_listing()}\n"
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 config_flags.DEFINE_config_file(
     "config", None, "Config file, PATH or PATH:VARIANT (listed above).",

@@ -218,3 +218,13 @@ Not a variant  any more.
   assert main_lib.docstring_variants(doc) == [
       ("small", "a few steps"),
       ("big,fast", "both at once (at 224 px, batch 256)")]
+
+
+def test_a_broken_config_file_is_listed_not_fatal(tmp_path, monkeypatch):
+  (tmp_path / "good.py").write_text('"""Good one.\n\nVariants:\n  a  the a."""\n')
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  monkeypatch.setattr(main_lib, "CONFIG_DIRS", (tmp_path,))
+  rows = dict(main_lib.config_catalogue())
+  assert rows["configs/good.py"] == "Good one."
+  assert rows["configs/good.py:a"] == "the a"
+  assert rows["configs/broken.py"].startswith("(unreadable: SyntaxError")
