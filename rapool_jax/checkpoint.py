@@ -96,7 +96,8 @@ def hold_workdir(workdir: str):
   however it ends, so a killed run leaves nothing to clean up and the same
   command takes it again. A second writer stops with one line naming the
   holder's pid and host. On several hosts only process 0 writes the workdir's
-  files, so only it locks (the others would each block it).
+  files, so only it locks: the run's other processes would find its lock and
+  stop.
   """
   if jax.process_index() != 0:
     yield
@@ -147,6 +148,7 @@ def _busy(workdir: str, advice: str) -> str:
     try:
       with open(os.path.join(workdir, LOCK_FILE)) as f:
         holder = json.load(f)
+      holder = holder if isinstance(holder, dict) else {}
       break
     except (OSError, ValueError):
       time.sleep(0.05)
