@@ -20,7 +20,6 @@ import sys
 import pytest
 
 from conftest import REPO
-from rapool_jax import main as main_lib
 
 DOCS = ("README.md", "launch/README.md") + tuple(
     f"docs/{name}" for name in sorted(os.listdir(REPO / "docs"))
@@ -206,6 +205,18 @@ def test_main_help_lists_every_config_and_variant():
   assert listed["configs/isic2017.py:runlocal"].startswith("CPU-sized")
 
 
+def _in_main(setup: str, expression: str, *args: str):
+  """``expression``'s JSON value after ``setup``, in a fresh interpreter with
+  ``rapool_jax.main`` imported as ``main_lib`` (its flags would clash with
+  predict's in this process); ``args`` are ``sys.argv[1:]``."""
+  code = ("import json, pathlib, sys; from rapool_jax import main as main_lib; "
+          f"{setup or 'pass'}; print(json.dumps({expression}))")
+  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(proc.stdout)
+
+
 def test_a_new_variant_in_a_docstring_is_listed():
   doc = """Title line.
 
@@ -215,16 +226,16 @@ Variants (``--config configs/x.py:NAME``):
   big,fast   both at once (at 224 px, batch 256); for an accelerator.
 Not a variant  any more.
 """
-  assert main_lib.docstring_variants(doc) == [
-      ("small", "a few steps"),
-      ("big,fast", "both at once (at 224 px, batch 256)")]
+  assert _in_main("", "main_lib.docstring_variants(sys.argv[1])", doc) == [
+      ["small", "a few steps"],
+      ["big,fast", "both at once (at 224 px, batch 256)"]]
 
 
-def test_a_broken_config_file_is_listed_not_fatal(tmp_path, monkeypatch):
+def test_a_broken_config_file_is_listed_not_fatal(tmp_path):
   (tmp_path / "good.py").write_text('"""Good one.\n\nVariants:\n  a  the a."""\n')
   (tmp_path / "broken.py").write_text("def get_config(:\n")
-  monkeypatch.setattr(main_lib, "CONFIG_DIRS", (tmp_path,))
-  rows = dict(main_lib.config_catalogue())
+  rows = dict(_in_main("main_lib.CONFIG_DIRS = (pathlib.Path(sys.argv[1]),)",
+                       "main_lib.config_catalogue()", str(tmp_path)))
   assert rows["configs/good.py"] == "Good one."
   assert rows["configs/good.py:a"] == "the a"
   assert rows["configs/broken.py"].startswith("(unreadable: SyntaxError")
