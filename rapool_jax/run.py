@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 
+from rapool_jax import checkpoint
 from rapool_jax import checks
 from rapool_jax import config_lib
 from rapool_jax import errors
@@ -248,8 +249,14 @@ def cam_columns(config, stage_variables) -> list[tuple[str, Any, str]]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, the heads and the evaluation; writes the report.
-  Returns the results (``results.json``'s content)."""
+  Returns the results (``results.json``'s content). One writer per workdir:
+  a second run on it stops at once (``checkpoint.hold_workdir``)."""
   os.makedirs(workdir, exist_ok=True)
+  with checkpoint.hold_workdir(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   checks.check_resumed_config(config, workdir)
   if config.systems.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
