@@ -432,6 +432,12 @@ def test_partial_report_says_which_runs_are_missing(tmp_path):
   assert results["runs"]["missing"] == [[2, 1]]
   assert results["seed_averaged"]["scores_per_image"] == [1, 2]
   assert crossval_report.check(out) == []
+  # An image deleted from the only seed that scored it (fold 2 of seed 0)
+  # leaves consistent CSVs, and changes the counts.
+  for name in ("oof_scores.csv", "oof_jaccard.csv"):
+    _replace_line(os.path.join(out, name), -2)
+  assert any("by_seed[0].num_images: saved 180, recomputed 179" in d
+             for d in crossval_report.check(out))
   # Finished runs give a report without the banner.
   crossval_report.write_report(runs, out)
   assert "Partial" not in open(os.path.join(out, "results.md")).read()
