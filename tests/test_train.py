@@ -350,7 +350,8 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
 
 
 @pytest.mark.slow  # whole or repeated runs
-def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
+def test_mask_oracle_pools_the_true_mask_through_the_whole_pipeline(
+    tiny_config, tmp_path):
   # Step 4 pooled with the ground-truth mask: training, RankOpt and the CAM
   # figure all need the mask passed through.
   tiny_config.stages.joint.pooling = "mask_oracle"
@@ -358,6 +359,23 @@ def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
   results = run.train_and_evaluate(tiny_config, str(tmp_path))
   assert [r["model"] for r in results["rows"]][1] == "Step 4: mask_oracle"
   assert os.path.getsize(tmp_path / "figures" / "cam.png") > 10_000
+  # The trained network's pooled features are Eq. 1 over the true mask,
+  # box-averaged to the feature grid (numpy, independent of pooling.py).
+  job, init = _setup(tiny_config, tmp_path)
+  variables = ckpt_lib.restore_variables(str(tmp_path), "joint", init)
+  split = job.splits[tiny_config.data.eval_split]
+  images, masks = split.images[:8], split.masks[:8]
+  out = job.model.apply(
+      variables, jnp.asarray(images, jnp.float32) / 255.0, train=False,
+      pooling="mask_oracle", mask=jnp.asarray(masks))
+  f = np.asarray(out["features"], np.float64)
+  b, h, w, _ = f.shape
+  size = masks.shape[1]
+  weights = masks.astype(np.float64).reshape(
+      b, h, size // h, w, size // w).mean(axis=(2, 4))
+  expected = (f * weights[..., None]).sum(axis=(1, 2)) / (h * w)
+  np.testing.assert_allclose(out["pooled"], expected, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(out["pooled"], f.mean(axis=(1, 2)), atol=1e-3)
 
 
 @pytest.mark.slow  # whole or repeated runs
