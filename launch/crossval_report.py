@@ -1,7 +1,8 @@
 """The out-of-fold and test-split tables of a cross-validation (``launch/crossval.py``).
 
     python launch/crossval_report.py RUN_DIR [RUN_DIR ...] --out OUT
-        [--expected-runs 0:0,1:0,...] [--exclude-images FILE]
+        [--expected-runs 0:0,1:0,...]
+        [--exclude-images FILE | --near-copies-from RUN_DIR [--data-root DIR]]
     python launch/crossval_report.py --rebuild OUT
     python launch/crossval_report.py --check OUT
 
@@ -17,8 +18,10 @@ From each fold run's per-image predictions it writes to OUT:
 * ``test_scores.csv`` (when the runs scored the official test split):
   ``image,label,seed,fold``, then each fold model's score of each test image;
 * ``runs.csv``: ``fold,seed,finished``, every run the CV was meant to have;
-* ``test_near_copies.csv`` (with ``--exclude-images``): the test images with a
-  near-copy in train + validation, reported with and without them;
+* ``test_near_copies.csv`` (with ``--exclude-images``, or found by
+  ``folds.near_copies`` on a run's data with ``--near-copies-from``): the
+  test images with a near-copy in train + validation (``image[,reference]``),
+  reported with and without them;
 * ``results.json``, ``results.md`` and ``roc_seed<S>.png``.
 
 The tables: per arm, per-seed AUCs (mean ± SD) and the AUC of the seed-averaged
@@ -201,6 +204,47 @@ def read_image_list(path: str) -> list[str]:
   if lines and lines[0].split(",")[0] == "image":
     return sorted({r["image"] for r in load_csv(path)})
   return sorted(set(lines))
+
+
+def near_copy_rows(test, reference, threshold: float) -> list[dict]:
+  """``{image, reference}`` for each image of ``test`` with a near-copy in
+  ``reference`` (``pipeline.Split``s): ``folds.near_copies``' screen, 24 px
+  grayscale correlation ``>= threshold``."""
+  from rapool_jax.data import folds  # pylint: disable=g-import-not-at-top
+  hit = folds.near_copies(test.images, reference.images, threshold)
+  return [{"image": str(i), "reference": str(reference.ids[h])}
+          for i, h in zip(test.ids, hit) if h >= 0]
+
+
+def near_copies_of_run(run_dir: str, root: str = "") -> list[dict]:
+  """The test images of RUN_DIR's data with a near-copy in the splits the
+  run trained and validated on (``crossval.source_splits``), at the run's
+  ``crossval.near_duplicate_threshold``. Relative data paths in its
+  config.json start at ``root`` (default: here). Loads the data (TFDS)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from rapool_jax.data import folds  # pylint: disable=g-import-not-at-top
+  from rapool_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict(run_config(run_dir)["data"])
+  for key in ("data_dir", "manual_dir"):
+    if data[key] and root:
+      data[key] = os.path.join(root, data[key])
+  builder = pipeline.make_builder(data, require_train_masks=False)
+  load = lambda name: pipeline.load_split(builder, name, data.task)  # noqa: E731
+  reference = folds.concat([load(n) for n in data.crossval.source_splits])
+  return near_copy_rows(load(TEST_SPLIT), reference,
+                        folds.near_duplicate_threshold(data.crossval))
+
+
+def write_near_copies(out: str, exclude) -> None:
+  """OUT/test_near_copies.csv from a file of image ids (``exclude`` a path)
+  or ``near_copy_rows``; removed when ``exclude`` is empty."""
+  path = os.path.join(out, "test_near_copies.csv")
+  if os.path.exists(path):
+    os.remove(path)  # never a stale list from an earlier report
+  if isinstance(exclude, str) and exclude:
+    exclude = [{"image": i} for i in read_image_list(exclude)]
+  if exclude:
+    write_csv(path, exclude, list(exclude[0]))
 
 
 def score_columns(rows: list[dict], keys, path: str) -> dict:
@@ -819,11 +863,13 @@ def write_tables(out: str, compute=None, markdown_fn=None) -> dict:
 
 
 def write_report(run_dirs, out: str, expected=None,
-                 exclude_images: str = "") -> dict:
+                 exclude_images="") -> dict:
   """Collects RUN_DIRS' predictions into OUT's CSVs, then the tables.
 
   ``expected``: every (fold, seed) the CV was meant to have (default: the
   runs given); missing ones put the partial banner on results.md.
+  ``exclude_images``: the test images with a near-copy in train +
+  validation, as a file of ids or ``near_copy_rows``.
   """
   os.makedirs(out, exist_ok=True)
   tables = collect(run_dirs)
@@ -834,15 +880,11 @@ def write_report(run_dirs, out: str, expected=None,
   write_csv(p("thresholds.csv"), tables["thresholds"],
             ("fold", "seed", "arm") + tuple(f"threshold_spe{s}"
                                            for s in SPECIFICITIES))
-  for name in ("test_scores.csv", "test_near_copies.csv"):
-    if os.path.exists(p(name)):
-      os.remove(p(name))  # never a stale table from an earlier report
+  if os.path.exists(p("test_scores.csv")):
+    os.remove(p("test_scores.csv"))  # never a stale table
   if tables["test"]:
     write_csv(p("test_scores.csv"), tables["test"], TEST_KEYS + arms)
-  if exclude_images:
-    write_csv(p("test_near_copies.csv"),
-              [{"image": i} for i in read_image_list(exclude_images)],
-              ("image",))
+  write_near_copies(out, exclude_images)
   finished = {(r["fold"], r["seed"]) for r in tables["thresholds"]}
   write_csv(p("runs.csv"), [
       {"fold": f, "seed": s, "finished": int((f, s) in finished)}
@@ -925,15 +967,36 @@ def parse_expected(text: str) -> list[tuple[int, int]]:
           if pair]
 
 
+def add_near_copy_args(parser) -> None:
+  parser.add_argument("--exclude-images", default="",
+                      help="test images with a near-copy in train + "
+                      "validation (CSV with an image column, or one a line)")
+  parser.add_argument("--near-copies-from", default="",
+                      help="find them instead with folds.near_copies on the "
+                      "data of this run dir (loads the images)")
+  parser.add_argument("--data-root", default="",
+                      help="where that run's relative data paths start")
+
+
+def near_copy_choice(args):
+  """The ``exclude_images`` of write_report that the flags ask for."""
+  if args.exclude_images and args.near_copies_from:
+    raise SystemExit("give --exclude-images or --near-copies-from, not both")
+  if args.near_copies_from:
+    rows = near_copies_of_run(args.near_copies_from, args.data_root)
+    print(f"{len(rows)} test images have a near-copy in train + validation",
+          flush=True)
+    return rows
+  return args.exclude_images
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="*", help="fold run workdirs")
   parser.add_argument("--out", default="")
   parser.add_argument("--expected-runs", default="",
                       help="fold:seed pairs the CV was meant to have")
-  parser.add_argument("--exclude-images", default="",
-                      help="test images with a near-copy in train + "
-                      "validation (CSV with an image column, or one a line)")
+  add_near_copy_args(parser)
   parser.add_argument("--check", default="",
                       help="recompute OUT/results.json and results.md")
   parser.add_argument("--rebuild", default="",
@@ -950,7 +1013,7 @@ def main(argv=None) -> int:
   if not args.runs or not args.out:
     parser.error("give fold run workdirs and --out (or --check/--rebuild OUT)")
   write_report(args.runs, args.out, parse_expected(args.expected_runs),
-               args.exclude_images)
+               near_copy_choice(args))
   return 0
 
 

@@ -1,7 +1,8 @@
 """The test-split table of the ``configs/isic2017.py:testsplit`` seeds.
 
     python launch/testsplit_report.py RUN_DIR [RUN_DIR ...] --out OUT
-        [--expected-seeds 0,1,2,3,4] [--exclude-images FILE]
+        [--expected-seeds 0,1,2,3,4]
+        [--exclude-images FILE | --near-copies-from RUN_DIR [--data-root DIR]]
     python launch/testsplit_report.py --rebuild OUT
     python launch/testsplit_report.py --check OUT
 
@@ -12,8 +13,10 @@ on the validation split (where thresholds are set) go to OUT:
 * ``test_scores.csv`` and ``val_scores.csv``: ``image,label,seed``, then one
   score column per arm; one row per image and seed;
 * ``runs.csv``: ``seed,finished``, every seed meant to run;
-* ``test_near_copies.csv`` (with ``--exclude-images``): test images with a
-  near-copy in train + validation; every verdict is given with and without;
+* ``test_near_copies.csv`` (with ``--exclude-images``, or found by
+  ``folds.near_copies`` on a run's data with ``--near-copies-from``): test
+  images with a near-copy in train + validation (``image[,reference]``);
+  every verdict is given with and without them;
 * ``results.json`` and ``results.md``: per arm the test AUC of each seed
   (mean ± SD) and of the seed-averaged per-image score with its DeLong CI;
   paired differences on the seed-averaged scores (DeLong and bootstrap);
@@ -75,8 +78,9 @@ def collect(run_dirs) -> dict:
 
 
 def write_report(run_dirs, out: str, expected_seeds=(),
-                 exclude_images: str = "") -> dict:
-  """Collects RUN_DIRS' predictions into OUT's CSVs, then the tables."""
+                 exclude_images="") -> dict:
+  """Collects RUN_DIRS' predictions into OUT's CSVs, then the tables;
+  ``exclude_images`` as ``crossval_report.write_report``'s."""
   os.makedirs(out, exist_ok=True)
   tables = collect(run_dirs)
   columns = KEYS + tuple(tables["arms"])
@@ -87,12 +91,7 @@ def write_report(run_dirs, out: str, expected_seeds=(),
   cv.write_csv(p("runs.csv"), [
       {"seed": s, "finished": int(s in finished)}
       for s in sorted(set(expected_seeds) | finished)], ("seed", "finished"))
-  if os.path.exists(p("test_near_copies.csv")):
-    os.remove(p("test_near_copies.csv"))  # never a stale list
-  if exclude_images:
-    cv.write_csv(p("test_near_copies.csv"),
-                 [{"image": i} for i in cv.read_image_list(exclude_images)],
-                 ("image",))
+  cv.write_near_copies(out, exclude_images)
   return cv.write_tables(out, compute_all, markdown)
 
 
@@ -276,9 +275,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="")
   parser.add_argument("--expected-seeds", default="",
                       help="comma-separated seeds meant to run")
-  parser.add_argument("--exclude-images", default="",
-                      help="test images with a near-copy in train + "
-                      "validation (CSV with an image column, or one a line)")
+  cv.add_near_copy_args(parser)
   parser.add_argument("--check", default="",
                       help="recompute OUT/results.json and results.md")
   parser.add_argument("--rebuild", default="",
@@ -296,7 +293,7 @@ def main(argv=None) -> int:
     parser.error("give run workdirs and --out (or --check/--rebuild OUT)")
   write_report(args.runs, args.out,
                [int(s) for s in args.expected_seeds.split(",") if s],
-               args.exclude_images)
+               cv.near_copy_choice(args))
   return 0
 
 

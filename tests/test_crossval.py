@@ -710,3 +710,15 @@ def test_committed_crossval_table_recomputes_from_its_csvs():
   assert primary["name"] == "RAP vs GAP control (primary)"
   assert f"| {primary['stratified']['diff']:+.3f} |" in md
   assert results["by_seed"][0]["num_images"] == 2150
+
+
+def test_near_copy_rows_name_test_images_copied_in_training():
+  ref = _pooled(12, 3, size=24)
+  rng = np.random.default_rng(6)
+  ref.images[:] = rng.integers(0, 256, ref.images.shape, np.uint8)
+  test = _pooled(4, 1, size=24)
+  test.images[:] = rng.integers(0, 256, test.images.shape, np.uint8)
+  test.images[2] = ref.images[7]
+  test.ids[:] = ["T0", "T1", "T2", "T3"]
+  rows = crossval_report.near_copy_rows(test, ref, 0.97)
+  assert rows == [{"image": "T2", "reference": str(ref.ids[7])}]
