@@ -955,8 +955,11 @@ def check(out: str, compute=None, markdown_fn=None) -> list[str]:
   path = os.path.join(out, "results.json")
   if not os.path.exists(path):
     return [f"{path}: missing"]
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    return [f"{path}: not JSON: {e}"]
   return (json_differences(fresh, saved) + markdown_differences(
       (markdown_fn or markdown)(fresh), os.path.join(out, "results.md")))
 
