@@ -289,7 +289,8 @@ def main(argv=None) -> int:
   seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
   pretrained = dict(p.split("=", 1) for p in args.pretrained)
   if args.eval_split:
-    overrides = overrides + [f"--config.data.eval_split={args.eval_split}"]
+    overrides = overrides + common.report_split_overrides(
+        common.load_config(config), args.eval_split)
   root = os.path.abspath(args.workdir)
   jobs = make_jobs(config, root, backbones, variants, seeds, overrides,
                    pretrained)

@@ -62,6 +62,16 @@ def base_overrides(stages: Sequence[str]) -> list[str]:
           "--config.rankopt.enabled=False"]
 
 
+def report_split_overrides(config, eval_split: str) -> list[str]:
+  """Overrides that report on ``eval_split`` (e.g. validation, to choose a
+  setting as the paper's Table 1 does) without choosing anything on it:
+  RankOpt's threshold then comes from the training split."""
+  out = [f"--config.data.eval_split={eval_split}"]
+  if config.rankopt.threshold_split == eval_split:
+    out.append("--config.rankopt.threshold_split=")
+  return out
+
+
 def value_tag(v: float) -> str:
   """0.01 -> "0.01", 7.5 -> "7.5", 20.0 -> "20": folder names and labels."""
   return format(float(v), "g")

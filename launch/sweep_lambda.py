@@ -46,8 +46,8 @@ def make_jobs(config: str, root: str, lambdas, overrides, stage: str = "joint",
   """Prepare, the shared base and one Step-4 job per lambda."""
   cfg = common.load_config(config)
   shared = common.shared_stages(cfg, stage, overrides)
-  common_overrides = list(overrides) + [
-      f"--config.data.eval_split={eval_split}"]
+  common_overrides = list(overrides) + common.report_split_overrides(
+      cfg, eval_split)
   jobs = [fanout.prepare_job(root, config, overrides)]
   base = os.path.join(root, "shared")
   if shared:

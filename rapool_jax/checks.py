@@ -50,10 +50,14 @@ def check_split_roles(config) -> None:
     raise ValueError(f"config.rankopt.threshold_split={threshold!r} is not "
                      f"one of the run's splits {sorted(roles)} (config.data."
                      "train_split, val_split, eval_split); '' = train")
-  for key, value in (("data.val_split", data.val_split),
+  plateau = any(config.stages[s].plateau.metric for s in config.stage_order)
+  # The validation split may be the reported one (the paper's Table 1 picks
+  # lambda on it) as long as nothing is chosen on it: no plateau rule.
+  for key, value in (("data.val_split", data.val_split if plateau else ""),
                      ("data.train_split", data.train_split),
                      ("rankopt.threshold_split",
-                      threshold if rankopt.enabled else "")):
+                      (threshold or data.train_split) if rankopt.enabled
+                      else "")):
     if value and value == data.eval_split:
       raise ValueError(
           f"config.{key}={value!r} is the evaluation split (config.data."

@@ -129,8 +129,10 @@ def place_training_split(train_split: pipeline.Split, budget_mb: float, mesh):
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Job:
-  """Checks every setting, then builds the model, the mesh and the splits."""
+  """Checks every setting, then builds the model, the mesh and the splits
+  (``workdir`` records the data's source)."""
   validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
   checks.resolve_config(config)
   set_input_normalisation(config)
   model = rapool_net.build_model(config.model, config.systems)

@@ -644,9 +644,9 @@ def test_donate_state_decides_whether_the_step_consumes_its_state(donate):
                                        (idxs[0], key, split)).compile()
   placed = sharding.place_state(step_fn, state)
   new_state, _ = step_fn(placed, idxs[0], key, split)
-  params = placed["variables"]["params"]
-  assert all(leaf.is_deleted() == donate for leaf in jax.tree.leaves(params))
-  assert int(new_state["step"]) == 1
+  assert all(leaf.is_deleted() == donate
+             for leaf in jax.tree.leaves(placed.params))
+  assert int(new_state.step) == 1
 
 
 class _LoweredWithoutCostAnalysis:

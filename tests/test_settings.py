@@ -73,8 +73,21 @@ def test_the_tiny_config_is_in_range(tiny_config):
 def test_thresholds_and_training_never_use_the_evaluation_split(tiny_config,
                                                                 key):
   _set(tiny_config, key, tiny_config.data.eval_split)
-  if key == "data.val_split":
+  if key == "data.val_split":  # a plateau rule chooses on it
     tiny_config.rankopt.threshold_split = ""
+    tiny_config.stages.segmentation.plateau.metric = "val_jaccard"
   with pytest.raises(ValueError, match=re.escape(
       f"config.{key}='test' is the evaluation split")):
+    run.validate_config(tiny_config)
+
+
+def test_a_selection_run_may_report_on_the_validation_split(tiny_config):
+  # The paper's Table 1 picks lambda on validation: allowed while nothing
+  # (no plateau rule, no threshold) is chosen on the reported images.
+  tiny_config.data.eval_split = "validation"
+  tiny_config.rankopt.threshold_split = ""
+  run.validate_config(tiny_config)
+  tiny_config.rankopt.threshold_split = "validation"
+  with pytest.raises(ValueError, match="threshold_split='validation' is the "
+                     "evaluation split"):
     run.validate_config(tiny_config)
