@@ -17,12 +17,18 @@ inference (``evaluate.eval_step``) and analyses the segmentation upsampling
 Sizes (``--device-size``): ``full`` (the default on GPU/TPU) is ResNet-50 at
 224 px in bfloat16 at the paper's batch 10 and at batch 256; ``small`` (the
 default on CPU) is ResNet-50 at 224 px in float32 at batch 8, a few steps;
-``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` blocks of
-``steps`` steps per framework, alternating, each synchronised
+``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` rounds, each
+one block of ``steps`` steps per framework (more where ``min_block_s`` asks
+for longer blocks), the order reversed every round, each block synchronised
 (``jax.block_until_ready``, ``torch.cuda.synchronize``); img/s is the median
-over blocks. Each block also records the CPU share other processes took
-meanwhile: on a shared machine, ``img_per_s_quiet`` (median over blocks where
-others used < 10%) is the figure to compare.
+over blocks. A JAX/PyTorch ratio (``vs_torch``) is the median over rounds of
+the ratio of the round's two blocks, with its interquartile range and a
+bootstrap 95% CI (``paired_ratio``); the joint step's variants time their own
+torch blocks in the same rounds and report their ratios the same way. Each
+block also records the CPU share other processes took meanwhile and the load
+average, and the job the load over its whole run: on a shared machine,
+``img_per_s_quiet`` (median over blocks where others used < 10%) is the
+figure to compare.
 
 On CPU the JAX steps are compiled with ``cpu_compiler_options()`` (Eigen
 instead of YNNPACK convolutions); ``cpu_xla_flags()`` is the same choice as
@@ -591,8 +597,22 @@ def paired_ratio(a: list[float], b: list[float], confidence: float = 0.95,
     ).confidence_interval
     out["ci95"] = [float(ci.low), float(ci.high)]
     # As a fraction of the median: the smallest change this job resolves.
-    out["ci95_half_width"] = (ci.high - ci.low) / 2 / median
+    half = float(ci.high - ci.low) / 2 / median
+    out["ci95_half_width"] = half
+    out["rounds_for_5pct_agreement"] = rounds_for_agreement(half, r.size)
   return out
+
+
+def rounds_for_agreement(half_width: float, rounds: int,
+                         tolerance: float = 0.05) -> int:
+  """Rounds two jobs would each need for their medians to agree within
+  ``tolerance`` 95% of the time, if the rounds stay as noisy as these.
+
+  The difference of two independent medians has sqrt(2) times the error
+  of one, so each CI's half-width must shrink to ``tolerance / sqrt(2)``;
+  it shrinks as 1/sqrt(rounds). Load that drifts between jobs is not in it.
+  """
+  return math.ceil(rounds * (half_width * math.sqrt(2) / tolerance) ** 2)
 
 
 def quiet_paired_ratio(a: list[Block], b: list[Block]) -> dict | None:
@@ -1170,8 +1190,9 @@ def _start_result(size_name, size, dtype, options, torch_info, time_budget_s,
       f"({info['cpu_count']} CPU cores); size '{size_name}': ResNet-"
       f"{size['depth']} x{size['width']} at {size['crop']} px (crops of "
       f"{size['image_size']}), {dtype}, batches {size['batches']}, "
-      f"{size['repeats']} x {size['steps']} steps after {size['warmup']} "
-      f"warm-up; JAX compiler options {options or 'XLA defaults'}")
+      f"{size['repeats']} rounds of blocks of >= {size['steps']} steps and "
+      f">= {size.get('min_block_s', 0)} s after {size['warmup']} warm-up; "
+      f"JAX compiler options {options or 'XLA defaults'}")
   return {"device": info, "size": size_name, "size_config": size,
           "dtype": dtype, "jax_compiler_options": options,
           "torch": torch_info, "quiet_other_cpu_frac": QUIET_OTHER_CPU,

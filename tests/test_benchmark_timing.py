@@ -65,6 +65,11 @@ def test_paired_ratio_cancels_load_shared_by_a_round():
   lo, hi = noisy["ci95"]
   assert 0.45 <= lo <= 0.5 <= hi <= 0.55
   assert noisy["ci95_half_width"] == pytest.approx((hi - lo) / 2 / 0.5)
+  # Half-width h over n rounds: n * (h * sqrt(2) / 5%)^2 rounds each.
+  assert noisy["rounds_for_5pct_agreement"] == benchmark.rounds_for_agreement(
+      noisy["ci95_half_width"], 6)
+  assert benchmark.rounds_for_agreement(0.05 / 2**0.5, 10) == 10
+  assert benchmark.rounds_for_agreement(0.1 / 2**0.5, 10) == 40
   assert noisy["iqr"] == [pytest.approx(np.percentile(noisy["per_round"], 25)),
                           pytest.approx(np.percentile(noisy["per_round"], 75))]
 
