@@ -17,12 +17,18 @@ inference (``evaluate.eval_step``) and analyses the segmentation upsampling
 Sizes (``--device-size``): ``full`` (the default on GPU/TPU) is ResNet-50 at
 224 px in bfloat16 at the paper's batch 10 and at batch 256; ``small`` (the
 default on CPU) is ResNet-50 at 224 px in float32 at batch 8, a few steps;
-``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` blocks of
-``steps`` steps per framework, alternating, each synchronised
+``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` rounds, each
+one block of ``steps`` steps per framework (more where ``min_block_s`` asks
+for longer blocks), the order reversed every round, each block synchronised
 (``jax.block_until_ready``, ``torch.cuda.synchronize``); img/s is the median
-over blocks. Each block also records the CPU share other processes took
-meanwhile: on a shared machine, ``img_per_s_quiet`` (median over blocks where
-others used < 10%) is the figure to compare.
+over blocks. A JAX/PyTorch ratio (``vs_torch``) is the median over rounds of
+the ratio of the round's two blocks, with its interquartile range and a
+bootstrap 95% CI (``paired_ratio``); the joint step's variants time their own
+torch blocks in the same rounds and report their ratios the same way. Each
+block also records the CPU share other processes took meanwhile and the load
+average, and the job the load over its whole run: on a shared machine,
+``img_per_s_quiet`` (median over blocks where others used < 10%) is the
+figure to compare.
 
 On CPU the JAX steps are compiled with ``cpu_compiler_options()`` (Eigen
 instead of YNNPACK convolutions); ``cpu_xla_flags()`` is the same choice as
@@ -38,6 +44,7 @@ import functools
 import gc
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -46,11 +53,12 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from launch import common
 from rapool_jax import evaluate
@@ -63,14 +71,21 @@ from rapool_jax.models import rapool_net
 
 STEP_KINDS = ("classification", "segmentation", "joint")
 
-# Benchmark sizes. "steps" per timed block, "repeats" blocks, "warmup" steps.
+# Benchmark sizes. "steps" per timed block (at least: "min_block_s" asks for
+# blocks of that many seconds), "repeats" rounds of blocks, "warmup" steps;
+# "variants" of the joint step and "analysis_pieces" (default: all) run
+# after the rows. On 2 loaded CPU cores one step takes seconds: "small" keeps
+# a quiet machine's job near 15 min (README: the noise that leaves).
 SIZES = {
     "full": dict(depth="50", width=1.0, image_size=256, crop=224,
                  batches=(10, 256), eval_batch=256, dtype="bfloat16",
                  steps=20, repeats=5, warmup=3, min_images_per_block=2000),
     "small": dict(depth="50", width=1.0, image_size=256, crop=224,
                   batches=(8,), eval_batch=8, dtype="float32",
-                  steps=1, repeats=5, warmup=1),
+                  steps=1, repeats=8, warmup=2, min_block_s=6.0,
+                  variants=("project", "no_seg_loss", "no_dropout"),
+                  analysis_pieces=("joint_step_variants", "upsample_alone",
+                                   "input_pipeline")),
     "tiny": dict(depth="tiny", width=0.125, image_size=72, crop=64,
                  batches=(4,), eval_batch=4, dtype="float32",
                  steps=1, repeats=1, warmup=1),
@@ -125,6 +140,28 @@ def _system_busy_s() -> float | None:
     return None
   # user nice system irq softirq steal
   return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_load() -> dict[str, Any]:
+  """Now: the 1/5/15-minute load averages and the CPU seconds all processes
+  have spent (``_system_busy_s``), for ``load_between``."""
+  try:
+    loadavg = [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    loadavg = None
+  return {"loadavg": loadavg, "busy_s": _system_busy_s(),
+          "time": time.time()}
+
+
+def load_between(start: dict, end: dict) -> dict[str, Any]:
+  """The load over a stretch of time: load averages at both ends and the
+  share of all CPUs that every process together kept busy (this one too)."""
+  busy = None
+  if start["busy_s"] is not None and end["busy_s"] is not None:
+    busy = ((end["busy_s"] - start["busy_s"])
+            / max(end["time"] - start["time"], 1e-9) / (os.cpu_count() or 1))
+  return {"loadavg_start": start["loadavg"], "loadavg_end": end["loadavg"],
+          "all_cpus_busy_frac": None if busy is None else round(busy, 3)}
 
 
 def _jax_device_peak() -> int | None:
@@ -474,15 +511,44 @@ class TorchEvalRunner(_TorchDevicePeak):
 QUIET_OTHER_CPU = 0.10
 
 
+class Block(NamedTuple):
+  """One timed block of one runner.
+
+  ``other_cpu_frac``: the share of all CPUs other processes used meanwhile
+  (None off Linux); ``load_1m``: the 1-minute load average at its end.
+  """
+  img_per_s: float
+  other_cpu_frac: float | None
+  load_1m: float | None
+  steps: int
+
+
+def _load_1m() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
+def block_steps(runners: list, steps: int, min_block_s: float) -> int:
+  """Steps per block: at least ``steps``, and enough that a block of the
+  slowest runner lasts ``min_block_s`` (each runner is timed for one more,
+  already warm, step to tell)."""
+  if not min_block_s:
+    return steps
+  slowest = max(runner.run(1) for runner in runners)
+  return max(steps, math.ceil(min_block_s / slowest))
+
+
 def time_interleaved(runners: list, steps: int, repeats: int, warmup: int,
-                     trackers: list) -> list[list[tuple[float, float | None]]]:
+                     trackers: list, min_block_s: float = 0.0
+                     ) -> list[list[Block]]:
   """Warm-up, then ``repeats`` rounds timing each runner in turn.
 
-  Interleaving puts both frameworks under the same background load (the CPU
-  may be shared); the order alternates between rounds. Each block also
-  records the share of all CPUs that *other* processes used meanwhile, so
-  that blocks disturbed by other jobs can be told apart. Returns, per runner,
-  ``(img/s, other_cpu_frac or None)`` per round.
+  Interleaving puts the runners under the same background load (the CPU may
+  be shared), so the blocks of one round pair up (``paired_ratio``); the
+  order reverses every round, so no runner always runs first. A block is
+  ``block_steps`` steps. Returns, per runner, its ``Block`` per round.
   """
   for runner, tracker in zip(runners, trackers):
     with tracker.phase():
@@ -491,6 +557,7 @@ def time_interleaved(runners: list, steps: int, repeats: int, warmup: int,
     opts = getattr(runner, "options", None)
     if runner.framework == "torch" and opts is not None and opts.compile:
       runner.compile_s = t   # the first call traces and compiles
+  steps = block_steps(runners, steps, min_block_s)
   ncpu = os.cpu_count() or 1
   out = [[] for _ in runners]
   for r in range(repeats):
@@ -503,20 +570,84 @@ def time_interleaved(runners: list, steps: int, repeats: int, warmup: int,
       other = None
       if busy0 is not None and busy1 is not None:
         other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (seconds * ncpu))
-      out[i].append((runner.batch * steps / seconds, other))
+      out[i].append(Block(runner.batch * steps / seconds, other, _load_1m(),
+                          steps))
   return out
 
 
-def _summary(blocks) -> dict[str, Any]:
-  rates = [r for r, _ in blocks]
-  quiet = [r for r, o in blocks if o is not None and o < QUIET_OTHER_CPU]
+def paired_ratio(a: list[float], b: list[float], confidence: float = 0.95,
+                 seed: int = 0) -> dict[str, Any]:
+  """``a[i] / b[i]`` over the rounds ``i`` (two runners' blocks of one round):
+  the median, its interquartile range and a percentile bootstrap CI of the
+  median (None under 3 rounds or where every round agrees).
+
+  Pairing cancels the load both blocks of a round shared; the spread is
+  what it did not cancel.
+  """
+  r = np.asarray(a, float) / np.asarray(b, float)
+  median = float(np.median(r))
+  out = {"median": median,
+         "iqr": [float(q) for q in np.percentile(r, [25, 75])],
+         "ci95": None, "ci95_half_width": None, "num_pairs": int(r.size),
+         "per_round": [round(float(x), 4) for x in r]}
+  if r.size >= 3 and np.ptp(r) > 0:
+    ci = scipy.stats.bootstrap(
+        (r,), np.median, confidence_level=confidence, n_resamples=2000,
+        method="percentile", rng=np.random.default_rng(seed)
+    ).confidence_interval
+    out["ci95"] = [float(ci.low), float(ci.high)]
+    # As a fraction of the median: the smallest change this job resolves.
+    half = float(ci.high - ci.low) / 2 / median
+    out["ci95_half_width"] = half
+    out["rounds_for_5pct_agreement"] = rounds_for_agreement(half, r.size)
+  return out
+
+
+def rounds_for_agreement(half_width: float, rounds: int,
+                         tolerance: float = 0.05) -> int:
+  """Rounds two jobs would each need for their medians to agree within
+  ``tolerance`` 95% of the time, if the rounds stay as noisy as these.
+
+  The difference of two independent medians has sqrt(2) times the error
+  of one, so each CI's half-width must shrink to ``tolerance / sqrt(2)``;
+  it shrinks as 1/sqrt(rounds). Load that drifts between jobs is not in it.
+  """
+  return math.ceil(rounds * (half_width * math.sqrt(2) / tolerance) ** 2)
+
+
+def quiet_paired_ratio(a: list[Block], b: list[Block]) -> dict | None:
+  """``paired_ratio`` over the rounds where both blocks were quiet."""
+  pairs = [(x.img_per_s, y.img_per_s) for x, y in zip(a, b)
+           if _quiet(x) and _quiet(y)]
+  return paired_ratio(*zip(*pairs)) if pairs else None
+
+
+def ratios_agree(x: dict | None, y: dict | None) -> bool | None:
+  """Whether two ``paired_ratio``s are within noise: their CIs overlap
+  (None where either has no CI)."""
+  if not x or not y or not x["ci95"] or not y["ci95"]:
+    return None
+  return x["ci95"][0] <= y["ci95"][1] and y["ci95"][0] <= x["ci95"][1]
+
+
+def _quiet(block: Block) -> bool:
+  return (block.other_cpu_frac is not None
+          and block.other_cpu_frac < QUIET_OTHER_CPU)
+
+
+def _summary(blocks: list[Block]) -> dict[str, Any]:
+  rates = [b.img_per_s for b in blocks]
+  quiet = [b.img_per_s for b in blocks if _quiet(b)]
+  loads = [b.load_1m for b in blocks if b.load_1m is not None]
   return {"img_per_s": statistics.median(rates),
           "img_per_s_best": max(rates),
           "img_per_s_quiet": statistics.median(quiet) if quiet else None,
           "num_quiet_blocks": len(quiet),
+          "steps_per_block": blocks[0].steps,
           "img_per_s_repeats": [round(r, 3) for r in rates],
-          "other_cpu_frac": [None if o is None else round(o, 3)
-                             for _, o in blocks]}
+          "other_cpu_frac": [None if b.other_cpu_frac is None
+                             else round(b.other_cpu_frac, 3) for b in blocks],
+          "load_1m": [round(x, 2) for x in loads]}
 
 
 def _entry(runner, blocks, *, step, batch, image_size, dtype, tracker,
@@ -781,21 +912,37 @@ def joint_variant(config, name: str):
 
 def compare_jax_variants(make_runners: dict[str, Callable[[], Any]],
                          steps: int, repeats: int, warmup: int,
-                         log=print) -> dict[str, Any]:
-  """Builds JAX runners and times them interleaved: img/s, FLOPs, compile."""
+                         log=print, reference: Callable[[], Any] | None = None,
+                         min_block_s: float = 0.0) -> dict[str, Any]:
+  """Builds JAX runners and times them interleaved: img/s, FLOPs, compile.
+
+  With ``reference`` (a torch runner's factory), its blocks run in the middle
+  of each round and every variant gets ``vs_torch``: the ``paired_ratio`` of
+  its blocks to the reference's of the same rounds, as a row's.
+  """
   runners = {}
   for name, make in make_runners.items():
     runners[name] = make()
     gflop = runners[name].cost["gflop_per_step"]
     log(f"  {name}: compiled in {runners[name].compile_s:.1f} s"
         + (f", {gflop:.1f} GFLOP/step" if gflop else ""))
-  trackers = [_PeakTracker(_jax_device_peak) for _ in runners]
-  blocks = time_interleaved(list(runners.values()), steps, repeats, warmup,
-                            trackers)
+  timed = list(runners.values())
+  if reference is not None:
+    # In the middle: no variant is more than half a round from it.
+    timed.insert(len(timed) // 2, reference())
+  trackers = [_PeakTracker(_jax_device_peak) for _ in timed]
+  blocks = time_interleaved(timed, steps, repeats, warmup, trackers,
+                            min_block_s)
+  if reference is not None:
+    ref_blocks = blocks.pop(len(runners) // 2)
   out = {}
   for (name, runner), b in zip(runners.items(), blocks):
     out[name] = {**_summary(b), "compile_s": runner.compile_s, **runner.cost}
-  del runners
+    if reference is not None:
+      out[name].update(_vs_torch(b, ref_blocks))
+  if reference is not None:
+    out["torch_reference"] = _summary(ref_blocks)
+  del runners, timed
   gc.collect()
   return out
 
@@ -805,11 +952,16 @@ def _ratio(a, b):
 
 
 def joint_step_variants(config, batch: int, steps: int, repeats: int,
-                        warmup: int, compiler_options=None,
-                        log=print) -> dict[str, Any]:
-  """The joint step as built and its ``JOINT_VARIANTS``: the time shares of
-  the seg loss and dropout, and what each ``config.systems`` alternative
-  changes (hashed or 8-bit threefry masks, the state row-major)."""
+                        warmup: int, compiler_options=None, log=print,
+                        reference: Callable[[], Any] | None = None,
+                        min_block_s: float = 0.0,
+                        names=tuple(JOINT_VARIANTS)) -> dict[str, Any]:
+  """The joint step as built and its ``JOINT_VARIANTS`` (those in ``names``;
+  ``project`` always): the time shares of the seg loss and dropout, and what
+  each ``config.systems`` alternative changes (hashed or 8-bit threefry
+  masks, the state row-major). With ``reference`` (the torch joint step's
+  runner factory) each variant's ``vs_torch`` is paired with torch blocks of
+  the same rounds."""
 
   def make(name):
     def build():
@@ -818,43 +970,53 @@ def joint_step_variants(config, batch: int, steps: int, repeats: int,
                               compiler_options=compiler_options)
     return build
 
-  out = compare_jax_variants({name: make(name) for name in JOINT_VARIANTS},
-                             steps, repeats, warmup, log=log)
-  for name, overrides in JOINT_VARIANT_MODEL.items():
-    out[name]["model_overrides"] = overrides
-  for name, overrides in JOINT_VARIANT_SYSTEMS.items():
-    out[name]["systems_overrides"] = overrides
-  base, nos = out["project"], out["no_seg_loss"]
-  out["dropout_time_share"] = 1 - base["img_per_s"] / out["no_dropout"][
-      "img_per_s"]
-  for name in JOINT_VARIANTS:
-    if name == "project":
-      continue
+  names = ["project"] + [n for n in names if n != "project"]
+  out = compare_jax_variants({name: make(name) for name in names},
+                             steps, repeats, warmup, log=log,
+                             reference=reference, min_block_s=min_block_s)
+  for name in names:
+    out[name]["model_overrides"] = JOINT_VARIANT_MODEL.get(name)
+    out[name]["systems_overrides"] = JOINT_VARIANT_SYSTEMS.get(name)
+  out.update(_variant_shares(out, names))
+  out["batch"] = batch
+  return out
+
+
+def _variant_shares(out: dict, names) -> dict[str, Any]:
+  """Each variant against the project step (in place), and the time shares
+  of dropout and the seg loss where their variants ran."""
+  base, shares = out["project"], {}
+  for name in names[1:]:
     v = out[name]
     v["gflop_vs_project"] = _ratio(v["gflop_per_step"], base["gflop_per_step"])
     v["time_vs_project"] = _ratio(base["img_per_s"], v["img_per_s"])
     v["time_vs_project_quiet"] = _ratio(base["img_per_s_quiet"],
                                         v["img_per_s_quiet"])
-  out["seg_loss_time_share"] = 1 - base["img_per_s"] / nos["img_per_s"]
-  if base["img_per_s_quiet"] and nos["img_per_s_quiet"]:
-    out["seg_loss_time_share_quiet"] = (
-        1 - base["img_per_s_quiet"] / nos["img_per_s_quiet"])
-  if base["gflop_per_step"] and nos["gflop_per_step"]:
-    out["seg_loss_flop_share"] = (
-        1 - nos["gflop_per_step"] / base["gflop_per_step"])
-  out["batch"] = batch
-  return out
+  if "no_dropout" in out:
+    shares["dropout_time_share"] = 1 - base["img_per_s"] / out["no_dropout"][
+        "img_per_s"]
+  nos = out.get("no_seg_loss")
+  if nos:
+    shares["seg_loss_time_share"] = 1 - base["img_per_s"] / nos["img_per_s"]
+    if base["img_per_s_quiet"] and nos["img_per_s_quiet"]:
+      shares["seg_loss_time_share_quiet"] = (
+          1 - base["img_per_s_quiet"] / nos["img_per_s_quiet"])
+    if base["gflop_per_step"] and nos["gflop_per_step"]:
+      shares["seg_loss_flop_share"] = (
+          1 - nos["gflop_per_step"] / base["gflop_per_step"])
+  return shares
 
 
 def cpu_options_effect(config, batch: int, steps: int, repeats: int,
-                       warmup: int, log=print) -> dict[str, Any]:
+                       warmup: int, log=print,
+                       min_block_s: float = 0.0) -> dict[str, Any]:
   """Classification step with XLA's defaults vs ``cpu_compiler_options``."""
   options = cpu_compiler_options("cpu")
   out = compare_jax_variants(
       {"xla_default": lambda: JaxTrainRunner(config, "classification", batch),
        "cpu_compiler_options": lambda: JaxTrainRunner(
            config, "classification", batch, compiler_options=options)},
-      steps, repeats, warmup, log=log)
+      steps, repeats, warmup, log=log, min_block_s=min_block_s)
   out["options"] = options
   out["xla_flags_equivalent"] = cpu_xla_flags()
   out["speedup"] = _ratio(out["cpu_compiler_options"]["img_per_s"],
@@ -949,16 +1111,17 @@ def run(size_name: str, *, steps: int | None = None,
         torch_compile: str = "auto", xla_options: str = "recommended",
         analysis: bool = True, time_budget_s: float | None = None,
         on_row: Callable[[dict], None] | None = None,
-        log=print) -> dict[str, Any]:
+        log=print, **size_overrides) -> dict[str, Any]:
   """Runs the benchmark; returns the JSON-able result (see module doc).
 
   Rows run in ``row_plan`` order. With ``time_budget_s``, a row (or the
   analysis) that would not end within the budget is skipped and listed under
   ``skipped``; a row that raises is recorded under ``errors`` and the rest
   still run. ``on_row(result)`` is called after each row and each analysis
-  piece (partial results).
+  piece (partial results). ``size_overrides``: ``warmup``, ``min_block_s``,
+  ``variants``, ``analysis_pieces`` (None: the size's own).
   """
-  size = _size_config(size_name, steps, repeats, batches)
+  size = _size_config(size_name, steps, repeats, batches, **size_overrides)
   dtype = dtype or size["dtype"]
   config = make_config(size, dtype)
   platform_name = jax.devices()[0].platform
@@ -972,6 +1135,7 @@ def run(size_name: str, *, steps: int | None = None,
       _time_row, config=config, size=size, dtype=dtype, options=options,
       with_torch=with_torch, compile_torch=compile_torch)
   budget = _Budget(time_budget_s)
+  load_start = machine_load()
   log(HEADER)
   for kind, batch in row_plan(size["batches"], kinds, size["eval_batch"]):
     ran = _add_row(result, budget, kind, batch, time_row, with_torch, log)
@@ -980,14 +1144,20 @@ def run(size_name: str, *, steps: int | None = None,
   if analysis and _analysis_fits(result, budget, log):
     _analysis(result, config, size, options, platform_name, xla_options, log,
               on_piece=on_row)
+  result["load"] = load_between(load_start, machine_load())
+  log(f"load averages {result['load']['loadavg_start']} at the start, "
+      f"{result['load']['loadavg_end']} at the end; all CPUs busy "
+      f"{_pct(result['load']['all_cpus_busy_frac'])} of the time")
   return result
 
 
-def _size_config(size_name: str, steps, repeats, batches) -> dict:
-  """Returns a copy of ``SIZES[size_name]`` with the overrides given."""
+def _size_config(size_name: str, steps, repeats, batches,
+                 **overrides) -> dict:
+  """Returns a copy of ``SIZES[size_name]`` with the overrides given (None:
+  the size's own)."""
   size = dict(SIZES[size_name])
-  for key, value in (("steps", steps), ("repeats", repeats)):
-    if value:
+  for key, value in (("steps", steps), ("repeats", repeats), *overrides.items()):
+    if value is not None:
       size[key] = value
   if batches:
     size["batches"] = tuple(batches)
@@ -1020,8 +1190,9 @@ def _start_result(size_name, size, dtype, options, torch_info, time_budget_s,
       f"({info['cpu_count']} CPU cores); size '{size_name}': ResNet-"
       f"{size['depth']} x{size['width']} at {size['crop']} px (crops of "
       f"{size['image_size']}), {dtype}, batches {size['batches']}, "
-      f"{size['repeats']} x {size['steps']} steps after {size['warmup']} "
-      f"warm-up; JAX compiler options {options or 'XLA defaults'}")
+      f"{size['repeats']} rounds of blocks of >= {size['steps']} steps and "
+      f">= {size.get('min_block_s', 0)} s after {size['warmup']} warm-up; "
+      f"JAX compiler options {options or 'XLA defaults'}")
   return {"device": info, "size": size_name, "size_config": size,
           "dtype": dtype, "jax_compiler_options": options,
           "torch": torch_info, "quiet_other_cpu_frac": QUIET_OTHER_CPU,
@@ -1074,16 +1245,26 @@ def _time_row(kind: str, batch: int, *, config, size, dtype, options,
     runners.append(t)
     trackers.append(_PeakTracker(t.device_peak))
   blocks = time_interleaved(runners, steps_per_block(size, batch),
-                            size["repeats"], size["warmup"], trackers)
+                            size["repeats"], size["warmup"], trackers,
+                            size.get("min_block_s", 0.0))
   entries = []
   for runner, b, tracker in zip(runners, blocks, trackers):
     extra = {"ms_per_step": 1e3 * batch / _summary(b)["img_per_s"]}
     if runner.framework == "torch":
       extra.update(_torch_compile_fields(runner))
+    elif with_torch:
+      extra.update(_vs_torch(b, blocks[1]))
     entries.append(_entry(runner, b, step=kind, batch=batch,
                           image_size=size["crop"], dtype=dtype,
                           tracker=tracker, extra=extra))
   return entries
+
+
+def _vs_torch(jax_blocks: list[Block], torch_blocks: list[Block]) -> dict:
+  """A JAX entry's ratios to its torch twin, paired round by round."""
+  return {"vs_torch": paired_ratio([b.img_per_s for b in jax_blocks],
+                                   [b.img_per_s for b in torch_blocks]),
+          "vs_torch_quiet": quiet_paired_ratio(jax_blocks, torch_blocks)}
 
 
 def _jax_runner(kind: str, batch: int, config, options):
@@ -1121,6 +1302,10 @@ def _analysis_fits(result, budget, log) -> bool:
   return False
 
 
+ANALYSIS_PIECES = ("joint_step_variants", "upsample_alone", "input_pipeline",
+                   "cpu_compiler_options_effect")
+
+
 def _analysis(result, config, size, options, platform_name, xla_options, log,
               on_piece=None):
   """The joint step's variants, the upsampling formulations, the input
@@ -1134,6 +1319,8 @@ def _analysis(result, config, size, options, platform_name, xla_options, log,
             ("input_pipeline", _analysis_input_pipeline)]
   if platform_name == "cpu" and xla_options == "recommended":
     pieces.append(("cpu_compiler_options_effect", _analysis_cpu_options))
+  wanted = size.get("analysis_pieces")
+  pieces = [(n, p) for n, p in pieces if not wanted or n in wanted]
   for name, piece in pieces:
     try:
       result["analysis"][name] = piece(result, config, size, b0, options, log)
@@ -1148,28 +1335,45 @@ def _analysis(result, config, size, options, platform_name, xla_options, log,
 
 def _analysis_joint_variants(result, config, size, b0, options, log):
   log(f"joint step variants (batch {b0}):")
-  joint = joint_step_variants(config, b0, size["steps"], size["repeats"],
-                              size["warmup"], compiler_options=options,
-                              log=log)
-  log(_format_variants(joint, tuple(JOINT_VARIANTS)))
+  joint = joint_step_variants(
+      config, b0, size["steps"], size["repeats"], size["warmup"],
+      compiler_options=options, log=log,
+      reference=_torch_reference_factory(result, size, b0),
+      min_block_s=size.get("min_block_s", 0.0),
+      names=size.get("variants", tuple(JOINT_VARIANTS)))
+  log(_format_variants(joint, [n for n in JOINT_VARIANTS if n in joint]))
+  hashed = joint.get("hash_dropout", {}).get("time_vs_project")
   log(f"  seg loss + upsampling: {_pct(joint.get('seg_loss_flop_share'))} "
-      f"of the joint step's FLOPs, {_pct(joint['seg_loss_time_share'])} of "
-      f"its time (quiet blocks: "
+      f"of the joint step's FLOPs, {_pct(joint.get('seg_loss_time_share'))} "
+      f"of its time (quiet blocks: "
       f"{_pct(joint.get('seg_loss_time_share_quiet'))}); dropout: "
-      f"{_pct(joint['dropout_time_share'])}; hashed dropout masks: "
-      f"{_fmt(joint['hash_dropout']['time_vs_project'])}x the time")
-  torch_joint = [e["img_per_s"] for e in result["results"]
-                 if e["framework"] == "torch" and e["step"] == "joint"
-                 and e["batch"] == b0]
-  if torch_joint:
-    # The torch row ran earlier in this job, on the same device.
-    for name in JOINT_VARIANTS:
-      joint[name]["vs_torch_joint"] = _ratio(joint[name]["img_per_s"],
-                                             torch_joint[0])
-    log("  JAX variant / torch joint step (same job): " + ", ".join(
-        f"{name} {_fmt(joint[name]['vs_torch_joint'])}"
-        for name in JOINT_VARIANTS))
+      f"{_pct(joint.get('dropout_time_share'))}; hashed dropout masks: "
+      f"{_fmt(hashed)}x the time")
+  row = next((e.get("vs_torch") for e in result["results"]
+              if e["framework"] == "jax" and e["step"] == "joint"
+              and e["batch"] == b0), None)
+  if row and "vs_torch" in joint["project"]:
+    # The same step, timed twice in one job: a difference beyond both CIs
+    # means the load changed in between, not the step.
+    project = joint["project"]["vs_torch"]
+    joint["project_vs_row"] = {"row": row, "variants": project,
+                               "within_noise": ratios_agree(row, project)}
+    log(f"  project step / torch: {_ratio_ci(project)} here, "
+        f"{_ratio_ci(row)} in the joint row: "
+        + {True: "within noise", False: "NOT within noise (the load "
+           "changed)", None: "no CI to compare"}[
+               joint["project_vs_row"]["within_noise"]])
   return joint
+
+
+def _torch_reference_factory(result, size, batch: int):
+  """The torch joint step's runner factory for the variants, as the rows
+  build it; None where the job runs without torch."""
+  info = result.get("torch")
+  if not info or "skipped" in info:
+    return None
+  return functools.partial(TorchTrainRunner, size, "joint", batch,
+                           info["amp_bf16"], info["compile"])
 
 
 def _analysis_upsample(result, config, size, b0, options, log):
@@ -1209,7 +1413,8 @@ def _analysis_cpu_options(result, config, size, b0, options, log):
   del result, options
   log(f"XLA:CPU options (classification, batch {b0}):")
   effect = cpu_options_effect(config, b0, size["steps"], size["repeats"],
-                              size["warmup"], log=log)
+                              size["warmup"], log=log,
+                              min_block_s=size.get("min_block_s", 0.0))
   log(_format_variants(effect, ("xla_default", "cpu_compiler_options")))
   return effect
 
@@ -1222,15 +1427,29 @@ def _fmt(x, spec=".2f") -> str:
   return "-" if x is None else format(x, spec)
 
 
+def _ratio_ci(r: dict | None) -> str:
+  """``0.64 [0.62, 0.66]``: a ``paired_ratio``'s median and 95% CI."""
+  if not r:
+    return "-"
+  if not r["ci95"]:
+    return f"{r['median']:.3f}"
+  lo, hi = r["ci95"]
+  return f"{r['median']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def _format_variants(out: dict, names) -> str:
   lines = [f"  {'variant':<22}{'img/s':>8}{'quiet img/s':>13}{'GFLOP/step':>12}"
-           f"{'compile s':>11}"]
+           f"{'compile s':>11}  {'/ torch, paired [95% CI]':<26}"]
   for name in names:
     v = out[name]
     lines.append(f"  {name:<22}{v['img_per_s']:>8.2f}"
                  f"{_fmt(v['img_per_s_quiet']):>13}"
                  f"{_fmt(v['gflop_per_step'], '.1f'):>12}"
-                 f"{v['compile_s']:>11.1f}")
+                 f"{v['compile_s']:>11.1f}  {_ratio_ci(v.get('vs_torch')):<26}")
+  if "torch_reference" in out:
+    lines.append(f"  {'torch (reference)':<22}"
+                 f"{out['torch_reference']['img_per_s']:>8.2f}"
+                 f"{_fmt(out['torch_reference']['img_per_s_quiet']):>13}")
   return "\n".join(lines)
 
 
@@ -1248,23 +1467,30 @@ def _compiled_ok(runner) -> bool:
 
 
 HEADER = (f"{'step':<15}{'batch':>6}{'dtype':>10}{'jax img/s':>11}"
-          f"{'torch img/s':>13}{'jax/torch':>11}{'quiet j/t':>11}"
+          f"{'torch img/s':>13}  {'jax/torch, paired [95% CI]':<28}"
+          f"{'quiet j/t':>10}{'blocks':>8}{'load':>6}"
           f"{'jax compile s':>15}{'jax GFLOP/img':>15}{'jax peak MiB':>14}"
           f"{'torch peak MiB':>16}")
 
 
 def format_row(entries: list[dict]) -> str:
-  """One table row: the JAX entry, its torch twin (if any), their ratios."""
+  """One table row: the JAX entry, its torch twin (if any), their ratio
+  (the median over rounds of paired blocks, with its CI), the blocks
+  (rounds x steps) and the mean 1-minute load average over them."""
   j = next(e for e in entries if e["framework"] == "jax")
   t = next((e for e in entries if e["framework"] == "torch"), None)
   mib = lambda v: f"{v / 2**20:.0f}" if v else "-"  # noqa: E731
   flop = (f"{j['gflop_per_step'] / j['batch']:.1f}" if j["gflop_per_step"]
           else "-")
-  ratio = _ratio(j["img_per_s"], t["img_per_s"]) if t else None
-  quiet = _ratio(j["img_per_s_quiet"], t["img_per_s_quiet"]) if t else None
+  quiet = j.get("vs_torch_quiet")
+  blocks = f"{len(j['img_per_s_repeats'])}x{j.get('steps_per_block', '?')}"
+  load = _fmt(statistics.mean(j["load_1m"]) if j.get("load_1m") else None,
+              ".1f")
   return (f"{j['step']:<15}{j['batch']:>6}{j['dtype']:>10}"
           f"{j['img_per_s']:>11.2f}{_fmt(t and t['img_per_s']):>13}"
-          f"{_fmt(ratio):>11}{_fmt(quiet):>11}{j['compile_s']:>15.1f}"
+          f"  {_ratio_ci(j.get('vs_torch')):<28}"
+          f"{_fmt(quiet and quiet['median']):>10}{blocks:>8}{load:>6}"
+          f"{j['compile_s']:>15.1f}"
           f"{flop:>15}{mib(j['peak_mem_bytes']):>14}"
           f"{mib(t['peak_mem_bytes']) if t else '-':>16}")
 
@@ -1303,7 +1529,9 @@ def main(argv=None):
                with_torch=not args.no_torch, torch_compile=args.torch_compile,
                xla_options=args.xla_options, analysis=not args.no_analysis,
                time_budget_s=args.time_budget_s,
-               on_row=lambda r: write(r, complete=False))
+               on_row=lambda r: write(r, complete=False),
+               warmup=args.warmup, min_block_s=args.min_block_s,
+               variants=args.variants, analysis_pieces=args.analysis_pieces)
   write(result, complete=True)
   print(format_table(result))
   print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
@@ -1319,9 +1547,22 @@ def _parse_args(argv) -> argparse.Namespace:
                       choices=("auto", "small", "full", "tiny"),
                       help="auto: full on GPU/TPU, small on CPU")
   parser.add_argument("--steps", type=int, default=None,
-                      help="steps per timed block (default per size)")
+                      help="steps per timed block, at least (default per "
+                           "size)")
   parser.add_argument("--repeats", type=int, default=None,
-                      help="timed blocks, median reported (default per size)")
+                      help="rounds of interleaved blocks, one per framework "
+                           "(default per size)")
+  parser.add_argument("--warmup", type=int, default=None,
+                      help="untimed steps per runner (default per size)")
+  parser.add_argument("--min-block-s", type=float, default=None,
+                      help="more steps per block until the slowest runner's "
+                           "block lasts this long (0: exactly --steps)")
+  parser.add_argument("--variants", nargs="+", default=None,
+                      choices=tuple(JOINT_VARIANTS),
+                      help="joint-step variants to time (project always)")
+  parser.add_argument("--analysis-pieces", nargs="+", default=None,
+                      choices=ANALYSIS_PIECES,
+                      help="analysis pieces to run (default per size)")
   parser.add_argument("--dtype", default=None,
                       choices=("float32", "bfloat16"),
                       help="compute dtype (default: bfloat16 full, float32 "

@@ -1,0 +1,78 @@
+"""Two jobs of ``benchmarks/benchmark.py`` side by side: every JAX/PyTorch
+ratio of both (rows and joint-step variants), how far apart, and the load
+each ran under.
+
+Usage: python benchmarks/compare_runs.py A.json B.json [--tolerance 0.05]
+
+Exits 1 where a ratio moved by more than the tolerance between the jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
+
+
+def ratios(result: dict) -> dict[str, dict]:
+  """A job's ``paired_ratio``s by name: ``"joint batch 8"`` for a row,
+  ``"variants: project batch 8"`` for a joint-step variant."""
+  out = {}
+  for e in result["results"]:
+    if e["framework"] == "jax" and e.get("vs_torch"):
+      out[f"{e['step']} batch {e['batch']}"] = e["vs_torch"]
+  variants = result.get("analysis", {}).get("joint_step_variants", {})
+  for name, v in variants.items():
+    if isinstance(v, dict) and v.get("vs_torch"):
+      out[f"variants: {name} batch {variants.get('batch')}"] = v["vs_torch"]
+  return out
+
+
+def compare(a: dict, b: dict, tolerance: float = 0.05) -> list[dict]:
+  """Per ratio both jobs have: both, ``change`` (b's median over a's,
+  minus 1), whether it is within ``tolerance`` and whether the CIs overlap."""
+  ra, rb = ratios(a), ratios(b)
+  rows = []
+  for name in (n for n in ra if n in rb):
+    change = rb[name]["median"] / ra[name]["median"] - 1
+    rows.append({"ratio": name, "a": ra[name], "b": rb[name],
+                 "change": change, "within_tolerance": abs(change) <= tolerance,
+                 "cis_overlap": benchmark.ratios_agree(ra[name], rb[name])})
+  return rows
+
+
+def _load(result: dict) -> str:
+  load = result.get("load") or {}
+  busy = load.get("all_cpus_busy_frac")
+  return (f"load averages {load.get('loadavg_start')} -> "
+          f"{load.get('loadavg_end')}, all CPUs busy "
+          f"{'-' if busy is None else f'{100 * busy:.0f}%'}")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("a")
+  parser.add_argument("b")
+  parser.add_argument("--tolerance", type=float, default=0.05)
+  args = parser.parse_args(argv)
+  jobs = []
+  for path in (args.a, args.b):
+    with open(path) as f:
+      jobs.append(json.load(f))
+    print(f"{path}: {_load(jobs[-1])}")
+  rows = compare(*jobs, tolerance=args.tolerance)
+  print(f"{'JAX / PyTorch':<28}{'A [95% CI]':<26}{'B [95% CI]':<26}"
+        f"{'B/A-1':>8}  within")
+  for r in rows:
+    print(f"{r['ratio']:<28}{benchmark._ratio_ci(r['a']):<26}"  # pylint: disable=protected-access
+          f"{benchmark._ratio_ci(r['b']):<26}{100 * r['change']:>+7.1f}%  "  # pylint: disable=protected-access
+          f"{'yes' if r['within_tolerance'] else 'NO'}")
+  return 0 if all(r["within_tolerance"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

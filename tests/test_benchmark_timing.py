@@ -1,0 +1,113 @@
+"""The benchmark's timing and statistics, on fake runners (quick tier)."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts, not installed
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import benchmark  # noqa: E402
+from benchmarks import compare_runs  # noqa: E402
+
+
+class _FakeRunner:
+  """Logs each call; a step takes ``step_s`` on a clock the test controls."""
+
+  framework = "fake"
+  batch = 2
+
+  def __init__(self, name, step_s, log):
+    self.name, self.step_s, self.log = name, step_s, log
+
+  def run(self, num_steps):
+    self.log.append((self.name, num_steps))
+    return self.step_s * num_steps
+
+
+def _trackers(n):
+  return [benchmark._PeakTracker(lambda: None) for _ in range(n)]  # pylint: disable=protected-access
+
+
+def test_time_interleaved_alternates_blocks_and_sizes_them_by_time():
+  log = []
+  jax_like, torch_like = _FakeRunner("a", 0.5, log), _FakeRunner("b", 2.0, log)
+  blocks = benchmark.time_interleaved([jax_like, torch_like], 1, 4, 2,
+                                      _trackers(2), min_block_s=5.0)
+  # Warm-up, one probe step each, then ceil(5 s / 2 s) = 3 steps per block,
+  # the order reversed every round (ABBA...): adjacent blocks pair up.
+  assert log == [("a", 2), ("b", 2), ("a", 1), ("b", 1),
+                 ("a", 3), ("b", 3), ("b", 3), ("a", 3),
+                 ("a", 3), ("b", 3), ("b", 3), ("a", 3)]
+  assert [b.steps for b in blocks[0]] == [3] * 4
+  assert [b.img_per_s for b in blocks[0]] == [pytest.approx(4.0)] * 4
+  assert [b.img_per_s for b in blocks[1]] == [pytest.approx(1.0)] * 4
+  # Without a minimum block time, exactly ``steps`` steps and no probe.
+  log.clear()
+  benchmark.time_interleaved([jax_like, torch_like], 2, 1, 1, _trackers(2))
+  assert log == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+def test_paired_ratio_cancels_load_shared_by_a_round():
+  # Both frameworks slow down together in rounds 2 and 3: the paired ratio
+  # stays 0.5, while medians taken apart would not see the pairing.
+  jax_rates = [2.0, 1.0, 0.5, 2.0, 2.0]
+  torch_rates = [4.0, 2.0, 1.0, 4.0, 4.0]
+  r = benchmark.paired_ratio(jax_rates, torch_rates)
+  assert r["median"] == 0.5 and r["iqr"] == [0.5, 0.5]
+  assert r["ci95"] is None and r["num_pairs"] == 5  # no spread: no CI
+  noisy = benchmark.paired_ratio([1.0, 1.1, 0.9, 1.05, 0.95, 1.0],
+                                 [2.0] * 6)
+  assert noisy["median"] == pytest.approx(0.5)
+  lo, hi = noisy["ci95"]
+  assert 0.45 <= lo <= 0.5 <= hi <= 0.55
+  assert noisy["ci95_half_width"] == pytest.approx((hi - lo) / 2 / 0.5)
+  # Half-width h over n rounds: n * (h * sqrt(2) / 5%)^2 rounds each.
+  assert noisy["rounds_for_5pct_agreement"] == benchmark.rounds_for_agreement(
+      noisy["ci95_half_width"], 6)
+  assert benchmark.rounds_for_agreement(0.05 / 2**0.5, 10) == 10
+  assert benchmark.rounds_for_agreement(0.1 / 2**0.5, 10) == 40
+  assert noisy["iqr"] == [pytest.approx(np.percentile(noisy["per_round"], 25)),
+                          pytest.approx(np.percentile(noisy["per_round"], 75))]
+
+
+def test_ratios_agree_when_their_intervals_overlap():
+  a = {"ci95": [0.60, 0.66]}
+  assert benchmark.ratios_agree(a, {"ci95": [0.65, 0.70]})
+  assert not benchmark.ratios_agree(a, {"ci95": [0.68, 0.75]})
+  assert benchmark.ratios_agree(a, {"ci95": None}) is None
+
+
+def test_quiet_paired_ratio_keeps_rounds_where_both_blocks_were_quiet():
+  block = benchmark.Block
+  jax_blocks = [block(1.0, 0.0, 1.0, 1), block(3.0, 0.5, 1.0, 1),
+                block(2.0, 0.05, 1.0, 1)]
+  torch_blocks = [block(2.0, 0.01, 1.0, 1), block(1.0, 0.0, 1.0, 1),
+                  block(2.0, 0.3, 1.0, 1)]
+  r = benchmark.quiet_paired_ratio(jax_blocks, torch_blocks)
+  assert r["per_round"] == [0.5]
+  assert benchmark.quiet_paired_ratio(jax_blocks[1:], torch_blocks[1:]) is None
+
+
+def _job(ratios):
+  """A benchmark JSON's rows with the given paired medians."""
+  return {"results": [
+      {"framework": "jax", "step": step, "batch": 8,
+       "vs_torch": {"median": median, "ci95": [median * 0.98, median * 1.02]}}
+      for step, median in ratios.items()] + [
+          {"framework": "torch", "step": "joint", "batch": 8}],
+          "analysis": {"joint_step_variants": {"batch": 8, "project": {
+              "vs_torch": {"median": 0.7, "ci95": [0.69, 0.71]}}}}}
+
+
+def test_compare_runs_flags_ratios_more_than_five_percent_apart():
+  rows = compare_runs.compare(_job({"joint": 0.60, "eval": 1.00}),
+                              _job({"joint": 0.62, "eval": 1.10}))
+  by_name = {r["ratio"]: r for r in rows}
+  assert by_name["joint batch 8"]["change"] == pytest.approx(0.62 / 0.60 - 1)
+  assert by_name["joint batch 8"]["within_tolerance"]
+  assert not by_name["eval batch 8"]["within_tolerance"]
+  assert by_name["variants: project batch 8"]["change"] == 0.0
