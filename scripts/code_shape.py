@@ -33,6 +33,7 @@ LAYERS = (
     ("losses", "optim", "metrics", "stats", "rankopt", "linear_baselines",
      "checkpoint", "checks"),
     ("train",),
+    ("population",),
     ("evaluate",),
     ("report",),
     ("run",),
