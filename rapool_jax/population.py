@@ -25,6 +25,7 @@ the member manifest (``members.json``) and resumes identically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -265,13 +266,17 @@ def batch_indices(members: Sequence[Member], rows, stage_index: int, step: int,
 # States.
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(model, crop: int):
+  """``model.init`` jitted once per model and crop (P members, one compile)."""
+  return jax.jit(lambda key: model.init(
+      {"params": key}, jnp.zeros((1, crop, crop, 3), jnp.float32), train=False))
+
+
 def init_variables(model, config, seed: int):
   """Step 1 of the run with ``seed``, as ``train.Trainer.init_variables``."""
-  crop = config.data.crop_size
   key = jax.random.key(seed, impl=config.systems.prng_impl)
-  variables = jax.jit(lambda k: model.init(
-      {"params": k}, jnp.zeros((1, crop, crop, 3), jnp.float32), train=False))(
-          jax.random.fold_in(key, 0))
+  variables = _init_fn(model, config.data.crop_size)(jax.random.fold_in(key, 0))
   variables = {"params": variables["params"],
                "batch_stats": variables.get("batch_stats", {})}
   if config.model.pretrained:
