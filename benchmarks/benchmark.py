@@ -271,7 +271,8 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   """The project's train step for one stage and its arguments.
 
   Returns ``(step, state, idxs, key, split)``: ``step`` is
-  ``train.resident_train_step`` with the model, optimizer and stage bound,
+  ``train.resident_train_step`` with the stage bound (model and optimizer
+  ride in the ``train.TrainState``),
   called as ``step(state, idxs[i], key, split)`` once compiled by
   ``lower_train_step``; ``split`` is a synthetic uint8 split of ``batch``
   examples, ``idxs`` four permutations of it.
@@ -280,9 +281,10 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   stage = config.stages[stage_name]
   variables = init_variables(model, config.data.crop_size, seed)
   tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
-  state = {"variables": variables,
-           "opt_state": jax.jit(tx.init)(variables["params"]),
-           "step": jnp.zeros((), jnp.int32)}
+  state = train.TrainState.create(
+      apply_fn=model.apply, params=variables["params"],
+      batch_stats=variables["batch_stats"], tx=tx).replace(
+          step=jnp.zeros((), jnp.int32))
   images, masks, labels, has_mask = synthetic_device_data(
       batch, config.data.image_size, seed)
   split = dict(images=images, masks=masks, labels=labels, has_mask=has_mask)
@@ -290,7 +292,7 @@ def train_step_program(config, stage_name: str, batch: int, seed: int = 0,
   idxs = [jnp.asarray(rng.permutation(batch).astype(np.int32))
           for _ in range(4)]
   step = functools.partial(
-      train.resident_train_step, model=model, tx=tx, stage=stage,
+      train.resident_train_step, stage=stage,
       data=config.data, mean=tuple(config.data.mean),
       std=tuple(config.data.std))
   return step, state, idxs, jax.random.key(seed, impl=key_impl), split

@@ -55,15 +55,16 @@ def lowered_gflop(config, step: str, batch: int,
   else:
     stage = config.stages[step]
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
-    state = {"variables": variables,
-             "opt_state": jax.eval_shape(tx.init, variables["params"]),
-             "step": sds((), jnp.int32)}
+    state = jax.eval_shape(lambda: train.TrainState.create(
+        apply_fn=model.apply, params=variables["params"],
+        batch_stats=variables["batch_stats"], tx=tx).replace(
+            step=jnp.zeros((), jnp.int32)))
     split = {"images": sds((batch, size, size, 3), jnp.uint8),
              "masks": sds((batch, size, size), jnp.uint8),
              "labels": sds((batch,), jnp.int32),
              "has_mask": sds((batch,), jnp.bool_)}
     fn = jax.jit(functools.partial(
-        train.resident_train_step, model=model, tx=tx, stage=stage,
+        train.resident_train_step, stage=stage,
         data=config.data, mean=tuple(config.data.mean),
         std=tuple(config.data.std)))
     traced = fn.trace(state, sds((batch,), jnp.int32), jax.random.key(0),

@@ -14,7 +14,8 @@ Variants (``--config configs/isic2017.py:NAME``):
              144 px images, output stride 16, 1000 / 200 / 800 steps of batch 32,
              each stage a cosine schedule (Step 4 from lr 0.01, a fifth of Step
              2's peak, so that it fine-tunes Step 2 instead of restarting it);
-             evaluated on the validation split (the shared copy has no test).
+             reported on the official test split, as the paper; thresholds
+             and plateau rules from the validation split.
   crossval   one fold of the stratified 5-fold cross-validation over train +
              validation (2,150 images; ``--config.data.crossval.fold=F``),
              CPU-sized (ResNet-18 at 1/4 width, 112 px crops of 128 px), with
@@ -24,6 +25,12 @@ Variants (``--config configs/isic2017.py:NAME``):
              long as Step 2 + Step 4; RankOpt and a balanced logistic
              regression on the RAP features. Run all folds with
              ``launch/crossval.py``.
+  testsplit  the crossval recipe and its primary arms (RAP at lambda 7.5, GAP
+             + segmentation loss, the GAP control; RankOpt and logistic
+             regression on RAP) trained on the official training split,
+             thresholds from validation, reported on the 600 test images (no
+             test masks, so no mask oracle); one seed per run
+             (``--config.seed=S``), seeds paired by ``launch/testsplit.py``.
   crossval,fullsize  the same folds and arms at the paper's size (ResNet-50,
              224 px crops of 256 px, output stride 32), from scratch: for an
              accelerator.
@@ -39,11 +46,12 @@ from rapool_jax import config_lib
 def get_config(arg: str = "paper"):
   variants = set(arg.split(",")) if arg else {"paper"}
   unknown = variants - {"paper", "runlocal", "crossval", "fullsize",
-                       "three_class"}
+                       "three_class", "testsplit"}
   if unknown:
     raise ValueError(f"configs/isic2017.py: unknown variant(s) {sorted(unknown)}; "
-                     "use paper, runlocal, crossval, fullsize, three_class")
-  if "fullsize" in variants and "crossval" not in variants:
+                     "use paper, runlocal, crossval, fullsize, three_class, "
+                     "testsplit")
+  if "fullsize" in variants and not variants & {"crossval", "testsplit"}:
     raise ValueError("configs/isic2017.py: 'fullsize' modifies 'crossval'; "
                      "use crossval,fullsize")
   c = config_lib.base_config()
@@ -67,10 +75,8 @@ def get_config(arg: str = "paper"):
   if "three_class" in variants:
     c.data.task = "three_class"
   if "runlocal" in variants:
-    # The shared development copy has no test split: evaluate on validation.
     c.data.image_size = 144
     c.data.crop_size = 128
-    c.data.eval_split = "validation"
     c.model.depth = "18"
     c.model.width = 0.5
     c.model.output_stride = 16
@@ -83,8 +89,10 @@ def get_config(arg: str = "paper"):
         classification_steps=1000, segmentation_steps=200, joint_steps=800,
         lr=0.05, lambda_seg=7.5, schedule="cosine")
     c.stages.joint.lr = 0.01
-  if "crossval" in variants:
+  if variants & {"crossval", "testsplit"}:
     crossval(c)
+  if "testsplit" in variants:
+    official_splits(c)
   if "fullsize" in variants:
     c.data.image_size, c.data.crop_size = 256, 224
     c.model.depth, c.model.width = "50", 1.0
@@ -132,6 +140,22 @@ def crossval(c):
   c.stage_order = ("classification", "segmentation", *CROSSVAL_ARMS,
                    "gap_control")
   c.rankopt.threshold_split = "cv_val"
+  # Every fold x seed x arm model also scores the official test split.
+  c.data.report_splits = ("test",)
   c.rankopt.report_as = "RAP + RankOpt"
   c.rankopt.logistic_regression = True
   c.rankopt.logistic_regression_report_as = "RAP + logistic regression"
+
+
+# The test split has no masks: the oracle arm cannot be scored there.
+TESTSPLIT_ARMS = ("joint", "joint_gap_seg", "gap_control")
+
+
+def official_splits(c):
+  """The ``testsplit`` variant: ``crossval``'s recipe on the official splits."""
+  c.data.crossval.num_folds = 0
+  c.data.train_split, c.data.val_split, c.data.eval_split = (
+      "train", "validation", "test")
+  c.data.report_splits = ()
+  c.rankopt.threshold_split = "validation"
+  c.stage_order = ("classification", "segmentation", *TESTSPLIT_ARMS)

@@ -55,32 +55,32 @@ def run_features(run: str, data_dir: str = "") -> dict:
   """
   from rapool_jax import config_lib
   from rapool_jax import predict
-  from rapool_jax import train
+  from rapool_jax import run as run_lib
   config, _, variables, pooling, fitted = predict.load_run(run)
   # A run made before a config key existed: the key's default.
   _fill_missing(config, config_lib.base_config())
   if data_dir:
     config.data.data_dir = data_dir
-  trainer = train.Trainer(config, run)
+  job = run_lib.setup(config, run)
   out = {"config": config, "rankopt": fitted, "pooling": pooling}
   for role, key in (("train", "train_split"), ("val", "val_split"),
                     ("eval", "eval_split")):
     name = config.data[key]
     if not name:
       continue
-    split = trainer.splits[name]
-    pred = trainer.predict(variables, split, pooling)
+    split = job.splits[name]
+    pred = job.predict(variables, split, pooling)
     out[role] = {"split": name, "pooled": pred["pooled"],
                  "probs": pred["probs"],
                  "labels": (split.labels == 1).astype(np.int32)}
   if config.rankopt.threshold_split:
     name = config.rankopt.threshold_split
-    split = trainer.splits.get(name)
+    split = job.splits.get(name)
     if split is None:
       from rapool_jax.data import pipeline
       split = pipeline.load_split(pipeline.make_builder(config.data), name,
                                   config.data.task)
-    pred = trainer.predict(variables, split, pooling)
+    pred = job.predict(variables, split, pooling)
     out["threshold"] = {"split": name, "pooled": pred["pooled"],
                         "labels": (split.labels == 1).astype(np.int32)}
   return out

@@ -35,6 +35,7 @@ import numpy as np
 if __package__ in (None, ""):
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rapool_jax import metrics  # noqa: E402
 from rapool_jax import stats  # noqa: E402
 
 SPECIFICITIES = (0.884, 0.923)  # the paper's RankOpt and softmax operating points
@@ -122,7 +123,7 @@ def collect(run_dirs) -> tuple[list[dict], list[dict], list[dict], list[str]]:
       scores = np.array([float(r["score"]) for r in val.values()])
       row = {"fold": fold, "seed": seed, "arm": a}
       for spe in SPECIFICITIES:
-        row[f"threshold_spe{spe}"] = stats.threshold_at_specificity(
+        row[f"threshold_spe{spe}"] = metrics.threshold_at_specificity(
             labels, scores, spe)
       thresholds.append(row)
   return oof, jac, thresholds, arms
@@ -179,9 +180,9 @@ def compute(oof, jac, thresholds, arms, seed: int, n_resamples: int = 2000):
     row = {"arm": a, **stats.auc_ci(y, o[a])}
     folds = sorted(set(o["fold"]))
     row["auc_fold_mean"] = float(np.mean(
-        [stats.auc(y[o["fold"] == f], o[a][o["fold"] == f]) for f in folds]))
+        [metrics.roc_auc(y[o["fold"] == f], o[a][o["fold"] == f]) for f in folds]))
     for spe in SPECIFICITIES:
-      ss = stats.sensitivity_specificity(
+      ss = metrics.operating_point(
           y, predicted_positive(o, thresholds, a, spe).astype(float), 0.5)
       row[f"at_spe{spe}"] = {
           "sensitivity": ss["sensitivity"], "specificity": ss["specificity"],
@@ -293,12 +294,11 @@ def plot_roc(path: str, oof, arms, seed: int) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from rapool_jax import metrics  # pylint: disable=g-import-not-at-top
   keep = oof["seed"] == seed
   fig, ax = plt.subplots(figsize=(6, 6))
   for a in arms:
     fpr, tpr, _ = metrics.roc_curve(oof["label"][keep], oof[a][keep])
-    ax.plot(fpr, tpr, label=f"{a} ({stats.auc(oof['label'][keep], oof[a][keep]):.3f})",
+    ax.plot(fpr, tpr, label=f"{a} ({metrics.roc_auc(oof['label'][keep], oof[a][keep]):.3f})",
             lw=1.2)
   ax.plot([0, 1], [0, 1], "k:", lw=0.8)
   for spe in SPECIFICITIES:

@@ -72,6 +72,21 @@ STAGE_KEYS = frozenset(stage(
     train_batch_norm=True, max_steps=0, lr=0.0).keys())
 
 
+def check_stage_order(config: ml_collections.ConfigDict) -> None:
+  """``stage_order`` names stages that exist; an arm starts from a stage
+  before it."""
+  unknown = [s for s in config.stage_order if s not in config.stages]
+  if unknown:
+    raise ValueError(f"config.stage_order names {unknown}, which are not in "
+                     f"config.stages ({sorted(config.stages)})")
+  for i, name in enumerate(config.stage_order):
+    src = config.stages[name].get("init_from", "")
+    if src and src not in config.stage_order[:i]:
+      raise ValueError(f"config.stages.{name}.init_from={src!r} is not a stage "
+                       f"before it in config.stage_order "
+                       f"{tuple(config.stage_order)}")
+
+
 def paper_stages(*, classification_steps: int, segmentation_steps: int,
                  joint_steps: int, lr: float = 1e-3, decay_every: int = 2000,
                  lambda_seg: float = 7.5, schedule: str = "step"):
@@ -112,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
       train_split="train",
       val_split="validation",  # plateau rules, RankOpt threshold ("" = none)
       eval_split="test",       # the results table
+      # Splits on which every reported model also writes its per-image
+      # predictions (not in the table): e.g. the official test split for
+      # the models of a cross-validation.
+      report_splits=(),
       mean=(0.485, 0.456, 0.406),  # RGB in [0, 1]; ImageNet, as the weights expect
       std=(0.229, 0.224, 0.225),
       # A training split up to this size lives on each device (augmented in

@@ -55,6 +55,27 @@ def one_line_errors(interrupted: str = "interrupted"):
       signal.signal(signal.SIGINT, previous)
 
 
+def check_choice(key: str, value, choices, verb: str = "choose one of"):
+  """``key=value`` must be one of ``choices`` (one line naming both)."""
+  if value not in choices:
+    raise ValueError(f"{key}={value!r}: {verb} {tuple(choices)}")
+
+
+def check_range(key: str, value, low=None, high=None, *, low_open=False,
+                high_open=False) -> None:
+  """``key=value`` must lie in its stated range: ``low <= value <= high``
+  (``<`` where open; None: unbounded)."""
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high:
+    bounds = []
+    if low is not None:
+      bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+      bounds.append(f"{'<' if high_open else '<='} {high}")
+    raise ValueError(f"{key}={value!r} must be {' and '.join(bounds)}")
+
+
 def one_line(e: BaseException) -> str:
   """``Type: message`` on one line (some libraries put escaped newlines in)."""
   message = str(e).replace("\\n", "\n").replace("\\'", "'")

@@ -21,14 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import errors
 from rapool_jax import linear_baselines
 from rapool_jax import metrics as metrics_lib
 from rapool_jax import rankopt
 from rapool_jax import sharding
+from rapool_jax import train
 from rapool_jax.data import pipeline
 
 POSITIVE = 1  # melanoma is class 1 in both tasks
-PLATEAU_METRICS = ("val_loss", "val_auc", "val_jaccard")
 
 
 def eval_step(variables, images, masks, *, model, pooling, mean, std):
@@ -43,39 +44,44 @@ def eval_step(variables, images, masks, *, model, pooling, mean, std):
           "score_map": out["score_map"]}
 
 
-class Predictor:
-  """``predictor(variables, split, pooling)``: ``eval_step`` over a whole
-  split, centre-cropped, in batches of ``batch_size`` sharded over ``mesh``;
-  host arrays with the split's length ``N`` in front."""
+def make_predict_fn(model, mesh, mean, std, batch_size: int,
+                    crop_size: int):
+  """``predict(variables, split, pooling) -> dict``: ``eval_step`` over a
+  whole split, centre-cropped, in batches of ``batch_size`` sharded over
+  ``mesh``; host arrays with the split's length ``N`` in front."""
+  steps = {}  # one jitted step per pooling
 
-  def __init__(self, model, mesh, mean, std, batch_size: int, crop_size: int):
-    self.model, self.mesh, self.mean, self.std = model, mesh, mean, std
-    self.batch_size, self.crop_size = batch_size, crop_size
-    self._steps = {}  # one jitted step per pooling
+  def step(pooling: str):
+    if pooling not in steps:
+      steps[pooling] = jax.jit(
+          functools.partial(eval_step, model=model, pooling=pooling,
+                            mean=mean, std=std),
+          out_shardings=sharding.replicated(mesh))
+    return steps[pooling]
 
-  def _step(self, pooling: str):
-    if pooling not in self._steps:
-      self._steps[pooling] = jax.jit(
-          functools.partial(eval_step, model=self.model, pooling=pooling,
-                            mean=self.mean, std=self.std),
-          out_shardings=sharding.replicated(self.mesh))
-    return self._steps[pooling]
-
-  def __call__(self, variables, split: pipeline.Split, pooling: str) -> dict:
-    step, bs, outs = self._step(pooling), self.batch_size, []
-    for lo in range(0, len(split), bs):
-      images, masks = split.images[lo:lo + bs], split.masks[lo:lo + bs]
-      n = len(images)
-      if n < bs:  # padded to a fixed shape: one compilation per pooling
-        images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
-                                                  images.dtype)])
-        masks = np.concatenate([masks, np.zeros((bs - n,) + masks.shape[1:],
-                                                masks.dtype)])
-      images, masks = pipeline.center_crop(images, masks, self.crop_size)
-      out = step(variables, sharding.put_global_batch(images, self.mesh),
-                 sharding.put_global_batch(masks, self.mesh))
+  def predict(variables, split: pipeline.Split, pooling: str) -> dict:
+    outs = []
+    for lo in range(0, len(split), batch_size):
+      images, masks = _padded(split.images[lo:lo + batch_size],
+                              split.masks[lo:lo + batch_size], batch_size)
+      images, masks = pipeline.center_crop(images, masks, crop_size)
+      out = step(pooling)(variables, sharding.put_global_batch(images, mesh),
+                          sharding.put_global_batch(masks, mesh))
+      n = min(batch_size, len(split) - lo)
       outs.append({k: sharding.to_host(v)[:n] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  return predict
+
+
+def _padded(images, masks, size: int):
+  """Pads a last short batch to ``size`` rows: one compilation per pooling."""
+  n = len(images)
+  if n == size:
+    return images, masks
+  pad = lambda a: np.concatenate(  # noqa: E731
+      [a, np.zeros((size - n,) + a.shape[1:], a.dtype)])
+  return pad(images), pad(masks)
 
 
 def row_slug(name: str) -> str:
@@ -118,7 +124,7 @@ def per_image_jaccard(out: dict, split: pipeline.Split, crop_size: int):
 
 def validation_metric(out: dict, split: pipeline.Split, metric: str,
                       crop_size: int) -> float:
-  """``metric`` (one of ``PLATEAU_METRICS``) of ``Predictor`` outputs on
+  """``metric`` (one of ``train.PLATEAU_METRICS``) of ``predict`` outputs on
   ``split``, signed so that higher is better (``val_loss`` is negated)."""
   if metric == "val_loss":
     p_true = out["probs"][np.arange(len(split)), split.labels]
@@ -129,7 +135,7 @@ def validation_metric(out: dict, split: pipeline.Split, metric: str,
   if metric == "val_jaccard":
     return float(np.nanmean(per_image_jaccard(out, split, crop_size)))
   raise ValueError(f"plateau metric {metric!r}: choose one of "
-                   f"{PLATEAU_METRICS}")
+                   f"{train.PLATEAU_METRICS}")
 
 
 def metrics_row(name: str, split: pipeline.Split, scores, threshold: float,
@@ -145,89 +151,97 @@ def metrics_row(name: str, split: pipeline.Split, scores, threshold: float,
   return row
 
 
-def evaluate_model(trainer, name: str, variables, pooling: str) -> dict:
-  """Row of a trained network on the evaluation split (softmax, threshold
-  0.5); writes its per-image predictions on the evaluation and validation
-  splits."""
-  config = trainer.config
+def evaluate_network(predict_fn, splits: dict, data, workdir: str, name: str,
+                     variables, pooling: str) -> dict:
+  """Row of a trained network on ``data.eval_split`` (softmax, threshold
+  0.5); writes its per-image predictions on every reported split."""
   row = None
-  for split_name in _prediction_splits(config):
-    split = trainer.splits[split_name]
-    out = trainer.predict(variables, split, pooling)
+  for split_name in prediction_splits(data):
+    split = splits[split_name]
+    out = predict_fn(variables, split, pooling)
     scores = out["probs"][:, POSITIVE]
-    ja = per_image_jaccard(out, split, config.data.crop_size)
-    write_predictions(_predictions_path(trainer.workdir, split_name, name),
-                      split, scores, ja)
-    if split_name == config.data.eval_split:
+    ja = per_image_jaccard(out, split, data.crop_size)
+    write_predictions(predictions_path(workdir, split_name, name), split,
+                      scores, ja)
+    if split_name == data.eval_split:
       row = metrics_row(name, split, scores, 0.5, ja)
   return row
 
 
-def fit_linear_heads(trainer, stage_variables) -> list[dict]:
-  """RankOpt (and, with ``rankopt.logistic_regression``, a class-balanced L2
-  logistic regression) on the pooled training features of
-  ``rankopt.after_stage``; a row per head, thresholds from the validation split
-  (``rankopt.threshold_split``), never from the evaluation split."""
-  config = trainer.config
-  stage_name = config.rankopt.after_stage
-  pooling = config.stages[stage_name].pooling
-  variables = stage_variables[stage_name]
-  feats = {}
-  for split_name in {config.data.train_split, config.rankopt.threshold_split,
-                     *_prediction_splits(config)} - {""}:
-    feats[split_name] = trainer.predict(variables, trainer.splits[split_name],
-                                        pooling)
-
-  def pos(split_name):
-    return (trainer.splits[split_name].labels == POSITIVE).astype(np.int32)
-
-  train = config.data.train_split
-  thr_split = config.rankopt.threshold_split or train
-  result = rankopt.fit(
-      feats[train]["pooled"], pos(train), radius=config.rankopt.radius or None,
-      radius_scale=config.rankopt.radius_scale,
-      max_steps=config.rankopt.max_steps,
-      threshold_features=feats[thr_split]["pooled"],
-      threshold_labels=pos(thr_split))
-  train_scores = np.asarray(rankopt.decision_function(
-      result, feats[train]["pooled"]))
-  # predict.py maps scores to [0, 1] with sigmoid((s - threshold) / scale).
-  rankopt.save(result, os.path.join(trainer.workdir, "rankopt.npz"),
-               score_scale=float(np.std(train_scores)) or 1.0)
-  heads = [(config.rankopt.report_as, float(result.threshold),
-            lambda x: rankopt.decision_function(result, x))]
-  if config.rankopt.get("logistic_regression", False):
-    model, _ = linear_baselines.select_l2(
-        feats[train]["pooled"], pos(train), feats[thr_split]["pooled"],
-        pos(thr_split))
-    thr_scores = np.asarray(linear_baselines.predict_proba(
-        model, feats[thr_split]["pooled"]))
-    heads.append((config.rankopt.logistic_regression_report_as,
-                  metrics_lib.youden_threshold(pos(thr_split), thr_scores),
-                  lambda x: linear_baselines.predict_proba(model, x)))
+def fit_linear_heads(predict_fn, splits: dict, data, rankopt_config,
+                     workdir: str, variables, pooling: str) -> list[dict]:
+  """RankOpt (and, with ``rankopt_config.logistic_regression``, a
+  class-balanced L2 logistic regression) on the pooled training features of
+  ``variables``; a row per head, thresholds from
+  ``rankopt_config.threshold_split`` (validation), never from the evaluation
+  split. Writes ``rankopt.npz`` and the heads' per-image predictions."""
+  names = {data.train_split, rankopt_config.threshold_split,
+           *prediction_splits(data)} - {""}
+  feats = {n: predict_fn(variables, splits[n], pooling) for n in names}
+  x = {n: feats[n]["pooled"] for n in names}
+  y = {n: (splits[n].labels == POSITIVE).astype(np.int32) for n in names}
+  train, thr = data.train_split, rankopt_config.threshold_split or data.train_split
+  heads = [_rankopt_head(x, y, train, thr, rankopt_config, workdir)]
+  if rankopt_config.get("logistic_regression", False):
+    model, _ = linear_baselines.select_l2(x[train], y[train], x[thr], y[thr])
+    threshold = metrics_lib.youden_threshold(
+        y[thr], np.asarray(linear_baselines.predict_proba(model, x[thr])))
+    heads.append((rankopt_config.logistic_regression_report_as, threshold,
+                  lambda f: linear_baselines.predict_proba(model, f)))
   rows = []
   for name, threshold, score_fn in heads:
-    for split_name in _prediction_splits(config):
-      split, out = trainer.splits[split_name], feats[split_name]
+    for split_name in prediction_splits(data):
+      split, out = splits[split_name], feats[split_name]
       scores = np.asarray(score_fn(out["pooled"]))
-      ja = per_image_jaccard(out, split, config.data.crop_size)
-      write_predictions(_predictions_path(trainer.workdir, split_name, name),
-                        split, scores, ja)
-      if split_name == config.data.eval_split:
-        row = metrics_row(name, split, scores, threshold, ja)
-        row["stage"] = stage_name
-        rows.append(row)
+      ja = per_image_jaccard(out, split, data.crop_size)
+      write_predictions(predictions_path(workdir, split_name, name), split,
+                        scores, ja)
+      if split_name == data.eval_split:
+        rows.append(metrics_row(name, split, scores, threshold, ja))
   return rows
 
 
-def _prediction_splits(config) -> list[str]:
-  """The evaluation split, then the validation split if it is another one."""
-  names = [config.data.eval_split]
-  if config.data.val_split and config.data.val_split != config.data.eval_split:
-    names.append(config.data.val_split)
+def _rankopt_head(x, y, train: str, thr: str, rankopt_config, workdir: str):
+  """RankOpt (Eq. 4-8) fitted on ``x[train]``, its threshold from
+  ``x[thr]``; saved for ``predict.py``. Returns ``(name, threshold, fn)``."""
+  result = rankopt.fit(
+      x[train], y[train], radius=rankopt_config.radius or None,
+      radius_scale=rankopt_config.radius_scale,
+      max_steps=rankopt_config.max_steps, threshold_features=x[thr],
+      threshold_labels=y[thr])
+  train_scores = np.asarray(rankopt.decision_function(result, x[train]))
+  # predict.py maps scores to [0, 1] with sigmoid((s - threshold) / scale).
+  if jax.process_index() == 0:
+    rankopt.save(result, os.path.join(workdir, "rankopt.npz"),
+                 score_scale=float(np.std(train_scores)) or 1.0)
+  return (rankopt_config.report_as, float(result.threshold),
+          lambda f: rankopt.decision_function(result, f))
+
+
+def check_heads(config) -> None:
+  """``config.rankopt``: its stage exists, its numbers lie in their ranges."""
+  rankopt_config = config.rankopt
+  if rankopt_config.enabled and rankopt_config.after_stage not in config.stage_order:
+    raise ValueError(f"config.rankopt.after_stage="
+                     f"{rankopt_config.after_stage!r} is not in "
+                     f"config.stage_order {tuple(config.stage_order)}")
+  errors.check_range("config.rankopt.radius", rankopt_config.radius, low=0)
+  errors.check_range("config.rankopt.radius_scale",
+                     rankopt_config.radius_scale, low=0, low_open=True)
+  errors.check_range("config.rankopt.max_steps", rankopt_config.max_steps,
+                     low=1)
+
+
+def prediction_splits(data) -> list[str]:
+  """Where every reported model writes per-image predictions: the
+  evaluation split, the validation split, then ``data.report_splits``."""
+  names = [data.eval_split]
+  for name in (data.val_split, *data.get("report_splits", ())):
+    if name and name not in names:
+      names.append(name)
   return names
 
 
-def _predictions_path(workdir: str, split_name: str, row_name: str) -> str:
+def predictions_path(workdir: str, split_name: str, row_name: str) -> str:
   return os.path.join(workdir, "predictions", split_name,
                       row_slug(row_name) + ".csv")

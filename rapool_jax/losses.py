@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rapool_jax import errors
+
 
 def classification_loss(logits, labels):
   """Mean softmax cross-entropy. ``logits [B, K]``, ``labels [B]`` int."""
@@ -32,3 +34,9 @@ def segmentation_loss(seg_logits, masks, has_mask=None):
     return jnp.mean(per_image)
   weight = has_mask.astype(jnp.float32)
   return jnp.sum(per_image * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def check_loss_weights(stage, where: str) -> None:
+  """Eq. 3's weights are non-negative (a negative one ascends its loss)."""
+  for key in ("lambda_class", "lambda_seg"):
+    errors.check_range(f"{where}.{key}", stage[key], low=0)

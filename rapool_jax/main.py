@@ -17,7 +17,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from rapool_jax import config_lib
+from rapool_jax import distributed
 from rapool_jax import errors
+from rapool_jax import run
+from rapool_jax import xla_flags
 
 FLAGS = flags.FLAGS
 # Every stage checkpoints, so the same command picks up where this stopped.
@@ -89,13 +92,11 @@ def main(argv):
   logging.get_absl_logger().addFilter(
       lambda record: "OpenCV is not installed" not in record.getMessage())
   with errors.one_line_errors(INTERRUPTED):
-    from rapool_jax import xla_flags
+    # Before the first use of a device (importing jax starts no backend).
     if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
       xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
-    from rapool_jax import distributed
-    from rapool_jax import train
     distributed.maybe_initialize()
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

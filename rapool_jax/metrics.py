@@ -1,92 +1,78 @@
 """Metrics: sensitivity, specificity, accuracy (Eq. 9-11), AUC, Jaccard.
 
-Host-side numpy in float64: these run once per evaluation on a few thousand
-scores, so exactness (ties, counts) matters more than speed. Inputs may be
-numpy or jax arrays. Conventions:
+The project's one AUC and one threshold rule: the main job, the statistics
+(``stats.py``) and the launch reports all call these. (``rankopt`` keeps its
+own jit-able AUC for the objective it optimises.) Host-side numpy in float64;
+inputs may be numpy or jax arrays. Conventions:
 
-* labels ``[N]`` in {0, 1}, 1 = melanoma (positive); scores ``[N]``, higher
-  means more likely positive; an image is predicted positive iff
-  ``score >= threshold``.
-* AUC counts tied (positive, negative) pairs as 1/2, exactly as
-  ``sklearn.metrics.roc_auc_score`` does; computed from mid-ranks in
-  O(N log N), never from the P x Q pair matrix.
-* Thresholds returned by ``youden_threshold`` / ``threshold_at_specificity``
-  are python floats strictly between two adjacent distinct scores (or equal
-  to the lowest score), so ``scores >= t`` reproduces the chosen operating
-  point on the data they were fitted on and is not on a knife's edge for new
-  data.
+* labels ``[N]`` in {0, 1} (or bool), 1 = melanoma (positive); scores ``[N]``
+  finite, higher means more likely positive; an image is predicted positive
+  iff ``score >= threshold``.
+* AUC is the Mann-Whitney probability P(score_pos > score_neg), tied
+  (positive, negative) pairs counted 1/2: ``sklearn.metrics.roc_auc_score``.
+* Thresholds from ``youden_threshold`` / ``threshold_at_specificity`` lie
+  midway between the lowest score called positive and the next lower score
+  (or on the lowest score), so ``scores >= t`` reproduces the chosen operating
+  point on the data they were fitted on and new data near it are not decided
+  by a tie.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from sklearn import metrics as sk_metrics
 
 
-def _as_labels_scores(labels, scores):
-  """Validates and converts to (bool [N], float64 [N])."""
-  labels = np.asarray(labels)
-  scores = np.asarray(scores, dtype=np.float64)
-  if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
-    raise ValueError(
-        'labels and scores must be 1-d of equal length, got shapes '
-        f'{labels.shape} and {scores.shape}.')
-  if labels.size and not np.all((labels == 0) | (labels == 1)):
-    raise ValueError('labels must be 0/1 (1 = positive).')
-  if np.isnan(scores).any():
-    raise ValueError('scores contain NaN.')
-  return labels.astype(bool), scores
+def as_labels_scores(labels, scores, name: str = "scores",
+                     both_classes: bool = True, labels_name: str = "labels"):
+  """Validates ``labels [N]`` and ``scores [N]`` (or ``[M, N]``: M models on
+  the same images) -> (bool [N], float64 of scores' shape).
 
-
-def _require_both_classes(pos):
-  n_pos = int(pos.sum())
-  if n_pos == 0 or n_pos == pos.size:
-    raise ValueError(
-        f'AUC/ROC needs both classes, got {n_pos} positives out of {pos.size}.')
+  The package's one input check for labelled scores. Raises ValueError
+  naming what is wrong: shapes, labels other than 0/1, non-finite scores and
+  (if ``both_classes``) a missing class.
+  """
+  y = np.asarray(labels)
+  s = np.asarray(scores)
+  if y.ndim != 1 or s.ndim not in (1, 2) or s.shape[-1] != y.shape[0]:
+    raise ValueError(f"{labels_name} [N] and {name} [N] (or [M, N]) must "
+                     f"match, got shapes {y.shape} and {s.shape}")
+  if not (y.dtype == bool or np.issubdtype(y.dtype, np.number)) or not np.all(
+      (y == 0) | (y == 1)):
+    raise ValueError(f"{labels_name} must be 0/1 (or bool)")
+  if not (s.dtype == bool or np.issubdtype(s.dtype, np.number)):
+    raise ValueError(f"{name} must be numeric, got dtype {s.dtype}")
+  s = s.astype(np.float64)
+  if not np.all(np.isfinite(s)):
+    raise ValueError(f"{name} must be finite (found NaN or inf)")
+  y = y.astype(bool)
+  n_pos = int(y.sum())
+  if both_classes and (n_pos == 0 or n_pos == y.size):
+    raise ValueError(f"needs both classes, got {n_pos} positives out of "
+                     f"{y.size} labels")
+  return y, s
 
 
 def roc_auc(labels, scores) -> float:
   """AUC, ties counted 1/2 (Mann-Whitney U / (P Q)). ``[N], [N]`` -> float."""
-  pos, scores = _as_labels_scores(labels, scores)
-  _require_both_classes(pos)
-  # Mid-ranks (1-based): a tie group occupying ranks a..b gets (a + b) / 2.
-  _, inverse, counts = np.unique(
-      scores, return_inverse=True, return_counts=True)
-  upper = np.cumsum(counts)
-  midrank = (upper - (counts - 1) / 2.0)[inverse]
-  n_pos = float(pos.sum())
-  n_neg = float(pos.size) - n_pos
-  u = midrank[pos].sum() - n_pos * (n_pos + 1) / 2.0
-  return float(u / (n_pos * n_neg))
+  y, s = as_labels_scores(labels, scores)
+  return float(sk_metrics.roc_auc_score(y, s))
 
 
 def roc_curve(labels, scores):
-  """ROC points, like ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
+  """ROC points: ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
 
   Returns (fpr, tpr, thresholds), each ``[K + 1]`` for K distinct scores:
   thresholds are ``inf`` followed by the distinct scores in decreasing order,
   and point k is the rate of ``scores >= thresholds[k]``.
   """
-  pos, scores = _as_labels_scores(labels, scores)
-  _require_both_classes(pos)
-  tps, fps, thresholds = _cumulative_counts(pos, scores)
-  fpr = np.concatenate([[0.0], fps / fps[-1]])
-  tpr = np.concatenate([[0.0], tps / tps[-1]])
-  return fpr, tpr, np.concatenate([[np.inf], thresholds])
+  y, s = as_labels_scores(labels, scores)
+  return sk_metrics.roc_curve(y, s, drop_intermediate=False)
 
 
-def _cumulative_counts(pos, scores):
-  """(tps [K], fps [K], distinct scores decreasing [K]) for ``scores >= t``."""
-  order = np.argsort(-scores, kind='stable')
-  s = scores[order]
-  p = pos[order]
-  # Last index of each tie group: counts there include the whole group.
-  last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-  tps = np.cumsum(p)[last].astype(np.float64)
-  fps = (last + 1) - tps
-  return tps, fps, s[last]
-
-
-def _between(distinct_desc, k):
+def _between(distinct_desc, k: int) -> float:
   """Threshold selecting ``scores >= distinct_desc[k]`` with a margin below."""
   upper = float(distinct_desc[k])
   if k + 1 >= distinct_desc.size:
@@ -103,31 +89,61 @@ def youden_threshold(labels, scores) -> float:
   Among equally good operating points the highest threshold wins (fewest
   positive calls). ``[N], [N]`` -> float.
   """
-  pos, scores = _as_labels_scores(labels, scores)
-  _require_both_classes(pos)
-  tps, fps, distinct = _cumulative_counts(pos, scores)
-  j = tps / tps[-1] - fps / fps[-1]
-  return _between(distinct, int(np.argmax(j)))
+  fpr, tpr, thresholds = roc_curve(labels, scores)
+  # Point 0 (threshold inf, nothing positive) is not a candidate.
+  return _between(thresholds[1:], int(np.argmax(tpr[1:] - fpr[1:])))
 
 
 def threshold_at_specificity(labels, scores, specificity: float) -> float:
-  """Lowest threshold (max sensitivity) whose specificity is >= ``specificity``.
+  """The project's rule for a threshold at a target specificity.
 
-  Returns ``inf`` when only "all negative" reaches it (e.g. 1.0 with a
-  negative tied at the top score). ``[N], [N]`` -> float.
+  Rule: the maximal-sensitivity operating point whose specificity on
+  (labels, scores) is at least ``specificity`` (the Neyman-Pearson point the
+  paper's Table 3 fixes), i.e. at most floor((1 - specificity) Q) of the Q
+  negatives called positive; the threshold lies midway between the lowest
+  score called positive and the next lower score. Why: among all thresholds
+  giving that operating point, the midpoint classifies the fitting data
+  exactly and leaves equal margin for new data, where a threshold on a score
+  would flip with any tie. Edge cases: ``inf`` when only "all negative"
+  reaches the target (e.g. 1.0 with a negative at the top score); the lowest
+  score when everything may be positive (target 0). Fit it on training or
+  validation data, never on the data it is applied to. ``[N], [N]`` -> float.
   """
   if not 0.0 <= specificity <= 1.0:
-    raise ValueError(f'specificity must lie in [0, 1], got {specificity}.')
-  pos, scores = _as_labels_scores(labels, scores)
-  _require_both_classes(pos)
-  _, fps, distinct = _cumulative_counts(pos, scores)
-  spec = 1.0 - fps / fps[-1]
-  # spec is non-increasing along decreasing thresholds; allow float slack so
-  # that e.g. 0.884 is met by 0.88400000001 computed from counts.
-  ok = np.nonzero(spec >= specificity - 1e-12)[0]
+    raise ValueError(f"specificity must lie in [0, 1], got {specificity}")
+  y, _ = as_labels_scores(labels, scores)
+  fpr, _, thresholds = roc_curve(labels, scores)
+  n_neg = int((~y).sum())
+  # Counts, not rates, so that e.g. 0.9 of 10 negatives allows exactly one
+  # false positive despite 0.9 * 10 rounding to 9.000000000000002.
+  false_pos = np.rint(fpr[1:] * n_neg)
+  allowed = math.floor((1.0 - specificity) * n_neg + 1e-9)
+  ok = np.nonzero(false_pos <= allowed)[0]
   if ok.size == 0:
-    return float('inf')
-  return _between(distinct, int(ok[-1]))
+    return float("inf")
+  return _between(thresholds[1:], int(ok[-1]))
+
+
+def operating_point(labels, scores, threshold) -> dict:
+  """Eq. 9-11 at ``scores >= threshold``; ``threshold`` a float or ``[N]``
+  (one per image, e.g. each fold's own). Needs both classes.
+
+  Returns dict(sensitivity, specificity, accuracy, tp, fp, tn, fn); the
+  counts are ints.
+  """
+  pos, s = as_labels_scores(labels, scores)
+  t = np.asarray(threshold, dtype=np.float64)
+  if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != s.shape):
+    raise ValueError(f"threshold must be a number or [N] = {s.shape}, got "
+                     f"shape {t.shape}")
+  if np.isnan(t).any():
+    raise ValueError("threshold must not be NaN")
+  pred = s >= t
+  tp, fp = int(np.sum(pred & pos)), int(np.sum(pred & ~pos))
+  tn, fn = int(np.sum(~pred & ~pos)), int(np.sum(~pred & pos))
+  return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
+          "accuracy": (tp + tn) / pos.size,
+          "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
 def classification_metrics(labels, scores, threshold: float) -> dict:
@@ -136,21 +152,8 @@ def classification_metrics(labels, scores, threshold: float) -> dict:
   Keys: sensitivity, specificity, accuracy, auc, threshold, and the counts
   tp, fp, tn, fn (ints). Needs both classes (for AUC).
   """
-  pos, s = _as_labels_scores(labels, scores)
-  auc = roc_auc(pos, s)
-  pred = s >= threshold
-  tp = int(np.sum(pred & pos))
-  fp = int(np.sum(pred & ~pos))
-  tn = int(np.sum(~pred & ~pos))
-  fn = int(np.sum(~pred & pos))
-  return {
-      'sensitivity': tp / (tp + fn),
-      'specificity': tn / (tn + fp),
-      'accuracy': (tp + tn) / pos.size,
-      'auc': auc,
-      'threshold': float(threshold),
-      'tp': tp, 'fp': fp, 'tn': tn, 'fn': fn,
-  }
+  return {**operating_point(labels, scores, float(threshold)),
+          "auc": roc_auc(labels, scores), "threshold": float(threshold)}
 
 
 def jaccard_per_image(pred_masks, true_masks) -> np.ndarray:
@@ -162,8 +165,8 @@ def jaccard_per_image(pred_masks, true_masks) -> np.ndarray:
   true = np.asarray(true_masks)
   if pred.shape != true.shape or pred.ndim != 3:
     raise ValueError(
-        'pred_masks and true_masks must both be [N, H, W] of equal shape, got '
-        f'{pred.shape} and {true.shape}.')
+        "pred_masks and true_masks must both be [N, H, W] of equal shape, got "
+        f"{pred.shape} and {true.shape}.")
   pred = pred.astype(bool)
   true = true.astype(bool)
   inter = np.sum(pred & true, axis=(1, 2), dtype=np.int64)
@@ -175,5 +178,5 @@ def jaccard(pred_masks, true_masks) -> float:
   """ISIC 2017 score: mean per-image Jaccard. 2x ``[N, H, W]`` -> float."""
   per_image = jaccard_per_image(pred_masks, true_masks)
   if per_image.size == 0:
-    raise ValueError('jaccard needs at least one image.')
+    raise ValueError("jaccard needs at least one image.")
   return float(per_image.mean())

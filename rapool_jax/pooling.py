@@ -84,10 +84,10 @@ def _mask_oracle_pool(features, mask):
   return mask_average_pool(features, mask)
 
 
-def get_pooling(name: str) -> Callable:
-  """Looks up a pooling by its config name."""
+def get_pooling(name: str, where: str = "pooling") -> Callable:
+  """Looks up a pooling by its config name (``where``: the config key)."""
   try:
     return POOLINGS[name]
   except KeyError:
-    raise ValueError(f"unknown pooling {name!r}; choose one of "
+    raise ValueError(f"{where}={name!r}: choose one of "
                      f"{sorted(POOLINGS)}") from None

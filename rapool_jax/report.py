@@ -1,11 +1,11 @@
-"""What a person reads: progress lines, TensorBoard scalars, the results table,
-ROC curves and CAM overlays (the paper's Fig. 2 and 5)."""
+"""What a person reads at the end of a run: the results table, ROC curves and
+CAM overlays (the paper's Fig. 2 and 5). Progress lines: ``progress.py``."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,60 +21,6 @@ from rapool_jax import sharding  # noqa: E402
 from rapool_jax.data import pipeline  # noqa: E402
 
 COLUMNS = ("sensitivity", "specificity", "accuracy", "auc", "jaccard")
-
-
-class Progress:
-  """Prints ``[stage] step/total loss ... img/s ETA`` lines.
-
-  The clock restarts once the first step has run (``compiled``), so img/s
-  and ETA measure training, not XLA compilation; the next line says how
-  long the first step took.
-  """
-
-  def __init__(self, name: str, total: int, batch_size: int):
-    self.name, self.total, self.batch_size = name, total, batch_size
-
-  def start(self, step: int):
-    self.t0, self.step0 = time.time(), step
-    self._first_step_note = None
-
-  def compiled(self, step: int):
-    """Call once, when step ``step``, the first, has run (compile included)."""
-    self._first_step_note = (f" (first step {time.time() - self.t0:.1f}s, "
-                             "compilation included)")
-    self.t0, self.step0 = time.time(), step
-
-  def log(self, step: int, scalars: dict):
-    elapsed = time.time() - self.t0
-    done = step - self.step0
-    values = " ".join(f"{k}={float(v):.4f}" for k, v in scalars.items())
-    if done > 0:
-      speed = (f"{done * self.batch_size / max(elapsed, 1e-9):.1f} img/s "
-               f"ETA {(self.total - step) * elapsed / done:.0f}s")
-    else:
-      speed = "img/s n/a (first step only)"
-    if self._first_step_note:
-      speed, self._first_step_note = speed + self._first_step_note, None
-    print(f"[{self.name}] step {step}/{self.total} {values} {speed}",
-          flush=True)
-
-
-class MetricWriter:
-  """TensorBoard event files (tensorboardX; no TensorFlow needed)."""
-
-  def __init__(self, logdir: str):
-    self.logdir = logdir
-    self._writer = None
-
-  def scalars(self, prefix: str, step: int, values: dict):
-    if jax.process_index() != 0:
-      return
-    if self._writer is None:
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(self.logdir)
-    for k, v in values.items():
-      self._writer.add_scalar(f"{prefix}/{k}", float(v), step)
-    self._writer.flush()
 
 
 def format_row(row: dict) -> str:
@@ -128,43 +74,35 @@ def class_activation_maps(model, variables, images, pooling: str, cls: int,
   return np.asarray(cam), np.asarray(out["score_map"])
 
 
-def plot_cams(path: str, trainer, stage_variables, split: pipeline.Split):
-  """Grid: image + GT contour | CAM (GAP model) | CAM (region model) | score map S."""
-  config = trainer.config
-  k = config.report.num_cam_images
+def plot_cams(path: str, model, columns: list[tuple[str, Any, str]],
+              split: pipeline.Split, data, num_images: int):
+  """Grid: image + GT contour | a CAM per ``columns`` entry ``(title,
+  variables, pooling)`` | the last one's score map S. ``data``: the data
+  config (crop size, input normalisation)."""
   order = np.argsort(-split.labels, kind="stable")  # melanomas first
+  k = num_images
   pick = np.concatenate([order[:(k + 1) // 2], order[::-1][:k // 2]])[:k]
   images, masks = pipeline.center_crop(split.images[pick], split.masks[pick],
-                                       config.data.crop_size)
-  x = pipeline.normalize(jnp.asarray(images), trainer.mean, trainer.std)
-  # Host copies: only process 0 draws, so no collective may run here.
-  stage_variables = jax.tree.map(sharding.to_host, stage_variables)
-  columns = []
-  for name in config.stage_order:
-    stage = config.stages[name]
-    if stage.report_as:
-      cam, score = class_activation_maps(trainer.model, stage_variables[name], x,
-                                         stage.pooling, 1, jnp.asarray(masks))
-      columns.append((f"CAM: {stage.report_as}", cam))
-  columns.append(("score map S (last stage)", score))
-  fig, axes = plt.subplots(len(pick), len(columns) + 1,
-                           figsize=(2.2 * (len(columns) + 1), 2.2 * len(pick)),
+                                       data.crop_size)
+  x = pipeline.normalize(jnp.asarray(images), tuple(data.mean), tuple(data.std))
+  maps = []
+  for title, variables, pooling in columns:
+    # Host copies: only process 0 draws, so no collective may run here.
+    cam, score = class_activation_maps(
+        model, jax.tree.map(sharding.to_host, variables), x, pooling, 1,
+        jnp.asarray(masks))
+    maps.append((f"CAM: {title}", cam))
+  maps.append(("score map S (last stage)", score))
+  fig, axes = plt.subplots(len(pick), len(maps) + 1,
+                           figsize=(2.2 * (len(maps) + 1), 2.2 * len(pick)),
                            squeeze=False)
-  size = images.shape[1]
   for r, i in enumerate(pick):
-    ax = axes[r, 0]
-    ax.imshow(images[r])
-    if split.has_mask[i]:
-      ax.contour(masks[r], levels=[0.5], colors="lime", linewidths=0.8)
-    ax.set_title(f"{split.ids[i]}\n{'melanoma' if split.labels[i] == 1 else 'other'}",
-                 fontsize=7)
-    for c, (title, maps) in enumerate(columns, start=1):
-      ax = axes[r, c]
-      ax.imshow(images[r])
-      ax.imshow(maps[r], cmap="jet", alpha=0.5, extent=(0, size, size, 0),
-                interpolation="bilinear")
-      if r == 0:
-        ax.set_title(title, fontsize=7)
+    _draw_image(axes[r, 0], images[r], masks[r] if split.has_mask[i] else None,
+                f"{split.ids[i]}\n"
+                f"{'melanoma' if split.labels[i] == 1 else 'other'}")
+    for c, (title, overlay) in enumerate(maps, start=1):
+      _draw_image(axes[r, c], images[r], None, title if r == 0 else "",
+                  overlay[r])
   for ax in axes.ravel():
     ax.axis("off")
   fig.tight_layout()
@@ -172,9 +110,23 @@ def plot_cams(path: str, trainer, stage_variables, split: pipeline.Split):
   plt.close(fig)
 
 
-def write_report(workdir: str, config, results: dict, trainer, stage_variables,
+def _draw_image(ax, image, mask, title: str, overlay=None) -> None:
+  ax.imshow(image)
+  if mask is not None:
+    ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
+  if overlay is not None:
+    size = image.shape[0]
+    ax.imshow(overlay, cmap="jet", alpha=0.5, extent=(0, size, size, 0),
+              interpolation="bilinear")
+  if title:
+    ax.set_title(title, fontsize=7)
+
+
+def write_report(workdir: str, config, results: dict, model,
+                 cam_columns: list[tuple[str, Any, str]],
                  split: pipeline.Split):
-  """Writes results.json, results.md, figures/roc.png and figures/cam.png."""
+  """Writes results.json, results.md, figures/roc.png and figures/cam.png
+  (``cam_columns``: ``plot_cams``'s)."""
   if jax.process_index() != 0:
     return
   rows = results["rows"]
@@ -189,5 +141,5 @@ def write_report(workdir: str, config, results: dict, trainer, stage_variables,
   if scores:
     plot_roc(os.path.join(figures, "roc.png"), scores)
   if config.report.num_cam_images > 0:  # 0: no CAM figure
-    plot_cams(os.path.join(figures, "cam.png"), trainer, stage_variables,
-              split)
+    plot_cams(os.path.join(figures, "cam.png"), model, cam_columns, split,
+              config.data, config.report.num_cam_images)

@@ -31,7 +31,7 @@ LAYERS = (
      "models.rapool_net", "pooling"),
     ("pretrained",),
     ("losses", "optim", "metrics", "stats", "rankopt", "linear_baselines",
-     "checkpoint", "checks"),
+     "checkpoint", "checks", "progress"),
     ("train",),
     ("population",),
     ("evaluate",),

@@ -28,7 +28,8 @@ Outputs in ``tests/fixtures/``:
 
 Before writing, the torchvision-named tensors are loaded with ``strict=True`` into
 a small torchvision-architecture module defined below and must reproduce the HF
-outputs: that checks the renaming independently of ``rapool_jax.pretrained``.
+outputs: that checks the renaming independently of ``rapool_jax`` (whose
+mapping is ``rapool_jax/models/resnet.py:load``).
 """
 
 from __future__ import annotations

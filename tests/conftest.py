@@ -55,9 +55,9 @@ def shared_isic():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, data_dir):
   """One finished tiny run of the whole pipeline, shared by several tests."""
-  from rapool_jax import train
+  from rapool_jax import run
   config = load_config("tiny")
   config.data.data_dir = data_dir
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  results = train.train_and_evaluate(config, workdir)
+  results = run.train_and_evaluate(config, workdir)
   return workdir, results

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import load_config  # noqa: E402
 from rapool_jax import distributed  # noqa: E402
 from rapool_jax import optim  # noqa: E402
+from rapool_jax import run  # noqa: E402
 from rapool_jax import sharding  # noqa: E402
 from rapool_jax import train  # noqa: E402
 
@@ -31,10 +32,11 @@ def main(out, data_dir, workdir):
   # device count) from being amplified over the run.
   for name in config.stage_order:
     config.stages[name].lr = 0.01
-  trainer = train.Trainer(config, workdir)
-  variables = trainer.init_variables()
-  for index, name in enumerate(config.stage_order):
-    variables, _ = trainer.run_stage(index, name, variables, {})
+  job = run.setup(config, workdir)
+  variables = train.init_variables(job.model, job.key, config.data.crop_size,
+                                   config.model)
+  for index in range(len(config.stage_order)):
+    variables, _ = run.run_stage(job, config, workdir, index, variables, {})
   flat = {optim.path_str(p): sharding.to_host(v)
           for p, v in jax.tree_util.tree_leaves_with_path(variables)}
   if jax.process_index() == 0:

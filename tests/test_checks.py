@@ -19,14 +19,14 @@ from rapool_jax import checks
 from rapool_jax import errors
 from rapool_jax import predict
 from rapool_jax import provenance
-from rapool_jax import train
+from rapool_jax import run
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
 
 
 def _fails_before_training(config, workdir, capsys, *contains):
   with pytest.raises(ValueError) as info:
-    train.train_and_evaluate(config, str(workdir))
+    run.train_and_evaluate(config, str(workdir))
   message = str(info.value)
   assert "\n" not in message, message
   for text in contains:
@@ -188,11 +188,11 @@ def test_finished_three_class_run_reruns(tiny_config, tmp_path):
   config.stages.classification.max_steps = 2
   config.rankopt.enabled = False
   config.report.num_cam_images = 1
-  first = train.train_and_evaluate(copy.deepcopy(config), str(tmp_path))
+  first = run.train_and_evaluate(copy.deepcopy(config), str(tmp_path))
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["model"]["num_classes"] == 3
   # The same command again: a no-op resume with the same results.
-  assert train.train_and_evaluate(copy.deepcopy(config), str(tmp_path)) == first
+  assert run.train_and_evaluate(copy.deepcopy(config), str(tmp_path)) == first
 
 
 # ----------------------------------------------------------------------------

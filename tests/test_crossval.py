@@ -12,6 +12,7 @@ from launch import crossval
 from launch import crossval_report
 from rapool_jax import checks
 from rapool_jax import evaluate
+from rapool_jax import run
 from rapool_jax import train
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
@@ -78,13 +79,13 @@ def test_concat_rejects_shared_ids():
 def test_cv_split_names_need_num_folds(tiny_config):
   tiny_config.data.train_split = "cv_train"
   with pytest.raises(ValueError, match="num_folds=0"):
-    checks.check_config(tiny_config)
+    run.validate_config(tiny_config)
 
 
 def test_init_from_must_name_an_earlier_stage(tiny_config):
   tiny_config.stages.joint.init_from = "joint"
   with pytest.raises(ValueError, match="stages.joint.init_from='joint'"):
-    checks.check_config(tiny_config)
+    run.validate_config(tiny_config)
 
 
 def _isic_configs():
@@ -104,16 +105,16 @@ def test_crossval_config_arms_share_state_and_batches():
   order = config.stage_order
   arms = [i for i, n in enumerate(order) if config.stages[n].init_from]
   assert len(arms) == len(module.CROSSVAL_ARMS) + 1
-  streams = {train.batch_stream(config, i) for i in arms}
+  streams = {run.batch_stream(config, i) for i in arms}
   assert streams == {arms[0]}
-  assert train.batch_stream(config, 0) == 0
-  assert train.batch_stream(config, 1) == 1
+  assert run.batch_stream(config, 0) == 0
+  assert run.batch_stream(config, 1) == 1
   # Arms differ from the RAP arm only in what they ablate.
   rap = config.stages.joint.to_dict()
   for name, (_, changes) in module.CROSSVAL_ARMS.items():
     diff = {k for k, v in config.stages[name].to_dict().items() if rap[k] != v}
     assert diff <= set(changes) | {"report_as"}, (name, diff)
-  checks.check_config(config)
+  run.validate_config(config)
 
 
 @pytest.mark.slow  # a whole tiny run: about 80 s on 2 cores
@@ -130,7 +131,7 @@ def test_an_arm_starts_from_the_state_it_names(tiny_config, tmp_path):
   tiny_config.rankopt.enabled = False
   tiny_config.report.num_cam_images = 0
   workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(tiny_config, workdir)
+  results = run.train_and_evaluate(tiny_config, workdir)
   by_name = {r["model"]: r for r in results["rows"]}
   assert by_name["copy"]["auc"] == by_name["Step 2: GAP"]["auc"]
 
@@ -193,11 +194,11 @@ def test_report_pools_folds_and_recomputes_from_its_csvs(tmp_path):
   names = [c["name"] for c in seed0["comparisons"]]
   assert "RAP vs GAP control (primary)" in names
   assert "RAP vs GAP + seg loss" not in names  # that arm is absent
-  from rapool_jax import stats
+  from rapool_jax import metrics
   y = np.array([int(r["label"]) for r in rows])
   rap = np.array([float(r["rap_lambda_7.5"]) for r in rows])
   arm = next(a for a in seed0["arms"] if a["arm"] == "rap_lambda_7.5")
-  assert arm["auc"] == pytest.approx(stats.auc(y, rap))
+  assert arm["auc"] == pytest.approx(metrics.roc_auc(y, rap))
   assert crossval_report.check(out) == []
   assert os.path.exists(os.path.join(out, "roc_seed0.png"))
   md = open(os.path.join(out, "results.md")).read()
@@ -222,8 +223,8 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
   with open(os.path.join(run, "predictions", "cv_val",
                          "rap_lambda_7.5.csv")) as f:
     val = list(csv.DictReader(f))
-  from rapool_jax import stats
-  want = stats.threshold_at_specificity(
+  from rapool_jax import metrics
+  want = metrics.threshold_at_specificity(
       np.array([int(r["label"]) for r in val]),
       np.array([float(r["score"]) for r in val]), 0.884)
   assert thresholds[(0, 0, "rap_lambda_7.5")][0.884] == want
@@ -233,13 +234,13 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
 
 
 def test_a_step_schedule_that_never_anneals_is_named(tiny_config, capsys):
-  checks.check_config(tiny_config)
+  run.validate_config(tiny_config)
   assert "never lowers" not in capsys.readouterr().out
   tiny_config.stages.joint.decay_every = tiny_config.stages.joint.max_steps
-  checks.check_config(tiny_config)
+  run.validate_config(tiny_config)
   assert "stages.joint: schedule='step'" in capsys.readouterr().out
   tiny_config.stages.joint.schedule = "cosine"
-  checks.check_config(tiny_config)
+  run.validate_config(tiny_config)
   assert "never lowers" not in capsys.readouterr().out
 
 
@@ -264,7 +265,7 @@ def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
       "50", 224, 32)
   assert full.data.crossval == small.data.crossval
   assert full.stage_order == small.stage_order
-  checks.check_config(full)
+  run.validate_config(full)
   with pytest.raises(ValueError, match="use crossval,fullsize"):
     module.get_config("fullsize")
 

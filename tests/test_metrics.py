@@ -31,6 +31,15 @@ def test_auc_matches_sklearn_with_ties(seed):
       skm.roc_auc_score(labels, scores), abs=1e-12)
 
 
+def test_auc_is_the_mean_over_all_pairs_with_ties_half():
+  # Independent of sklearn: every (positive, negative) pair, brute force.
+  labels, scores = _tied_problem(7, n=120)
+  x = scores[labels == 1][:, None]
+  y = scores[labels == 0][None, :]
+  want = np.mean((x > y) + 0.5 * (x == y))
+  assert metrics.roc_auc(labels, scores) == pytest.approx(want, abs=1e-12)
+
+
 @pytest.mark.parametrize('seed', range(3))
 def test_roc_curve_matches_sklearn(seed):
   labels, scores = _tied_problem(seed)
@@ -84,6 +93,60 @@ def test_threshold_at_specificity_unreachable_is_inf():
   assert metrics.threshold_at_specificity(labels, scores, 1.0) == np.inf
 
 
+def test_threshold_at_specificity_hand_example():
+  labels = np.array([0, 0, 0, 0, 1, 1, 1])
+  scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6])
+  # 3 of 4 negatives must be below t: t > 0.3; the next score is 0.35, and
+  # the rule puts t midway.
+  assert metrics.threshold_at_specificity(labels, scores, 0.75) == pytest.approx(0.325)
+  assert metrics.threshold_at_specificity(labels, scores, 1.0) == pytest.approx(0.45)
+  # Target 0: everything positive, at the lowest score.
+  assert metrics.threshold_at_specificity(labels, scores, 0.0) == 0.1
+
+
+def test_threshold_at_specificity_counts_negatives_not_rates():
+  # 0.9 of 10 negatives allows exactly one false positive (0.9 * 10 is
+  # 9.000000000000002 in floating point).
+  labels = np.r_[np.zeros(10, int), np.ones(3, int)]
+  scores = np.r_[np.arange(10.0), 8.5, 9.5, 10.5]
+  t = metrics.threshold_at_specificity(labels, scores, 0.9)
+  assert t == pytest.approx(8.25)  # the negative 9.0 is the one false positive
+  assert _rates(labels, scores, t) == (1.0, 0.9)
+
+
+@pytest.mark.parametrize('target', [0.8, 0.9, 0.95, 0.97])
+def test_threshold_at_specificity_is_the_highest_sensitivity_point(target):
+  labels, scores = _tied_problem(3, n=400)
+  t = metrics.threshold_at_specificity(labels, scores, target)
+  sens, spec = _rates(labels, scores, t)
+  assert spec >= target
+  # Brute force over every threshold that changes the classification.
+  cands = np.r_[np.unique(scores), np.inf]
+  best = max(_rates(labels, scores, c)[0] for c in cands
+             if _rates(labels, scores, c)[1] >= target)
+  assert sens == best
+  # Down to the next lower score and the target is missed.
+  below = scores[scores < t].max()
+  assert _rates(labels, scores, below)[1] < target
+
+
+def test_operating_point_hand_example_and_per_image_thresholds():
+  labels = np.array([0, 0, 0, 0, 1, 1, 1])
+  scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6])
+  out = metrics.operating_point(labels, scores, 0.35)  # >= is positive
+  assert out == dict(sensitivity=1.0, specificity=0.75, accuracy=6 / 7,
+                     tp=3, fp=1, tn=3, fn=0)
+  out = metrics.operating_point(labels, scores, 0.45)
+  assert (out['sensitivity'], out['specificity']) == (2 / 3, 1.0)
+  # One threshold per image, e.g. each fold's own.
+  per_image = np.array([0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.7])
+  out = metrics.operating_point(labels, scores, per_image)
+  assert (out['tp'], out['fp'], out['tn'], out['fn']) == (1, 1, 3, 2)
+  # Bool labels mean the same as 0/1.
+  assert metrics.operating_point(labels == 1, scores, 0.45) == (
+      metrics.operating_point(labels, scores, 0.45))
+
+
 def _jaccard_loop(pred, true):
   out = []
   for p, t in zip(pred.astype(bool), true.astype(bool)):
@@ -116,6 +179,10 @@ def test_jaccard_matches_direct_computation_with_empty_masks():
     lambda: metrics.youden_threshold([1, 1], [0.1, 0.2]),
     lambda: metrics.roc_auc([0, 2, 1], [0.1, 0.2, 0.3]),
     lambda: metrics.threshold_at_specificity([0, 1], [0.1, 0.2], 1.5),
+    lambda: metrics.roc_auc(['a', 'b'], [0.1, 0.2]),
+    lambda: metrics.roc_auc([0, 1, 1], [0.1, np.inf, 0.3]),
+    lambda: metrics.operating_point([0, 1, 0], [0.1, 0.2, 0.3], [0.1, 0.2]),
+    lambda: metrics.operating_point([0, 1], [0.1, 0.2], np.nan),
     lambda: metrics.jaccard(np.zeros((2, 3, 3)), np.zeros((2, 3, 4))),
     lambda: metrics.jaccard(np.zeros((3, 3)), np.zeros((3, 3))),
 ])

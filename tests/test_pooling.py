@@ -79,5 +79,5 @@ def test_mask_oracle_resizes_mask_to_feature_grid():
 
 
 def test_unknown_pooling_name_is_clear():
-  with pytest.raises(ValueError, match="unknown pooling 'avg'"):
+  with pytest.raises(ValueError, match="pooling='avg': choose one of"):
     pooling.get_pooling("avg")

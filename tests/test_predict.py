@@ -90,12 +90,12 @@ def test_corrupt_image_is_a_one_line_error(tiny_run, tmp_path):
 
 @pytest.mark.slow  # a whole run of its own
 def test_three_class_head_end_to_end(tiny_config, tmp_path):
-  from rapool_jax import train
+  from rapool_jax import run
   tiny_config.data.task = "three_class"
   for name in tiny_config.stage_order:
     tiny_config.stages[name].max_steps = 1
   workdir = str(tmp_path / "run3")
-  results = train.train_and_evaluate(tiny_config, workdir)
+  results = run.train_and_evaluate(tiny_config, workdir)
   assert [r["model"] for r in results["rows"]][-1] == "Step 4 + RankOpt"
   ids = _write_images(str(tmp_path / "images"), [(40, 30), (32, 32)])
   predict.predict(workdir, str(tmp_path / "images"), str(tmp_path / "p.csv"))
@@ -121,7 +121,11 @@ def test_isic_config_variants():
           paper.stages.classification.lr,
           paper.stages.classification.decay_every) == (
               "50", 224, 256, 10, 7.5, 0.9, 5e-4, 1e-3, 2000)
-  assert module.get_config("runlocal").data.eval_split == "validation"
+  # The paper's protocol: reported on test, thresholds from validation.
+  runlocal = module.get_config("runlocal")
+  assert (runlocal.data.eval_split, runlocal.data.val_split,
+          runlocal.rankopt.threshold_split) == ("test", "validation",
+                                                "validation")
   assert module.get_config("three_class").data.task == "three_class"
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("fast")

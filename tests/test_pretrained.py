@@ -1,4 +1,4 @@
-"""ImageNet weight loading: parity with transformers, key layouts, clear errors.
+"""ImageNet weights: parity with transformers, key layouts, file formats, errors.
 
 The fixture (``scripts/make_resnet_parity_fixture.py``) is a random-init HF
 ``ResNetForImageClassification`` shaped as torchvision's ResNet-50 at width 1/8,
@@ -6,9 +6,12 @@ saved under HF and under torchvision key names, with its outputs.
 """
 
 import functools
+import importlib.machinery
 import json
 import pathlib
+import re
 import sys
+import types
 
 import flax
 import jax
@@ -18,8 +21,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from rapool_jax import config_lib
 from rapool_jax import pretrained
-from rapool_jax.models.resnet import resnet
+from rapool_jax import weight_files
+from rapool_jax.models import rapool_net
+from rapool_jax.models.resnet import resnet, stem_width
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 FILES = {"hf": FIXTURES / "resnet50_w8_hf.safetensors",
@@ -69,13 +75,12 @@ def _rel_err(actual, expected):
 
 
 @pytest.mark.parametrize("layout", ["hf", "torchvision"])
-def test_inspect_infers_depth_width_layout(layout):
-  info = pretrained.inspect_weights(FILES[layout])
-  assert (info.layout, info.depth, info.block, info.stage_sizes, info.width,
-          info.num_classes) == (layout, 50, "bottleneck", (3, 4, 6, 3), WIDTH,
-                                10)
-  assert info.preprocessing == pretrained.IMAGENET
-  assert pretrained.preprocessing_for(FILES[layout]) == pretrained.IMAGENET
+def test_width_and_preprocessing_come_from_the_file(layout):
+  assert stem_width(_state(layout)) == WIDTH
+  prep = pretrained.preprocessing_for(FILES[layout])
+  assert prep == pretrained.IMAGENET
+  assert prep.as_dict() == {"mean": (0.485, 0.456, 0.406),
+                            "std": (0.229, 0.224, 0.225)}
 
 
 @pytest.mark.parametrize("layout", ["hf", "torchvision"])
@@ -91,8 +96,11 @@ def test_matches_transformers_reference(layout, reference):
   # float32 throughout: 4.8e-7 measured (README); a wrong weight mapping or
   # padding is off by 1e-2 or more, summation order by a few 1e-7.
   assert err < 1e-6
-  head = pretrained.load_classifier(FILES[layout])
-  logits = np.asarray(features).mean(axis=(1, 2)) @ head["kernel"] + head["bias"]
+  # The classifier is not loaded; applied here, it checks the fixture's logits.
+  fc = {"hf": "classifier.1.", "torchvision": "fc."}[layout]
+  state = _state(layout)
+  logits = (np.asarray(features).mean(axis=(1, 2))
+            @ state[fc + "weight"].astype(np.float32).T + state[fc + "bias"])
   err = _rel_err(logits, reference["logits"])
   print(f"{layout}: logits max rel err {err:.2e}")
   assert err < 1e-6
@@ -115,7 +123,6 @@ def test_headless_files_load(tmp_path, tv_variables):
   for name, state in (("tv.safetensors", tv), ("hf.safetensors", hf)):
     path = _save(tmp_path, state, name)
     _assert_trees_equal(pretrained.load_backbone(path)[1], tv_variables)
-    assert pretrained.load_classifier(path) is None
 
 
 def test_bfloat16_safetensors(tmp_path, tv_variables):
@@ -154,7 +161,7 @@ def test_mismatch_error_names_file_and_tensor(tmp_path, layout, defect):
     state[CONV[layout]] = state[CONV[layout]][:, :15]
     expected = f"wrong shape: {CONV[layout]} file [16, 15, 3, 3] vs model [16, 16, 3, 3]"
   path = _save(tmp_path, state)
-  with pytest.raises(pretrained.PretrainedMismatchError) as excinfo:
+  with pytest.raises(weight_files.MismatchError) as excinfo:
     pretrained.load_backbone(path)
   message = str(excinfo.value)
   print(message)
@@ -170,7 +177,7 @@ def test_mismatch_error_lists_everything_at_once(tmp_path):
   del state["bn1.bias"], state["layer3.1.conv1.weight"]
   state["foo.bar"] = np.zeros((2,), np.float32)
   state["layer1.0.downsample.1.running_mean"] = np.zeros((31,), np.float32)
-  with pytest.raises(pretrained.PretrainedMismatchError) as excinfo:
+  with pytest.raises(weight_files.MismatchError) as excinfo:
     pretrained.load_backbone(_save(tmp_path, state))
   lines = str(excinfo.value).splitlines()
   assert "2 missing, 1 unexpected, 1 wrong shape" in lines[0]
@@ -182,38 +189,109 @@ def test_mismatch_error_lists_everything_at_once(tmp_path):
 
 def test_foreign_files_are_rejected(tmp_path):
   path = _save(tmp_path, {"features.0.weight": np.zeros((4, 3, 3, 3))})
-  with pytest.raises(pretrained.PretrainedMismatchError, match="not a ResNet"):
+  with pytest.raises(weight_files.MismatchError, match="not a ResNet"):
     pretrained.load_backbone(path)
   # timm's deep-stem variants share the torchvision names but not the stem.
   state = _state("torchvision")
   state["conv1.0.weight"] = state.pop("conv1.weight")
-  with pytest.raises(pretrained.PretrainedMismatchError, match="deep-stem"):
+  with pytest.raises(weight_files.MismatchError, match="deep-stem"):
     pretrained.load_backbone(_save(tmp_path, state))
-  (tmp_path / "weights.npz").write_bytes(b"x")
-  with pytest.raises(ValueError, match="unsupported weights file type"):
-    pretrained.load_backbone(tmp_path / "weights.npz")
-  with pytest.raises(FileNotFoundError):
-    pretrained.load_backbone(tmp_path / "absent.safetensors")
+
+
+def test_unusable_paths_get_the_checks_lines(tmp_path, monkeypatch):
+  """``check_readable``'s lines, which ``checks.py`` reports before training."""
+  npz, absent = tmp_path / "weights.npz", tmp_path / "absent.safetensors"
+  npz.write_bytes(b"x")
+  pth = tmp_path / "resnet50.pth"
+  pth.write_bytes(b"not read")
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails.
+  for path, line in (
+      (absent, f"config.model.pretrained={str(absent)!r}: no such file"),
+      (npz, f"config.model.pretrained={str(npz)!r}: unsupported file type "
+            "'.npz'; expected one of ('.safetensors', '.pth', '.pt', '.bin')"),
+      (pth, f"{pth}: reading .pth weights needs PyTorch, which is not "
+            "installed: pip install torch (CPU wheels: pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu)")):
+    with pytest.raises(ValueError) as excinfo:
+      weight_files.check_readable(str(path))
+    assert str(excinfo.value) == line
+    with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+      pretrained.load_backbone(path)  # Every reader checks first.
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_unreadable_safetensors_is_one_line(tmp_path, damage):
+  blob = FILES["torchvision"].read_bytes()
+  path = tmp_path / "resnet50.safetensors"
+  path.write_bytes(b"\x00garbage" * 9 if damage == "garbage" else blob[:-100])
+  with pytest.raises(ValueError) as excinfo:
+    weight_files.read(path)
+  message = str(excinfo.value)
+  print(message)
+  assert message.startswith(f"{path}: not a readable .safetensors file (")
+  assert "\n" not in message
+
+
+def _fake_torch(load):
+  """A stand-in ``torch`` module: found by ``importlib``, ``torch.load=load``."""
+  torch = types.ModuleType("torch")
+  torch.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+  torch.Tensor = type("Tensor", (), {})
+  torch.load = load
+  return torch
+
+
+def test_unreadable_pth_is_one_line(tmp_path, monkeypatch):
+  def load(path, **kwargs):
+    assert kwargs == {"map_location": "cpu", "weights_only": True}
+    # What torch 2.x says for a file torch.save did not write.
+    raise RuntimeError(
+        "Weights only load failed. This file can still be loaded, to do so you"
+        " have two options, do those steps only if you trust the source of the"
+        " checkpoint.\n\t(1) In PyTorch 2.6, we changed the default value ...\n"
+        "\t(2) Alternatively, ...\n WeightsUnpickler error: Unsupported "
+        "operand 160\n\nCheck the documentation of torch.load to learn more.")
+  monkeypatch.setitem(sys.modules, "torch", _fake_torch(load))
+  for suffix in (".pth", ".pt", ".bin"):
+    path = tmp_path / f"corrupt{suffix}"
+    path.write_bytes(b"\xa0 not a torch file")
+    with pytest.raises(ValueError) as excinfo:
+      weight_files.read(path)
+    assert str(excinfo.value) == (
+        f"{path}: not a readable PyTorch state dict (a torch.save of tensors, "
+        "read with torch.load(weights_only=True)): RuntimeError")
+
+
+def test_pth_that_is_no_state_dict_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", _fake_torch(
+      lambda path, **kwargs: {"epoch": 3, "optimizer": [1, 2]}))
+  path = tmp_path / "checkpoint.pt"
+  path.write_bytes(b"read by the fake")
+  with pytest.raises(ValueError, match=r"holds no PyTorch state dict"):
+    weight_files.read(path)
 
 
 @pytest.mark.parametrize("depth", [18, 101])
 def test_depth_mismatch(depth):
-  with pytest.raises(pretrained.PretrainedMismatchError) as excinfo:
+  with pytest.raises(weight_files.MismatchError) as excinfo:
     pretrained.load_backbone(FILES["torchvision"], depth=depth)
   message = str(excinfo.value)
-  assert "ResNet-50" in message and f"depth={depth}" in message
-  assert "set model.depth=50" in message
+  print(message)
+  first = message.splitlines()[0]
+  assert first.startswith(f"{FILES['torchvision']} does not fit a ResNet-{depth} (")
+  assert first.endswith("; hint: the file holds a ResNet-50 (bottleneck blocks "
+                        "3-4-6-3); set model.depth=50")
   with pytest.raises(ValueError, match="not a ResNet depth"):
     pretrained.load_backbone(FILES["torchvision"], depth=42)
 
 
-def test_depth_and_width_default_to_the_files(tv_variables):
+def test_width_defaults_to_the_files(tv_variables):
   module, variables = pretrained.load_backbone(
-      FILES["torchvision"], depth=None, output_stride=16, dropout_rate=0.1)
+      FILES["torchvision"], output_stride=16, dropout_rate=0.1)
   assert (module.stage_sizes, module.width, module.output_stride) == (
       (3, 4, 6, 3), WIDTH, 16)
   _assert_trees_equal(variables, tv_variables)
-  with pytest.raises(pretrained.PretrainedMismatchError, match="width"):
+  with pytest.raises(weight_files.MismatchError, match="set model.width=0.125"):
     pretrained.load_backbone(FILES["torchvision"], width=1.0)
 
 
@@ -221,23 +299,17 @@ def test_hf_config_with_v1_stride_is_rejected(tmp_path):
   path = _save(tmp_path, _state("hf"))
   (tmp_path / "config.json").write_text(json.dumps(
       {"model_type": "resnet", "downsample_in_bottleneck": True}))
-  with pytest.raises(pretrained.PretrainedMismatchError, match="v1.5"):
+  with pytest.raises(weight_files.MismatchError, match="v1.5"):
     pretrained.load_backbone(path)
 
 
-def test_pth_without_torch_says_so(tmp_path, monkeypatch):
-  path = tmp_path / "resnet50.pth"
-  path.write_bytes(b"not read")
-  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails.
-  with pytest.raises(ImportError, match="needs PyTorch") as excinfo:
-    pretrained.load_backbone(path)
-  assert str(path) in str(excinfo.value)
-  assert "\n" not in str(excinfo.value)
+def _torch():
+  return pytest.importorskip(
+      "torch", reason="torch not installed: real .pth reading not exercised")
 
 
 def test_pth_with_torch(tmp_path, tv_variables):
-  torch = pytest.importorskip(
-      "torch", reason="torch not installed: .pth loading not exercised")
+  torch = _torch()
   tensors = {k: torch.from_numpy(v.copy())
              for k, v in _state("torchvision").items()}
   plain = tmp_path / "plain.pth"
@@ -246,76 +318,114 @@ def test_pth_with_torch(tmp_path, tv_variables):
   wrapped = tmp_path / "checkpoint.pt"
   torch.save({"epoch": 3, "state_dict": {f"module.{k}": v
                                          for k, v in tensors.items()}}, wrapped)
-  for path in (plain, wrapped):
-    _assert_trees_equal(pretrained.load_backbone(path)[1], tv_variables)
+  bf16 = tmp_path / "pytorch_model.bin"
+  torch.save({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+              for k, v in tensors.items()}, bf16)
+  for path in (plain, wrapped, bf16):
+    _, variables = pretrained.load_backbone(path)
+    if path == bf16:
+      variables = jax.tree.map(lambda x: np.asarray(x).astype(
+          ml_dtypes.bfloat16).astype(np.float32), variables)
+      tv = jax.tree.map(lambda x: np.asarray(x).astype(
+          ml_dtypes.bfloat16).astype(np.float32), tv_variables)
+      _assert_trees_equal(variables, tv)
+    else:
+      _assert_trees_equal(variables, tv_variables)
 
 
-def _model_variables(width=WIDTH):
-  """A two-branch model's variable tree: backbone + new heads."""
-  shapes = jax.eval_shape(lambda: resnet(50, width=width).init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  backbone = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  c = resnet(50, width=width).num_features
-  heads = {"seg_conv": {"kernel": jnp.ones((1, 1, c, 2)),
-                        "bias": jnp.ones((2,))},
-           "seg_upsample": {"kernel": jnp.ones((64, 64, 2, 2)),
-                            "bias": jnp.ones((2,))},
-           "classifier": {"kernel": jnp.ones((c, 2)), "bias": jnp.ones((2,))}}
-  return {"params": {"backbone": backbone["params"], **heads},
-          "batch_stats": {"backbone": backbone["batch_stats"]}}
+@pytest.mark.parametrize("content", ["garbage", "truncated", "pickle"])
+def test_corrupt_pth_with_torch_is_one_line(tmp_path, content):
+  torch = _torch()
+  good = tmp_path / "good.pth"
+  torch.save({"conv1.weight": torch.zeros(2, 3, 7, 7)}, good)
+  path = tmp_path / "resnet50.pth"
+  if content == "garbage":
+    path.write_bytes(bytes(range(160, 256)) * 20)  # "Unsupported operand 160"
+  elif content == "truncated":
+    path.write_bytes(good.read_bytes()[:-200])
+  else:  # Not weights: a pickled function, which weights_only refuses.
+    torch.save({"fn": print}, path, _use_new_zipfile_serialization=True)
+  with pytest.raises(ValueError) as excinfo:
+    pretrained.load_backbone(path)
+  message = str(excinfo.value)
+  print(message)
+  assert message.startswith(f"{path}: not a readable PyTorch state dict")
+  assert "\n" not in message
 
 
-def test_load_into_fills_backbone_keeps_heads(tv_variables):
-  variables = _model_variables()
-  new = pretrained.load_into(variables, FILES["hf"], depth=50)
-  _assert_trees_equal(
-      {c: new[c]["backbone"] for c in ("params", "batch_stats")}, tv_variables)
-  for head in ("seg_conv", "seg_upsample", "classifier"):
-    assert new["params"][head] is variables["params"][head]
-  # The input is not modified.
-  assert not np.any(variables["params"]["backbone"]["conv1"]["kernel"])
-  frozen = pretrained.load_into(flax.core.freeze(variables),
-                                FILES["torchvision"], depth="50")
-  assert isinstance(frozen, flax.core.FrozenDict)
-  _assert_trees_equal(flax.core.unfreeze(frozen), new)
-
-
-def test_one_loader_serves_every_backbone(tv_variables, monkeypatch):
-  from rapool_jax import config_lib
-  from rapool_jax.models import vgg
+def _model_config(**overrides):
   model = config_lib.base_config().model
-  model.update(pretrained=str(FILES["hf"]), depth="50")
-  new = pretrained.load_pretrained(_model_variables(), model)
+  model.update(**overrides)
+  return model
+
+
+def _network_variables(model):
+  """A whole network's variables (backbone and heads), all zeros."""
+  shapes = jax.eval_shape(lambda: rapool_net.build_model(model).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  return {c: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                         shapes.get(c, {})) for c in ("params", "batch_stats")}
+
+
+def _assert_heads_kept(new, variables):
+  for name, head in variables["params"].items():
+    if name != "backbone":
+      assert new["params"][name] is head
+
+
+def test_one_loader_serves_every_backbone(tmp_path, tv_variables):
+  """``load_pretrained`` with a ResNet (HF file) and a VGG-11-BN config,
+  each loading a real file into the network's backbone, heads kept."""
+  model = _model_config(pretrained=str(FILES["hf"]), depth="50", width=WIDTH)
+  variables = _network_variables(model)
+  new = pretrained.load_pretrained(variables, model)
   _assert_trees_equal(
       {c: new[c]["backbone"] for c in ("params", "batch_stats")}, tv_variables)
-  # A VGG config goes to the VGG mapping, with its blocks and BatchNorm.
-  seen = {}
-  monkeypatch.setattr(vgg, "load_into", lambda v, path, backbone: seen.update(
-      path=path, blocks=backbone.blocks, batch_norm=backbone.batch_norm))
-  model.update(backbone="vgg16", batch_norm=False)
-  pretrained.load_pretrained({}, model)
-  assert seen == {"path": str(FILES["hf"]), "blocks": vgg.VGG_BLOCKS["16"],
-                  "batch_norm": False}
+  _assert_heads_kept(new, variables)
+  # torchvision's vgg11_bn().features: conv, bn, relu per conv, a pool per block.
+  convs = (0, 4, 8, 11, 15, 18, 22, 25)
+  names = ("1_1", "2_1", "3_1", "3_2", "4_1", "4_2", "5_1", "5_2")
+  model = _model_config(backbone="vgg11", batch_norm=True, width=1 / 16)
+  variables = _network_variables(model)
+  backbone = {c: variables[c]["backbone"] for c in ("params", "batch_stats")}
+  rng = np.random.default_rng(0)
+  state = {"classifier.0.weight": np.zeros((3, 4), np.float32)}
+  for i, name in zip(convs, names):
+    kernel = backbone["params"][f"conv{name}"]["kernel"]
+    state[f"features.{i}.weight"] = rng.normal(
+        size=kernel.shape[::-1]).transpose(0, 1, 3, 2)  # HWIO -> OIHW
+    for leaf in ("bias", "weight", "running_mean", "running_var"):
+      prefix = i if leaf == "bias" else i + 1
+      state[f"features.{prefix}.{leaf}"] = rng.uniform(0.5, 1.5, kernel.shape[3])
+    state[f"features.{i + 1}.bias"] = rng.normal(size=kernel.shape[3])
+    state[f"features.{i + 1}.num_batches_tracked"] = np.array(7)
+  model.pretrained = str(_save(tmp_path, state, "vgg11_bn.safetensors"))
+  new = pretrained.load_pretrained(variables, model)
+  _assert_heads_kept(new, variables)
+  for i, name in zip(convs, names):
+    params = new["params"]["backbone"]
+    np.testing.assert_allclose(
+        params[f"conv{name}"]["kernel"],
+        state[f"features.{i}.weight"].transpose(2, 3, 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(params[f"conv{name}"]["bias"],
+                               state[f"features.{i}.bias"], rtol=1e-6)
+    np.testing.assert_allclose(params[f"bn{name}"]["scale"],
+                               state[f"features.{i + 1}.weight"], rtol=1e-6)
+    np.testing.assert_allclose(
+        new["batch_stats"]["backbone"][f"bn{name}"]["var"],
+        state[f"features.{i + 1}.running_var"], rtol=1e-6)
 
 
-def test_load_into_checks_depth_shapes_and_key():
-  with pytest.raises(pretrained.PretrainedMismatchError, match="depth=101"):
-    pretrained.load_into(_model_variables(), FILES["torchvision"], depth=101)
-  with pytest.raises(pretrained.PretrainedMismatchError) as excinfo:
-    pretrained.load_into(_model_variables(width=0.0625), FILES["torchvision"],
-                         depth=50)
-  first = str(excinfo.value).splitlines()[0]
-  assert "wrong shape" in first and "missing" not in first
-  assert "conv1.weight file [8, 3, 7, 7] vs model [4, 3, 7, 7]" in str(
-      excinfo.value)
-  assert "set model.width=0.125" in str(excinfo.value).splitlines()[-1]
-  with pytest.raises(ValueError, match="'trunk'"):
-    pretrained.load_into(_model_variables(), FILES["torchvision"], depth=50,
-                         backbone_key="trunk")
-
-
-def test_preprocessing_normalizes():
-  prep = pretrained.preprocessing_for(FILES["hf"])
-  images = np.broadcast_to(np.asarray(prep.mean, np.float32), (2, 4, 4, 3))
-  np.testing.assert_allclose(prep.normalize(images), 0.0, atol=1e-7)
-  assert prep.as_dict()["std"] == (0.229, 0.224, 0.225)
+def test_load_pretrained_names_what_does_not_fit():
+  model = _model_config(pretrained=str(FILES["torchvision"]), depth="50",
+                        width=WIDTH / 2)
+  with pytest.raises(weight_files.MismatchError) as excinfo:
+    pretrained.load_pretrained(_network_variables(model), model)
+  lines = str(excinfo.value).splitlines()
+  assert "wrong shape" in lines[0] and "missing" not in lines[0]
+  assert lines[0].endswith("; hint: the file has width 0.125 (stem 8 "
+                           "channels), the model 0.0625; set model.width=0.125")
+  assert "conv1.weight file [8, 3, 7, 7] vs model [4, 3, 7, 7]" in lines[1]
+  model.update(depth="18", width=WIDTH)
+  with pytest.raises(weight_files.MismatchError, match="set model.depth=50"):
+    pretrained.load_pretrained(_network_variables(model), model)

@@ -7,6 +7,7 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+from rapool_jax import metrics
 from rapool_jax import stats as st
 
 
@@ -45,23 +46,14 @@ def _brute_force_delong(labels, scores):
 # ---------------------------------------------------------------- ranks, AUC, DeLong
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_midranks_match_scipy_rankdata(seed):
-  rng = np.random.default_rng(seed)
-  x_ties = rng.integers(0, 7, size=60).astype(float)  # many ties
-  x_cont = rng.normal(size=45)  # none
-  for x in (x_ties, x_cont, np.array([3.0]), np.array([2.0, 2.0, 2.0])):
-    np.testing.assert_array_equal(st.midranks(x), sps.rankdata(x, method="average"))
-
-
 @pytest.mark.parametrize("decimals", [None, 1, 0])
-def test_fast_delong_auc_matches_sklearn_with_ties(decimals):
+def test_fast_delong_components_average_to_sklearn_auc_with_ties(decimals):
   labels, a, b = _correlated(37, 81, seed=3, decimals=decimals)
-  aucs, v10, v01 = st.delong_components(labels, np.stack([a, b]))
+  v10, v01 = st.delong_components(labels, np.stack([a, b]))
   assert v10.shape == (2, 37) and v01.shape == (2, 81)
-  np.testing.assert_allclose(aucs, [roc_auc_score(labels, a), roc_auc_score(labels, b)],
-                             rtol=0, atol=1e-12)
-  assert st.auc(labels, b) == pytest.approx(roc_auc_score(labels, b), abs=1e-12)
+  want = [roc_auc_score(labels, a), roc_auc_score(labels, b)]
+  np.testing.assert_allclose(v10.mean(axis=1), want, rtol=0, atol=1e-12)
+  np.testing.assert_allclose(v01.mean(axis=1), want, rtol=0, atol=1e-12)
 
 
 def test_fast_delong_covariance_matches_brute_force_with_ties():
@@ -70,8 +62,7 @@ def test_fast_delong_covariance_matches_brute_force_with_ties():
   scores = np.stack([a, b])
   assert len(np.unique(a)) < 15  # ties really are there
   ref_auc, ref_v10, ref_v01, ref_cov = _brute_force_delong(labels, scores)
-  aucs, v10, v01 = st.delong_components(labels, scores)
-  np.testing.assert_allclose(aucs, ref_auc, atol=1e-12)
+  v10, v01 = st.delong_components(labels, scores)
   np.testing.assert_allclose(v10, ref_v10, atol=1e-12)
   np.testing.assert_allclose(v01, ref_v01, atol=1e-12)
   # The public functions use the same covariance: variances and the paired diff's SE.
@@ -104,18 +95,6 @@ def test_auc_ci_is_clipped_to_unit_interval():
   assert out["auc"] == pytest.approx(11 / 12)
   assert out["auc"] + 1.96 * out["se"] > 1.0  # unclipped bound would exceed 1
   assert out["hi"] == 1.0 and out["lo"] < out["auc"]
-
-
-def test_hanley_mcneil_se_hand_value_and_close_to_delong():
-  # Hand arithmetic: A=0.8, P=10, Q=20: Q1=0.8/1.2, Q2=1.28/1.8.
-  q1, q2 = 0.8 / 1.2, 1.28 / 1.8
-  var = (0.8 * 0.2 + 9 * (q1 - 0.64) + 19 * (q2 - 0.64)) / 200
-  assert st.hanley_mcneil_se(0.8, 10, 20) == pytest.approx(math.sqrt(var), rel=1e-12)
-  # On aSAH s100b (below) the approximation is within 2% of DeLong's SE (0.05166).
-  labels, s100b = np.array(_ASAH_POOR), np.array(_ASAH_S100B)
-  ci = st.auc_ci(labels, s100b)
-  hm = st.hanley_mcneil_se(ci["auc"], 41, 72)
-  assert hm == pytest.approx(ci["se"], rel=0.02)
 
 
 # ---------------------------------------------------------------- published example (pROC)
@@ -223,44 +202,159 @@ def test_bootstrap_resamples_are_stratified_paired_and_exact(monkeypatch):
     assert out == pytest.approx(ref, abs=1e-12)
 
 
-# ---------------------------------------------------------------- operating point
+# ---------------------------------------------------------------- fold-stratified
 
 
-def test_sensitivity_specificity_hand_example():
-  labels = np.array([0, 0, 0, 0, 1, 1, 1])
-  scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6])
-  out = st.sensitivity_specificity(labels, scores, 0.35)  # >= is positive
-  assert out == dict(sensitivity=1.0, specificity=0.75, tp=3, fn=0, tn=3, fp=1)
-  out = st.sensitivity_specificity(labels, scores, 0.45)
-  assert out == dict(sensitivity=2 / 3, specificity=1.0, tp=2, fn=1, tn=4, fp=0)
+def _folds(n, k, seed):
+  return np.random.default_rng(seed).integers(0, k, size=n)
 
 
-def test_threshold_at_specificity_hand_example():
-  labels = np.array([0, 0, 0, 0, 1, 1, 1])
-  scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6])
-  # 3 of 4 negatives must be below t: t > 0.3; next score is 0.35 -> midpoint.
-  assert st.threshold_at_specificity(labels, scores, 0.75) == pytest.approx(0.325)
-  assert st.threshold_at_specificity(labels, scores, 1.0) == pytest.approx(0.45)
-  # Top score is a negative: just above it.
-  t = st.threshold_at_specificity(np.array([1, 0]), np.array([0.2, 0.9]), 1.0)
-  assert 0.9 < t < 0.9 + 1e-12
+def _brute_force_stratified(labels, a, b, strata):
+  """Within-stratum pairs only: diff, and sum_s w_s^2 var_s with w_s = P_s Q_s / sum."""
+  num, pairs, var_terms = 0.0, 0, []
+  for g in np.unique(strata):
+    m = strata == g
+    y, sa, sb = labels[m], a[m], b[m]
+    psi = lambda s: ((s[y == 1][:, None] > s[y == 0][None, :])  # noqa: E731
+                     + 0.5 * (s[y == 1][:, None] == s[y == 0][None, :]))
+    num += np.sum(psi(sa) - psi(sb))
+    pq = int((y == 1).sum() * (y == 0).sum())
+    pairs += pq
+    cov = _brute_force_delong(y, np.stack([sa, sb]))[3]
+    var_terms.append((pq, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+  var = sum((pq / pairs) ** 2 * v for pq, v in var_terms)
+  return num / pairs, var
 
 
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 0.97])
-def test_threshold_reaches_specificity_with_max_sensitivity(target):
-  labels, a, _ = _correlated(50, 200, seed=9, decimals=1)
-  t = st.threshold_at_specificity(labels, a, target)
-  got = st.sensitivity_specificity(labels, a, t)
-  assert got["specificity"] >= target
-  # Brute force over every threshold that changes the classification.
-  cands = np.r_[np.unique(a), np.inf]
-  best = max(st.sensitivity_specificity(labels, a, c)["sensitivity"] for c in cands
-             if st.sensitivity_specificity(labels, a, c)["specificity"] >= target)
-  assert got["sensitivity"] == best
-  # Lower by one step (to the k-th negative) and the target is missed.
-  neg = np.sort(a[labels == 0])
-  below = neg[neg < t].max()
-  assert st.sensitivity_specificity(labels, a, below)["specificity"] < target
+def test_stratified_delong_with_one_stratum_is_paired_delong():
+  labels, a, b = _correlated(40, 90, seed=12, decimals=1)
+  pooled = st.paired_delong(labels, a, b)
+  one = st.stratified_delong(labels, a, b, np.full(labels.size, "all"))
+  assert [r["stratum"] for r in one["strata"]] == ["all"]
+  assert one["strata"][0]["weight"] == 1.0
+  for k, v in pooled.items():
+    assert one[k] == pytest.approx(v, rel=1e-12, abs=1e-15), k
+
+
+def test_stratified_delong_matches_brute_force_with_ties():
+  labels, a, b = _correlated(24, 50, seed=13, decimals=0)
+  strata = _folds(labels.size, 3, seed=1)
+  diff, var = _brute_force_stratified(labels, a, b, strata)
+  out = st.stratified_delong(labels, a, b, strata)
+  assert out["diff"] == pytest.approx(diff, abs=1e-12)
+  assert out["se"] == pytest.approx(math.sqrt(var), rel=1e-10)
+  assert out["p"] == pytest.approx(2 * sps.norm.sf(abs(diff) / math.sqrt(var)), rel=1e-9)
+  for r in out["strata"]:
+    m = strata == r["stratum"]
+    ref = roc_auc_score(labels[m], a[m]) - roc_auc_score(labels[m], b[m])
+    assert r["diff"] == pytest.approx(ref, abs=1e-12)
+    assert (r["n_pos"], r["n_neg"]) == (labels[m].sum(), (labels[m] == 0).sum())
+  assert sum(r["weight"] for r in out["strata"]) == pytest.approx(1.0)
+
+
+def test_stratified_delong_ignores_each_folds_calibration():
+  # Fold models that shift their scores differently mix badly in a pooled AUC;
+  # the stratified difference only compares images scored by the same model.
+  labels, a, b = _correlated(60, 140, seed=14)
+  strata = _folds(labels.size, 4, seed=2)
+  shifted = a + 3.0 * strata  # a monotone recalibration per fold
+  before = st.stratified_delong(labels, a, b, strata)
+  after = st.stratified_delong(labels, shifted, b, strata)
+  assert after["diff"] == pytest.approx(before["diff"], abs=1e-12)
+  assert after["se"] == pytest.approx(before["se"], rel=1e-9)
+  assert abs(st.paired_delong(labels, shifted, b)["diff"]
+             - st.paired_delong(labels, a, b)["diff"]) > 0.01
+
+
+def test_stratified_bootstrap_with_one_stratum_is_the_pooled_one():
+  labels, a, b = _correlated(30, 70, seed=15)
+  pooled = st.paired_bootstrap_auc_diff(labels, a, b, n_resamples=300, seed=7)
+  one = st.paired_bootstrap_auc_diff(labels, a, b, n_resamples=300, seed=7,
+                                     strata=np.zeros(labels.size, int))
+  assert one == pooled
+
+
+def test_stratified_bootstrap_resamples_within_strata_and_is_exact(monkeypatch):
+  labels, a, b = _correlated(15, 30, seed=16, decimals=1)
+  strata = _folds(labels.size, 3, seed=3)
+  assert min(np.bincount(strata[labels == 1])) >= 2
+  groups = [(np.flatnonzero((strata == g) & (labels == 1)),
+             np.flatnonzero((strata == g) & (labels == 0))) for g in range(3)]
+  seen, real = [], sps.bootstrap
+
+  def spy(data, statistic, **kw):
+    assert len(data) == 6  # positives, negatives of each of the 3 strata
+    def wrapped(*drawn, axis=-1):
+      out = statistic(*drawn, axis=axis)
+      seen.append(([np.array(d).reshape(-1, np.shape(d)[-1]) for d in drawn],
+                   np.array(out).reshape(-1)))
+      return out
+    return real(data, wrapped, **kw)
+
+  monkeypatch.setattr(st._st, "bootstrap", spy)
+  res = st.paired_bootstrap_auc_diff(labels, a, b, n_resamples=100, seed=0, strata=strata)
+  assert res["diff"] == pytest.approx(_brute_force_stratified(labels, a, b, strata)[0])
+  drawn, outs = seen[0]
+  for k, (pos, neg) in enumerate(groups):
+    assert set(drawn[2 * k].ravel()) <= set(pos) and set(drawn[2 * k + 1].ravel()) <= set(neg)
+    assert drawn[2 * k].shape[1] == pos.size and drawn[2 * k + 1].shape[1] == neg.size
+  for r in range(min(20, outs.size)):
+    idx = np.concatenate([d[r] for d in drawn]).astype(int)
+    ref = _brute_force_stratified(labels[idx], a[idx], b[idx], strata[idx])[0]
+    assert outs[r] == pytest.approx(ref, abs=1e-12)
+
+
+def test_stratified_bootstrap_ci_agrees_with_stratified_delong():
+  labels, a, b = _correlated(80, 220, seed=17, decimals=2)
+  strata = _folds(labels.size, 5, seed=4)
+  dl = st.stratified_delong(labels, a, b, strata)
+  bs = st.paired_bootstrap_auc_diff(labels, a, b, n_resamples=2000, seed=0, strata=strata)
+  assert bs["diff"] == pytest.approx(dl["diff"], abs=1e-12)
+  assert bs["lo"] < dl["diff"] < bs["hi"]
+  ratio = (bs["hi"] - bs["lo"]) / (dl["hi"] - dl["lo"])
+  assert 1 / 1.5 < ratio < 1.5, ratio
+
+
+# ---------------------------------------------------------------- matched specificity
+
+
+def test_paired_sensitivity_hand_example():
+  labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+  a = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.2, 0.3, 0.4, 0.95])
+  b = np.array([0.9, 0.3, 0.2, 0.6, 0.1, 0.2, 0.3, 0.6, 0.4])
+  # a @ 0.5: positives 1,1,1,0, negatives called positive: 0.95 -> Spe 4/5.
+  # b @ 0.45: positives 1,0,0,1, negatives called positive: 0.6 -> Spe 4/5.
+  out = st.paired_sensitivity(labels, a, b, 0.5, 0.45)
+  assert (out["sens_a"], out["sens_b"], out["spe_a"], out["spe_b"]) == (0.75, 0.5, 0.8, 0.8)
+  assert out["matched"] and (out["b"], out["c"]) == (2, 1)
+  assert out["p"] == pytest.approx(1.0)  # 2 * P(X >= 2 | n=3) = 1
+  assert (out["spe_b_only"], out["spe_c_only"], out["spe_p"]) == (1, 1, 1.0)
+  # b at 0.35 calls its 0.4 negative too: Spe 3/5, no sensitivity verdict.
+  out = st.paired_sensitivity(labels, a, b, 0.5, 0.35)
+  assert out["spe_b"] == 0.6 and out["specificity_gap"] == pytest.approx(0.2)
+  assert not out["matched"] and out["p"] is None
+  # Per-image thresholds (each fold's own) give the same as a constant.
+  same = st.paired_sensitivity(labels, a, b, np.full(9, 0.5), np.full(9, 0.45))
+  assert same == st.paired_sensitivity(labels, a, b, 0.5, 0.45)
+
+
+@pytest.mark.parametrize("target", [0.8, 0.884, 0.95])
+def test_sensitivity_at_specificity_compares_at_the_same_specificity(target):
+  labels, a, b = _correlated(50, 200, seed=18, decimals=2)
+  out = st.sensitivity_at_specificity(labels, a, b, target)
+  pos, neg = labels == 1, labels == 0
+  for s, t, sens, spe in ((a, out["threshold_a"], out["sens_a"], out["spe_a"]),
+                          (b, out["threshold_b"], out["sens_b"], out["spe_b"])):
+    assert spe == np.mean(s[neg] < t) and spe >= target
+    # Brute force: the best sensitivity of any threshold reaching the target.
+    best = max(np.mean(s[pos] >= c) for c in np.r_[np.unique(s), np.inf]
+               if np.mean(s[neg] < c) >= target)
+    assert sens == best
+  assert out["matched"]  # no ties across the target here
+  pa, pb = a[pos] >= out["threshold_a"], b[pos] >= out["threshold_b"]
+  b_, c_ = int(np.sum(pa & ~pb)), int(np.sum(~pa & pb))
+  assert (out["b"], out["c"]) == (b_, c_)
+  assert out["p"] == pytest.approx(sps.binomtest(b_, b_ + c_, 0.5).pvalue)
 
 
 # ---------------------------------------------------------------- McNemar
@@ -305,22 +399,34 @@ def test_mcnemar_matches_statsmodels_if_installed():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: st.auc([0, 1, 2], [0.1, 0.2, 0.3]), "only 0 and 1"),
-    (lambda: st.auc([1, 1, 1], [0.1, 0.2, 0.3]), "both classes"),
-    (lambda: st.auc([0, 1, 1], [0.1, 0.2]), "entries"),
-    (lambda: st.auc([0, 1, 1], [0.1, np.nan, 0.3]), "finite"),
+    (lambda: st.auc_ci([0, 1, 2, 0], [0.1, 0.2, 0.3, 0.4]), "0/1"),
+    (lambda: st.auc_ci([1, 1, 1], [0.1, 0.2, 0.3]), "both classes"),
+    (lambda: st.auc_ci([0, 1, 1], [0.1, 0.2]), "must match"),
     (lambda: st.auc_ci([0, 1, 1, 0], [0.1, np.inf, 0.3, 0.2]), "finite"),
-    (lambda: st.auc([0, 1], [[0.1, 0.2]]), "1-D"),
-    (lambda: st.auc(["a", "b"], [0.1, 0.2]), "0/1"),
+    (lambda: st.auc_ci(["a", "b"], [0.1, 0.2]), "0/1"),
     (lambda: st.auc_ci([0, 1, 1], [0.1, 0.2, 0.3]), "at least 2"),
+    (lambda: st.auc_ci([0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], alpha=1.0), "alpha"),
     (lambda: st.paired_delong([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3]), "scores_b"),
+    (lambda: st.paired_delong([0, 1], [[0.1, 0.2]], [0.1, 0.2]), r"\[N\]"),
     (lambda: st.paired_bootstrap_auc_diff([0, 0, 1], [0.1, 0.2, 0.3], [0.1, 0.2, np.nan]),
      "scores_b"),
-    (lambda: st.delong_components([0, 1, 0], [0.1, 0.2, 0.3]), "2-D"),
-    (lambda: st.threshold_at_specificity([0, 1], [0.1, 0.2], 1.5), "specificity"),
-    (lambda: st.sensitivity_specificity([0, 1], [0.1, 0.2], float("nan")), "NaN"),
-    (lambda: st.mcnemar([True, False], [True]), "length"),
-    (lambda: st.mcnemar([0, 2], [1, 1]), "booleans"),
+    (lambda: st.paired_bootstrap_auc_diff([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4],
+                                          [0.1, 0.2, 0.3, 0.5], strata=[0, 0, 1, 1, 1]),
+     "strata"),
+    (lambda: st.paired_bootstrap_auc_diff([0, 1, 0, 1, 0, 0, 1], np.arange(7.0), np.ones(7),
+                                          strata=[0, 0, 0, 0, 1, 1, 1]),
+     "stratum 1: the bootstrap needs at least 2 positives and 2 negatives, got 1 and 2"),
+    (lambda: st.paired_bootstrap_auc_diff([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4],
+                                          [0.1, 0.2, 0.3, 0.5], n_resamples=0), "n_resamples"),
+    (lambda: st.stratified_delong([0, 1, 0, 1, 0, 1], np.arange(6.0), np.ones(6),
+                                  ["x", "x", "x", "x", "y", "y"]), "stratum 'y': DeLong"),
+    (lambda: st.sensitivity_at_specificity([0, 1], [0.1, 0.2], [0.1, 0.2], 1.5), "specificity"),
+    (lambda: st.paired_sensitivity([0, 1], [0.1, 0.2], [0.1, 0.2], float("nan"), 0.1), "NaN"),
+    (lambda: st.paired_sensitivity([0, 1, 0], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1, 0.2], 0.1),
+     "threshold"),
+    (lambda: st.mcnemar([True, False], [True]), "must match"),
+    (lambda: st.mcnemar([0, 2], [1, 1]), "correct_a must be 0/1"),
+    (lambda: st.mcnemar([0, 1], [1, 2]), "correct_b must be 0/1"),
 ])
 def test_bad_input_raises_value_error(call, match):
   with pytest.raises(ValueError, match=match):

@@ -16,8 +16,20 @@ from rapool_jax import checks
 from rapool_jax import config_lib
 from rapool_jax import evaluate
 from rapool_jax import optim
+from rapool_jax import run
 from rapool_jax import sharding
 from rapool_jax import train
+
+
+def _setup(config, workdir):
+  """The run's shared pieces and its Step-1 variables."""
+  job = run.setup(config, str(workdir))
+  return job, train.init_variables(job.model, job.key, config.data.crop_size,
+                                   config.model)
+
+
+def _run_stage(job, config, workdir, index, variables):
+  return run.run_stage(job, config, str(workdir), index, variables, {})
 
 
 def _leaves_with_paths(tree):
@@ -26,12 +38,11 @@ def _leaves_with_paths(tree):
 
 
 def test_frozen_stage_keeps_frozen_params_and_batch_stats(tiny_config, tmp_path):
-  trainer = train.Trainer(tiny_config, str(tmp_path))
-  before = trainer.init_variables()
+  job, before = _setup(tiny_config, tmp_path)
   before_leaves = {k: _leaves_with_paths(before[k]) for k in before}
   # Copies: the train step donates its input state.
-  after, meta = trainer.run_stage(1, "segmentation",
-                                  jax.tree.map(jnp.array, before), {})
+  after, meta = _run_stage(job, tiny_config, tmp_path, 1,
+                           jax.tree.map(jnp.array, before))
   assert meta["done"] and meta["step"] == tiny_config.stages.segmentation.max_steps
   params = _leaves_with_paths(after["params"])
   for name, value in params.items():
@@ -46,12 +57,11 @@ def test_frozen_stage_keeps_frozen_params_and_batch_stats(tiny_config, tmp_path)
 
 
 def test_unfrozen_stage_moves_backbone_and_batch_stats(tiny_config, tmp_path):
-  trainer = train.Trainer(tiny_config, str(tmp_path))
-  before = trainer.init_variables()
+  job, before = _setup(tiny_config, tmp_path)
   stats0 = _leaves_with_paths(before["batch_stats"])
   conv0 = np.asarray(before["params"]["backbone"]["conv1"]["kernel"])
-  after, _ = trainer.run_stage(0, "classification",
-                               jax.tree.map(jnp.array, before), {})
+  after, _ = _run_stage(job, tiny_config, tmp_path, 0,
+                        jax.tree.map(jnp.array, before))
   assert not np.array_equal(after["params"]["backbone"]["conv1"]["kernel"], conv0)
   stats1 = _leaves_with_paths(after["batch_stats"])
   assert any(not np.array_equal(stats1[k], stats0[k]) for k in stats0)
@@ -105,7 +115,7 @@ def test_whole_pipeline_tiny(tiny_config, tiny_run):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.exists(os.path.join(workdir, "rankopt.npz"))
   # Running again is a no-op resume with identical results.
-  again = train.train_and_evaluate(tiny_config, workdir)
+  again = run.train_and_evaluate(tiny_config, workdir)
   assert again == results
 
 
@@ -182,7 +192,7 @@ def test_unreadable_saved_config_is_named(tiny_config, tmp_path, text):
 def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
   tiny_config.stage_order = ("classification", "joint_typo")
   with pytest.raises(ValueError, match="joint_typo"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    run.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -206,7 +216,7 @@ def test_bad_stage_or_train_value_fails_before_any_training(
     node = node[part]
   node[rest[-1]] = value
   with pytest.raises(ValueError, match=re.escape(message)):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    run.train_and_evaluate(tiny_config, str(tmp_path))
   assert "step" not in capsys.readouterr().out
   assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -219,19 +229,19 @@ def test_a_stage_key_set_in_a_config_file_must_exist(tiny_config, tmp_path):
       "config.stages.segmentation.plateau_metric is not a stage setting; "
       "config.stages.segmentation.plateau_metric is now "
       "config.stages.segmentation.plateau.metric")):
-    train.Trainer(tiny_config, str(tmp_path))
+    run.validate_config(tiny_config)
   del tiny_config.stages.segmentation["plateau_metric"]
   tiny_config.stages.segmentation.lamda_seg = 2.0
   with pytest.raises(ValueError, match="lamda_seg is not a stage setting; "
                      "choose from"):
-    train.Trainer(tiny_config, str(tmp_path))
+    run.validate_config(tiny_config)
 
 
 def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
   tiny_config.stages.joint.plateau.metric = "val_auc"
   tiny_config.data.val_split = ""
   with pytest.raises(ValueError, match="config.data.val_split"):
-    train.Trainer(tiny_config, str(tmp_path))
+    run.validate_config(tiny_config)
 
 
 def test_plateau_update_counts_evaluations_since_the_best():
@@ -258,15 +268,15 @@ def test_saved_configs_with_flat_plateau_keys_compare_with_todays():
 
 @pytest.mark.parametrize("metric", [  # one in the quick tier
     m if m == "val_loss" else pytest.param(m, marks=pytest.mark.slow)
-    for m in evaluate.PLATEAU_METRICS])
+    for m in train.PLATEAU_METRICS])
 def test_plateau_rule_stops_a_stage_that_stops_improving(tiny_config, tmp_path,
                                                          metric):
   stage = tiny_config.stages.segmentation
   stage.max_steps = 6
   stage.plateau = dict(metric=metric, eval_every=1, patience=2,
                        min_delta=1e9)  # after the first evaluation nothing is better
-  trainer = train.Trainer(tiny_config, str(tmp_path))
-  _, meta = trainer.run_stage(1, "segmentation", trainer.init_variables(), {})
+  job, init = _setup(tiny_config, tmp_path)
+  _, meta = _run_stage(job, tiny_config, tmp_path, 1, init)
   # The first evaluation sets the best; two without improvement end the stage.
   assert meta["done"] and meta["step"] == 3
   steps, values = zip(*meta["plateau"]["history"])
@@ -282,10 +292,10 @@ def test_streamed_and_device_resident_data_train_identically(tiny_config,
   finals = []
   for budget in (1024, 0):  # MiB: resident, then streamed through grain
     tiny_config.data.device_memory_budget_mb = budget
-    trainer = train.Trainer(tiny_config, str(tmp_path / f"b{budget}"))
-    assert trainer.resident == (budget > 0)
-    variables, _ = trainer.run_stage(0, "classification",
-                                     trainer.init_variables(), {})
+    job, init = _setup(tiny_config, tmp_path / f"b{budget}")
+    assert (job.train_dev is not None) == (budget > 0)
+    variables, _ = _run_stage(job, tiny_config, tmp_path / f"b{budget}", 0,
+                              init)
     finals.append(_leaves_with_paths(variables))
   for name in finals[0]:
     np.testing.assert_allclose(finals[0][name], finals[1][name], rtol=1e-5,
@@ -301,22 +311,21 @@ def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
   tiny_config.model.output_stride = 32
   tiny_config.model.pretrained = weights
   tiny_config.stages.segmentation.max_steps = 2
-  trainer = train.Trainer(tiny_config, str(tmp_path))
-  variables = trainer.init_variables()
+  job, variables = _setup(tiny_config, tmp_path)
   _, loaded = pretrained.load_backbone(weights, depth=50)
   for collection in ("params", "batch_stats"):
     got = _leaves_with_paths(variables[collection]["backbone"])
     for name, value in _leaves_with_paths(loaded[collection]).items():
       np.testing.assert_array_equal(got[name], value, err_msg=name)
-  after, meta = trainer.run_stage(1, "segmentation",
-                                  jax.tree.map(jnp.array, variables), {})
+  after, meta = _run_stage(job, tiny_config, tmp_path, 1,
+                           jax.tree.map(jnp.array, variables))
   assert meta["done"]
   for collection in ("params", "batch_stats"):
     got = _leaves_with_paths(after[collection]["backbone"])
     for name, value in _leaves_with_paths(loaded[collection]).items():
       np.testing.assert_array_equal(got[name], value, err_msg=name)
   # A second call finds the finished stage and returns it unchanged.
-  again, meta2 = trainer.run_stage(1, "segmentation", variables, {})
+  again, meta2 = _run_stage(job, tiny_config, tmp_path, 1, variables)
   assert meta2["done"]
   np.testing.assert_array_equal(again["params"]["seg_conv"]["kernel"],
                                 after["params"]["seg_conv"]["kernel"])
@@ -327,9 +336,8 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   finals = {}
   for impl in ("threefry2x32", "rbg"):
     tiny_config.systems.prng_impl = impl
-    trainer = train.Trainer(tiny_config, str(tmp_path / impl))
-    variables, meta = trainer.run_stage(0, "classification",
-                                        trainer.init_variables(), {})
+    job, init = _setup(tiny_config, tmp_path / impl)
+    variables, meta = _run_stage(job, tiny_config, tmp_path / impl, 0, init)
     assert meta["done"]
     finals[impl] = np.asarray(
         variables["params"]["backbone"]["conv1"]["kernel"])
@@ -338,7 +346,7 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   assert not np.array_equal(finals["threefry2x32"], finals["rbg"])
   tiny_config.systems.prng_impl = "philox"
   with pytest.raises(ValueError, match="systems.prng_impl='philox'"):
-    train.Trainer(tiny_config, str(tmp_path / "bad"))
+    run.validate_config(tiny_config)
 
 
 @pytest.mark.slow  # whole or repeated runs
@@ -347,7 +355,7 @@ def test_mask_oracle_pooling_runs_the_whole_pipeline(tiny_config, tmp_path):
   # figure all need the mask passed through.
   tiny_config.stages.joint.pooling = "mask_oracle"
   tiny_config.stages.joint.report_as = "Step 4: mask_oracle"
-  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  results = run.train_and_evaluate(tiny_config, str(tmp_path))
   assert [r["model"] for r in results["rows"]][1] == "Step 4: mask_oracle"
   assert os.path.getsize(tmp_path / "figures" / "cam.png") > 10_000
 
@@ -377,16 +385,15 @@ def test_state_in_gpu_layouts_trains_saves_and_evaluates_as_row_major(
       monkeypatch.setattr(sharding, "state_formats", gpu_like)
     tiny_config.systems.state_layout = layout
     workdir = str(tmp_path / layout)
-    trainer = train.Trainer(tiny_config, workdir)
-    init = trainer.init_variables()
-    variables, _ = trainer.run_stage(0, "classification", init, {})
+    job, init = _setup(tiny_config, workdir)
+    variables, _ = _run_stage(job, tiny_config, workdir, 0, init)
     kernel = variables["params"]["backbone"]["conv1"]["kernel"]
     assert kernel.format.layout.major_to_minor == (
         (3, 0, 1, 2) if layout == "auto" else (0, 1, 2, 3))
     restored = ckpt_lib.restore_variables(workdir, "classification", init)
-    val = trainer.splits[tiny_config.data.val_split]
+    val = job.splits[tiny_config.data.val_split]
     runs[layout] = (_leaves_with_paths(variables), _leaves_with_paths(restored),
-                    trainer.predict(variables, val, "gap")["probs"])
+                    job.predict(variables, val, "gap")["probs"])
   (default, default_saved, default_probs) = runs["default"]
   (auto, auto_saved, auto_probs) = runs["auto"]
   for name in default:

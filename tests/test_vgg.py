@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import weight_files
 from rapool_jax.models import rapool_net
 from rapool_jax.models import vgg as vgg_lib
 
@@ -106,14 +107,14 @@ def _torch_layout_forward(state_dict, blocks, batch_norm, x_nchw):
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_load_torchvision_reproduces_torch_layout_forward(batch_norm):
+def test_load_reproduces_torch_layout_forward(batch_norm):
   blocks = ((4,), (8,), (8, 8), (16, 16), (16, 16))  # VGG-11 shape, narrow
   model = vgg_lib.VGG(blocks=blocks, batch_norm=batch_norm)
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   variables = model.init(jax.random.key(0), x)
   rng = np.random.default_rng(1)
   state_dict, cin = {}, 3
-  for name, prefix in vgg_lib.torchvision_names(blocks, batch_norm).items():
+  for name, prefix in vgg_lib.torchvision_names(variables["params"]).items():
     b, i = map(int, re.fullmatch(r"(?:conv|bn)(\d)_(\d)", name).groups())
     cout = blocks[b - 1][i - 1]
     if name.startswith("conv"):
@@ -129,7 +130,7 @@ def test_load_torchvision_reproduces_torch_layout_forward(batch_norm):
         state_dict[f"{prefix}.{k}"] = v.astype(np.float32)
       state_dict[f"{prefix}.num_batches_tracked"] = np.array(7)
   state_dict["classifier.0.weight"] = np.zeros((10, 10), np.float32)
-  loaded = vgg_lib.load_torchvision(variables, state_dict, blocks, batch_norm)
+  loaded = vgg_lib.load(variables, state_dict)
   y = model.apply(loaded, x, train=False)
   ref = _torch_layout_forward(state_dict, blocks, batch_norm,
                               np.transpose(x, (0, 3, 1, 2)))
@@ -137,12 +138,35 @@ def test_load_torchvision_reproduces_torch_layout_forward(batch_norm):
                              rtol=1e-4, atol=1e-4)
 
 
-def test_load_torchvision_names_what_does_not_fit():
-  blocks = vgg_lib.VGG_BLOCKS["11"]
-  model = vgg_lib.VGG(blocks=blocks, batch_norm=False, width=0.0625)
+@pytest.mark.parametrize("depth,batch_norm,convs", [
+    # The conv layers' indices in torchvision's vgg*().features.
+    (11, False, (0, 3, 6, 8, 11, 13, 16, 18)),
+    (11, True, (0, 4, 8, 11, 15, 18, 22, 25)),
+    (16, False, (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)),
+])
+def test_torchvision_names(depth, batch_norm, convs):
+  params = _init_shapes(vgg_lib.vgg(depth, batch_norm=batch_norm,
+                                    width=0.0625))["params"]
+  names = vgg_lib.torchvision_names(params)
+  conv_names = sorted((n for n in names if n.startswith("conv")),
+                      key=lambda n: tuple(map(int, n[4:].split("_"))))
+  assert [names[n] for n in conv_names] == [f"features.{i}" for i in convs]
+  bn_names = [n.replace("conv", "bn") for n in conv_names] if batch_norm else []
+  assert sorted(set(names) - set(conv_names)) == sorted(bn_names)
+  assert all(names[b] == f"features.{i + 1}" for b, i in zip(bn_names, convs))
+
+
+def test_load_names_what_does_not_fit():
+  model = vgg_lib.vgg(11, batch_norm=False, width=0.0625)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  with pytest.raises(ValueError, match="missing features.0.weight"):
-    vgg_lib.load_torchvision(variables, {}, blocks, batch_norm=False)
+  with pytest.raises(weight_files.MismatchError) as excinfo:
+    vgg_lib.load(variables, {"features.0.weight": np.zeros((4, 3, 5, 5)),
+                             "classifier.6.bias": np.zeros(1000)}, "vgg.pth")
+  lines = str(excinfo.value).splitlines()
+  assert lines[0] == ("vgg.pth does not fit a VGG of 8 convs (torchvision "
+                      "names): 15 missing, 1 wrong shape")
+  assert lines[1].startswith("  missing: features.0.bias [4], ")
+  assert lines[2] == "  wrong shape: features.0.weight file [4, 3, 5, 5] vs model [4, 3, 3, 3]"
 
 
 def test_bad_depth_and_stride_are_clear():
@@ -151,34 +175,3 @@ def test_bad_depth_and_stride_are_clear():
   with pytest.raises(ValueError, match="output_stride"):
     vgg_lib.vgg(11, output_stride=4).init(jax.random.key(0),
                                           jnp.zeros((1, 32, 32, 3)))
-
-
-def test_load_into_fills_the_backbone_of_rapoolnet(tmp_path):
-  from safetensors.numpy import save_file
-  backbone = vgg_lib.VGG(blocks=((4,), (8,), (8,), (8,), (8,)), batch_norm=True)
-  model = rapool_net.RAPoolNet(backbone=backbone)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  rng = np.random.default_rng(0)
-  state_dict = {}
-  for name, prefix in vgg_lib.torchvision_names(backbone.blocks, True).items():
-    target = variables["params"]["backbone"][name]
-    if name.startswith("conv"):
-      k = target["kernel"].shape  # HWIO -> OIHW
-      state_dict[f"{prefix}.weight"] = rng.normal(size=(k[3], k[2], k[0], k[1]))
-      state_dict[f"{prefix}.bias"] = rng.normal(size=k[3])
-    else:
-      c = target["scale"].shape[0]
-      for key in ("weight", "bias", "running_mean", "running_var"):
-        state_dict[f"{prefix}.{key}"] = rng.uniform(0.5, 1.5, c)
-  path = str(tmp_path / "vgg.safetensors")
-  save_file({k: v.astype(np.float32) for k, v in state_dict.items()}, path)
-  loaded = vgg_lib.load_into(variables, path, backbone)
-  # vgg*_bn numbering: conv, bn, relu per conv, then the pool.
-  np.testing.assert_allclose(
-      loaded["params"]["backbone"]["conv2_1"]["kernel"],
-      np.transpose(state_dict["features.4.weight"], (2, 3, 1, 0)), rtol=1e-6)
-  np.testing.assert_allclose(loaded["batch_stats"]["backbone"]["bn1_1"]["var"],
-                             state_dict["features.1.running_var"], rtol=1e-6)
-  # The heads are not part of the weights file.
-  np.testing.assert_array_equal(loaded["params"]["seg_conv"]["kernel"],
-                                variables["params"]["seg_conv"]["kernel"])

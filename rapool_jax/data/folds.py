@@ -97,6 +97,7 @@ def load_splits(builder, data_config) -> dict:
   ``crossval.source_splits``.
   """
   names = {data_config[r] for r in ("train_split", "val_split", "eval_split")}
+  names |= set(data_config.get("report_splits", ()))
   names.discard("")
   check_crossval(data_config)
   out = {}

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -83,6 +85,9 @@ def check_split_names(builder, data_config) -> None:
   have = sorted(builder.info.splits)
   wanted = [(f"config.data.{r}", data_config[r]) for r in SPLIT_ROLES
             if data_config[r] and data_config[r] not in _DERIVED_SPLITS]
+  wanted += [("config.data.report_splits", s)
+             for s in data_config.get("report_splits", ())
+             if s not in _DERIVED_SPLITS]
   if any(data_config[r] in _DERIVED_SPLITS for r in SPLIT_ROLES):
     wanted += [("config.data.crossval.source_splits", s)
                for s in data_config.crossval.source_splits]
@@ -114,8 +119,38 @@ def task_labels(melanoma, seborrheic_keratosis, task: str) -> np.ndarray:
                    "'three_class'")
 
 
+TASKS = {"melanoma": 2, "three_class": 3}  # task -> number of classes
+DATA_SETS = ("synthetic_derm", "isic2017")
+
+
 def num_classes(task: str) -> int:
-  return {"melanoma": 2, "three_class": 3}[task]
+  """The one place the head's size is derived from ``config.data.task``."""
+  errors.check_choice("config.data.task", task, tuple(TASKS))
+  return TASKS[task]
+
+
+def check_data_settings(data_config) -> None:
+  """``config.data``'s values in their ranges, before anything is built."""
+  errors.check_choice("config.data.name", data_config.name, DATA_SETS)
+  num_classes(data_config.task)
+  errors.check_range("config.data.image_size", data_config.image_size, low=1)
+  errors.check_range("config.data.crop_size", data_config.crop_size, low=1)
+  if data_config.crop_size > data_config.image_size:
+    raise ValueError(f"config.data.crop_size={data_config.crop_size} is larger "
+                     f"than config.data.image_size={data_config.image_size}")
+  errors.check_range("config.data.rotate_degrees", data_config.rotate_degrees,
+                     low=0, high=180)
+  errors.check_range("config.data.device_memory_budget_mb",
+                     data_config.device_memory_budget_mb, low=0)
+  for key in ("mean", "std"):
+    if len(data_config[key]) != 3:
+      raise ValueError(f"config.data.{key}={tuple(data_config[key])}: "
+                       "expected 3 values (R, G, B)")
+  for value in data_config.std:
+    errors.check_range("config.data.std", value, low=0, low_open=True)
+  if data_config.name == "synthetic_derm":
+    for key in ("num_train", "num_validation", "num_test"):
+      errors.check_range(f"config.data.{key}", data_config[key], low=1)
 
 
 def load_split(builder, split: str, task: str) -> Split:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import pooling as pooling_lib
 from rapool_jax.models import dropout as dropout_lib
 from rapool_jax.models import vgg as vgg_lib
@@ -163,11 +164,17 @@ def dropout_layer(model_config, systems) -> Any:
   return functools.partial(dropout_lib.Dropout, bits=bits, rng=rng)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def build_model(model_config, systems=None) -> RAPoolNet:
   """Builds the network from ``config.model`` (depth, width, output_stride,
   ...) and ``config.systems`` (default: ``config_lib.systems_config()``)."""
   systems = systems or config_lib.systems_config()
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
+  errors.check_choice("config.model.dtype", model_config.dtype, tuple(DTYPES))
+  errors.check_range("config.model.width", model_config.width, low=0,
+                     low_open=True)
+  dtype = DTYPES[model_config.dtype]
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
                 dropout_rate=model_config.dropout_rate,

@@ -4,7 +4,7 @@ Layout and padding follow torchvision exactly (stride on the 3x3 conv, 1x1
 projection shortcut, explicit symmetric padding) so that torchvision weights
 reproduce torchvision outputs. Module names mirror torchvision's state-dict keys
 (``conv1``, ``bn1``, ``layer1_0/conv1``, ``layer1_0/downsample_conv``, ...), which
-keeps the weight mapping in ``pretrained.py`` a simple rename.
+keeps ``load``, the ImageNet weights' mapping below, a simple rename.
 
 As in flax's ``examples/imagenet/models.py``, blocks take their conv, norm and
 activation as modules; ``ResNet`` also takes the dropout after each stage and
@@ -15,10 +15,17 @@ the optional hashed dropout through ``rapool_net.build_model``).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import json
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
+
+from rapool_jax import weight_files
 
 ModuleDef = Any
 
@@ -208,3 +215,132 @@ def resnet(depth: int | str, **kwargs) -> ResNet:
   """Builds ResNet-``depth`` (18, 34, 50, 101, 152 or "tiny")."""
   block, stages = RESNET_STAGES[normalize_depth(depth)]
   return ResNet(stage_sizes=stages, block=block, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# ImageNet weights (Step 1): torchvision/timm or Hugging Face state dicts.
+
+_HF_KEY = re.compile(r"^(resnet\.)?(embedder\.embedder|encoder\.stages)\.")
+_TV_KEY = re.compile(r"^(conv1|bn1|layer\d+)\.")
+# Stage and block of a key in any of the namings (torchvision, HF, Flax).
+_BLOCK_KEY = re.compile(r"(?:layer|stages\.)(\d+)[._](?:layers\.)?(\d+)")
+# The ImageNet classifier and BatchNorm's batch counters are not loaded.
+_IGNORED = r"^(fc|classifier)\.|num_batches_tracked$"
+
+
+def _torchvision_module(modules: tuple[str, ...]) -> str:
+  """``("layer1_0", "downsample_bn")`` -> ``"layer1.0.downsample.1"`` (also
+  timm's names)."""
+  rename = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+  return ".".join(rename.get(m, m.replace("_", ".")) for m in modules)
+
+
+def _hf_module(modules: tuple[str, ...], prefix: str = "resnet.") -> str:
+  """``("layer1_0", "bn2")`` -> ``"resnet.encoder.stages.0.layers.0.layer.1.
+  normalization"``: transformers' ``ResNetForImageClassification`` (``prefix``
+  "" for ``ResNetModel``)."""
+  *block, layer = modules
+  kind = "convolution" if "conv" in layer else "normalization"
+  if not block:
+    return f"{prefix}embedder.embedder.{kind}"
+  stage, index = block[0][len("layer"):].split("_")
+  part = ("shortcut" if layer.startswith("downsample")
+          else f"layer.{int(layer[-1]) - 1}")
+  return f"{prefix}encoder.stages.{int(stage) - 1}.layers.{index}.{part}.{kind}"
+
+
+def key_naming(keys, path: str = "") -> tuple[Callable[..., str], str]:
+  """``(module name function, layout name)`` of a ResNet state dict."""
+  if any(_HF_KEY.match(k) for k in keys):
+    prefix = "resnet." if any(k.startswith("resnet.") for k in keys) else ""
+    return functools.partial(_hf_module, prefix=prefix), "Hugging Face"
+  if any(_TV_KEY.match(k) for k in keys):
+    return _torchvision_module, "torchvision"
+  raise weight_files.MismatchError(
+      f"{path}: not a ResNet state dict in torchvision/timm or Hugging Face "
+      f"layout; first keys: {', '.join(sorted(keys)[:8]) or '(no tensors)'}")
+
+
+def stem_width(tensors: Mapping[str, np.ndarray],
+               path: str = "") -> float | None:
+  """Width multiplier of a ResNet state dict (its stem channels / 64), or
+  None without a stem."""
+  stem = tensors.get(key_naming(tensors, path)[0](("conv1",)) + ".weight")
+  return None if stem is None else stem.shape[0] / 64
+
+
+def _structure(keys) -> tuple[str, tuple[int, ...]]:
+  """``(block kind, blocks per stage)`` from the key names of any naming."""
+  sizes, bottleneck = {}, False
+  for key in keys:
+    m = _BLOCK_KEY.search(key)
+    if m:
+      sizes[int(m[1])] = max(sizes.get(int(m[1]), 0), int(m[2]) + 1)
+    bottleneck |= "conv3" in key or ".layer.2." in key
+  return ("bottleneck" if bottleneck else "basic",
+          tuple(sizes[s] for s in sorted(sizes)))
+
+
+def _depth(structure) -> int | str | None:
+  return next((d for d, s in RESNET_STAGES.items() if s == structure), None)
+
+
+def _describe(structure) -> str:
+  blocks = f"{structure[0]} blocks {'-'.join(map(str, structure[1]))}"
+  return (f"ResNet-{_depth(structure)} ({blocks})" if _depth(structure)
+          else f"ResNet with {blocks}")
+
+
+def _hint(tensors, names, stem: int, path: str) -> str | None:
+  """A likely cause of a mismatch, or None."""
+  if any(k.startswith("conv1.0.") for k in tensors):
+    return ("a deep-stem ResNet (timm resnet*c/d, 'conv1.0/1/3'); only the "
+            "torchvision 7x7-stem ResNet is supported")
+  held, model = _structure(tensors), _structure(names)
+  if held != model:
+    depth = _depth(held)
+    fix = f"set model.depth={depth}" if depth else "no ResNet depth fits it"
+    return f"the file holds a {_describe(held)}; {fix}"
+  width = stem_width(tensors, path)
+  if width and round(width * 64) != stem:
+    return (f"the file has width {width:g} (stem {round(width * 64)} "
+            f"channels), the model {stem / 64:g}; set model.width={width:g}")
+  return None
+
+
+def _check_hf_config(path: str) -> None:
+  """Rejects HF ResNet variants whose difference the weights cannot show."""
+  config_path = os.path.join(os.path.dirname(path), "config.json")
+  if not os.path.isfile(config_path):
+    return
+  with open(config_path) as f:
+    config = json.load(f)
+  problems = [text for bad, text in (
+      (config.get("downsample_in_bottleneck"), "downsample_in_bottleneck=true "
+       "(stride on the 1x1 conv, ResNet v1; the backbone is v1.5: on the 3x3)"),
+      (config.get("downsample_in_first_stage"), "downsample_in_first_stage="
+       "true (stride 2 in stage 1)"),
+      (config.get("hidden_act", "relu") != "relu",
+       f"hidden_act={config.get('hidden_act')!r} (the backbone uses relu)"))
+              if bad]
+  if config.get("model_type") == "resnet" and problems:
+    raise weight_files.MismatchError(
+        f"{path}: its {config_path} describes a ResNet the backbone does not "
+        f"implement: {'; '.join(problems)}")
+
+
+def load(variables: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+         path: str = "") -> dict[str, Any]:
+  """``variables`` (the trunk's ``{"params", "batch_stats"}``, arrays or
+  shapes) filled from a torchvision/timm or Hugging Face ResNet state dict
+  (``weight_files.read(path)``; ``path`` names it in errors)."""
+  module_key, layout = key_naming(tensors, path)
+  if layout == "Hugging Face" and path:
+    _check_hf_config(path)
+  names = ["/".join(k) for k in traverse_util.flatten_dict(dict(variables))]
+  stem = variables["params"]["conv1"]["kernel"].shape[-1]
+  what = (f"a {_describe(_structure(names))} of width {stem / 64:g} "
+          f"({layout} names)")
+  return weight_files.fill(
+      variables, tensors, module_key, path=path, what=what, ignore=_IGNORED,
+      hint=lambda: _hint(tensors, names, stem, path))

@@ -3,8 +3,8 @@
 The trunk only: ``[B, H, W, 3] -> [B, H/os, W/os, C]``, the same interface as
 ``ResNet`` (``__call__(x, train=False, bn_train=None)``), so ``RAPoolNet``
 takes it unchanged. Conv layers keep their bias with BatchNorm, as
-torchvision's ``vgg16_bn`` does, so ``load_torchvision`` is a rename and a
-transpose. The 4096-wide fully connected layers are not part of the backbone:
+torchvision's ``vgg16_bn`` does, so ``load`` (torchvision's ImageNet weights)
+is a rename and a transpose. The 4096-wide fully connected layers are not part of the backbone:
 the paper's heads are the 1x1 segmentation conv and the pooled dense layer.
 
 Module names follow the VGG paper (``conv1_1`` ... ``conv5_3``, ``bn1_1``,
@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import weight_files
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ModuleDef
 
 # depth -> output channels of the convs of each of the five blocks.
@@ -110,94 +111,35 @@ def vgg(depth: int | str = 16, **kwargs) -> VGG:
   return VGG(blocks=VGG_BLOCKS[depth], **kwargs)
 
 
-def torchvision_names(blocks: Sequence[Sequence[int]],
-                      batch_norm: bool) -> dict[str, str]:
-  """Flax module name -> torchvision ``features.<index>`` prefix.
+def torchvision_names(params: Mapping[str, Any]) -> dict[str, str]:
+  """Flax module name -> torchvision ``features.<index>``, for the modules of
+  a ``VGG``'s ``params`` (``conv1_1``, ``bn1_1``, ...).
 
   torchvision's ``make_layers`` appends Conv2d, [BatchNorm2d,] ReLU per conv and
   one MaxPool2d per block, all numbered in one ``features`` Sequential.
   """
+  convs = sorted(tuple(map(int, name[len("conv"):].split("_")))
+                 for name in params if name.startswith("conv"))
   names, index = {}, 0
-  for b, convs in enumerate(blocks, start=1):
-    for i in range(1, len(convs) + 1):
-      names[f"conv{b}_{i}"] = f"features.{index}"
+  for n, (b, i) in enumerate(convs):
+    if n and b != convs[n - 1][0]:
+      index += 1  # the previous block's MaxPool2d
+    names[f"conv{b}_{i}"] = f"features.{index}"
+    if f"bn{b}_{i}" in params:
       index += 1
-      if batch_norm:
-        names[f"bn{b}_{i}"] = f"features.{index}"
-        index += 1
-      index += 1  # ReLU
-    index += 1  # MaxPool2d
+      names[f"bn{b}_{i}"] = f"features.{index}"
+    index += 2  # the layer, then its ReLU
   return names
 
 
-def load_torchvision(variables: Mapping[str, Any],
-                     state_dict: Mapping[str, Any],
-                     blocks: Sequence[Sequence[int]], batch_norm: bool) -> dict:
-  """Copies torchvision VGG ``features`` weights into backbone ``variables``.
-
-  Args:
-    variables: ``{"params": ..., "batch_stats": ...}`` of a ``VGG`` (width 1).
-    state_dict: torchvision keys -> arrays (``features.0.weight`` OIHW, ...);
-      ``classifier.*`` and ``num_batches_tracked`` are ignored.
-    blocks, batch_norm: the ``VGG`` attributes.
-  Returns:
-    New variables; raises ValueError naming any missing or misshaped tensor.
-  """
-  params = {k: dict(v) for k, v in variables["params"].items()}
-  stats = {k: dict(v) for k, v in variables.get("batch_stats", {}).items()}
-  targets = []
-  for flax_name, prefix in torchvision_names(blocks, batch_norm).items():
-    if flax_name.startswith("conv"):
-      targets += [(params, flax_name, "kernel", f"{prefix}.weight",
-                   lambda w: np.transpose(w, (2, 3, 1, 0))),  # OIHW -> HWIO
-                  (params, flax_name, "bias", f"{prefix}.bias", None)]
-    else:
-      targets += [(params, flax_name, "scale", f"{prefix}.weight", None),
-                  (params, flax_name, "bias", f"{prefix}.bias", None),
-                  (stats, flax_name, "mean", f"{prefix}.running_mean", None),
-                  (stats, flax_name, "var", f"{prefix}.running_var", None)]
-  problems = []
-  for tree, module, leaf, key, convert in targets:
-    if key not in state_dict:
-      problems.append(f"missing {key}")
-      continue
-    value = np.asarray(state_dict[key], np.float32)
-    value = convert(value) if convert else value
-    expected = tree[module][leaf].shape
-    if value.shape != tuple(expected):
-      problems.append(f"{key}: shape {value.shape}, backbone expects "
-                      f"{tuple(expected)} ({module}/{leaf})")
-      continue
-    tree[module][leaf] = jnp.asarray(value)
-  if problems:
-    raise ValueError("torchvision VGG weights do not fit: " +
-                     "; ".join(problems))
-  out = {"params": params}
-  if stats:
-    out["batch_stats"] = stats
-  return out
-
-
-def load_into(variables: Mapping[str, Any], weights, backbone: VGG) -> dict:
-  """Step 1 for a VGG backbone: torchvision weights into RAPoolNet variables.
-
-  Args:
-    variables: ``{"params", "batch_stats"}`` of the whole network; the
-      ``backbone`` subtrees are replaced, the heads kept.
-    weights: a state dict, or a path read by ``pretrained.read_state_dict``
-      (``.safetensors``, or ``.pth`` with torch installed).
-    backbone: the network's ``VGG`` module (width 1 for ImageNet weights).
-  """
-  if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
-    from rapool_jax import pretrained
-    weights = pretrained.read_state_dict(weights)
-  stats = variables.get("batch_stats", {})
-  loaded = load_torchvision(
-      {"params": variables["params"]["backbone"],
-       "batch_stats": stats.get("backbone", {})},
-      weights, backbone.blocks, backbone.batch_norm)
-  out = {"params": {**variables["params"], "backbone": loaded["params"]},
-         "batch_stats": dict(stats)}
-  if "batch_stats" in loaded:
-    out["batch_stats"]["backbone"] = loaded["batch_stats"]
-  return out
+def load(variables: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+         path: str = "") -> dict[str, Any]:
+  """``variables`` (the trunk's ``{"params", "batch_stats"}``, arrays or
+  shapes) filled from a torchvision VGG state dict (``vgg16().state_dict()``,
+  ``vgg16_bn``...; ``weight_files.read(path)``; ``path`` names it in errors)."""
+  names = torchvision_names(variables["params"])
+  convs = sum(name.startswith("conv") for name in names)
+  return weight_files.fill(
+      variables, tensors, lambda modules: names[modules[0]], path=path,
+      what=f"a VGG of {convs} convs (torchvision names)",
+      ignore=r"^classifier\.|num_batches_tracked$")

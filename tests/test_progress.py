@@ -1,6 +1,6 @@
 """Progress lines: img/s and ETA count training time, not compilation."""
 
-from rapool_jax import report
+from rapool_jax import progress
 
 
 class FakeClock:
@@ -14,15 +14,15 @@ class FakeClock:
 
 def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, capsys):
   clock = FakeClock()
-  monkeypatch.setattr(report.time, "time", clock)
-  progress = report.Progress("joint", total=100, batch_size=8)
-  progress.start(0)
+  monkeypatch.setattr(progress.time, "time", clock)
+  line = progress.Progress("joint", total=100, batch_size=8)
+  line.start(0)
   clock.now += 30.0            # first step: compile + run
-  progress.compiled(1)
+  line.compiled(1)
   clock.now += 9.0             # steps 2..10 at 1 s each
-  progress.log(10, {"loss": 0.5})
+  line.log(10, {"loss": 0.5})
   clock.now += 10.0            # steps 11..20
-  progress.log(20, {"loss": 0.25})
+  line.log(20, {"loss": 0.25})
   first, second = capsys.readouterr().out.splitlines()
   # 9 steps x 8 images in 9 s; 90 steps left at 1 s each.
   assert first == ("[joint] step 10/100 loss=0.5000 8.0 img/s ETA 90s "
@@ -32,12 +32,12 @@ def test_progress_rate_and_eta_leave_out_the_first_step(monkeypatch, capsys):
 
 def test_progress_line_right_after_the_first_step(monkeypatch, capsys):
   clock = FakeClock()
-  monkeypatch.setattr(report.time, "time", clock)
-  progress = report.Progress("seg", total=1, batch_size=4)
-  progress.start(0)
+  monkeypatch.setattr(progress.time, "time", clock)
+  line = progress.Progress("seg", total=1, batch_size=4)
+  line.start(0)
   clock.now += 5.0
-  progress.compiled(1)
-  progress.log(1, {"loss": 1.0})
+  line.compiled(1)
+  line.log(1, {"loss": 1.0})
   assert capsys.readouterr().out.strip() == (
       "[seg] step 1/1 loss=1.0000 img/s n/a (first step only) "
       "(first step 5.0s, compilation included)")
