@@ -10,7 +10,7 @@ ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32); the data are
 random uint8 images and disc masks at 128 px, on the device (no data set).
 
 The sequential baseline is the single run's own step
-(``train.resident_train_step``, compiled as ``train.Trainer`` compiles it):
+(``train.resident_train_step``, compiled as ``train.train_stage`` does):
 P runs one after another train at its img/s whatever P is. Each population
 (``population.Population``, P seeds, one form) is compiled, warmed up, then
 timed in ``repeats`` rounds, each a block of ``steps`` population steps and
@@ -63,19 +63,18 @@ def random_split(num: int, image_size: int, seed: int = 0) -> pipeline.Split:
 
 
 class SequentialRunner:
-  """One single run's step, as ``train.Trainer`` builds and compiles it."""
+  """One single run's step, as ``run.run_stage`` builds it and
+  ``train.train_stage`` compiles it."""
 
   def __init__(self, pop: population.Population, name: str):
     config, stage = pop.config, pop.config.stages[name]
     variables = population.init_variables(pop.model, config, 0)
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
-    state = {"variables": variables, "opt_state": tx.init(variables["params"]),
-             "step": jnp.zeros((), jnp.int32)}
+    state = train.create_train_state(pop.model, variables, tx, pop.mesh)
     step = functools.partial(
-        train.resident_train_step, model=pop.model, tx=tx, stage=stage,
-        data=config.data, mean=tuple(config.data.mean),
-        std=tuple(config.data.std))
-    self.key = jax.random.key(0, impl=config.systems.prng_impl)
+        train.resident_train_step, stage=stage, data=config.data,
+        mean=tuple(config.data.mean), std=tuple(config.data.std))
+    self.key = train.make_key(0, config.systems.prng_impl)
     self.idx = [sharding.put_replicated(pipeline.batch_indices(
         0, 0, t, config.train.batch_size, len(pop.rows[0])), pop.mesh)
                 for t in range(4)]
@@ -104,8 +103,7 @@ class PopulationRunner:
   def __init__(self, config, data, name: str, size: int, form: str):
     members = [population.Member(seed=p) for p in range(size)]
     self.pop = population.Population(config, members, form=form, data=data)
-    carry = population.start_carry(config, members, name,
-                                   self.pop.init_variables())
+    carry = self.pop.start(name, self.pop.init_variables())
     self.settings = self.pop.settings(name)
     self.idx = [self.pop.batch(0, t) for t in range(4)]
     self.compiled, self.carry, self.compile_s = self.pop.compile(name, carry)

@@ -25,7 +25,6 @@ the member manifest (``members.json``) and resumes identically.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -39,6 +38,7 @@ import optax
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import errors
+from rapool_jax import losses
 from rapool_jax import optim
 from rapool_jax import pretrained
 from rapool_jax import sharding
@@ -99,6 +99,9 @@ def check_members(config: ml_collections.ConfigDict, members: Sequence[Member],
               f"{where}: member {i}: stages.{name}.{key}={value!r}: members "
               f"differ only in {', '.join(SETTINGS)}; a structural setting "
               "makes a separate population")
+      stage = member_config(config, m).stages[name]
+      losses.check_loss_weights(stage, f"{where}: member {i}: stages.{name}")
+      optim.check_schedule(stage, f"{where}: member {i}: stages.{name}")
   for name in config.stage_order:
     if config.stages[name].plateau.metric:
       raise errors.UserError(
@@ -148,17 +151,17 @@ def over_members(fn, form: str):
   """``fn(carry, batch_idx, settings, split)`` of one member -> the same of
   P members: ``carry``, ``batch_idx`` and ``settings`` with a leading member
   axis, ``split`` shared."""
+  check_form(form)
   if form == "vmap":
     return jax.vmap(fn, in_axes=(0, 0, 0, None))
   if form == "map":
     return lambda carry, idx, settings, split: jax.lax.map(
         lambda xs: fn(*xs, split), (carry, idx, settings))
-  if form == "unroll":
-    def unrolled(carry, idx, settings, split):
-      return stack([fn(*member((carry, idx, settings), p), split)
-                    for p in range(size(idx))])
-    return unrolled
-  check_form(form)
+
+  def unrolled(carry, idx, settings, split):
+    return stack([fn(*member((carry, idx, settings), p), split)
+                  for p in range(size(idx))])
+  return unrolled
 
 
 def check_form(form: str) -> None:
@@ -178,6 +181,9 @@ class _StageWith:
     if key.startswith("_"):
       raise AttributeError(key)
     return self._values[key] if key in self._values else self._stage[key]
+
+  def __getitem__(self, key):
+    return self.__getattr__(key)
 
   def get(self, key, default=None):
     return self._values[key] if key in self._values else self._stage.get(
@@ -200,26 +206,28 @@ def member_optimizer(optimizer_config, stage, lr, params):
   return optax.GradientTransformation(base.init, update)
 
 
-def member_step(carry, batch_idx, settings, split, *, model, config, stage):
-  """One member's ``train.resident_train_step``: ``carry`` is ``{"state",
-  "key"}`` (the key as raw data), ``settings`` its ``SETTINGS`` scalars."""
+def member_step(carry, batch_idx, settings, split, *, config, stage):
+  """One member's ``train.resident_train_step``: ``carry`` is ``{"state":
+  TrainState, "key"}`` (the key as raw data), ``settings`` its ``SETTINGS``
+  scalars. The state's static ``tx`` is swapped for the member's for the
+  step and back after it, so the carry's structure never holds a tracer."""
   key = jax.random.wrap_key_data(carry["key"], impl=config.systems.prng_impl)
   state = carry["state"]
-  tx = member_optimizer(config.optimizer, stage, settings["lr"],
-                        state["variables"]["params"])
+  tx = member_optimizer(config.optimizer, stage, settings["lr"], state.params)
   state, scalars = train.resident_train_step(
-      state, batch_idx, key, split, model=model, tx=tx,
+      state.replace(tx=tx), batch_idx, key, split,
       stage=_StageWith(stage, settings), data=config.data,
       mean=tuple(config.data.mean), std=tuple(config.data.std))
-  return {"state": state, "key": carry["key"]}, scalars
+  return {"state": state.replace(tx=carry["state"].tx),
+          "key": carry["key"]}, scalars
 
 
-def population_step(model, config, name: str, form: str):
+def population_step(config, name: str, form: str):
   """``step(carry, batch_idx [P, B], settings, split) -> (carry, scalars [P])``
   for stage ``name``, to be jitted."""
   def one(carry, idx, settings, split):
-    return member_step(carry, idx, settings, split, model=model,
-                       config=config, stage=config.stages[name])
+    return member_step(carry, idx, settings, split, config=config,
+                       stage=config.stages[name])
   return over_members(one, form)
 
 
@@ -266,38 +274,48 @@ def batch_indices(members: Sequence[Member], rows, stage_index: int, step: int,
 # States.
 
 
-@functools.lru_cache(maxsize=8)
-def _init_fn(model, crop: int):
-  """``model.init`` jitted once per model and crop (P members, one compile)."""
-  return jax.jit(lambda key: model.init(
-      {"params": key}, jnp.zeros((1, crop, crop, 3), jnp.float32), train=False))
-
-
 def init_variables(model, config, seed: int):
-  """Step 1 of the run with ``seed``, as ``train.Trainer.init_variables``."""
-  key = jax.random.key(seed, impl=config.systems.prng_impl)
-  variables = _init_fn(model, config.data.crop_size)(jax.random.fold_in(key, 0))
-  variables = {"params": variables["params"],
-               "batch_stats": variables.get("batch_stats", {})}
-  if config.model.pretrained:
-    variables = pretrained.load_pretrained(variables, config.model)
-  return variables
+  """Step 1 of the run with ``seed`` (``train.init_variables``)."""
+  key = train.make_key(seed, config.systems.prng_impl)
+  return train.init_variables(model, key, config.data.crop_size, config.model)
 
 
-def start_carry(config, members: Sequence[Member], name: str, variables):
-  """Stage ``name``'s stacked carry ``{"state", "key"}`` from stacked
-  ``variables``: fresh optimizer state and step, each member's key (raw)."""
+def start_carry(model, config, members: Sequence[Member], name: str,
+                variables):
+  """Stage ``name``'s stacked carry ``{"state": TrainState, "key"}`` from
+  stacked ``variables``: fresh optimizer state and step ``[P]``, each
+  member's key (raw data ``[P, ...]``)."""
   tx = optim.make_optimizer(config.optimizer, config.stages[name],
-                            member(variables, 0)["params"])
+                            member(variables, 0)["params"],
+                            f"config.stages.{name}")
   # The step donates its carry; the caller keeps ``variables``.
   variables = jax.tree.map(jnp.copy, variables)
-  state = {"variables": variables,
-           "opt_state": jax.vmap(tx.init)(variables["params"]),
-           "step": jnp.zeros((len(members),), jnp.int32)}
-  keys = [jax.random.key_data(jax.random.key(m.seed,
-                                             impl=config.systems.prng_impl))
+  state = train.TrainState(
+      step=jnp.zeros((len(members),), jnp.int32), apply_fn=model.apply,
+      params=variables["params"], batch_stats=variables["batch_stats"],
+      tx=tx, opt_state=jax.vmap(tx.init)(variables["params"]))
+  keys = [jax.random.key_data(train.make_key(m.seed,
+                                             config.systems.prng_impl))
           for m in members]
   return {"state": state, "key": jnp.stack(keys)}
+
+
+def as_saved(carry) -> dict:
+  """The carry as checkpointed: a single run's layout with ``[P]`` leaves,
+  and the keys."""
+  state = carry["state"]
+  return {"variables": state.variables, "opt_state": state.opt_state,
+          "step": state.step, "key": carry["key"]}
+
+
+def restore_carry(mngr, step: int, target):
+  """The carry checkpointed at ``step``, into ``target``'s structure."""
+  saved = ckpt_lib.restore_state(mngr, step, as_saved(target))
+  state = target["state"].replace(
+      params=saved["variables"]["params"],
+      batch_stats=saved["variables"]["batch_stats"],
+      opt_state=saved["opt_state"], step=saved["step"])
+  return {"state": state, "key": saved["key"]}
 
 
 def check_manifest(workdir: str, members: Sequence[Member]) -> None:
@@ -325,6 +343,14 @@ def check_manifest(workdir: str, members: Sequence[Member]) -> None:
 # Training.
 
 
+def set_input_normalisation(config) -> None:
+  """ImageNet weights define the input normalisation (as ``run.setup``)."""
+  if (config.model.pretrained
+      and config.model.get("backbone", "resnet") == "resnet"):
+    prep = pretrained.preprocessing_for(config.model.pretrained)
+    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
+
+
 class Population:
   """P members of one config on one device-resident split.
 
@@ -338,7 +364,7 @@ class Population:
     check_members(config, members)
     self.config, self.members = config, tuple(members)
     config.model.num_classes = pipeline.num_classes(config.data.task)
-    train.set_input_normalisation(config)
+    set_input_normalisation(config)
     self.model = rapool_net.build_model(config.model, config.systems)
     self.form = form or config.systems.get("member_axis", "") or default_form()
     check_form(self.form)
@@ -357,6 +383,11 @@ class Population:
     return stack([init_variables(self.model, self.config, m.seed)
                   for m in self.members])
 
+  def start(self, name: str, variables):
+    """Stage ``name``'s fresh carry from stacked ``variables``."""
+    return sharding.put_replicated(start_carry(
+        self.model, self.config, self.members, name, variables), self.mesh)
+
   def settings(self, name: str) -> dict:
     return sharding.put_replicated(
         stage_settings(self.config, self.members, name), self.mesh)
@@ -371,10 +402,9 @@ class Population:
     compiled ahead (state donated, laid out as ``config.systems`` says) and
     the carry placed for it."""
     t0 = time.perf_counter()
-    step = population_step(self.model, self.config, name, self.form)
     compiled, carry = sharding.compile_train_step(
-        step, carry, (self.batch(stage_index, 0), self.settings(name),
-                      self.split),
+        population_step(self.config, name, self.form), carry,
+        (self.batch(stage_index, 0), self.settings(name), self.split),
         sharding.replicated(self.mesh),
         layout=self.config.systems.state_layout,
         donate=self.config.systems.donate_state)
@@ -390,18 +420,19 @@ class Population:
     stop = stage.max_steps if stop_at is None else min(stop_at, stage.max_steps)
     with ckpt_lib.manager(workdir, name,
                           self.config.train.keep_checkpoints) as mngr:
-      carry = start_carry(self.config, self.members, name, variables)
+      carry = self.start(name, variables)
       meta = {"stage": name, "step": 0, "done": False, "form": self.form,
               "members": [m.as_dict() for m in self.members]}
       step, saved = ckpt_lib.latest_meta(mngr)
       if step is not None:
         print(f"[{name}] population resumed from checkpoint at step {step}",
               flush=True)
-        carry, meta = ckpt_lib.restore_state(mngr, step, carry), saved
+        carry, meta = restore_carry(mngr, step, carry), saved
       if not meta["done"]:
         carry = _train(self, mngr, index, name, carry, meta, stop)
         meta["done"] = meta["step"] >= stage.max_steps
-        ckpt_lib.save(mngr, int(meta["step"]) + int(meta["done"]), carry, meta)
+        ckpt_lib.save(mngr, int(meta["step"]) + int(meta["done"]),
+                      as_saved(carry), meta)
     return carry, meta
 
 
@@ -426,7 +457,7 @@ def _train(pop: Population, mngr, index: int, name: str, carry, meta: dict,
     if (t + 1) % train_config.log_every == 0 or t + 1 == stop:
       _log(pop, name, t + 1, jax.device_get(scalars), t_first, start)
     if (t + 1) % train_config.checkpoint_every == 0 and t + 1 < stop:
-      ckpt_lib.save(mngr, t + 1, carry, meta)
+      ckpt_lib.save(mngr, t + 1, as_saved(carry), meta)
   return carry
 
 
@@ -455,16 +486,17 @@ def _log(pop: Population, name: str, step: int, scalars: dict,
 
 def write_member(workdir: str, config, member_: Member, name: str, state,
                  meta: dict) -> None:
-  """Saves one member's stage state (``member(carry["state"], p)``) as an
-  ordinary run's workdir: its ``config.json`` and stage checkpoint, which
-  ``predict`` and the other tools read as they read a single run's."""
+  """Saves one member's stage state (``member(carry["state"], p)``, a
+  ``TrainState``) as an ordinary run's workdir: its ``config.json`` and
+  stage checkpoint, which ``predict`` and the other tools read as they read
+  a single run's."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(member_config(config, member_).to_json_best_effort(indent=2))
-  single_meta = {"stage": name, "step": int(state["step"]),
+  single_meta = {"stage": name, "step": int(state.step),
                  "done": bool(meta["done"]),
                  "plateau": {"best": None, "bad": 0, "history": []},
                  "finished": {}, "population_member": member_.as_dict()}
   with ckpt_lib.manager(workdir, name) as mngr:
-    ckpt_lib.save(mngr, int(state["step"]) + int(meta["done"]), state,
-                  single_meta)
+    train.save_train_state(mngr, int(state.step) + int(meta["done"]), state,
+                           single_meta)

@@ -11,6 +11,7 @@ import pytest
 from rapool_jax import errors
 from rapool_jax import population
 from rapool_jax import predict
+from rapool_jax import run
 from rapool_jax import train
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
@@ -150,12 +151,14 @@ def test_a_workdir_resumes_only_its_own_population(tmp_path):
 
 def _single_scores(config, member, workdir):
   """Per-image test scores of the single run ``member`` stands for: the
-  training job's own Trainer, Step 1 then the joint stage."""
-  trainer = train.Trainer(population.member_config(config, member), workdir)
-  variables, _ = trainer.run_stage(JOINT, "joint", trainer.init_variables(),
-                                   {})
-  return trainer, trainer.predict(variables, trainer.splits["test"],
-                                  "region")["probs"][:, 1]
+  training job's own setup, Step 1 and joint stage."""
+  config = population.member_config(config, member)
+  job = run.setup(config, workdir)
+  init = train.init_variables(job.model, job.key, config.data.crop_size,
+                              config.model)
+  variables, _ = run.run_stage(job, config, workdir, JOINT, init, {})
+  return job, job.predict(variables, job.splits["test"],
+                          "region")["probs"][:, 1]
 
 
 @pytest.fixture(scope="module")
@@ -166,39 +169,41 @@ def single_runs(tmp_path_factory, data_dir):
   config = _cv_config(config)
   out = [_single_scores(config, m, str(tmp_path_factory.mktemp(f"single{i}")))
          for i, m in enumerate(MEMBERS)]
-  return config, out[0][0], [scores for _, scores in out]
+  job = out[0][0]
+  return config, (job.predict, job.splits["test"]), [s for _, s in out]
 
 
 @pytest.mark.slow  # three single runs and a population
 @pytest.mark.parametrize("form", population.FORMS)
 def test_population_of_three_reproduces_the_single_runs(single_runs, form,
                                                         tmp_path):
-  config, trainer, want = single_runs
+  config, (predict_fn, test_split), want = single_runs
   pop = population.Population(config.copy_and_resolve_references(), MEMBERS,
                               form=form)
   carry, meta = pop.run_stage(str(tmp_path), JOINT, "joint",
                               pop.init_variables())
   assert meta["done"] and meta["step"] == config.stages.joint.max_steps
   for p in range(len(MEMBERS)):
-    variables = population.member(carry["state"]["variables"], p)
-    scores = trainer.predict(variables, trainer.splits["test"],
-                             "region")["probs"][:, 1]
+    variables = population.member(carry["state"], p).variables
+    scores = predict_fn(variables, test_split, "region")["probs"][:, 1]
     np.testing.assert_allclose(scores, want[p], atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow  # a single run and a population
 def test_population_of_one_is_the_plain_run(tiny_config, tmp_path):
-  trainer = train.Trainer(tiny_config.copy_and_resolve_references(),
-                          str(tmp_path / "single"))
-  init = trainer.init_variables()
-  want, _ = trainer.run_stage(0, "classification", init, {})
+  config = tiny_config.copy_and_resolve_references()
+  os.makedirs(tmp_path / "single")
+  job = run.setup(config, str(tmp_path / "single"))
+  init = train.init_variables(job.model, job.key, config.data.crop_size,
+                              config.model)
+  want, _ = run.run_stage(job, config, str(tmp_path / "single"), 0, init, {})
   pop = population.Population(tiny_config, [Member(tiny_config.seed)])
   stacked = pop.init_variables()
   assert jax.tree.all(jax.tree.map(
       lambda a, b: bool((a[0] == b).all()), stacked, init))
   carry, _ = pop.run_stage(str(tmp_path / "pop"), 0, "classification",
                            stacked)
-  got = population.member(carry["state"]["variables"], 0)
+  got = population.member(carry["state"], 0).variables
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got,
                want)
 
@@ -222,8 +227,9 @@ def test_killed_population_resumes_identically_and_writes_out_members(
   assert (meta["step"], meta["done"]) == (3, False)
   resumed, meta = run(killed)
   assert meta["done"]
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed),
-               jax.device_get(whole))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(population.as_saved(resumed)),
+               jax.device_get(population.as_saved(whole)))
 
   # Any member, written out, is an ordinary run's workdir.
   out = str(tmp_path / "member1")
@@ -234,6 +240,5 @@ def test_killed_population_resumes_identically_and_writes_out_members(
   assert (saved.seed, pooling) == (2, "region")
   assert saved.stages.joint.lambda_seg == 2.0
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
-               jax.device_get(population.member(
-                   resumed["state"]["variables"], 1)))
+               jax.device_get(population.member(resumed["state"], 1).variables))
   assert os.path.exists(os.path.join(killed, population.MANIFEST))
