@@ -242,3 +242,43 @@ def test_killed_population_resumes_identically_and_writes_out_members(
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
                jax.device_get(population.member(resumed["state"], 1).variables))
   assert os.path.exists(os.path.join(killed, population.MANIFEST))
+
+
+# ----------------------------------------------------------------------------
+# The benchmark.
+
+
+def _benchmark():
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts
+    sys.path.insert(0, str(REPO))
+  from benchmarks import population_benchmark  # pylint: disable=g-import-not-at-top
+  return population_benchmark
+
+
+def test_the_default_form_is_the_fastest_that_beats_sequential_runs():
+  fastest = _benchmark().fastest_form
+  rows = [{"members": 4, "form": "vmap", "ratio": 1.3},
+          {"members": 4, "form": "unroll", "ratio": 1.1},
+          {"members": 8, "form": "map", "ratio": 2.0}]
+  assert fastest(rows) == "vmap"
+  # None beats sequential runs: unroll, the single run's program P times.
+  assert fastest([{**r, "ratio": 0.8} for r in rows]) == "unroll"
+  assert fastest([]) == "unroll"
+
+
+@pytest.mark.slow  # compiles the tiny step three times, optimised
+def test_population_benchmark_writes_json(tmp_path):
+  out = tmp_path / "population.json"
+  _benchmark().main(["--out", str(out), "--config", "configs/tiny.py",
+                     "--sizes", "1", "2", "--forms", "vmap", "--steps", "1",
+                     "--repeats", "1", "--num-images", "16"])
+  result = json.loads(out.read_text())
+  assert result["complete"] and result["command"].startswith(
+      "python -m benchmarks.population_benchmark")
+  assert [(r["members"], r["form"]) for r in result["rows"]] == [
+      (1, "vmap"), (2, "vmap")]
+  for row in result["rows"]:
+    assert row["ratio"] > 0 and row["compile_s"] > 0
+    assert row["member_img_per_s"] > 0 and row["xla_mem_bytes"] > 0
