@@ -5,15 +5,27 @@ Each checkpoint holds the train state (``state``) and a small JSON record
 checkpoint has ``meta["done"] = True``; later stages start from its variables,
 and the sweeps in ``launch/`` start from it too (e.g. Step 4 from Step 3).
 Orbax writes atomically (a temporary folder renamed at the end), so a run
-killed while saving resumes from the previous complete checkpoint.
+killed while saving resumes from the previous complete checkpoint. Atomic saves
+do not make two writers safe: a run holds ``workdir/writer.lock``
+(``hold_workdir``) for as long as it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import socket
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
+
+from rapool_jax import errors
+
+LOCK_FILE = "writer.lock"
 
 
 def stage_dir(workdir: str, stage_name: str) -> str:
@@ -74,3 +86,72 @@ def _restore_variables(mngr, target_variables):
               {"variables": abstract}),
           partial_restore=True)))
   return restored["state"]["variables"]
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """Holds an exclusive lock on ``workdir`` for the body of the ``with``.
+
+  An flock on ``workdir/writer.lock``: the OS drops it when the process ends,
+  however it ends, so a killed run leaves nothing to clean up and the same
+  command takes it again. A second writer stops with one line naming the
+  holder's pid and host. On several hosts only process 0 writes the workdir's
+  files, so only it locks: the run's other processes would find its lock and
+  stop.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise errors.UserError(_busy(workdir, "use another --workdir or wait "
+                                   "for it to end")) from None
+    except OSError as e:  # a file system without locks (some NFS/Lustre mounts)
+      print(f"warning: cannot lock {workdir} ({errors.one_line(e)}); nothing "
+            "stops a second run from writing it too", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+                            ).encode())
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def check_not_being_written(workdir: str) -> None:
+  """Raises the one-line error if a run holds ``workdir``'s lock now."""
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except FileNotFoundError:
+    return
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise errors.UserError(_busy(workdir, "predict reads finished runs only; "
+                                 "wait for it to end")) from None
+  except OSError:  # no locks on this file system: nothing to ask
+    pass
+  finally:
+    os.close(fd)
+
+
+def _busy(workdir: str, advice: str) -> str:
+  """The one line for a locked ``workdir``, with the holder from its file."""
+  holder = {}
+  # The holder writes its pid right after it locks; give it a moment.
+  for _ in range(20):
+    try:
+      with open(os.path.join(workdir, LOCK_FILE)) as f:
+        holder = json.load(f)
+      holder = holder if isinstance(holder, dict) else {}
+      break
+    except (OSError, ValueError):
+      time.sleep(0.05)
+  return (f"{workdir} is being written by another run (pid "
+          f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
+          f"{holder.get('since', '?')}); {advice}")

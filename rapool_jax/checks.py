@@ -1,15 +1,13 @@
-"""Every check that can fail a run, made before its first training step.
-
-``check_config`` needs only the config (values, stage rules, weights file);
-``check_before_training`` also sees the loaded splits, the model's parameter
-tree and the workdir. Each raises ValueError with one line naming the key,
-value or file at fault.
+"""The checks that span modules, made before the first training step: the
+splits' roles against each other, the loaded splits against the config, and
+the workdir (a resumed run's config and data). Each setting's own range and
+choices are checked by the module that uses it (``run.validate_config``).
+Each raises ValueError with one line naming the key, value or file at fault.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -23,7 +21,6 @@ from rapool_jax import errors
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
 
-WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # What the workdir records about the data it was trained on.
 DATA_SOURCE_FILE = "data_source.json"
 
@@ -40,30 +37,6 @@ def resolve_config(config: ml_collections.ConfigDict
 def resolved_copy(config: ml_collections.ConfigDict
                   ) -> ml_collections.ConfigDict:
   return resolve_config(copy.deepcopy(config))
-
-
-def _installed(module: str) -> bool:
-  try:
-    return importlib.util.find_spec(module) is not None
-  except (ImportError, ValueError):  # e.g. sys.modules[module] is None
-    return False
-
-
-def check_weights_file(path: str) -> None:
-  """The ImageNet weights file exists and can be read here."""
-  if not path:
-    return
-  if not os.path.isfile(path):
-    raise ValueError(f"config.model.pretrained={path!r}: no such file")
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix not in WEIGHTS_SUFFIXES:
-    raise ValueError(f"config.model.pretrained={path!r}: unsupported file type "
-                     f"{suffix!r}; expected one of {WEIGHTS_SUFFIXES}")
-  if suffix != ".safetensors" and not _installed("torch"):
-    raise ValueError(f"{path}: reading {suffix} weights needs PyTorch, which "
-                     "is not installed: pip install torch (CPU wheels: pip "
-                     "install torch --index-url "
-                     "https://download.pytorch.org/whl/cpu)")
 
 
 def check_split_roles(config) -> None:

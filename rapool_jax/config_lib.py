@@ -114,8 +114,38 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every config; each config file overrides what it needs."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.data = data_config()
+  c.model = ml_collections.ConfigDict(dict(
+      backbone="resnet",      # "resnet" (depth below) or "vgg11/13/16/19"
+      batch_norm=True,        # VGG only: BatchNorm after each conv (vgg*_bn)
+      depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
+      output_stride=32, dropout_rate=0.2,
+      upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
+      dtype="float32",        # compute dtype; params stay float32
+      num_classes=2,          # set from data.task
+      pretrained="",          # ImageNet weights file for Step 1 ("" = random)
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=0.9, weight_decay=5e-4,
+      # "coupled": L2 added to the gradient before momentum, as PyTorch's SGD
+      # (what the paper ran); "decoupled": SGDW.
+      weight_decay_mode="coupled",
+  ))
+  c.stage_order = ("classification", "segmentation", "joint")
+  c.stages = paper_stages(classification_steps=4000, segmentation_steps=2000,
+                          joint_steps=4000)
+  c.rankopt = rankopt_config()
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=10, eval_batch_size=64, log_every=50, checkpoint_every=500,
+      keep_checkpoints=2))
+  c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
+  c.systems = systems_config()
+  return c
 
-  c.data = ml_collections.ConfigDict(dict(
+
+def data_config() -> ml_collections.ConfigDict:
+  """``config.data``: which data set, its splits' roles and augmentation."""
+  return ml_collections.ConfigDict(dict(
       name="synthetic_derm",   # "synthetic_derm" or "isic2017"
       data_dir="",             # where TFDS keeps built data ("" = ~/tensorflow_datasets)
       manual_dir="",           # isic2017: folder with the official zips / folders
@@ -143,32 +173,16 @@ def base_config() -> ml_collections.ConfigDict:
       # source splits (cv_val: a stratified share of the training folds).
       crossval=ml_collections.ConfigDict(dict(
           num_folds=0, fold=0, seed=0, val_fraction=0.1,
-          source_splits=("train", "validation"))),
+          source_splits=("train", "validation"),
+          # Images whose 24 px grayscale correlation reaches this are one
+          # lesion and stay in one fold (data/folds.py says why 0.97).
+          near_duplicate_threshold=0.97)),
   ))
 
-  c.model = ml_collections.ConfigDict(dict(
-      backbone="resnet",      # "resnet" (depth below) or "vgg11/13/16/19"
-      batch_norm=True,        # VGG only: BatchNorm after each conv (vgg*_bn)
-      depth="50", width=1.0,  # "18", "34", "50", "101", "152" or "tiny"
-      output_stride=32, dropout_rate=0.2,
-      upsample="transposed",  # learned, bilinear-initialised; or "bilinear"
-      dtype="float32",        # compute dtype; params stay float32
-      num_classes=2,          # set from data.task
-      pretrained="",          # ImageNet weights file for Step 1 ("" = random)
-  ))
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd", momentum=0.9, weight_decay=5e-4,
-      # "coupled": L2 added to the gradient before momentum, as PyTorch's SGD
-      # (what the paper ran); "decoupled": SGDW.
-      weight_decay_mode="coupled",
-  ))
-
-  c.stage_order = ("classification", "segmentation", "joint")
-  c.stages = paper_stages(classification_steps=4000, segmentation_steps=2000,
-                          joint_steps=4000)
-
-  c.rankopt = ml_collections.ConfigDict(dict(
+def rankopt_config() -> ml_collections.ConfigDict:
+  """``config.rankopt``: the linear heads on the pooled features."""
+  return ml_collections.ConfigDict(dict(
       enabled=True,
       after_stage="joint",      # features: this stage's pooled features
       report_as="Step 4 + RankOpt",
@@ -181,17 +195,6 @@ def base_config() -> ml_collections.ConfigDict:
       logistic_regression=False,
       logistic_regression_report_as="Step 4 + logistic regression",
   ))
-
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=10,
-      eval_batch_size=64,
-      log_every=50,
-      checkpoint_every=500,
-      keep_checkpoints=2,
-  ))
-  c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
-  c.systems = systems_config()
-  return c
 
 
 def systems_config() -> ml_collections.ConfigDict:

@@ -8,8 +8,11 @@ Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors, and
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import pathlib
+import re
 
 from absl import app
 from absl import flags
@@ -17,17 +20,78 @@ from absl import logging
 from ml_collections import config_flags
 
 from rapool_jax import config_lib
-from rapool_jax import distributed
 from rapool_jax import errors
-from rapool_jax import run
-from rapool_jax import xla_flags
 
 FLAGS = flags.FLAGS
 # Every stage checkpoints, so the same command picks up where this stopped.
 INTERRUPTED = "interrupted; the same command resumes"
+# configs/ beside the package (the repository), else in the working directory.
+CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[1] / "configs",
+               pathlib.Path("configs"))
+
+
+def first_clause(text: str) -> str:
+  """``text`` up to its first ``.``, ``;`` or ``,`` outside brackets."""
+  depth = 0
+  for i, ch in enumerate(text):
+    depth += (ch in "([") - (ch in ")]")
+    if depth == 0 and ch in ".;," and text[i + 1:i + 2] in ("", " "):
+      return text[:i]
+  return text
+
+
+def docstring_variants(doc: str) -> list[tuple[str, str]]:
+  """``(name, what it is for)`` per entry of a docstring's ``Variants ...:``
+  table: ``  NAME  text`` lines, deeper-indented lines continuing the text;
+  a blank or unindented line ends it."""
+  entries, in_table = [], False
+  for line in doc.splitlines():
+    entry = re.match(r"  (\S+)\s{2,}(\S.*)", line)
+    if line.startswith("Variants"):
+      in_table = True
+    elif in_table and entry:
+      entries.append((entry[1], entry[2]))
+    elif in_table and line.startswith("   ") and entries:
+      entries[-1] = (entries[-1][0], f"{entries[-1][1]} {line.strip()}")
+    elif in_table:
+      break
+  return [(name, first_clause(text)) for name, text in entries]
+
+
+def config_catalogue() -> list[tuple[str, str]]:
+  """``(--config value, what it is for)`` for every ``configs/*.py`` (its
+  docstring's first line) and every variant its docstring lists."""
+  folder = next((d for d in CONFIG_DIRS if d.is_dir()), None)
+  rows = []
+  for path in sorted(folder.glob("*.py")) if folder else ():
+    name = f"configs/{path.name}"
+    try:  # parsed, not run: listing the configs runs none of them
+      doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (SyntaxError, OSError, ValueError) as e:
+      rows.append((name, f"(unreadable: {errors.one_line(e)})"))
+      continue
+    rows.append((name, doc.splitlines()[0] if doc else "(no docstring)"))
+    rows += [(f"{name}:{v}", text) for v, text in docstring_variants(doc)]
+  return rows
+
+
+def config_listing() -> str:
+  """The configs and variants as an aligned table, one line each."""
+  rows = config_catalogue()
+  width = max((len(name) for name, _ in rows), default=0)
+  return "\n".join(
+      ["Configs (--config=PATH or PATH:VARIANT; variants combine, e.g. "
+       "configs/isic2017.py:crossval,fullsize):"]
+      + [f"  {name.ljust(width)}  {text}" for name, text in rows])
+
+
+# absl's --help prints this module's docstring: the configs are listed there,
+# read from configs/ at each start, so a new file or variant shows up.
+__doc__ = f"{__doc__ or ''}\n{config_listing()}\n"
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, PATH or PATH:VARIANT (listed above).",
+    lock_config=True)
 
 
 def check_config_file(spec: str) -> None:
@@ -78,7 +142,7 @@ def parse_flags(argv):
           + "".join(f"; {h}" for h in hints)) from None
     if FLAGS.config is None or not FLAGS.workdir:
       raise errors.UserError("both --config=configs/NAME.py and --workdir=DIR "
-                             "are required")
+                             "are required (--help lists the configs)")
     if len(rest) > 1:
       raise errors.UserError(f"unexpected arguments: {rest[1:]}")
   return rest
@@ -92,7 +156,11 @@ def main(argv):
   logging.get_absl_logger().addFilter(
       lambda record: "OpenCV is not installed" not in record.getMessage())
   with errors.one_line_errors(INTERRUPTED):
-    # Before the first use of a device (importing jax starts no backend).
+    # Imported here, not above: --help and flag errors answer in a second
+    # instead of after JAX, flax and TFDS load (no cycle is involved).
+    from rapool_jax import distributed  # pylint: disable=g-import-not-at-top
+    from rapool_jax import run  # pylint: disable=g-import-not-at-top
+    from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
     if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
       xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
     distributed.maybe_initialize()

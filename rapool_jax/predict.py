@@ -1,7 +1,7 @@
-"""Inference with a finished run: challenge-format CSV and lesion masks.
+r"""Inference with a finished run: challenge-format CSV and lesion masks.
 
     python -m rapool_jax.predict --workdir DIR --images PATH --out preds.csv \
-        [--masks-out MASKDIR]
+        [--masks-out MASKDIR] [--stage NAME] [--norankopt]
 
 ``PATH`` is a folder or a zip of images of any size; they are preprocessed as in
 training (squashed to ``data.image_size``, centre crop for classification). The
@@ -11,6 +11,10 @@ CSV has the column ``image`` and one probability per class of the model
 melanoma column is RankOpt's score mapped monotonically to [0, 1] with its
 threshold at 0.5 (AUC unchanged). Masks are 8-bit 0/255 PNGs
 ``ISIC_XXXXXXX_segmentation.png`` at each image's original size.
+
+A workdir that a run is writing (it holds ``writer.lock``) is refused with one
+line naming the run's pid and host: its checkpoints, ``config.json`` and
+``rankopt.npz`` may change under the reader. Predict once the run has ended.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def load_run(workdir: str, stage: str = "", use_rankopt: bool = True):
   """Config, model, variables, pooling and (if fitted and used) RankOpt of a
   finished run's ``stage`` ("" = the final model: RankOpt's stage when it is
   enabled, else the last stage). RankOpt applies only to its own stage."""
+  ckpt_lib.check_not_being_written(workdir)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise errors.UserError(f"{config_path}: not found; is {workdir} the "
@@ -135,13 +140,16 @@ def rankopt_probability(scores, threshold: float, scale: float) -> np.ndarray:
   return 1.0 / (1.0 + np.exp(-(np.asarray(scores) - threshold) / scale))
 
 
-def predict(workdir: str, images_path: str, out_csv: str,
-            masks_out: str | None = None, batch_size: int = 16,
-            stage: str = "", use_rankopt: bool = True) -> list[dict]:
-  """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
-  ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
-  config, model, variables, pooling, fitted = load_run(workdir, stage,
-                                                       use_rankopt)
+def save_mask(seg: np.ndarray, size: tuple[int, int], path: str) -> None:
+  """A ``[H, W]`` 0/1 mask as a 0/255 PNG at ``size`` (width, height)."""
+  mask = Image.fromarray((seg * 255).astype(np.uint8))
+  mask.resize(size, Image.NEAREST).save(path)
+
+
+def forward_fn(config, model, variables, pooling):
+  """A jitted ``[B, S, S, 3]`` uint8 images (S = ``data.image_size``) ->
+  class probabilities ``[B, K]`` and pooled features of the centre crop, and
+  the ``[B, S, S]`` 0/1 lesion mask of the whole image."""
   size, crop = config.data.image_size, config.data.crop_size
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
@@ -155,6 +163,18 @@ def predict(workdir: str, images_path: str, out_csv: str,
     return (jax.nn.softmax(cls["logits"], -1), cls["pooled"],
             jnp.argmax(seg["seg_logits"], -1))
 
+  return forward
+
+
+def predict(workdir: str, images_path: str, out_csv: str,
+            masks_out: str | None = None, batch_size: int = 16,
+            stage: str = "", use_rankopt: bool = True) -> list[dict]:
+  """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
+  ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
+  config, model, variables, pooling, fitted = load_run(workdir, stage,
+                                                       use_rankopt)
+  size = config.data.image_size
+  forward = forward_fn(config, model, variables, pooling)
   entries = list_images(images_path)
   if masks_out:
     os.makedirs(masks_out, exist_ok=True)
@@ -181,19 +201,23 @@ def predict(workdir: str, images_path: str, out_csv: str,
         row["seborrheic_keratosis"] = float(probs[i, 2])
       rows.append(row)
       if masks_out:
-        mask = Image.fromarray((seg[i] * 255).astype(np.uint8))
-        mask = mask.resize(originals[i].size, Image.NEAREST)
-        mask.save(os.path.join(masks_out, f"{image_id}_segmentation.png"))
+        save_mask(seg[i], originals[i].size,
+                  os.path.join(masks_out, f"{image_id}_segmentation.png"))
     print(f"predicted {min(lo + batch_size, len(entries))}/{len(entries)}",
           flush=True)
+  write_csv(out_csv, rows, config.data.task)
+  return rows
+
+
+def write_csv(out_csv: str, rows: list[dict], task: str) -> None:
+  """The challenge CSV: ``image``, ``melanoma`` (and ``seborrheic_keratosis``)."""
   columns = ["image", "melanoma"] + (
-      ["seborrheic_keratosis"] if config.data.task == "three_class" else [])
+      ["seborrheic_keratosis"] if task == "three_class" else [])
   os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
   with open(out_csv, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-  return rows
 
 
 FLAGS = flags.FLAGS
@@ -205,7 +229,24 @@ flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
 flags.DEFINE_string("stage", "", "Score with this stage's model, e.g. "
                     "'classification' (Step 2, GAP); default: the final model.")
 flags.DEFINE_bool("rankopt", True, "Use the run's RankOpt scores where it has "
-                  "them; --no-rankopt gives the network's softmax.")
+                  "them; --norankopt (or --no-rankopt) gives the network's "
+                  "softmax.")
+# A spelling absl does not know, as other tools (argparse's
+# BooleanOptionalAction) and earlier versions of the README write it.
+ALIASES = {"--no-rankopt": "--norankopt"}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing that also takes ``ALIASES``; a bad flag is one line."""
+  argv = [ALIASES.get(a, a) for a in argv]
+  with errors.one_line_errors():
+    try:
+      rest = FLAGS(argv)
+    except flags.Error as e:
+      raise errors.UserError(f"command line: {errors.one_line(e)}") from None
+    if len(rest) > 1:
+      raise errors.UserError(f"unexpected arguments: {rest[1:]}")
+  return rest
 
 
 def main(argv):
@@ -222,4 +263,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -202,13 +202,21 @@ def _class_statistic(beta, x, pos_idx, neg_idx, chunk_size):
   return _pair_sigmoid_mean(s[pos_idx], s[neg_idx], chunk_size), s
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=('auto_radius', 'max_steps', 'chunk_size'))
-def _fit_core(features, pos_idx, neg_idx, *, auto_radius, radius, radius_scale,
-              learning_rate, max_steps, tol, chunk_size, max_angle, grow,
-              shrink, std_floor):
-  """The jitted optimisation; ``pos_idx [P]``, ``neg_idx [Q]``. See ``fit``."""
+class _Ascent(NamedTuple):
+  """The projected gradient ascent's loop state (``_fit_core``)."""
+  step: jax.Array
+  beta: jax.Array
+  r: jax.Array
+  scores: jax.Array
+  gt: jax.Array
+  eta: jax.Array
+  done: jax.Array
+  r_hist: jax.Array
+  auc_hist: jax.Array
+
+
+def _standardised(features, std_floor):
+  """``(x, mean, std)``: features centred and scaled per dimension."""
   features = features.astype(jnp.float32)
   mean = jnp.mean(features, axis=0)
   centred = features - mean  # The one [N, D] copy; x below reuses it.
@@ -216,82 +224,98 @@ def _fit_core(features, pos_idx, neg_idx, *, auto_radius, radius, radius_scale,
   # Floor relative to the typical std: constant features get weight ~0
   # instead of exploding, whatever the feature scale.
   std = jnp.maximum(std, std_floor * jnp.maximum(jnp.mean(std), 1e-30))
-  x = centred / std
+  return centred / std, mean, std
 
+
+def _ascent_step(st: _Ascent, *, b, value_and_grad, pos_idx, neg_idx,
+                 max_angle, grow, shrink, tol) -> _Ascent:
+  """One step along the great circle towards the tangent gradient (Eq. 7-8);
+  a step that lowers R is rejected and the step size shrinks."""
+  gt_norm = jnp.linalg.norm(st.gt)
+  theta = jnp.minimum(st.eta * b * gt_norm, max_angle)
+  direction = st.gt / jnp.maximum(gt_norm, 1e-30)
+  trial = jnp.cos(theta) * st.beta + (jnp.sin(theta) * b) * direction
+  # Re-normalise: cos/sin rounding must not let the radius drift over steps.
+  trial = trial * (b / jnp.linalg.norm(trial))
+  (r_new, s_new), g_new = value_and_grad(trial)
+  accept = r_new >= st.r
+  pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+  scores = pick(s_new, st.scores)
+  # Only an accepted step measures progress; a rejected one just shrinks
+  # eta, and an eta too small to move R is accepted with gain 0 < tol.
+  done = (accept & (r_new - st.r < tol)) | (gt_norm == 0)
+  auc = _auc_from_scores(scores[pos_idx], scores[neg_idx])
+  return _Ascent(st.step + 1, pick(trial, st.beta), pick(r_new, st.r), scores,
+                 pick(_tangent(trial, g_new, b), st.gt),
+                 pick(st.eta * grow, st.eta * shrink), done,
+                 st.r_hist.at[st.step].set(pick(r_new, st.r)),
+                 st.auc_hist.at[st.step].set(auc))
+
+
+def _tangent(beta, g, b):
+  """``g`` projected onto the sphere's tangent plane at ``beta``."""
+  return g - (jnp.dot(g, beta) / (b * b)) * beta
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=('auto_radius', 'max_steps', 'chunk_size'))
+def _fit_core(features, pos_idx, neg_idx, *, auto_radius, radius, radius_scale,
+              learning_rate, max_steps, tol, chunk_size, max_angle, grow,
+              shrink, std_floor):
+  """The jitted optimisation; ``pos_idx [P]``, ``neg_idx [Q]``. See ``fit``."""
+  x, mean, std = _standardised(features, std_floor)
   u0, b = _initial_direction_and_radius(x, pos_idx, neg_idx, radius,
                                         radius_scale, auto_radius)
   value_and_grad = jax.value_and_grad(
       functools.partial(_class_statistic, x=x, pos_idx=pos_idx,
                         neg_idx=neg_idx, chunk_size=chunk_size),
       has_aux=True)
-
-  def tangent(beta, g):
-    return g - (jnp.dot(g, beta) / (b * b)) * beta
-
   beta0 = b * u0
   (r0, s0), g0 = value_and_grad(beta0)
-  gt0 = tangent(beta0, g0)
+  gt0 = _tangent(beta0, g0, b)
   dtheta0 = b * jnp.linalg.norm(gt0)  # dR / d(angle)
-  eta0 = learning_rate / jnp.maximum(dtheta0, 1e-30)
   nan_hist = jnp.full((max_steps,), jnp.nan, jnp.float32)
-
-  class State(NamedTuple):
-    step: jax.Array
-    beta: jax.Array
-    r: jax.Array
-    scores: jax.Array
-    gt: jax.Array
-    eta: jax.Array
-    done: jax.Array
-    r_hist: jax.Array
-    auc_hist: jax.Array
-
-  def cond(st):
-    return (st.step < max_steps) & ~st.done
-
-  def body(st):
-    gt_norm = jnp.linalg.norm(st.gt)
-    theta = jnp.minimum(st.eta * b * gt_norm, max_angle)
-    direction = st.gt / jnp.maximum(gt_norm, 1e-30)
-    trial = jnp.cos(theta) * st.beta + (jnp.sin(theta) * b) * direction
-    # Re-normalise: cos/sin rounding must not let the radius drift over steps.
-    trial = trial * (b / jnp.linalg.norm(trial))
-    (r_new, s_new), g_new = value_and_grad(trial)
-    accept = r_new >= st.r
-    pick = lambda new, old: jnp.where(accept, new, old)
-    scores = pick(s_new, st.scores)
-    # Only an accepted step measures progress; a rejected one just shrinks
-    # eta, and an eta too small to move R is accepted with gain 0 < tol.
-    done = (accept & (r_new - st.r < tol)) | (gt_norm == 0)
-    auc = _auc_from_scores(scores[pos_idx], scores[neg_idx])
-    return State(st.step + 1, pick(trial, st.beta), pick(r_new, st.r), scores,
-                 pick(tangent(trial, g_new), st.gt),
-                 pick(st.eta * grow, st.eta * shrink), done,
-                 st.r_hist.at[st.step].set(pick(r_new, st.r)),
-                 st.auc_hist.at[st.step].set(auc))
-
-  init = State(jnp.asarray(0), beta0, r0, s0, gt0, eta0, jnp.asarray(False),
-               nan_hist, nan_hist)
-  out = jax.lax.while_loop(cond, body, init)
+  init = _Ascent(jnp.asarray(0), beta0, r0, s0, gt0,
+                 learning_rate / jnp.maximum(dtheta0, 1e-30),
+                 jnp.asarray(False), nan_hist, nan_hist)
+  body = functools.partial(
+      _ascent_step, b=b, value_and_grad=value_and_grad, pos_idx=pos_idx,
+      neg_idx=neg_idx, max_angle=max_angle, grow=grow, shrink=shrink, tol=tol)
+  out = jax.lax.while_loop(lambda st: (st.step < max_steps) & ~st.done, body,
+                           init)
   return (out.beta, mean, std, b, out.r_hist, out.auc_hist, out.step,
           out.done, out.scores)
 
 
-def fit(features,
-        labels,
-        *,
-        radius: float | None = None,
-        radius_scale: float = 10.0,
-        learning_rate: float = 0.1,
-        max_steps: int = 300,
-        tol: float = 1e-6,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        max_angle: float = 0.5,
-        grow: float = 1.2,
-        shrink: float = 0.5,
-        std_floor: float = 1e-3,
-        threshold_features=None,
-        threshold_labels=None) -> RankOptResult:
+def _class_indices(features, labels, max_steps: int, radius):
+  """``(pos_idx [P], neg_idx [Q])`` int32, after checking ``fit``'s inputs."""
+  if features.ndim != 2 or labels.shape != (features.shape[0],):
+    raise ValueError(
+        f'Expected features [N, D] and labels [N], got {features.shape} and '
+        f'{labels.shape}.')
+  if not np.all((labels == 0) | (labels == 1)):
+    raise ValueError('labels must be 0/1 (1 = positive).')
+  n_pos = int(labels.sum())
+  n_neg = labels.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError(
+        f'RankOpt needs both classes, got {n_pos} positives and {n_neg} '
+        'negatives.')
+  if max_steps < 1:
+    raise ValueError(f'max_steps must be >= 1, got {max_steps}.')
+  if radius is not None and not radius > 0:
+    raise ValueError(f'radius must be positive, got {radius}.')
+  return (np.flatnonzero(labels == 1).astype(np.int32),
+          np.flatnonzero(labels == 0).astype(np.int32))
+
+
+def fit(features, labels, *, radius: float | None = None,
+        radius_scale: float = 10.0, learning_rate: float = 0.1,
+        max_steps: int = 300, tol: float = 1e-6,
+        chunk_size: int = DEFAULT_CHUNK_SIZE, max_angle: float = 0.5,
+        grow: float = 1.2, shrink: float = 0.5, std_floor: float = 1e-3,
+        threshold_features=None, threshold_labels=None) -> RankOptResult:
   """Fits RankOpt (Eq. 7) on ``features [N, D]``, ``labels [N]`` in {0, 1}.
 
   Args:
@@ -313,24 +337,7 @@ def fit(features,
   """
   features = jnp.asarray(features, jnp.float32)
   labels_np = np.asarray(labels)
-  if features.ndim != 2 or labels_np.shape != (features.shape[0],):
-    raise ValueError(
-        f'Expected features [N, D] and labels [N], got {features.shape} and '
-        f'{labels_np.shape}.')
-  if not np.all((labels_np == 0) | (labels_np == 1)):
-    raise ValueError('labels must be 0/1 (1 = positive).')
-  n_pos = int(labels_np.sum())
-  n_neg = labels_np.size - n_pos
-  if n_pos == 0 or n_neg == 0:
-    raise ValueError(
-        f'RankOpt needs both classes, got {n_pos} positives and {n_neg} '
-        'negatives.')
-  if max_steps < 1:
-    raise ValueError(f'max_steps must be >= 1, got {max_steps}.')
-  if radius is not None and not radius > 0:
-    raise ValueError(f'radius must be positive, got {radius}.')
-  pos_idx = np.flatnonzero(labels_np == 1).astype(np.int32)
-  neg_idx = np.flatnonzero(labels_np == 0).astype(np.int32)
+  pos_idx, neg_idx = _class_indices(features, labels_np, max_steps, radius)
   beta, mean, std, b, r_hist, auc_hist, steps, done, train_scores = _fit_core(
       features, pos_idx, neg_idx,
       auto_radius=radius is None,
@@ -342,13 +349,17 @@ def fit(features,
   result = RankOptResult(beta, mean, std, float(b), float('nan'), r_hist,
                          auc_hist, int(steps), bool(done))
   if threshold_features is None:
-    scores, threshold_labels = np.asarray(train_scores), labels_np
-  elif threshold_labels is None:
+    return _with_threshold(result, train_scores, labels_np)
+  if threshold_labels is None:
     raise ValueError('threshold_features given without threshold_labels.')
-  else:
-    scores = np.asarray(decision_function(result, threshold_features))
-  return result._replace(
-      threshold=metrics.youden_threshold(threshold_labels, scores))
+  return _with_threshold(result, decision_function(result, threshold_features),
+                         threshold_labels)
+
+
+def _with_threshold(result: RankOptResult, scores, labels) -> RankOptResult:
+  """``result`` with the Youden-J threshold of ``scores [N]`` on ``labels``."""
+  return result._replace(threshold=metrics.youden_threshold(
+      labels, np.asarray(scores)))
 
 
 def save(result: RankOptResult, path: str, **extra) -> None:

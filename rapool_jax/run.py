@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 
+from rapool_jax import checkpoint
 from rapool_jax import checks
 from rapool_jax import config_lib
 from rapool_jax import errors
@@ -29,6 +30,7 @@ from rapool_jax import provenance
 from rapool_jax import report as report_lib
 from rapool_jax import sharding
 from rapool_jax import train
+from rapool_jax import weight_files
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
@@ -56,7 +58,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_stage_order(config)
   pipeline.check_data_settings(config.data)
   folds.check_crossval(config.data)
-  checks.check_weights_file(config.model.pretrained)
+  if config.model.pretrained:
+    weight_files.check_readable(config.model.pretrained)
   train.check_train_settings(config.train)
   errors.check_choice("config.systems.prng_impl", config.systems.prng_impl,
                       train.PRNG_IMPLS)
@@ -246,8 +249,14 @@ def cam_columns(config, stage_variables) -> list[tuple[str, Any, str]]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, the heads and the evaluation; writes the report.
-  Returns the results (``results.json``'s content)."""
+  Returns the results (``results.json``'s content). One writer per workdir:
+  a second run on it stops at once (``checkpoint.hold_workdir``)."""
   os.makedirs(workdir, exist_ok=True)
+  with checkpoint.hold_workdir(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   checks.check_resumed_config(config, workdir)
   if config.systems.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",

@@ -1,6 +1,7 @@
 """Cross-validation: folds, Step-4 arms branching from one state, the pooled report."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -70,6 +71,92 @@ def test_crossval_splits_partition_every_fold():
     folds.crossval_splits(split, _cv(5))
 
 
+def _lesions(n, size=32, seed=0):
+  """``[n, size, size, 3]`` uint8 images, each a random smooth pattern."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(0, 255, (n, 4, 4, 3))
+  return np.repeat(np.repeat(coarse, size // 4, 1), size // 4, 2).astype(
+      np.uint8)
+
+
+def test_near_duplicate_groups_link_copies_transitively():
+  images = _lesions(40)
+  # 1 lies between 0 and 2, which are too far apart to link directly: a chain.
+  noise = _lesions(1, seed=9)[0].astype(float) - 127.5
+  images[2] = np.clip(images[0] + 0.35 * noise, 0, 255)
+  images[1] = (images[0].astype(float) + images[2]) / 2
+  images[3] = images[5] * 0.7 + 30  # Another exposure of 5.
+  x = folds.screen_features(images)
+  assert x[0] @ x[2] < 0.97 <= min(x[0] @ x[1], x[1] @ x[2], x[3] @ x[5])
+  groups = folds.near_duplicate_groups(images, 0.97)
+  assert groups[0] == groups[1] == groups[2] and groups[3] == groups[5]
+  assert len(np.unique(groups)) == 40 - 3
+  np.testing.assert_array_equal(groups, folds.near_duplicate_groups(images,
+                                                                    0.97))
+  # A flat image correlates with nothing, not even another flat one.
+  flat = np.full((2, 32, 32, 3), 7, np.uint8)
+  assert len(np.unique(folds.near_duplicate_groups(flat, 0.5))) == 2
+
+
+def test_near_copies_name_the_reference_image():
+  reference = _lesions(30)
+  query = np.concatenate([reference[[4, 17]], _lesions(3, seed=5)])
+  np.testing.assert_array_equal(
+      folds.near_copies(query, reference, 0.97), [4, 17, -1, -1, -1])
+
+
+def _grouped(n=103, seed=3):
+  """Ids, labels and groups: 15 pairs and 3 triples, labels shared within."""
+  split = _pooled(n)
+  groups = np.arange(n)
+  rng = np.random.default_rng(seed)
+  rows = rng.permutation(n)
+  for start, size in [(2 * i, 2) for i in range(15)] + [(30, 3), (33, 3),
+                                                          (36, 3)]:
+    members = rows[start:start + size]
+    groups[members] = members[0]
+    split.labels[members] = split.labels[members[0]]
+  return split.ids, split.labels, groups
+
+
+def test_folds_keep_groups_whole_and_stay_stratified():
+  ids, labels, groups = _grouped()
+  f = folds.assign_folds(ids, labels, 5, 0, groups)
+  for g in np.unique(groups):
+    assert len(set(f[groups == g])) == 1, g
+  for cls in (0, 1):
+    counts = np.bincount(f[labels == cls], minlength=5)
+    assert counts.max() - counts.min() <= 3, (cls, counts)
+  np.testing.assert_array_equal(f, folds.assign_folds(ids, labels, 5, 0,
+                                                      groups))
+  order = np.random.default_rng(2).permutation(len(ids))
+  np.testing.assert_array_equal(
+      folds.assign_folds(ids[order], labels[order], 5, 0, groups[order]),
+      f[order])
+  # Singleton groups deal exactly as the id-based folds without groups.
+  np.testing.assert_array_equal(
+      folds.assign_folds(ids, labels, 5, 0, np.arange(len(ids))),
+      folds.assign_folds(ids, labels, 5, 0))
+  val = folds.inner_validation(ids, labels, 0.2, 0, groups)
+  for g in np.unique(groups):
+    assert len(set(val[groups == g])) == 1, g
+  for cls in (0, 1):
+    assert abs(val[labels == cls].sum() - 0.2 * (labels == cls).sum()) <= 2
+
+
+def test_crossval_splits_keep_copied_images_in_one_split():
+  split = _pooled()
+  images = _lesions(len(split))
+  images[[10, 50, 90]] = images[70]  # One lesion four times...
+  split.labels[[10, 50, 90]] = split.labels[70]
+  split = dataclasses.replace(split, images=images)
+  for k in range(5):
+    s = folds.crossval_splits(split, _cv(k))
+    where = {n for n in folds.CV_SPLITS
+             for i in (10, 50, 70, 90) if split.ids[i] in s[n].ids}
+    assert len(where) == 1, (k, where)  # ...always in one split.
+
+
 def test_concat_rejects_shared_ids():
   split = _pooled(10, 3)
   with pytest.raises(ValueError, match="share image ids"):
@@ -79,6 +166,14 @@ def test_concat_rejects_shared_ids():
 def test_cv_split_names_need_num_folds(tiny_config):
   tiny_config.data.train_split = "cv_train"
   with pytest.raises(ValueError, match="num_folds=0"):
+    run.validate_config(tiny_config)
+
+
+def test_near_duplicate_threshold_must_be_a_correlation(tiny_config):
+  tiny_config.data.train_split = "cv_train"
+  tiny_config.data.crossval.num_folds = 5
+  tiny_config.data.crossval.near_duplicate_threshold = 1.5
+  with pytest.raises(ValueError, match="near_duplicate_threshold=1.5"):
     run.validate_config(tiny_config)
 
 

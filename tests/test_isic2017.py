@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 
 import isic_fixtures as fx
+from rapool_jax.data import folds
 from rapool_jax.data import isic2017
 
 # The read-only 256 px copy lives next to the repository (../shared/data).
@@ -124,6 +125,32 @@ def test_real_age_and_sex(real):
     assert (ages >= 0).mean() > 0.5
     assert ((ages == -1) | ((ages >= 0) & (ages <= 100))).all()
     assert {"male", "female"} <= sexes <= {"male", "female", ""}
+
+
+def test_real_near_duplicates_share_a_group(real):
+  builder, splits = real
+  pooled = {**splits["train"], **splits["validation"]}
+  ids = sorted(pooled)
+  groups = folds.near_duplicate_groups(
+      np.stack([pooled[i]["image"] for i in ids]),
+      folds.NEAR_DUPLICATE_THRESHOLD)
+  group = dict(zip(ids, groups))
+  # Pixel-identical or the same image resaved (issue 30's audit).
+  for a, b in [("0012127", "0012970"), ("0012290", "0013594"),
+               ("0012672", "0012673"), ("0012756", "0013184")]:
+    assert group[f"ISIC_{a}"] == group[f"ISIC_{b}"], (a, b)
+  sizes = np.bincount(groups)
+  assert 4 <= (sizes > 1).sum() <= 40 and sizes.max() <= 3, sizes.max()
+  test = load(builder, "test")
+  test_ids = sorted(test)
+  copies = folds.near_copies(np.stack([test[i]["image"] for i in test_ids]),
+                             np.stack([pooled[i]["image"] for i in ids]),
+                             folds.NEAR_DUPLICATE_THRESHOLD)
+  found = {t: ids[c] for t, c in zip(test_ids, copies) if c >= 0}
+  for t, c in [("0015982", "0012175"), ("0016018", "0012271"),
+               ("0016002", "0012221")]:
+    assert found.get(f"ISIC_{t}") == f"ISIC_{c}", (t, c)
+  assert 7 <= len(found) <= 40, len(found)
 
 
 def test_real_zip_and_extracted_folders_agree(real, tmp_path):

@@ -180,3 +180,21 @@ def test_predict_unknown_stage_is_a_one_line_error(tiny_run, tmp_path):
   with pytest.raises(Exception, match="--stage=nosuch: not a stage"):
     predict.predict(workdir, str(tmp_path / "images"), str(tmp_path / "p.csv"),
                     stage="nosuch")
+
+
+def test_predict_refuses_a_workdir_being_written(tiny_run, tmp_path):
+  from rapool_jax import checkpoint
+  workdir, _ = tiny_run
+  _write_images(str(tmp_path / "images"), [(32, 32)])
+  with checkpoint.hold_workdir(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rapool_jax.predict", "--workdir", workdir,
+         "--images", str(tmp_path / "images"), "--out",
+         str(tmp_path / "p.csv"), "--no-rankopt"],
+        cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and f"{workdir} is being written" in lines[0], (
+      proc.stderr)
+  assert f"pid {os.getpid()}" in lines[0] and not os.path.exists(
+      tmp_path / "p.csv")

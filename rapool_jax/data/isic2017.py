@@ -11,31 +11,21 @@ or the folder it extracts to:
     ISIC-2017_{Training,Validation,Test_v2}_Part3_GroundTruth.csv
         image_id,melanoma,seborrheic_keratosis (floats 0.0/1.0)
 
-Splits: train (Training, required), validation (Validation) and test (Test_v2);
-a split whose files are all absent is not generated. Masks are required for
-train unless ``require_train_masks=False``, and optional elsewhere (absent:
-``has_mask`` False and an all-zero mask).
+Splits: train (Training, required), validation and test (Test_v2), each
+built if its files are there. Masks are required for train unless
+``require_train_masks=False`` (elsewhere, absent: ``has_mask`` False, mask
+zero). Stored resized to S x S, aspect squashed as in the paper: ``image``
+(S, S, 3) uint8, ``mask`` (S, S, 1) 0/255 (area-resized, > 127), ``has_mask``,
+``melanoma``, ``seborrheic_keratosis`` (0/1), ``image_id``, ``age`` (-1
+unknown), ``sex`` ('' unknown).
 
-Images and masks are stored resized to S x S (aspect squashed, as the paper
-does), so a full-resolution download builds once into a small data set. The
-features follow the contract shared by all our data sets:
-
-    image                 (S, S, 3) uint8 RGB, PNG (or JPEG q95, see config)
-    mask                  (S, S, 1) uint8 0/255, area-resized then > 127
-    has_mask              bool
-    melanoma              int64 0/1
-    seborrheic_keratosis  int64 0/1
-    image_id              text, 'ISIC_0000000'
-    age                   float32, -1 where unknown
-    sex                   text, '' where unknown
-
-Bad input raises `ISICDataError` with a one-line message that starts with the
-file at fault.
+A build records its source files' fingerprints (`source_files`); `prepare`
+rebuilds, saying what changed, when the folder no longer matches. Bad input
+raises `ISICDataError` with a one-line message that starts with the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -43,7 +33,6 @@ import io
 import os
 import re
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,8 +46,8 @@ METADATA_COLUMNS = ("image_id", "age_approximate", "sex")
 _IMAGE_RE = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
 _MASK_RE = re.compile(r"^(ISIC_\d{7})_segmentation\.png$", re.IGNORECASE)
 _METADATA_RE = re.compile(r"_metadata\.csv$", re.IGNORECASE)
-_ISIC_FILE_RES = (_IMAGE_RE, _MASK_RE, _METADATA_RE)
 _JPEG_QUALITY = 95
+_HEAD_TAIL = 16 * 1024  # A folder's file is fingerprinted by its two ends.
 # PIL errors for unreadable, truncated or absurdly large images.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError,
                  Image.DecompressionBombError)
@@ -72,17 +61,12 @@ class MissingMasksError(ISICDataError):
   """The training masks are required but absent."""
 
 
-def _one_line(text: Any) -> str:
-  return " ".join(str(text).split())
+def _error(where: Any, message: str, cls=ISICDataError) -> ISICDataError:
+  return cls(" ".join(f"{where}: {message}".split()))
 
 
-def _error(where: Any, message: str) -> ISICDataError:
-  return ISICDataError(_one_line(f"{where}: {message}"))
-
-
-# ----------------------------------------------------------------------------
-# File names.
-# ----------------------------------------------------------------------------
+def _brief(e: Exception) -> str:
+  return " ".join(str(e).split())
 
 
 def data_name(split: str) -> str:
@@ -104,91 +88,12 @@ def expected_files(split: str) -> list[str]:
 
 
 def _expected_listing() -> str:
-  train = ", ".join(expected_files("train"))
-  return (f"expected {train} (each zip or its extracted folder; the masks zip "
-          "is needed where lesion masks are trained on), optionally the same "
-          "for Validation and Test_v2")
+  return (f"expected {', '.join(expected_files('train'))} (each zip or its "
+          "extracted folder; the masks zip is needed where lesion masks are "
+          "trained on), optionally the same for Validation and Test_v2")
 
 
-# ----------------------------------------------------------------------------
 # Sources: one official zip, or the folder it was extracted to.
-# ----------------------------------------------------------------------------
-
-
-class _Source:
-  """The ISIC files of one zip or folder, by base name (any nesting depth)."""
-
-  def __init__(self, path: str):
-    self.path = path
-    self.is_zip = os.path.isfile(path)
-    self._zip: zipfile.ZipFile | None = None
-    self.files: dict[str, str] = {}  # base name -> member name or file path
-    duplicates: dict[str, list[str]] = {}
-    for member in self._list():
-      base = _base(member)
-      if not _is_isic_file(member):
-        continue
-      if base in self.files:
-        duplicates.setdefault(base, [self.files[base]]).append(member)
-      self.files[base] = member
-    if duplicates:
-      base, members = sorted(duplicates.items())[0]
-      raise _error(self.describe(members[1]),
-                   f"duplicate of {members[0]}; each file must appear once")
-
-  def _list(self) -> list[str]:
-    if self.is_zip:
-      try:
-        with zipfile.ZipFile(self.path) as zf:
-          return [i.filename for i in zf.infolist() if not i.is_dir()]
-      except (zipfile.BadZipFile, OSError) as e:
-        raise _error(self.path,
-                     f"not a readable zip ({_one_line(e)})") from None
-    found = []
-    for root, dirs, files in os.walk(self.path):
-      dirs.sort()
-      found.extend(os.path.join(root, f) for f in sorted(files))
-    return found
-
-  def __enter__(self) -> _Source:
-    if self.is_zip:
-      self._zip = zipfile.ZipFile(self.path)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._zip is not None:
-      self._zip.close()
-      self._zip = None
-
-  def read(self, member: str) -> bytes:
-    try:
-      if self.is_zip:
-        if self._zip is not None:
-          return self._zip.read(member)
-        with zipfile.ZipFile(self.path) as zf:
-          return zf.read(member)
-      with open(member, "rb") as f:
-        return f.read()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-      raise _error(self.describe(member),
-                   f"cannot be read ({_one_line(e)})") from None
-
-  def describe(self, member: str) -> str:
-    """``archive.zip:member`` for zips, the file path for folders."""
-    return f"{self.path}:{member}" if self.is_zip else member
-
-
-def _find_source(manual_dir: str, stem: str) -> _Source | None:
-  """The zip ``stem.zip`` (preferred: the complete official file) or folder."""
-  for path in (os.path.join(manual_dir, f"{stem}.zip"),
-               os.path.join(manual_dir, stem)):
-    if (os.path.isfile(path) if path.endswith(".zip") else os.path.isdir(path)):
-      return _Source(path)
-  return None
-
-
-def _missing(manual_dir: str, stem: str) -> str:
-  return f"{os.path.join(manual_dir, stem)}.zip (or folder {stem}/)"
 
 
 def _base(member: str) -> str:
@@ -196,19 +101,84 @@ def _base(member: str) -> str:
 
 
 def _is_isic_file(member: str) -> bool:
-  """An image, mask or metadata CSV. Finder / macOS zip tools add
-  resource-fork twins of every file; other strays (.DS_Store, READMEs) are
-  not read either."""
+  """An image, mask or metadata CSV; not macOS resource forks or strays."""
   base = _base(member)
-  return (not base.startswith("._") and "__MACOSX" not in member
-          and any(r.search(base) for r in _ISIC_FILE_RES))
+  return (not base.startswith("._") and "__MACOSX" not in member and any(
+      r.search(base) for r in (_IMAGE_RE, _MASK_RE, _METADATA_RE)))
 
 
-# ----------------------------------------------------------------------------
+def _walk(path: str) -> list[str]:
+  """Every file under ``path``, folders and files in sorted order."""
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    found.extend(os.path.join(root, f) for f in sorted(files))
+  return found
+
+
+def _zip_members(path: str) -> list[zipfile.ZipInfo]:
+  try:
+    with zipfile.ZipFile(path) as zf:
+      return [i for i in zf.infolist() if not i.is_dir()]
+  except (zipfile.BadZipFile, OSError) as e:
+    raise _error(path, f"not a readable zip: truncated or corrupt "
+                 f"({_brief(e)}); download it again") from None
+
+
+class _Source:
+  """The ISIC files of one zip or folder, by base name (any nesting depth)."""
+
+  def __init__(self, path: str):
+    self.path, self.is_zip = path, os.path.isfile(path)
+    self._zip: zipfile.ZipFile | None = None
+    listed = ([i.filename for i in _zip_members(path)] if self.is_zip
+              else _walk(path))
+    self.files: dict[str, str] = {}  # base name -> member name or file path
+    for member in filter(_is_isic_file, listed):
+      if (first := self.files.get(_base(member))) is not None:
+        raise _error(self.describe(member),
+                     f"duplicate of {first}; each file must appear once")
+      self.files[_base(member)] = member
+
+  def read(self, member: str) -> bytes:
+    try:
+      if not self.is_zip:
+        with open(member, "rb") as f:
+          return f.read()
+      if self._zip is None:
+        self._zip = zipfile.ZipFile(self.path)  # Kept open: one per split.
+      return self._zip.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+      raise _error(self.describe(member),
+                   f"cannot be read ({_brief(e)})") from None
+
+  def describe(self, member: str) -> str:
+    """``archive.zip:member`` for zips, the file path for folders."""
+    return f"{self.path}:{member}" if self.is_zip else member
+
+  def matching(self, regex: re.Pattern) -> dict[str, str]:
+    """``{image_id: member}`` of the files whose base name ``regex`` matches."""
+    return {m.group(1): member for base, member in self.files.items()
+            if (m := regex.match(base))}
+
+
+def _source_path(manual_dir: str, stem: str) -> str | None:
+  """``stem.zip`` (preferred: the complete official file), else the folder."""
+  if os.path.isfile(path := os.path.join(manual_dir, f"{stem}.zip")):
+    return path
+  return path[:-4] if os.path.isdir(path[:-4]) else None
+
+
+def _find_source(manual_dir: str, stem: str) -> _Source | None:
+  path = _source_path(manual_dir, stem)
+  return None if path is None else _Source(path)
+
+
+def _missing(manual_dir: str, stem: str) -> str:
+  return f"{os.path.join(manual_dir, stem)}.zip (or folder {stem}/)"
+
+
 # Provenance: what a build was made from, compared on every later run.
-# ----------------------------------------------------------------------------
-
-_HEAD_TAIL = 16 * 1024
 
 
 def _digest(value: Any) -> str:
@@ -228,55 +198,33 @@ def _file_digest(path: str, whole: bool) -> str:
   return h.hexdigest()[:16]
 
 
-def _zip_digest(path: str) -> str:
-  """Digest of the ISIC members' names, sizes and CRC-32s: the zip's central
-  directory, so nothing is decompressed."""
-  try:
-    with zipfile.ZipFile(path) as zf:
-      members = sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist()
-                       if not i.is_dir() and _is_isic_file(i.filename))
-  except (zipfile.BadZipFile, OSError) as e:
-    raise _error(path, "not a readable zip: truncated or corrupt "
-                 f"({_one_line(e)}); download it again") from None
-  return _digest(members)
-
-
-def _folder_digest(path: str) -> tuple[int, str]:
-  """Total size and digest of a folder's ISIC files (path, size, ends)."""
-  total, entries = 0, []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      rel = os.path.relpath(full, path)
-      if _is_isic_file(rel):
-        size = os.path.getsize(full)
-        total += size
-        entries.append((rel, size, _file_digest(full, whole=False)))
-  return total, _digest(entries)
+def _fingerprint(path: str) -> tuple[int, str]:
+  """``(bytes, digest)`` of a zip (its central directory: the ISIC members'
+  names, sizes and CRC-32s) or a folder (its ISIC files' relative paths,
+  sizes and ends); nothing is decompressed or read whole."""
+  if os.path.isfile(path):
+    members = sorted((i.filename, i.file_size, i.CRC)
+                     for i in _zip_members(path) if _is_isic_file(i.filename))
+    return os.path.getsize(path), _digest(members)
+  entries = [(os.path.relpath(f, path), os.path.getsize(f),
+              _file_digest(f, whole=False)) for f in _walk(path)
+             if _is_isic_file(os.path.relpath(f, path))]
+  return sum(e[1] for e in entries), _digest(entries)
 
 
 def source_files(manual_dir: str) -> dict[str, dict[str, Any]]:
   """``{name: {"size": bytes, "fingerprint": hex}}`` of every official file a
   build of ``manual_dir`` reads (names relative to it; folders end in /).
-
-  Cheap: a zip's central directory (member names, sizes, CRC-32s), a
-  folder's file sizes and first and last 16 KiB, CSVs whole.
-  """
+  Cheap: zips' central directories, folders' file ends, CSVs whole."""
   files = {}
   for split in SPLITS:
     for stem in (data_name(split), masks_name(split)):
-      zip_path = os.path.join(manual_dir, f"{stem}.zip")
-      folder = os.path.join(manual_dir, stem)
-      if os.path.isfile(zip_path):
-        files[f"{stem}.zip"] = {"size": os.path.getsize(zip_path),
-                                "fingerprint": _zip_digest(zip_path)}
-      elif os.path.isdir(folder):
-        size, digest = _folder_digest(folder)
-        files[f"{stem}/"] = {"size": size, "fingerprint": digest}
+      if (path := _source_path(manual_dir, stem)) is not None:
+        size, digest = _fingerprint(path)
+        name = f"{stem}.zip" if path.endswith(".zip") else f"{stem}/"
+        files[name] = {"size": size, "fingerprint": digest}
     for name in (labels_name(split), f"{data_name(split)}_metadata.csv"):
-      path = os.path.join(manual_dir, name)
-      if os.path.isfile(path):
+      if os.path.isfile(path := os.path.join(manual_dir, name)):
         files[name] = {"size": os.path.getsize(path),
                        "fingerprint": _file_digest(path, whole=True)}
   return files
@@ -289,10 +237,8 @@ def source_difference(built: dict[str, Any], now: dict[str, Any]) -> str:
     old, new = built.get(name), now.get(name)
     if old == new:
       continue
-    if old is None:
-      diffs.append(f"{name} added")
-    elif new is None:
-      diffs.append(f"{name} removed")
+    if old is None or new is None:
+      diffs.append(f"{name} {'added' if old is None else 'removed'}")
     elif old["size"] != new["size"]:
       diffs.append(f"{name} {old['size']} -> {new['size']} bytes")
     else:
@@ -300,30 +246,25 @@ def source_difference(built: dict[str, Any], now: dict[str, Any]) -> str:
   return "; ".join(diffs)
 
 
-# ----------------------------------------------------------------------------
 # CSVs.
-# ----------------------------------------------------------------------------
 
 
 def _read_csv(data: bytes, where: str, columns: tuple[str, ...]
               ) -> dict[str, tuple[int, dict[str, str]]]:
   """Rows by image_id: ``{id: (line number, row)}``; checks the header."""
   try:
-    text = data.decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
   except UnicodeDecodeError as e:
     raise _error(where, f"not a UTF-8 CSV ({e})") from None
-  reader = csv.DictReader(io.StringIO(text))
   found = [c.strip() for c in (reader.fieldnames or [])]
-  missing = [c for c in columns if c not in found]
-  if missing:
+  if (missing := [c for c in columns if c not in found]):
     raise _error(where, f"missing column(s) {', '.join(missing)}; expected "
                  f"columns {', '.join(columns)}; found "
                  f"{', '.join(found) if found else 'no header'}")
   reader.fieldnames = found
   rows = {}
   for row in reader:
-    image_id = (row["image_id"] or "").strip()
-    if not image_id:
+    if not (image_id := (row["image_id"] or "").strip()):
       continue  # Blank trailing lines.
     if image_id in rows:
       raise _error(where, f"line {reader.line_num}: duplicate row for "
@@ -332,25 +273,26 @@ def _read_csv(data: bytes, where: str, columns: tuple[str, ...]
   return rows
 
 
-def _read_labels(path: str) -> dict[str, tuple[int, int, int]]:
-  """``{image_id: (line, melanoma, seborrheic_keratosis)}`` from Part3 CSV."""
+def _read_file(path: str) -> bytes:
   try:
     with open(path, "rb") as f:
-      data = f.read()
+      return f.read()
   except OSError as e:
-    raise _error(path, f"cannot be read ({_one_line(e)})") from None
+    raise _error(path, f"cannot be read ({_brief(e)})") from None
+
+
+def _read_labels(path: str) -> dict[str, tuple[int, int, int]]:
+  """``{image_id: (line, melanoma, seborrheic_keratosis)}`` from Part3 CSV."""
   labels = {}
-  for image_id, (line, row) in _read_csv(data, path, LABEL_COLUMNS).items():
+  for image_id, (line, row) in _read_csv(_read_file(path), path,
+                                         LABEL_COLUMNS).items():
     values = []
     for column in LABEL_COLUMNS[1:]:
       try:
-        value = float(row[column])
-      except (TypeError, ValueError):
-        value = None
-      if value not in (0.0, 1.0):
+        values.append({0.0: 0, 1.0: 1}[float(row[column])])
+      except (TypeError, ValueError, KeyError):
         raise _error(path, f"line {line}: {column}={row[column]!r} for "
-                     f"{image_id} is not 0 or 1")
-      values.append(int(value))
+                     f"{image_id} is not 0 or 1") from None
     labels[image_id] = (line, *values)
   return labels
 
@@ -359,14 +301,13 @@ def _read_metadata(source: _Source, manual_dir: str,
                    split: str) -> dict[str, tuple[float, str]]:
   """``{image_id: (age, sex)}``; empty when there is no metadata CSV."""
   members = sorted(m for b, m in source.files.items() if _METADATA_RE.search(b))
+  path = os.path.join(manual_dir, f"{data_name(split)}_metadata.csv")
   if members:
     where, data = source.describe(members[0]), source.read(members[0])
+  elif os.path.isfile(path):
+    where, data = path, _read_file(path)
   else:
-    path = os.path.join(manual_dir, f"{data_name(split)}_metadata.csv")
-    if not os.path.isfile(path):
-      return {}
-    with open(path, "rb") as f:
-      where, data = path, f.read()
+    return {}
   metadata = {}
   for image_id, (_, row) in _read_csv(data, where, METADATA_COLUMNS).items():
     try:
@@ -378,15 +319,12 @@ def _read_metadata(source: _Source, manual_dir: str,
   return metadata
 
 
-# ----------------------------------------------------------------------------
 # The plan of one split: which files make which example, checked up front so
 # that mismatched files fail before any image is decoded.
-# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class _SplitPlan:
-  split: str
   images: _Source
   masks: _Source | None
   labels: dict[str, tuple[int, int, int]]
@@ -395,114 +333,123 @@ class _SplitPlan:
   mask_members: dict[str, str]   # image_id -> member
 
 
-def _plan_split(manual_dir: str, split: str,
-                require_masks: bool) -> _SplitPlan | None:
-  """Checks one split's files; None when the split is absent altogether."""
+def _more(items: list) -> str:
+  return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
+def _find_sources(manual_dir: str, split: str, require_masks: bool):
+  """``(images, labels path, masks)`` of a split; None when it is absent."""
   images = _find_source(manual_dir, data_name(split))
-  labels_path = os.path.join(manual_dir, labels_name(split))
-  has_labels = os.path.isfile(labels_path)
-  if images is None and not has_labels:
+  labels = os.path.join(manual_dir, labels_name(split))
+  if images is None and not os.path.isfile(labels):
     if split == "train":
       raise _error(manual_dir, "no ISIC 2017 training files; "
                    + _expected_listing())
     return None
   if images is None:
-    raise _error(_missing(manual_dir, data_name(split)),
-                 f"not found; the {split} split needs it next to "
-                 f"{labels_name(split)}")
-  if not has_labels:
-    raise _error(labels_path, f"not found; the {split} split needs it next to "
+    raise _error(_missing(manual_dir, data_name(split)), f"not found; the "
+                 f"{split} split needs it next to {labels_name(split)}")
+  if not os.path.isfile(labels):
+    raise _error(labels, f"not found; the {split} split needs it next to "
                  f"{os.path.basename(images.path)}")
   masks = _find_source(manual_dir, masks_name(split))
   if masks is None and require_masks:
-    raise MissingMasksError(_one_line(
-        f"{_missing(manual_dir, masks_name(split))}: not found; the {split} "
-        "split requires lesion masks (add the file to the folder, or call "
-        "prepare(..., require_train_masks=False) to build without them)"))
+    raise _error(_missing(manual_dir, masks_name(split)), "not found; the "
+                 f"{split} split requires lesion masks (add the file to the "
+                 "folder, or call prepare(..., require_train_masks=False) to "
+                 "build without them)", MissingMasksError)
+  return images, labels, masks
 
-  image_members = {}
+
+def _check_images(images: _Source, labels_path: str,
+                  labels: dict) -> dict[str, str]:
+  """``{image_id: member}``: one image per label row, one row per image."""
+  members = {}
   for base, member in images.files.items():
-    if (m := _IMAGE_RE.match(base)):
-      if m.group(1) in image_members:
-        raise _error(images.describe(member), "second image for "
-                     f"{m.group(1)} (also {image_members[m.group(1)]})")
-      image_members[m.group(1)] = member
-  if not image_members:
+    if (m := _IMAGE_RE.match(base)) and m.group(1) in members:
+      raise _error(images.describe(member), f"second image for {m.group(1)} "
+                   f"(also {members[m.group(1)]})")
+    if m:
+      members[m.group(1)] = member
+  if not members:
     raise _error(images.path, "contains no ISIC_XXXXXXX.jpg images")
-  labels = _read_labels(labels_path)
-
-  unlabelled = sorted(set(image_members) - set(labels))
-  if unlabelled:
-    more = f" (and {len(unlabelled) - 1} more)" if len(unlabelled) > 1 else ""
-    raise _error(images.describe(image_members[unlabelled[0]]),
-                 f"image has no label row in {labels_path}{more}")
-  orphans = sorted(set(labels) - set(image_members), key=lambda i: labels[i][0])
-  if orphans:
-    more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+  if (unlabelled := sorted(set(members) - set(labels))):
+    raise _error(images.describe(members[unlabelled[0]]), "image has no label "
+                 f"row in {labels_path}{_more(unlabelled)}")
+  if (orphans := sorted(set(labels) - set(members), key=lambda i: labels[i])):
     raise _error(labels_path, f"line {labels[orphans[0]][0]}: label row for "
-                 f"{orphans[0]} has no image in {images.path}{more}")
-
-  mask_members = {}
-  if masks is not None:
-    for base, member in masks.files.items():
-      if (m := _MASK_RE.match(base)):
-        mask_members[m.group(1)] = member
-    if not mask_members:
-      raise _error(masks.path, "contains no ISIC_XXXXXXX_segmentation.png "
-                   "masks")
-    stray = sorted(set(mask_members) - set(labels))
-    if stray:
-      raise _error(masks.describe(mask_members[stray[0]]),
-                   f"mask has no image or label row in {labels_path}")
-    unmasked = sorted(set(labels) - set(mask_members))
-    if unmasked:
-      more = f" (and {len(unmasked) - 1} more)" if len(unmasked) > 1 else ""
-      raise _error(masks.path, f"no mask {unmasked[0]}_segmentation.png for "
-                   f"image {unmasked[0]}, while other images have masks{more}")
-
-  return _SplitPlan(split=split, images=images, masks=masks, labels=labels,
-                    metadata=_read_metadata(images, manual_dir, split),
-                    image_members=image_members, mask_members=mask_members)
+                 f"{orphans[0]} has no image in {images.path}{_more(orphans)}")
+  return members
 
 
-# ----------------------------------------------------------------------------
+def _check_masks(masks: _Source, labels_path: str,
+                 labels: dict) -> dict[str, str]:
+  """``{image_id: member}``: exactly one mask per labelled image."""
+  members = masks.matching(_MASK_RE)
+  if not members:
+    raise _error(masks.path, "contains no ISIC_XXXXXXX_segmentation.png masks")
+  if (stray := sorted(set(members) - set(labels))):
+    raise _error(masks.describe(members[stray[0]]),
+                 f"mask has no image or label row in {labels_path}")
+  if (unmasked := sorted(set(labels) - set(members))):
+    raise _error(masks.path, f"no mask {unmasked[0]}_segmentation.png for "
+                 f"image {unmasked[0]}, while other images have masks"
+                 f"{_more(unmasked)}")
+  return members
+
+
+def _plan_split(manual_dir: str, split: str,
+                require_masks: bool) -> _SplitPlan | None:
+  """Checks one split's files; None when the split is absent altogether."""
+  if (found := _find_sources(manual_dir, split, require_masks)) is None:
+    return None
+  images, labels_path, masks = found
+  labels = _read_labels(labels_path)
+  image_members = _check_images(images, labels_path, labels)
+  return _SplitPlan(
+      images=images, masks=masks, labels=labels,
+      metadata=_read_metadata(images, manual_dir, split),
+      image_members=image_members,
+      mask_members={} if masks is None else _check_masks(masks, labels_path,
+                                                         labels))
+
+
 # Pixels.
-# ----------------------------------------------------------------------------
+
+
+def _open(data: bytes, where: str, what: str, formats: str,
+          draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+  """``(decoded image, original (W, H))``; JPEGs decoded at >= ``draft`` px
+  (DCT-domain downscaling makes multi-megapixel originals cheap)."""
+  try:
+    image = Image.open(io.BytesIO(data))
+    original = image.size
+    if draft:
+      image.draft("RGB", (draft, draft))
+    image.load()  # Decodes: truncated data fails here.
+    return image, original
+  except Image.UnidentifiedImageError:
+    raise _error(where, f"unreadable or corrupt {what} (not a {formats} PIL "
+                 "can identify)") from None
+  except _IMAGE_ERRORS as e:
+    raise _error(where, f"unreadable or corrupt {what} ({_brief(e)})") from None
 
 
 def _load_image(data: bytes, where: str,
                 size: int) -> tuple[Image.Image, tuple[int, int]]:
-  """``(RGB image resized to size x size, original (W, H))``."""
-  try:
-    image = Image.open(io.BytesIO(data))
-    original = image.size
-    # JPEG DCT-domain downscaling makes multi-megapixel originals cheap; 2x
-    # margin so the antialiased resize below, not the shortcut, sets quality.
-    image.draft("RGB", (2 * size, 2 * size))
-    image = image.convert("RGB")  # Decodes: truncated data fails here.
-  except Image.UnidentifiedImageError:
-    raise _error(where, "unreadable or corrupt image (not a JPEG or PNG "
-                 "PIL can identify)") from None
-  except _IMAGE_ERRORS as e:
-    raise _error(where,
-                 f"unreadable or corrupt image ({_one_line(e)})") from None
+  """``(RGB image resized to size x size, original (W, H))``; the 2x draft
+  margin leaves quality to the antialiased resize."""
+  image, original = _open(data, where, "image", "JPEG or PNG", 2 * size)
+  image = image.convert("RGB")
   if image.size != (size, size):
     image = image.resize((size, size), Image.BICUBIC)
   return image, original
 
 
 def _load_mask(data: bytes, where: str, size: int, image_where: str,
-               image_size: tuple[int, int]) -> np.ndarray:
-  """(size, size) uint8 0/255 mask; must match its image's original size."""
-  try:
-    mask = Image.open(io.BytesIO(data))
-    mask.load()
-  except Image.UnidentifiedImageError:
-    raise _error(where, "unreadable or corrupt mask (not a PNG PIL can "
-                 "identify)") from None
-  except _IMAGE_ERRORS as e:
-    raise _error(where,
-                 f"unreadable or corrupt mask ({_one_line(e)})") from None
+               image_size: tuple[int, int]) -> Image.Image:
+  """(size, size) 0/255 mask; must match its image's original size."""
+  mask, _ = _open(data, where, "mask", "PNG")
   if mask.size != image_size:
     raise _error(where, f"mask is {mask.size[0]}x{mask.size[1]} (WxH) but its "
                  f"image {image_where} is {image_size[0]}x{image_size[1]}")
@@ -510,7 +457,7 @@ def _load_mask(data: bytes, where: str, size: int, image_where: str,
   if mask.size != (size, size):
     # Area average then threshold: the lesion keeps its area at any scale.
     mask = mask.resize((size, size), Image.BOX)
-  return np.where(np.asarray(mask) > 127, 255, 0).astype(np.uint8)
+  return mask.point(lambda v: 255 if v > 127 else 0)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -524,9 +471,28 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
   return buf.getvalue()
 
 
-# ----------------------------------------------------------------------------
+def _examples(plan: _SplitPlan, size: int, fmt: str):
+  """``(image_id, features)`` of one split, sorted by id."""
+  zero_mask = _encode(Image.new("L", (size, size)), "png")
+  for image_id, member in sorted(plan.image_members.items()):
+    where = plan.images.describe(member)
+    image, original = _load_image(plan.images.read(member), where, size)
+    mask = zero_mask
+    if plan.masks is not None:
+      m = plan.mask_members[image_id]
+      mask = _encode(_load_mask(plan.masks.read(m), plan.masks.describe(m),
+                                size, where, original), "png")
+    _, melanoma, keratosis = plan.labels[image_id]
+    age, sex = plan.metadata.get(image_id, (-1.0, ""))
+    # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
+    yield image_id, {
+        "image": _encode(image, fmt), "mask": mask,
+        "has_mask": plan.masks is not None, "melanoma": melanoma,
+        "seborrheic_keratosis": keratosis, "image_id": image_id,
+        "age": np.float32(age), "sex": sex}
+
+
 # The builder.
-# ----------------------------------------------------------------------------
 
 
 def config_name(image_size: int, image_format: str = "png") -> str:
@@ -553,9 +519,18 @@ class ISIC2017Config(tfds.core.BuilderConfig):
     if self.name and self.name != derived:
       raise ValueError(f"Config name {self.name!r} != derived {derived!r}.")
     self.name = derived
-    if not self.description:
-      self.description = (f"{self.image_size}x{self.image_size} px, "
-                          f"{self.image_format.upper()} images.")
+    self.description = self.description or (
+        f"{self.image_size}x{self.image_size} px, "
+        f"{self.image_format.upper()} images.")
+
+
+def _plans(manual_dir: str, require_train_masks: bool) -> dict:
+  """``{split: _SplitPlan}`` of the splits present; raises what a build
+  would, before any image is read."""
+  plans = {split: _plan_split(manual_dir, split,
+                              require_train_masks and split == "train")
+           for split in SPLITS}
+  return {split: plan for split, plan in plans.items() if plan is not None}
 
 
 class Isic2017(tfds.core.GeneratorBasedBuilder):
@@ -581,36 +556,28 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    s = self.builder_config.image_size
+    s, f = self.builder_config.image_size, tfds.features
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(s, s, 3),
-                encoding_format=self.builder_config.image_format),
-            "mask": tfds.features.Image(shape=(s, s, 1),
-                                        encoding_format="png"),
-            "has_mask": tfds.features.Scalar(np.bool_),
-            "melanoma": tfds.features.Scalar(np.int64),
-            "seborrheic_keratosis": tfds.features.Scalar(np.int64),
-            "image_id": tfds.features.Text(),
-            "age": tfds.features.Scalar(np.float32),
-            "sex": tfds.features.Text(),
-        }),
+        builder=self, description=__doc__,
+        features=f.FeaturesDict({
+            "image": f.Image(shape=(s, s, 3), encoding_format=(
+                self.builder_config.image_format)),
+            "mask": f.Image(shape=(s, s, 1), encoding_format="png"),
+            "has_mask": f.Scalar(np.bool_),
+            "melanoma": f.Scalar(np.int64),
+            "seborrheic_keratosis": f.Scalar(np.int64),
+            "image_id": f.Text(), "age": f.Scalar(np.float32),
+            "sex": f.Text()}),
         homepage="https://challenge.isic-archive.com/data/#2017",
-        # Which splits had lesion masks; read back by `prepare`.
-        metadata=tfds.core.MetadataDict(),
-    )
+        # Which splits had masks, and the source files; read by `prepare`.
+        metadata=tfds.core.MetadataDict())
 
   def _manual_dir(self, dl_manager) -> str:
-    if self._isic_manual_dir is not None:
-      path = os.fspath(self._isic_manual_dir)
-    else:
-      # The public property raises a multi-line error for an empty folder;
-      # the checks below say which files are missing instead.
-      path = os.fspath(getattr(dl_manager, "_manual_dir", None) or "")
-    path = os.path.expanduser(path)
+    # The public property raises a multi-line error for an empty folder;
+    # the checks of `_plans` say which files are missing instead.
+    path = os.path.expanduser(os.fspath(
+        self._isic_manual_dir if self._isic_manual_dir is not None
+        else getattr(dl_manager, "_manual_dir", None) or ""))
     if not path or not os.path.isdir(path):
       raise _error(path or "manual_dir", "no such folder; "
                    + _expected_listing())
@@ -618,12 +585,7 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)
-    plans = {}
-    for split in SPLITS:
-      require = self._require_train_masks and split == "train"
-      plan = _plan_split(manual_dir, split, require)
-      if plan is not None:
-        plans[split] = plan
+    plans = _plans(manual_dir, self._require_train_masks)
     self.info.metadata["has_masks"] = {
         split: plan.masks is not None for split, plan in plans.items()}
     # Compared by `prepare` on every later run: a changed folder rebuilds.
@@ -634,41 +596,9 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(plan)
             for split, plan in plans.items()}
 
-  def _generate_examples(self, plan: _SplitPlan
-                         ) -> Iterator[tuple[str, dict[str, Any]]]:
-    size = self.builder_config.image_size
-    fmt = self.builder_config.image_format
-    zero_mask = _encode(Image.new("L", (size, size)), "png")
-    masks = plan.masks
-    with contextlib.ExitStack() as stack:
-      # One open zip per split, not one per member read.
-      for source in (plan.images, masks):
-        if source is not None:
-          stack.enter_context(source)
-      for image_id in sorted(plan.image_members):
-        member = plan.image_members[image_id]
-        where = plan.images.describe(member)
-        image, original = _load_image(plan.images.read(member), where, size)
-        if masks is not None:
-          mask_member = plan.mask_members[image_id]
-          mask = _encode(Image.fromarray(_load_mask(
-              masks.read(mask_member), masks.describe(mask_member), size,
-              where, original)), "png")
-        else:
-          mask = zero_mask
-        _, melanoma, keratosis = plan.labels[image_id]
-        age, sex = plan.metadata.get(image_id, (-1.0, ""))
-        # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
-        yield image_id, {
-            "image": _encode(image, fmt),
-            "mask": mask,
-            "has_mask": masks is not None,
-            "melanoma": melanoma,
-            "seborrheic_keratosis": keratosis,
-            "image_id": image_id,
-            "age": np.float32(age),
-            "sex": sex,
-        }
+  def _generate_examples(self, plan: _SplitPlan):
+    cfg = self.builder_config
+    return _examples(plan, cfg.image_size, cfg.image_format)
 
 
 def make_builder(data_dir, manual_dir, image_size: int = 256, *,
@@ -678,17 +608,11 @@ def make_builder(data_dir, manual_dir, image_size: int = 256, *,
   cfg = ISIC2017Config(image_size=image_size, image_format=image_format)
   # TFDS refuses a new config object that shares a registered config's name.
   registered = {c.name for c in Isic2017.BUILDER_CONFIGS}
-  config = cfg.name if cfg.name in registered else cfg
   return Isic2017(
-      data_dir=os.fspath(data_dir), config=config, file_format="array_record",
+      data_dir=os.fspath(data_dir), file_format="array_record",
+      config=cfg.name if cfg.name in registered else cfg,
       manual_dir=None if manual_dir is None else os.fspath(manual_dir),
       require_train_masks=require_train_masks)
-
-
-def _check_plans(manual_dir: str, require_train_masks: bool) -> None:
-  """Raises what a build of ``manual_dir`` would, before any image is read."""
-  for split in SPLITS:
-    _plan_split(manual_dir, split, require_train_masks and split == "train")
 
 
 def stale_reason(builder: Isic2017, manual_dir: str) -> str:
@@ -699,48 +623,54 @@ def stale_reason(builder: Isic2017, manual_dir: str) -> str:
   return source_difference(built["files"], source_files(manual_dir))
 
 
+def _download_mode(builder: Isic2017, manual: str | None,
+                   require_train_masks: bool):
+  """Reuse a prepared build unless ``manual`` holds other files (printed)."""
+  mode = tfds.download.GenerateMode
+  if not builder.is_prepared() or manual is None:
+    return mode.REUSE_DATASET_IF_EXISTS
+  if not os.path.isdir(manual):
+    built = builder.info.metadata.get("source") or {}
+    print(f"{manual}: no such folder; reusing the data set at "
+          f"{builder.data_dir}, built from "
+          f"{built.get('manual_dir', 'an unrecorded folder')}", flush=True)
+    return mode.REUSE_DATASET_IF_EXISTS
+  if not (reason := stale_reason(builder, manual)):
+    return mode.REUSE_DATASET_IF_EXISTS
+  _plans(manual, require_train_masks)  # The old build stays if these fail.
+  print(f"rebuilding {builder.data_dir}: {manual} differs from the files it "
+        f"was built from ({reason})", flush=True)
+  return mode.FORCE_REDOWNLOAD
+
+
 def prepare(data_dir, manual_dir, image_size: int = 256,
             require_train_masks: bool = True, *,
             image_format: str = "png") -> Isic2017:
   """Builds the data set into ``data_dir`` unless built; returns the builder.
 
-  A finished build records its source files (`source_files`). It is reused
-  while ``manual_dir`` holds the same files; otherwise the folder is checked
-  and the data set rebuilt, with a line saying what changed. A
-  ``manual_dir`` that is None or no longer exists reuses the build (a line
-  names the folder it was built from). TFDS writes into a temporary
-  ``incomplete.*`` folder renamed on success, so a failed or interrupted
-  build never leaves a partial data set.
+  A build is reused while ``manual_dir`` holds the files it recorded
+  (`source_files`); otherwise the folder is checked and the data set rebuilt,
+  with a line saying what changed. A ``manual_dir`` that is None or gone
+  reuses the build (a line names its folder). TFDS writes into an
+  ``incomplete.*`` folder renamed on success: no partial data set is left.
   """
-  builder = make_builder(data_dir, manual_dir, image_size,
-                         image_format=image_format,
-                         require_train_masks=require_train_masks)
+  new = lambda: make_builder(  # noqa: E731
+      data_dir, manual_dir, image_size, image_format=image_format,
+      require_train_masks=require_train_masks)
+  builder = new()
   manual = None if manual_dir is None else os.path.expanduser(
       os.fspath(manual_dir))
-  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if builder.is_prepared() and manual is not None:
-    built = builder.info.metadata.get("source") or {}
-    if not os.path.isdir(manual):
-      print(f"{manual}: no such folder; reusing the data set at "
-            f"{builder.data_dir}, built from "
-            f"{built.get('manual_dir', 'an unrecorded folder')}", flush=True)
-    elif (reason := stale_reason(builder, manual)):
-      _check_plans(manual, require_train_masks)  # The old build stays if bad.
-      print(f"rebuilding {builder.data_dir}: {manual} differs from the files "
-            f"it was built from ({reason})", flush=True)
-      mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+  mode = _download_mode(builder, manual, require_train_masks)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual, download_mode=mode,
       # No GCS lookup: it is a network call, and ISIC is not hosted there.
       try_download_gcs=False))
   if mode == tfds.download.GenerateMode.FORCE_REDOWNLOAD:
-    builder = make_builder(data_dir, manual_dir, image_size,
-                           image_format=image_format,
-                           require_train_masks=require_train_masks)
-  has_masks = dict(builder.info.metadata.get("has_masks", {}))
-  if require_train_masks and not has_masks.get("train", False):
-    raise MissingMasksError(_one_line(
-        f"{builder.data_dir}: was built without training masks "
-        f"(require_train_masks=False); add {masks_name('train')}.zip to "
-        f"{manual_dir} and run again: the data set is then rebuilt"))
+    builder = new()  # Reads the new build's metadata.
+  if require_train_masks and not builder.info.metadata.get(
+      "has_masks", {}).get("train", False):
+    raise _error(builder.data_dir, "was built without training masks "
+                 f"(require_train_masks=False); add {masks_name('train')}.zip "
+                 f"to {manual_dir} and run again: the data set is then rebuilt",
+                 MissingMasksError)
   return builder

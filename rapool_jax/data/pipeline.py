@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rapool_jax import errors
+from rapool_jax.data import isic2017
+from rapool_jax.data import synthetic_derm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,6 @@ def _data_dir(data_config) -> str:
 def make_builder(data_config, require_train_masks: bool = True):
   """Builds (once) and returns the TFDS builder named by ``config.data.name``."""
   if data_config.name == "synthetic_derm":
-    from rapool_jax.data import synthetic_derm
     builder = synthetic_derm.make_builder(
         _data_dir(data_config), image_size=data_config.image_size,
         num_train=data_config.num_train,
@@ -50,7 +51,6 @@ def make_builder(data_config, require_train_masks: bool = True):
     builder.download_and_prepare()
     return builder
   if data_config.name == "isic2017":
-    from rapool_jax.data import isic2017
     if not data_config.manual_dir:
       raise ValueError("config.data.manual_dir is empty: set "
                        "--config.data.manual_dir=PATH to the folder holding the "
@@ -96,7 +96,6 @@ def check_split_names(builder, data_config) -> None:
       continue
     fix = ""
     if builder.name == "isic2017" and split in ("train", "validation", "test"):
-      from rapool_jax.data import isic2017
       fix = (f"add {', '.join(isic2017.expected_files(split))} to "
              f"{data_config.manual_dir} (the data set is then rebuilt), or ")
     raise ValueError(
@@ -235,6 +234,35 @@ def sampling_grid(offset, angle, flips, crop_size: int):
   return cos * rr - sin * cc + centre[0], sin * rr + cos * cc + centre[1]
 
 
+def _gatherer(images, masks, source_rows):
+  """``gather(idx [B, h, w])`` -> (image taps ``[B, h, w, C]``, mask taps
+  ``[B, h, w]``) at flat pixel index ``idx`` of each view's source example."""
+  n, size = images.shape[:2]
+  channels = images.shape[-1]
+  if source_rows is not None and n * size * size < _FLAT_INDEX_LIMIT:
+    # One flat index into the whole (replicated) split: XLA fuses the index
+    # arithmetic into the gather and never stores an index array, which a
+    # gather with a batch dimension makes it do (2 GB per step at batch 256
+    # on the H200's program, benchmarks/README.md).
+    flat_images = images.reshape(n * size * size, channels)
+    flat_masks = masks.reshape(n * size * size)
+    base = (source_rows.astype(jnp.int32) * (size * size))[:, None, None]
+    return lambda idx: (
+        flat_images.at[base + idx].get(mode="promise_in_bounds"),
+        flat_masks.at[base + idx].get(mode="promise_in_bounds"))
+  # The batch itself, perhaps sharded over devices: a batched gather keeps
+  # each device's reads local.
+  if source_rows is not None:
+    images, masks = images[source_rows], masks[source_rows]
+  b = images.shape[0]
+  flat_images = images.reshape(b, size * size, channels)
+  flat_masks = masks.reshape(b, size * size)
+  return lambda idx: jax.vmap(
+      lambda im, m, i: (im.at[i].get(mode="promise_in_bounds"),
+                        m.at[i].get(mode="promise_in_bounds")))(
+                            flat_images, flat_masks, idx)
+
+
 def sample_bilinear(images, masks, rows, cols, source_rows=None):
   """Bilinear, edge-clamped sampling of images and masks on a fixed-point grid.
 
@@ -246,37 +274,12 @@ def sample_bilinear(images, masks, rows, cols, source_rows=None):
   Returns:
     float32 ``[B, h, w, C]`` and ``[B, h, w]``.
   """
-  n, size = images.shape[:2]
-  channels = images.shape[-1]
+  size = images.shape[1]
   shift = GRID_FRACTION_BITS
   r0, c0 = rows >> shift, cols >> shift          # floor, also below zero
   wr = (rows & (2 ** shift - 1)).astype(jnp.float32) * 2.0 ** -shift
   wc = (cols & (2 ** shift - 1)).astype(jnp.float32) * 2.0 ** -shift
-
-  if source_rows is not None and n * size * size < _FLAT_INDEX_LIMIT:
-    # One flat index into the whole (replicated) split: XLA fuses the index
-    # arithmetic into the gather and never stores an index array, which a
-    # gather with a batch dimension makes it do (2 GB per step at batch 256
-    # on the H200's program, benchmarks/README.md).
-    flat_images = images.reshape(n * size * size, channels)
-    flat_masks = masks.reshape(n * size * size)
-    base = (source_rows.astype(jnp.int32) * (size * size))[:, None, None]
-    gather = lambda idx: (  # noqa: E731
-        flat_images.at[base + idx].get(mode="promise_in_bounds"),
-        flat_masks.at[base + idx].get(mode="promise_in_bounds"))
-  else:
-    # The batch itself, perhaps sharded over devices: a batched gather keeps
-    # each device's reads local.
-    if source_rows is not None:
-      images, masks = images[source_rows], masks[source_rows]
-    b = images.shape[0]
-    flat_images = images.reshape(b, size * size, channels)
-    flat_masks = masks.reshape(b, size * size)
-    gather = lambda idx: jax.vmap(  # noqa: E731
-        lambda im, m, i: (im.at[i].get(mode="promise_in_bounds"),
-                          m.at[i].get(mode="promise_in_bounds")))(
-                              flat_images, flat_masks, idx)
-
+  gather = _gatherer(images, masks, source_rows)
   out_images = out_masks = 0.0
   for dr, w_r in ((0, 1.0 - wr), (1, wr)):
     for dc, w_c in ((0, 1.0 - wc), (1, wc)):

@@ -44,7 +44,7 @@ Every example is seeded from (seed, split, index), so a build is byte-for-byte
 reproducible and any example can be regenerated from its ``image_id`` with
 `generate_example` (which also returns the disc mask).
 
-Sanity check (``python -m rapool_jax.data.synthetic_derm``; ridge regression
+Sanity check (``python scripts/synthetic_sanity_report.py``; ridge regression
 fitted on 2000 train examples at 64 px, AUC on held-out train-distribution /
 test examples): lesion mean colour 0.81 / 0.80; colour statistics pooled over
 the lesion 0.82 / 0.83; the same statistics pooled over the whole image
@@ -602,92 +602,3 @@ def make_builder(data_dir, image_size: int = 64, num_train: int = 1200,
   config = cfg.name if cfg.name in registered else cfg
   return SyntheticDerm(data_dir=data_dir, config=config,
                        file_format="array_record")
-
-
-# ----------------------------------------------------------------------------
-# Sanity experiment, run by hand: python -m rapool_jax.data.synthetic_derm
-# ----------------------------------------------------------------------------
-
-
-def _auc(score: np.ndarray, label: np.ndarray) -> float:
-  """Mann-Whitney AUC (ties count half)."""
-  pos, neg = score[label == 1], score[label == 0]
-  less = np.searchsorted(np.sort(neg), pos, side="left")
-  less_eq = np.searchsorted(np.sort(neg), pos, side="right")
-  return float(np.mean(less + less_eq) / 2 / len(neg))
-
-
-def _ridge_auc(x_fit, y_fit, evals, lam=1.0):
-  """Ridge regression on standardised features; AUC on each (x, y) in evals."""
-  mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
-  a = np.c_[(x_fit - mu) / sd, np.ones(len(x_fit))]
-  w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (y_fit - 0.5))
-  return [_auc(np.c_[(x - mu) / sd, np.ones(len(x))] @ w, y) for x, y in evals]
-
-
-def _colour_features(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
-  """Weighted means of per-pixel colour features: ``[N, S, S, 3] -> [N, F]``.
-
-  ``weight`` ``[N, S, S]`` = 1 everywhere mimics GAP, the lesion mask mimics
-  region average pooling.
-  """
-  x = img.astype(np.float64) / 255.0
-  r, g, b = x[..., 0], x[..., 1], x[..., 2]
-  lum = x.mean(-1)
-  phi = np.stack([r, g, b, r * r, g * g, b * b, r * g, r * b, g * b,
-                  b - r, (b > r).astype(float), (lum < 0.25).astype(float),
-                  (lum > 0.7).astype(float)], -1)
-  wsum = weight.sum((1, 2))[:, None]
-  mean = np.einsum("nhw,nhwf->nf", weight, phi) / wsum
-  var = np.einsum("nhw,nhwf->nf", weight, phi ** 2) / wsum - mean ** 2
-  return np.c_[mean, np.sqrt(np.maximum(var, 0))]
-
-
-def sanity_report(num: int = 2000, image_size: int = 64, seed: int = 0):
-  """Prints class / disc statistics and how separable the classes are."""
-  fit = generate_examples("train", num, image_size, seed)
-  iid = generate_examples("train", num // 2, image_size, seed, start=num)
-  test = generate_examples("test", num // 2, image_size, seed)
-  for name, d in (("train", fit), ("test", test)):
-    mel = d["melanoma"] == 1
-    print(f"{name}: melanoma {mel.mean():.3f}  SK "
-          f"{d['seborrheic_keratosis'].mean():.3f}"
-          f"  disc {d['has_disc'].mean():.3f}"
-          f"  P(disc|mel) {d['has_disc'][mel].mean():.3f}"
-          f"  P(disc|rest) {d['has_disc'][~mel].mean():.3f}"
-          f"  hair {d['has_hair'].mean():.3f}"
-          f"  disc fallback {d['disc_fallback'].mean():.4f}"
-          f"  AUC(no disc) {_auc(1.0 - d['has_disc'], d['melanoma']):.3f}")
-  ys = [fit["melanoma"], iid["melanoma"], test["melanoma"]]
-  print("Ridge fit on train; AUC on [train-distribution held out, test]:")
-
-  def report(label, feats):
-    fx, ix, tx = feats
-    aucs = _ridge_auc(fx, ys[0], [(ix, ys[1]), (tx, ys[2])])
-    print(f"  {label:44s} iid {aucs[0]:.3f}   test {aucs[1]:.3f}")
-
-  sets = (fit, iid, test)
-  masks = [d["mask"][..., 0] > 0 for d in sets]
-  report("lesion mean colour (GT mask)",
-         [_colour_features(d["image"], m)[:, :3] for d, m in zip(sets, masks)])
-  report("colour stats pooled over lesion (region pool)",
-         [_colour_features(d["image"], m) for d, m in zip(sets, masks)])
-  report("colour stats pooled over image (GAP)",
-         [_colour_features(d["image"], np.ones_like(m, float))
-          for d, m in zip(sets, masks)])
-  f = image_size // 16
-
-  def down(d, m=None):
-    x = d["image"].astype(np.float64)
-    if m is not None:
-      x = x * m[..., None]
-    n = len(x)
-    return x.reshape(n, 16, f, 16, f, 3).mean((2, 4)).reshape(n, -1)
-
-  report("16x16 pixels, whole image", [down(d) for d in sets])
-  report("16x16 pixels, lesion only", [down(d, m) for d, m in zip(sets, masks)])
-  report("has_disc only", [d["has_disc"][:, None].astype(float) for d in sets])
-
-
-if __name__ == "__main__":
-  sanity_report()
