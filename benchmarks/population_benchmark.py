@@ -68,7 +68,9 @@ class SequentialRunner:
 
   def __init__(self, pop: population.Population, name: str):
     config, stage = pop.config, pop.config.stages[name]
-    variables = population.init_variables(pop.model, config, 0)
+    variables = train.init_variables(
+        pop.model, train.make_key(0, config.systems.prng_impl),
+        config.data.crop_size, config.model)
     tx = optim.make_optimizer(config.optimizer, stage, variables["params"])
     state = train.create_train_state(pop.model, variables, tx, pop.mesh)
     step = functools.partial(
@@ -98,24 +100,29 @@ class SequentialRunner:
 
 
 class PopulationRunner:
-  """A population of ``size`` seeds in one ``form``, compiled ahead."""
+  """A population of ``size`` seeds in one ``form``, compiled ahead as
+  ``train.train_stage`` compiles it."""
 
   def __init__(self, config, data, name: str, size: int, form: str):
     members = [population.Member(seed=p) for p in range(size)]
     self.pop = population.Population(config, members, form=form, data=data)
-    carry = self.pop.start(name, self.pop.init_variables())
-    self.settings = self.pop.settings(name)
-    self.idx = [self.pop.batch(0, t) for t in range(4)]
-    self.compiled, self.carry, self.compile_s = self.pop.compile(name, carry)
+    state = self.pop.start(name, self.pop.init_variables())
+    self.args = list(self.pop.step_args(name, 0, 0, 4))
+    t0 = time.perf_counter()
+    self.compiled, self.state = sharding.compile_train_step(
+        population.population_step(config, name, form), state, self.args[0],
+        sharding.replicated(self.pop.mesh),
+        layout=config.systems.state_layout,
+        donate=config.systems.donate_state)
+    self.compile_s = time.perf_counter() - t0
     self.xla_mem_bytes = xla_bytes(self.compiled)
 
   def run(self, steps: int) -> float:
-    jax.block_until_ready(self.carry)
+    jax.block_until_ready(self.state)
     t0 = time.perf_counter()
     for t in range(steps):
-      self.carry, scalars = self.compiled(self.carry, self.idx[t % 4],
-                                          self.settings, self.pop.split)
-    jax.block_until_ready((self.carry, scalars))
+      self.state, scalars = self.compiled(self.state, *self.args[t % 4])
+    jax.block_until_ready((self.state, scalars))
     return time.perf_counter() - t0
 
 

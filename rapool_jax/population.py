@@ -1,25 +1,19 @@
 """Populations: many training runs as one compiled program.
 
-A population is P members that share a model, a stage's structural settings
-(pooling, trainable rules, BatchNorm mode, schedule shape) and the
-device-resident data, and differ in what can be data: their seed (initial
-weights, batch order, augmentation and dropout), their cross-validation fold
-(the rows of the shared split they train on) and a stage's numeric settings
-(``lr``, ``lambda_class``, ``lambda_seg``), passed as traced ``[P]`` arrays.
-Their train states are stacked on a leading member axis and one compiled step
-(``train.resident_train_step`` per member) trains them all, in one of FORMS:
+P members share a model, a stage's structure (pooling, trainable rules,
+BatchNorm mode, schedule shape) and the device-resident data; they differ in
+seed (initial weights, batch order, augmentation, dropout), cross-validation
+fold (their rows of the shared split) and a stage's ``SETTINGS``, passed as
+traced ``[P]`` arrays. Their ``TrainState``s are stacked on a leading member
+axis and one compiled step (``train.resident_train_step`` per member) trains
+them all, in one of FORMS: ``vmap`` (one batched program; a conv over
+per-member weights becomes a grouped convolution), ``map`` (``lax.map``, a
+loop inside the program) or ``unroll`` (P copies of the step in one program).
 
-  ``vmap``    ``jax.vmap``: one batched program (a conv over per-member
-              weights becomes a grouped convolution);
-  ``map``     ``jax.lax.map``: a loop over members inside the program;
-  ``unroll``  a Python loop inside one jitted program: P copies of the step.
-
-Each member's batches are ``pipeline.batch_indices`` of its own seed over its
-own rows, so member p trains exactly as the single run of
-``member_config(config, members[p])`` does; ``member`` takes its state out of
-the stack as an ordinary run's state and ``write_member`` saves it as an
-ordinary workdir. A stage's stacked state is checkpointed with orbax beside
-the member manifest (``members.json``) and resumes identically.
+Member p trains as the single run of ``member_config(config, members[p])``
+does. ``train.train_stage`` runs, checkpoints and resumes the stacked state,
+beside the member manifest (``members.json``); ``write_member`` saves any
+member as an ordinary run's workdir.
 """
 
 from __future__ import annotations
@@ -27,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Sequence
 
 import jax
@@ -40,7 +33,6 @@ from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import errors
 from rapool_jax import losses
 from rapool_jax import optim
-from rapool_jax import pretrained
 from rapool_jax import sharding
 from rapool_jax import train
 from rapool_jax.data import folds
@@ -145,36 +137,31 @@ def member(tree, index: int):
   return jax.tree.map(lambda x: x[index], tree)
 
 
-def size(tree) -> int:
-  return jax.tree.leaves(tree)[0].shape[0]
-
-
-def over_members(fn, form: str):
-  """``fn(carry, batch_idx, settings, split)`` of one member -> the same of
-  P members: ``carry``, ``batch_idx`` and ``settings`` with a leading member
-  axis, ``split`` shared."""
-  check_form(form)
-  if form == "vmap":
-    return jax.vmap(fn, in_axes=(0, 0, 0, None))
-  if form == "map":
-    return lambda carry, idx, settings, split: jax.lax.map(
-        lambda xs: fn(*xs, split), (carry, idx, settings))
-
-  def unrolled(carry, idx, settings, split):
-    return stack([fn(*member((carry, idx, settings), p), split)
-                  for p in range(size(idx))])
-  return unrolled
-
-
 def check_form(form: str) -> None:
   if form not in FORMS:
     raise errors.UserError(f"config.systems.member_axis={form!r}: choose one "
                            f"of {FORMS}")
 
 
+def over_members(fn, form: str):
+  """``fn(*per_member, shared)`` of one member -> the same of P members:
+  every argument but the last with a leading member axis."""
+  check_form(form)
+  if form == "vmap":
+    return lambda *args: jax.vmap(fn, in_axes=(0,) * (len(args) - 1) + (None,))(
+        *args)
+  if form == "map":
+    return lambda *args: jax.lax.map(lambda xs: fn(*xs, args[-1]), args[:-1])
+
+  def unrolled(*args):
+    count = jax.tree.leaves(args[0])[0].shape[0]
+    return stack([fn(*member(args[:-1], p), args[-1]) for p in range(count)])
+  return unrolled
+
+
 class _StageWith:
   """A stage config read through, with some settings replaced by (traced)
-  values; what ``train.train_step`` and ``optim`` read a stage as."""
+  values: what ``train.train_step`` and ``optim`` read a stage as."""
 
   def __init__(self, stage, values: dict):
     self._stage, self._values = stage, values
@@ -188,8 +175,7 @@ class _StageWith:
     return self.__getattr__(key)
 
   def get(self, key, default=None):
-    return self._values[key] if key in self._values else self._stage.get(
-        key, default)
+    return self._values.get(key, self._stage.get(key, default))
 
 
 def member_optimizer(optimizer_config, stage, lr, params):
@@ -208,29 +194,28 @@ def member_optimizer(optimizer_config, stage, lr, params):
   return optax.GradientTransformation(base.init, update)
 
 
-def member_step(carry, batch_idx, settings, split, *, config, stage):
-  """One member's ``train.resident_train_step``: ``carry`` is ``{"state":
-  TrainState, "key"}`` (the key as raw data), ``settings`` its ``SETTINGS``
-  scalars. The state's static ``tx`` is swapped for the member's for the
-  step and back after it, so the carry's structure never holds a tracer."""
-  key = jax.random.wrap_key_data(carry["key"], impl=config.systems.prng_impl)
-  state = carry["state"]
-  tx = member_optimizer(config.optimizer, stage, settings["lr"], state.params)
-  state, scalars = train.resident_train_step(
-      state.replace(tx=tx), batch_idx, key, split,
-      stage=_StageWith(stage, settings), data=config.data,
-      mean=tuple(config.data.mean), std=tuple(config.data.std))
-  return {"state": state.replace(tx=carry["state"].tx),
-          "key": carry["key"]}, scalars
-
-
 def population_step(config, name: str, form: str):
-  """``step(carry, batch_idx [P, B], settings, split) -> (carry, scalars [P])``
-  for stage ``name``, to be jitted."""
-  def one(carry, idx, settings, split):
-    return member_step(carry, idx, settings, split, config=config,
-                       stage=config.stages[name])
-  return over_members(one, form)
+  """``step(state, batch_idx [P, B], keys [P], settings, split)`` ->
+  ``(state, scalars)`` for stage ``name``: the members' mean of each scalar,
+  and ``loss_max``, the worst member's loss."""
+  stage = config.stages[name]
+
+  def one(state, batch_idx, key, settings, split):
+    # The static ``tx`` is the member's for the step, then back to the
+    # stack's, so the carry's structure never holds a tracer.
+    tx = member_optimizer(config.optimizer, stage, settings["lr"],
+                          state.params)
+    new, scalars = train.resident_train_step(
+        state.replace(tx=tx), batch_idx, key, split,
+        stage=_StageWith(stage, settings), data=config.data,
+        mean=tuple(config.data.mean), std=tuple(config.data.std))
+    return new.replace(tx=state.tx), scalars
+
+  def step(*args):
+    state, scalars = over_members(one, form)(*args)
+    return state, {**jax.tree.map(jnp.mean, scalars),
+                   "loss_max": jnp.max(scalars["loss"])}
+  return step
 
 
 # ----------------------------------------------------------------------------
@@ -272,54 +257,6 @@ def batch_indices(members: Sequence[Member], rows, stage_index: int, step: int,
       for m, r in zip(members, rows)])
 
 
-# ----------------------------------------------------------------------------
-# States.
-
-
-def init_variables(model, config, seed: int):
-  """Step 1 of the run with ``seed`` (``train.init_variables``)."""
-  key = train.make_key(seed, config.systems.prng_impl)
-  return train.init_variables(model, key, config.data.crop_size, config.model)
-
-
-def start_carry(model, config, members: Sequence[Member], name: str,
-                variables):
-  """Stage ``name``'s stacked carry ``{"state": TrainState, "key"}`` from
-  stacked ``variables``: fresh optimizer state and step ``[P]``, each
-  member's key (raw data ``[P, ...]``)."""
-  tx = optim.make_optimizer(config.optimizer, config.stages[name],
-                            member(variables, 0)["params"],
-                            f"config.stages.{name}")
-  # The step donates its carry; the caller keeps ``variables``.
-  variables = jax.tree.map(jnp.copy, variables)
-  state = train.TrainState(
-      step=jnp.zeros((len(members),), jnp.int32), apply_fn=model.apply,
-      params=variables["params"], batch_stats=variables["batch_stats"],
-      tx=tx, opt_state=jax.vmap(tx.init)(variables["params"]))
-  keys = [jax.random.key_data(train.make_key(m.seed,
-                                             config.systems.prng_impl))
-          for m in members]
-  return {"state": state, "key": jnp.stack(keys)}
-
-
-def as_saved(carry) -> dict:
-  """The carry as checkpointed: a single run's layout with ``[P]`` leaves,
-  and the keys."""
-  state = carry["state"]
-  return {"variables": state.variables, "opt_state": state.opt_state,
-          "step": state.step, "key": carry["key"]}
-
-
-def restore_carry(mngr, step: int, target):
-  """The carry checkpointed at ``step``, into ``target``'s structure."""
-  saved = ckpt_lib.restore_state(mngr, step, as_saved(target))
-  state = target["state"].replace(
-      params=saved["variables"]["params"],
-      batch_stats=saved["variables"]["batch_stats"],
-      opt_state=saved["opt_state"], step=saved["step"])
-  return {"state": state, "key": saved["key"]}
-
-
 def check_manifest(workdir: str, members: Sequence[Member]) -> None:
   """Writes ``workdir/members.json``, or checks that the one there names the
   same members (a population resumes only as itself)."""
@@ -345,28 +282,18 @@ def check_manifest(workdir: str, members: Sequence[Member]) -> None:
 # Training.
 
 
-def set_input_normalisation(config) -> None:
-  """ImageNet weights define the input normalisation (as ``run.setup``)."""
-  if (config.model.pretrained
-      and config.model.get("backbone", "resnet") == "resnet"):
-    prep = pretrained.preprocessing_for(config.model.pretrained)
-    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
-
-
 class Population:
-  """P members of one config on one device-resident split.
-
-  ``data``: ``(split, rows)`` as ``training_data`` returns (loaded from
-  the config when None); ``form``: one of FORMS (default:
-  ``config.systems.member_axis`` where set, else ``default_form()``).
-  """
+  """P members of one config (input normalisation set, as ``run.setup``
+  leaves it) on one device-resident split. ``data``: ``(split, rows)`` as
+  ``training_data`` returns (loaded when None); ``form``: one of FORMS
+  (default: ``config.systems.member_axis`` where set, else
+  ``default_form()``)."""
 
   def __init__(self, config, members: Sequence[Member], *, form: str = "",
                data=None):
     check_members(config, members)
     self.config, self.members = config, tuple(members)
     config.model.num_classes = pipeline.num_classes(config.data.task)
-    set_input_normalisation(config)
     self.model = rapool_net.build_model(config.model, config.systems)
     self.form = form or config.systems.get("member_axis", "") or default_form()
     check_form(self.form)
@@ -376,129 +303,67 @@ class Population:
     self.split = sharding.put_replicated(
         {"images": host.images, "masks": host.masks, "labels": host.labels,
          "has_mask": host.has_mask}, self.mesh)
-
-  def __len__(self):
-    return len(self.members)
+    self.keys = sharding.put_replicated(jnp.stack(
+        [train.make_key(m.seed, config.systems.prng_impl) for m in members]),
+                                        self.mesh)
 
   def init_variables(self):
     """Stacked Step-1 variables, member p's from its own seed."""
-    return stack([init_variables(self.model, self.config, m.seed)
-                  for m in self.members])
+    return stack([train.init_variables(
+        self.model, train.make_key(m.seed, self.config.systems.prng_impl),
+        self.config.data.crop_size, self.config.model) for m in self.members])
 
-  def start(self, name: str, variables):
-    """Stage ``name``'s fresh carry from stacked ``variables``."""
-    return sharding.put_replicated(start_carry(
-        self.model, self.config, self.members, name, variables), self.mesh)
+  def start(self, name: str, variables) -> train.TrainState:
+    """Stage ``name``'s stacked state from stacked ``variables``: fresh
+    optimizer state, step ``[P]``."""
+    tx = optim.make_optimizer(self.config.optimizer, self.config.stages[name],
+                              member(variables, 0)["params"],
+                              f"config.stages.{name}")
+    variables = jax.tree.map(jnp.copy, variables)  # the step donates them
+    return sharding.put_replicated(train.TrainState(
+        step=jnp.zeros((len(self.members),), jnp.int32),
+        apply_fn=self.model.apply, params=variables["params"],
+        batch_stats=variables["batch_stats"], tx=tx,
+        opt_state=jax.vmap(tx.init)(variables["params"])), self.mesh)
 
-  def settings(self, name: str) -> dict:
-    return sharding.put_replicated(
+  def step_args(self, name: str, index: int, start: int, stop: int):
+    """Yields steps ``start``..``stop - 1``'s arguments after the state."""
+    settings = sharding.put_replicated(
         stage_settings(self.config, self.members, name), self.mesh)
-
-  def batch(self, stage_index: int, step: int):
-    return sharding.put_replicated(batch_indices(
-        self.members, self.rows, stage_index, step,
-        self.config.train.batch_size), self.mesh)
-
-  def compile(self, name: str, carry, stage_index: int = 0):
-    """``(compiled, carry, seconds)``: stage ``name``'s population step
-    compiled ahead (state donated, laid out as ``config.systems`` says) and
-    the carry placed for it."""
-    t0 = time.perf_counter()
-    compiled, carry = sharding.compile_train_step(
-        population_step(self.config, name, self.form), carry,
-        (self.batch(stage_index, 0), self.settings(name), self.split),
-        sharding.replicated(self.mesh),
-        layout=self.config.systems.state_layout,
-        donate=self.config.systems.donate_state)
-    return compiled, carry, time.perf_counter() - t0
+    for t in range(start, stop):
+      idx = batch_indices(self.members, self.rows, index, t,
+                          self.config.train.batch_size)
+      yield (sharding.put_replicated(idx, self.mesh), self.keys, settings,
+             self.split)
 
   def run_stage(self, workdir: str, index: int, name: str, variables,
-                stop_at: int | None = None):
-    """Trains stage ``name`` (batch order ``index``) from stacked
-    ``variables`` or its checkpoint in ``workdir``, up to ``max_steps`` (or
-    ``stop_at``, checkpointed there). Returns ``(carry, meta)``."""
+                finished: dict | None = None):
+    """Stage ``name`` (batch order ``index``) from stacked ``variables`` or
+    its checkpoint, by ``train.train_stage``; returns the stacked final
+    variables and the stage's meta. Progress lines count member-images."""
     check_manifest(workdir, self.members)
-    stage = self.config.stages[name]
-    stop = stage.max_steps if stop_at is None else min(stop_at, stage.max_steps)
-    with ckpt_lib.manager(workdir, name,
-                          self.config.train.keep_checkpoints) as mngr:
-      carry = self.start(name, variables)
-      meta = {"stage": name, "step": 0, "done": False, "form": self.form,
-              "members": [m.as_dict() for m in self.members]}
-      step, saved = ckpt_lib.latest_meta(mngr)
-      if step is not None:
-        print(f"[{name}] population resumed from checkpoint at step {step}",
-              flush=True)
-        carry, meta = restore_carry(mngr, step, carry), saved
-      if not meta["done"]:
-        carry = _train(self, mngr, index, name, carry, meta, stop)
-        meta["done"] = meta["step"] >= stage.max_steps
-        ckpt_lib.save(mngr, int(meta["step"]) + int(meta["done"]),
-                      as_saved(carry), meta)
-    return carry, meta
+    config = self.config.copy_and_resolve_references()
+    config.train.batch_size *= len(self.members)  # img/s: member-img/s
+    return train.train_stage(
+        self.start(name, variables), population_step(config, name, self.form),
+        lambda start, stop: self.step_args(name, index, start, stop),
+        name=name, config=config, workdir=workdir, mesh=self.mesh,
+        finished=finished or {})
 
-
-def _train(pop: Population, mngr, index: int, name: str, carry, meta: dict,
-           stop: int):
-  """Steps ``meta["step"]``..``stop - 1``; logs member-img/s and ETA, and
-  checkpoints every ``train.checkpoint_every`` steps."""
-  train_config = pop.config.train
-  settings = pop.settings(name)
-  start = int(meta["step"])
-  compiled, t_first = None, None
-  for t in range(start, stop):
-    if compiled is None:
-      compiled, carry, compile_s = pop.compile(name, carry, index)
-      print(f"[{name}] {len(pop)} members ({pop.form}): compiled in "
-            f"{compile_s:.1f} s", flush=True)
-    carry, scalars = compiled(carry, pop.batch(index, t), settings, pop.split)
-    if t == start:
-      jax.block_until_ready(scalars)
-      t_first = time.perf_counter()
-    meta["step"] = t + 1
-    if (t + 1) % train_config.log_every == 0 or t + 1 == stop:
-      _log(pop, name, t + 1, jax.device_get(scalars), t_first, start)
-    if (t + 1) % train_config.checkpoint_every == 0 and t + 1 < stop:
-      ckpt_lib.save(mngr, t + 1, as_saved(carry), meta)
-  return carry
-
-
-def _log(pop: Population, name: str, step: int, scalars: dict,
-         t_first: float, start: int) -> None:
-  """One progress line: mean loss over members, member-img/s, ETA."""
-  loss = np.asarray(scalars["loss"])
-  if not np.isfinite(loss).all():
-    bad = int(np.flatnonzero(~np.isfinite(loss))[0])
-    raise FloatingPointError(
-        f"[{name}] member {bad} ({pop.members[bad].as_dict()}): loss is "
-        f"{loss[bad]} at step {step}; lower its lr")
-  max_steps = pop.config.stages[name].max_steps
-  done = step - start - 1  # the first step's time includes compilation
-  seconds = time.perf_counter() - t_first
-  rate = done * len(pop) * pop.config.train.batch_size / max(seconds, 1e-9)
-  eta = seconds / done * (max_steps - step) if done else float("nan")
-  print(f"[{name}] step {step}/{max_steps}: loss {loss.mean():.4f} "
-        f"(members {loss.min():.4f}..{loss.max():.4f}), "
-        f"{rate:.1f} member-img/s, ETA {eta:.0f} s", flush=True)
-
-
-# ----------------------------------------------------------------------------
-# Members out of the stack.
-
-
-def write_member(workdir: str, config, member_: Member, name: str, state,
-                 meta: dict) -> None:
-  """Saves one member's stage state (``member(carry["state"], p)``, a
-  ``TrainState``) as an ordinary run's workdir: its ``config.json`` and
-  stage checkpoint, which ``predict`` and the other tools read as they read
-  a single run's."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(member_config(config, member_).to_json_best_effort(indent=2))
-  single_meta = {"stage": name, "step": int(state.step),
-                 "done": bool(meta["done"]),
-                 "plateau": {"best": None, "bad": 0, "history": []},
-                 "finished": {}, "population_member": member_.as_dict()}
-  with ckpt_lib.manager(workdir, name) as mngr:
-    train.save_train_state(mngr, int(state.step) + int(meta["done"]), state,
-                           single_meta)
+  def write_member(self, workdir: str, name: str, variables, index: int,
+                   out: str) -> None:
+    """Member ``index``'s last checkpoint of stage ``name`` in ``workdir``
+    (``variables``: any stacked variables, for shapes) saved as an ordinary
+    run's workdir ``out``: ``config.json`` and the stage checkpoint, which
+    ``predict`` and the other tools read as a single run's."""
+    with ckpt_lib.manager(workdir, name) as mngr:
+      step, meta = ckpt_lib.latest_meta(mngr)
+      state = train.restore_train_state(mngr, step,
+                                        self.start(name, variables))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+      f.write(member_config(self.config, self.members[index])
+              .to_json_best_effort(indent=2))
+    meta = {**meta, "population_member": self.members[index].as_dict()}
+    with ckpt_lib.manager(out, name) as mngr:
+      train.save_train_state(mngr, step, member(state, index), meta)

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import errors
 from rapool_jax import population
 from rapool_jax import predict
@@ -93,7 +95,7 @@ def test_stack_and_member_round_trip():
   trees = [{"a": jnp.full((2,), i), "b": {"c": jnp.float32(i)}}
            for i in range(3)]
   stacked = population.stack(trees)
-  assert population.size(stacked) == 3
+  assert jax.tree.leaves(stacked)[0].shape[0] == 3
   for i, t in enumerate(trees):
     got = population.member(stacked, i)
     assert jax.tree.all(jax.tree.map(lambda x, y: bool((x == y).all()), got, t))
@@ -180,11 +182,11 @@ def test_population_of_three_reproduces_the_single_runs(single_runs, form,
   config, (predict_fn, test_split), want = single_runs
   pop = population.Population(config.copy_and_resolve_references(), MEMBERS,
                               form=form)
-  carry, meta = pop.run_stage(str(tmp_path), JOINT, "joint",
-                              pop.init_variables())
+  stacked, meta = pop.run_stage(str(tmp_path), JOINT, "joint",
+                                pop.init_variables())
   assert meta["done"] and meta["step"] == config.stages.joint.max_steps
   for p in range(len(MEMBERS)):
-    variables = population.member(carry["state"], p).variables
+    variables = population.member(stacked, p)
     scores = predict_fn(variables, test_split, "region")["probs"][:, 1]
     np.testing.assert_allclose(scores, want[p], atol=1e-4, rtol=0)
 
@@ -201,47 +203,47 @@ def test_population_of_one_is_the_plain_run(tiny_config, tmp_path):
   stacked = pop.init_variables()
   assert jax.tree.all(jax.tree.map(
       lambda a, b: bool((a[0] == b).all()), stacked, init))
-  carry, _ = pop.run_stage(str(tmp_path / "pop"), 0, "classification",
-                           stacked)
-  got = population.member(carry["state"], 0).variables
+  got, _ = pop.run_stage(str(tmp_path / "pop"), 0, "classification", stacked)
+  got = population.member(got, 0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got,
                want)
 
 
-@pytest.mark.slow  # three populations
+@pytest.mark.slow  # two populations
 def test_killed_population_resumes_identically_and_writes_out_members(
-    tiny_config, tmp_path):
+    tiny_config, tmp_path, capsys):
   config = _cv_config(tiny_config)
-  config.train.checkpoint_every = 2
-  members = MEMBERS[1:]
+  config.train.checkpoint_every, config.train.keep_checkpoints = 2, 5
+  members, workdir = MEMBERS[1:], str(tmp_path / "pop")
 
-  def run(workdir, stop_at=None):
+  def run_population():
     pop = population.Population(config.copy_and_resolve_references(),
-                                 members)
-    return pop.run_stage(workdir, JOINT, "joint", pop.init_variables(),
-                         stop_at=stop_at)
+                                members)
+    return pop, pop.run_stage(workdir, JOINT, "joint", pop.init_variables())
 
-  whole, _ = run(str(tmp_path / "whole"))
-  killed = str(tmp_path / "killed")
-  _, meta = run(killed, stop_at=3)  # checkpoints at 2, then 3 (the "kill")
-  assert (meta["step"], meta["done"]) == (3, False)
-  resumed, meta = run(killed)
+  _, (whole, _) = run_population()
+  # What a kill right after step 2's checkpoint leaves (as test_resume.py).
+  stage_dir = ckpt_lib.stage_dir(workdir, "joint")
+  for name in os.listdir(stage_dir):
+    if not (name.isdigit() and int(name) <= 2):
+      shutil.rmtree(os.path.join(stage_dir, name))
+  pop, (resumed, meta) = run_population()
+  assert "[joint] resumed from checkpoint at step 2" in capsys.readouterr().out
   assert meta["done"]
-  jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(population.as_saved(resumed)),
-               jax.device_get(population.as_saved(whole)))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed),
+               jax.device_get(whole))
 
   # Any member, written out, is an ordinary run's workdir.
   out = str(tmp_path / "member1")
-  population.write_member(out, config, members[1], "joint",
-                          population.member(resumed["state"], 1), meta)
+  pop.write_member(workdir, "joint", resumed, 1, out)
   saved, _, variables, pooling, _ = predict.load_run(out, "joint",
                                                      use_rankopt=False)
-  assert (saved.seed, pooling) == (2, "region")
-  assert saved.stages.joint.lambda_seg == 2.0
+  assert (saved.seed, pooling, saved.stages.joint.lambda_seg) == (
+      2, "region", 2.0)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
-               jax.device_get(population.member(resumed["state"], 1).variables))
-  assert os.path.exists(os.path.join(killed, population.MANIFEST))
+               jax.device_get(population.member(resumed, 1)))
+  with open(os.path.join(workdir, population.MANIFEST)) as f:
+    assert json.load(f)["members"] == [m.as_dict() for m in members]
 
 
 # ----------------------------------------------------------------------------
