@@ -1,4 +1,4 @@
-"""Populations of P members against P sequential runs, per form of the member axis.
+"""Populations of P members against P sequential runs, per member-axis form.
 
     python -m benchmarks.population_benchmark \
         --out benchmarks/results/population_cpu.json \
@@ -137,9 +137,10 @@ def xla_bytes(compiled) -> int | None:
 
 def timed_block(runner, steps: int) -> dict[str, float | None]:
   """``steps`` steps of ``runner``: seconds and other processes' CPU share."""
-  busy0, own0 = benchmark._system_busy_s(), time.process_time()  # pylint: disable=protected-access
+  busy = benchmark._system_busy_s  # pylint: disable=protected-access
+  busy0, own0 = busy(), time.process_time()
   seconds = runner.run(steps)
-  busy1, own1 = benchmark._system_busy_s(), time.process_time()  # pylint: disable=protected-access
+  busy1, own1 = busy(), time.process_time()
   other = None
   if busy0 is not None and busy1 is not None:
     other = max(0.0, ((busy1 - busy0) - (own1 - own0))
@@ -154,6 +155,7 @@ def compare(seq: SequentialRunner, runner: PopulationRunner, size: int,
   runner.run(1)
   seq.run(size)
   benchmark._rss_peak_reset()  # pylint: disable=protected-access
+  rss_peak = benchmark._rss_peak_bytes  # pylint: disable=protected-access
   rounds = []
   for r in range(repeats):
     blocks = {}
@@ -177,7 +179,7 @@ def compare(seq: SequentialRunner, runner: PopulationRunner, size: int,
       "rounds": rounds,
       "compile_s": runner.compile_s,
       "xla_mem_bytes": runner.xla_mem_bytes,
-      "peak_rss_bytes": benchmark._rss_peak_bytes(),  # pylint: disable=protected-access
+      "peak_rss_bytes": rss_peak(),
   }
 
 

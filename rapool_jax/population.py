@@ -77,7 +77,8 @@ def check_members(config: ml_collections.ConfigDict, members: Sequence[Member],
   num_folds = config.data.crossval.num_folds
   for i, m in enumerate(members):
     if not isinstance(m.seed, int):
-      raise errors.UserError(f"{where}: member {i}: seed={m.seed!r} is not an int")
+      raise errors.UserError(
+          f"{where}: member {i}: seed={m.seed!r} is not an int")
     if m.fold is not None and not 0 <= m.fold < max(num_folds, 0):
       raise errors.UserError(
           f"{where}: member {i}: fold={m.fold} is not a fold of "
@@ -118,7 +119,8 @@ def member_config(config: ml_collections.ConfigDict,
 
 
 def stage_settings(config, members: Sequence[Member], name: str) -> dict:
-  """``{setting: float32 [P]}``: each member's numeric settings of stage ``name``."""
+  """``{setting: float32 [P]}``: each member's numeric settings of stage
+  ``name``."""
   stages = [member_config(config, m).stages[name] for m in members]
   return {k: np.asarray([s[k] for s in stages], np.float32) for k in SETTINGS}
 
@@ -128,7 +130,7 @@ def stage_settings(config, members: Sequence[Member], name: str) -> dict:
 
 
 def stack(trees: Sequence[Any]):
-  """P pytrees of one structure -> one pytree with a leading axis ``[P, ...]``."""
+  """P pytrees of one structure -> one with a leading axis ``[P, ...]``."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

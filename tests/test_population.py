@@ -70,8 +70,8 @@ def test_every_form_maps_a_step_over_members(form):
   def step(carry, idx, settings, split):  # SGD on a conv, data shared
     def loss(w):
       x = split["x"][idx]
-      y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = jax.lax.conv_general_dilated(
+          x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return jnp.mean(y ** 2) * settings["scale"]
     g = jax.grad(loss)(carry["w"])
     return {"w": carry["w"] - 0.1 * g}, {"loss": loss(carry["w"])}
@@ -255,8 +255,8 @@ def _benchmark():
   from conftest import REPO  # pylint: disable=g-import-not-at-top
   if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts
     sys.path.insert(0, str(REPO))
-  from benchmarks import population_benchmark  # pylint: disable=g-import-not-at-top
-  return population_benchmark
+  from benchmarks import population_benchmark as module  # pylint: disable=g-import-not-at-top
+  return module
 
 
 def test_the_default_form_is_the_fastest_that_beats_sequential_runs():
