@@ -3,7 +3,8 @@
     python -m benchmarks.population_benchmark \
         --out benchmarks/results/population_cpu.json \
         [--sizes 1 2 4 8 16] [--forms vmap map unroll] [--stage joint] \
-        [--steps 2] [--repeats 3] [--config configs/isic2017.py:crossval]
+        [--steps 2] [--repeats 3] [--config configs/isic2017.py:crossval] \
+        [--batch-size B]
 
 The model, stage and batch are the cross-validation's (``crossval``:
 ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32); the data are
@@ -196,6 +197,8 @@ def fastest_form(rows: list[dict], size: int = 4) -> str:
 def run(args, log=print) -> dict[str, Any]:
   """Every (size, form) of ``args`` against the sequential step."""
   config = common.load_config(args.config)
+  if args.batch_size:
+    config.train.batch_size = args.batch_size
   config.model.num_classes = pipeline.num_classes(config.data.task)
   split = random_split(args.num_images, config.data.image_size)
   rows_of = lambda p: [np.arange(len(split), dtype=np.int32)] * p  # noqa: E731
@@ -249,6 +252,8 @@ def main(argv=None):
   parser.add_argument("--out", required=True)
   parser.add_argument("--config", default="configs/isic2017.py:crossval")
   parser.add_argument("--stage", default="joint")
+  parser.add_argument("--batch-size", type=int, default=0,
+                      help="0: the config's (the paper's batch is 10)")
   parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
   parser.add_argument("--forms", nargs="+", default=list(population.FORMS),
                       choices=population.FORMS)
