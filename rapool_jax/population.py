@@ -328,27 +328,29 @@ class Population:
         batch_stats=variables["batch_stats"], tx=tx,
         opt_state=jax.vmap(tx.init)(variables["params"])), self.mesh)
 
-  def step_args(self, name: str, index: int, start: int, stop: int):
-    """Yields steps ``start``..``stop - 1``'s arguments after the state."""
+  def step_args(self, name: str, stream: int, start: int, stop: int):
+    """Yields steps ``start``..``stop - 1``'s arguments after the state
+    (batches of order ``stream``)."""
     settings = sharding.put_replicated(
         stage_settings(self.config, self.members, name), self.mesh)
     for t in range(start, stop):
-      idx = batch_indices(self.members, self.rows, index, t,
+      idx = batch_indices(self.members, self.rows, stream, t,
                           self.config.train.batch_size)
       yield (sharding.put_replicated(idx, self.mesh), self.keys, settings,
              self.split)
 
-  def run_stage(self, workdir: str, index: int, name: str, variables,
+  def run_stage(self, workdir: str, stream: int, name: str, variables,
                 finished: dict | None = None):
-    """Stage ``name`` (batch order ``index``) from stacked ``variables`` or
-    its checkpoint, by ``train.train_stage``; returns the stacked final
+    """Stage ``name`` from stacked ``variables`` or its checkpoint, by
+    ``train.train_stage``, on batch order ``stream`` (a single run's is
+    ``run.batch_stream(config, index)``); returns the stacked final
     variables and the stage's meta. Progress lines count member-images."""
     check_manifest(workdir, self.members)
     config = self.config.copy_and_resolve_references()
     config.train.batch_size *= len(self.members)  # img/s: member-img/s
     return train.train_stage(
         self.start(name, variables), population_step(config, name, self.form),
-        lambda start, stop: self.step_args(name, index, start, stop),
+        lambda start, stop: self.step_args(name, stream, start, stop),
         name=name, config=config, workdir=workdir, mesh=self.mesh,
         finished=finished or {})
 
