@@ -29,6 +29,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -263,8 +264,8 @@ def main(argv=None):
   parser.add_argument("--num-images", type=int, default=256)
   parser.add_argument("--note", default="", help="recorded in the JSON")
   args = parser.parse_args(argv)
-  command = " ".join(["python -m benchmarks.population_benchmark"]
-                     + list(argv if argv is not None else sys.argv[1:]))
+  command = "python -m benchmarks.population_benchmark " + shlex.join(
+      argv if argv is not None else sys.argv[1:])
   t0 = time.perf_counter()
   header = {"command": command, "note": args.note,
             "device": benchmark.device_info()}
