@@ -42,8 +42,8 @@ from rapool_jax.models import rapool_net
 FORMS = ("vmap", "map", "unroll")
 # The fastest form per backend (benchmarks/population_benchmark.py,
 # benchmarks/README.md). On the 2-core CPU no form beats sequential runs:
-# unroll comes closest (0.7-0.85x), vmap's grouped convolutions and lax.map's
-# loop are slower still. A backend not measured gets the CPU's choice.
+# unroll comes closest (0.72-0.99x), vmap's grouped convolutions and
+# lax.map's loop are slower still. A backend not measured gets the CPU's.
 DEFAULT_FORM = {"cpu": "unroll"}
 # The stage settings a member may change: numbers that enter the step as data.
 SETTINGS = ("lr", "lambda_class", "lambda_seg")
