@@ -30,7 +30,7 @@ Variants (``--config configs/isic2017.py:NAME``):
              regression on RAP) trained on the official training split,
              thresholds from validation, reported on the 600 test images (no
              test masks, so no mask oracle); one seed per run
-             (``--config.seed=S``), seeds paired by ``launch/testsplit.py``.
+             (``--config.seed=S``), seeds paired by ``launch/testsplit_report.py``.
   crossval,fullsize  the same folds and arms at the paper's size (ResNet-50,
              224 px crops of 256 px, output stride 32), from scratch: for an
              accelerator.

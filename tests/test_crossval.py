@@ -11,9 +11,12 @@ import pytest
 
 from launch import crossval
 from launch import crossval_report
+from launch import testsplit_report
 from rapool_jax import checks
 from rapool_jax import evaluate
+from rapool_jax import metrics
 from rapool_jax import run
+from rapool_jax import stats
 from rapool_jax import train
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
@@ -238,94 +241,426 @@ def test_an_arm_starts_from_the_state_it_names(tiny_config, tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# The pooled report, on fold runs made of files.
+# The reports, on runs made of hand-written prediction CSVs (no training).
+
+ARMS = ["Step 2: GAP", "RAP (lambda 7.5)", "GAP control", "RAP + RankOpt",
+        "RAP + logistic regression"]
+SLUGS = ["step_2_gap", "rap_lambda_7.5", "gap_control", "rap_rankopt",
+         "rap_logistic_regression"]
 
 
-def _fake_run(root, fold, ids, labels, arms, rng):
-  run = os.path.join(root, crossval.run_name(fold, 0))
-  config = {"seed": 0, "data": {"crossval": {"fold": fold},
-                                "eval_split": "cv_test", "val_split": "cv_val"}}
+def _labels(n, every=5):
+  return (np.arange(n) % every == 0).astype(int)
+
+
+def _write_predictions(path, ids, labels, scores, jaccards=None):
+  """A ``predictions/<split>/<arm>.csv`` as ``evaluate.write_predictions``."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image", "label", "score"]
+               + (["jaccard"] if jaccards is not None else []))
+    for i, image in enumerate(ids):
+      w.writerow([image, int(labels[i]), repr(float(scores[i]))]
+                 + ([f"{jaccards[i]:.6f}"] if jaccards is not None else []))
+
+
+def _fake_run(run, config, splits, rng, arms=ARMS):
+  """A finished run: config.json, results.json rows, per-image predictions
+  of every arm on ``splits`` (name -> (ids, labels, with Jaccard))."""
   os.makedirs(run)
   with open(os.path.join(run, "config.json"), "w") as f:
     json.dump(config, f)
   with open(os.path.join(run, "results.json"), "w") as f:
     json.dump({"rows": [{"model": a} for a in arms]}, f)
-  signal = labels + rng.normal(0, 1.0, len(labels))
-  for split, n in (("cv_test", len(ids)), ("cv_val", 40)):
-    val_labels = (np.arange(n) % 4 == 0).astype(int)
+  for split, (ids, labels, jaccard) in splits.items():
+    signal = labels + rng.normal(0, 1.0, len(ids))
     for i, a in enumerate(arms):
-      path = os.path.join(run, "predictions", split,
-                          evaluate.row_slug(a) + ".csv")
-      y = labels if split == "cv_test" else val_labels
-      s = (signal * (1 + 0.3 * i) + rng.normal(0, 0.5, n)
-           if split == "cv_test" else y + rng.normal(0, 1.0, n))
-      ja = rng.uniform(0.3, 0.9, n)
-      image_ids = ids if split == "cv_test" else [f"v{fold}_{j}" for j in range(n)]
-      evaluate.write_predictions(path, pipeline.Split(
-          images=np.zeros((n, 1, 1, 3), np.uint8),
-          masks=np.zeros((n, 1, 1), np.uint8), labels=np.asarray(y),
-          has_mask=np.ones(n, bool), ids=np.asarray(image_ids)), s, ja)
+      _write_predictions(
+          os.path.join(run, "predictions", split,
+                       evaluate.row_slug(a) + ".csv"), ids, labels,
+          signal * (1 + 0.3 * i) + rng.normal(0, 0.7, len(ids)),
+          rng.uniform(0.3, 0.9, len(ids)) if jaccard else None)
   return run
 
 
-def test_report_pools_folds_and_recomputes_from_its_csvs(tmp_path):
+TEST_IDS = [f"ISIC_9{j:03d}" for j in range(50)]
+
+
+def _cv_run(root, fold, seed, rng, arms=ARMS):
+  ids = [f"ISIC_{fold}{j:03d}" for j in range(60)]
+  config = {"seed": seed, "data": {"crossval": {"fold": fold},
+                                   "eval_split": "cv_test",
+                                   "val_split": "cv_val"}}
+  return _fake_run(
+      os.path.join(root, crossval.run_name(fold, seed)), config,
+      {"cv_test": (ids, _labels(60), True),
+       "cv_val": ([f"v{fold}_{j}" for j in range(40)], _labels(40, 4), True),
+       "test": (TEST_IDS, _labels(50), False)}, rng, arms)
+
+
+@pytest.fixture(scope="module")
+def cv_report(tmp_path_factory):
+  """3 folds x 2 seeds, scored out of fold and on a 50-image test split,
+  with 5 test images listed as near-copies."""
+  root = tmp_path_factory.mktemp("cv")
   rng = np.random.default_rng(0)
-  arms = ["Step 2: GAP", "RAP (lambda 7.5)", "GAP control", "RAP + RankOpt"]
-  runs, all_ids = [], []
-  for fold in range(3):
-    ids = [f"ISIC_{fold}{j:03d}" for j in range(60)]
-    labels = (np.arange(60) % 5 == 0).astype(int)
-    runs.append(_fake_run(str(tmp_path), fold, ids, labels, arms, rng))
-    all_ids += ids
-  out = str(tmp_path / "report")
-  results = crossval_report.write_report(runs, out)
-  with open(os.path.join(out, "oof_scores.csv")) as f:
-    rows = list(csv.DictReader(f))
-  assert sorted(r["image"] for r in rows) == sorted(all_ids)
-  assert list(rows[0]) == ["image", "label", "fold", "seed", "step_2_gap",
-                           "rap_lambda_7.5", "gap_control", "rap_rankopt"]
-  seed0 = results["by_seed"][0]
-  assert seed0["num_images"] == 180 and seed0["num_melanomas"] == 36
-  names = [c["name"] for c in seed0["comparisons"]]
-  assert "RAP vs GAP control (primary)" in names
-  assert "RAP vs GAP + seg loss" not in names  # that arm is absent
-  from rapool_jax import metrics
-  y = np.array([int(r["label"]) for r in rows])
-  rap = np.array([float(r["rap_lambda_7.5"]) for r in rows])
-  arm = next(a for a in seed0["arms"] if a["arm"] == "rap_lambda_7.5")
-  assert arm["auc"] == pytest.approx(metrics.roc_auc(y, rap))
+  runs = [_cv_run(str(root), f, s, rng) for s in (0, 1) for f in range(3)]
+  near = root / "near.txt"
+  near.write_text("\n".join(TEST_IDS[:5]) + "\n")
+  out = str(root / "report")
+  results = crossval_report.write_report(runs, out, exclude_images=str(near))
+  return out, results
+
+
+def _rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_report_has_one_row_per_image_and_seed_and_recomputes(cv_report):
+  out, results = cv_report
+  rows = _rows(os.path.join(out, "oof_scores.csv"))
+  assert list(rows[0]) == ["image", "label", "fold", "seed"] + SLUGS
+  assert len(rows) == 2 * 180
+  assert sorted({(r["image"], r["seed"]) for r in rows}) == sorted(
+      (f"ISIC_{f}{j:03d}", str(s)) for f in range(3) for j in range(60)
+      for s in (0, 1))
+  test = _rows(os.path.join(out, "test_scores.csv"))
+  assert list(test[0])[:4] == ["image", "label", "seed", "fold"]
+  assert len(test) == 50 * 6  # each fold x seed model scores every image
   assert crossval_report.check(out) == []
-  assert os.path.exists(os.path.join(out, "roc_seed0.png"))
+  assert crossval_report.main(["--check", out]) == 0
   md = open(os.path.join(out, "results.md")).read()
-  assert "RAP vs GAP control (primary)" in md
-  # A table that no longer matches its CSVs is caught.
-  with open(os.path.join(out, "results.json")) as f:
+  assert "**Partial" not in md
+  assert "**Fold-stratified is primary**" in md
+  assert os.path.exists(os.path.join(out, "roc_seed1.png"))
+
+
+def test_report_averages_seeds_per_image_and_stratifies_by_fold(cv_report):
+  out, results = cv_report
+  rows = _rows(os.path.join(out, "oof_scores.csv"))
+  by_image = {}
+  for r in rows:
+    by_image.setdefault(r["image"], []).append(r)
+  images = sorted(by_image)
+  y = np.array([int(by_image[i][0]["label"]) for i in images])
+  folds = np.array([int(by_image[i][0]["fold"]) for i in images])
+  mean = lambda a: np.array([np.mean([float(r[a]) for r in by_image[i]])
+                             for i in images])  # noqa: E731
+  avg = results["seed_averaged"]
+  rap = next(a for a in avg["arms"] if a["arm"] == "rap_lambda_7.5")
+  assert rap["auc"] == pytest.approx(metrics.roc_auc(y, mean("rap_lambda_7.5")))
+  per_seed = [metrics.roc_auc(
+      np.array([int(r["label"]) for r in rows if r["seed"] == s]),
+      np.array([float(r["rap_lambda_7.5"]) for r in rows if r["seed"] == s]))
+              for s in ("0", "1")]
+  assert rap["auc_per_seed"] == pytest.approx(per_seed)
+  assert rap["auc_seed_mean_sd"]["sd"] == pytest.approx(np.std(per_seed,
+                                                                ddof=1))
+  primary = avg["comparisons"][0]
+  assert primary["name"] == "RAP vs GAP control (primary)"
+  want = stats.stratified_delong(y, mean("rap_lambda_7.5"),
+                                 mean("gap_control"), folds)
+  assert primary["stratified"]["diff"] == pytest.approx(want["diff"])
+  assert primary["stratified"]["lo"] == pytest.approx(want["lo"])
+  assert primary["pooled"]["diff"] == pytest.approx(
+      stats.paired_delong(y, mean("rap_lambda_7.5"),
+                          mean("gap_control"))["diff"])
+
+
+def test_report_scores_the_test_split_with_and_without_near_copies(cv_report):
+  out, results = cv_report
+  rows = _rows(os.path.join(out, "test_scores.csv"))
+  score = {i: np.mean([float(r["rap_lambda_7.5"]) for r in rows
+                       if r["image"] == i]) for i in TEST_IDS}
+  control = {i: np.mean([float(r["gap_control"]) for r in rows
+                         if r["image"] == i]) for i in TEST_IDS}
+  y = _labels(50)
+  test = results["test"]
+  assert test["near_copies"] == 5 and test["near_copy_melanomas"] == 1
+  assert test["models_per_image"] == [6]
+  primary = test["comparisons"][0]
+  a = np.array([score[i] for i in TEST_IDS])
+  b = np.array([control[i] for i in TEST_IDS])
+  assert primary["all"]["diff"] == pytest.approx(
+      stats.paired_delong(y, a, b)["diff"])
+  assert primary["without_near_copies"]["diff"] == pytest.approx(
+      stats.paired_delong(y[5:], a[5:], b[5:])["diff"])
+  assert "ΔAUC without near-copies" in open(
+      os.path.join(out, "results.md")).read()
+
+
+def test_sensitivities_are_compared_only_at_matched_specificity(cv_report):
+  _, results = cv_report
+  y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+  s = np.array([0.9, 0.8, 0.2, 0.7, 0.6, 0.5, 0.4, 0.1])
+  far = crossval_report.matched_sensitivity(y, s, s, 0.65, 0.45)
+  assert far["p"] is None and "Spe differs by 0.400 > 0.01" in far["why"]
+  same = crossval_report.matched_sensitivity(y, s, s, 0.65, 0.65)
+  assert same["p"] == 1.0 and same["why"] is None
+  entries = [e for r in results["by_seed"] for e in r["sensitivity"]]
+  entries += results["seed_averaged"]["sensitivity"]
+  for e in entries:
+    gap = abs(e["spe_a"] - e["spe_b"])
+    assert (e["p"] is None) == (gap > crossval_report.MATCH_TOLERANCE + 1e-12)
+  # Per-fold ROC points: every arm reaches the target on each fold.
+  assert all(min(e["spe_a"], e["spe_b"]) >= e["specificity"]
+             for e in results["seed_averaged"]["sensitivity"])
+
+
+def _replace_line(path, index, new=None):
+  with open(path) as f:
+    lines = f.read().split("\n")
+  if new is None:
+    del lines[index]
+  else:
+    lines[index] = new(lines[index])
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def _edit_json(out, fn):
+  path = os.path.join(out, "results.json")
+  with open(path) as f:
     saved = json.load(f)
-  saved["by_seed"][0]["arms"][1]["auc"] += 0.01
-  with open(os.path.join(out, "results.json"), "w") as f:
+  fn(saved)
+  with open(path, "w") as f:
     json.dump(saved, f)
-  assert any("auc" in d for d in crossval_report.check(out))
+
+
+def _drop_column(path, column):
+  rows = _rows(path)
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, [c for c in rows[0] if c != column])
+    w.writeheader()
+    w.writerows({k: v for k, v in r.items() if k != column} for r in rows)
+
+
+def _drop_arm_everywhere(out):
+  for name in ("oof_scores.csv", "oof_jaccard.csv", "test_scores.csv"):
+    _drop_column(os.path.join(out, name), "rap_logistic_regression")
+  path = os.path.join(out, "thresholds.csv")
+  rows = [r for r in _rows(path) if r["arm"] != "rap_logistic_regression"]
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+
+
+def _append(path, text):
+  with open(path, "a") as f:
+    f.write(text)
+
+
+def _md_figure(out):
+  """Changes the seed-averaged RAP AUC where results.md prints it."""
+  path = os.path.join(out, "results.md")
+  with open(path) as f:
+    md = f.read()
+  i = md.index("| rap_lambda_7.5 |")
+  row = md[i:md.index("\n", i)]
+  cells = row.split(" | ")
+  cells[3] = "0.999 " + cells[3].split(" ", 1)[1]
+  with open(path, "w") as f:
+    f.write(md.replace(row, " | ".join(cells), 1))
+
+
+TAMPERING = {
+    "deleted oof row": (lambda o: _replace_line(
+        os.path.join(o, "oof_scores.csv"), 5), "not in every seed"),
+    "deleted test row": (lambda o: _replace_line(
+        os.path.join(o, "test_scores.csv"), 7), "did not score"),
+    "image scored twice in a seed": (lambda o: _append(
+        os.path.join(o, "oof_scores.csv"),
+        open(os.path.join(o, "oof_scores.csv")).read().split("\n")[3] + "\n"),
+        "appears 2 times"),
+    "altered figure in results.md": (_md_figure, "results.md line"),
+    "fabricated row appended to results.md": (lambda o: _append(
+        os.path.join(o, "results.md"),
+        "| RAP vs GAP control (primary) | +0.100 | [+0.050, +0.150] | "
+        "1.0e-04 | [+0.050, +0.150] |\n"), "extra line"),
+    "altered figure in results.json": (lambda o: _edit_json(
+        o, lambda r: r["seed_averaged"]["arms"][1].update(
+            auc=r["seed_averaged"]["arms"][1]["auc"] + 0.01)),
+        "seed_averaged.arms[rap_lambda_7.5].auc"),
+    "deleted comparison in results.json": (lambda o: _edit_json(
+        o, lambda r: r["test"]["comparisons"].pop()), "entries saved"),
+    "extra arm in results.json": (lambda o: _edit_json(
+        o, lambda r: r["arms"].append("rap_lambda_1")), "results.json.arms"),
+    "arm missing from one CSV": (lambda o: _drop_column(
+        os.path.join(o, "oof_jaccard.csv"), "gap_control"), "arms"),
+    "arm missing from every CSV": (_drop_arm_everywhere, "entries saved"),
+    "finished run dropped from runs.csv": (lambda o: _replace_line(
+        os.path.join(o, "runs.csv"), 1),
+        "runs.csv does not list it as finished"),
+    "near-copy that is no test image": (lambda o: _append(
+        os.path.join(o, "test_near_copies.csv"), "ISIC_0000000\n"),
+        "not a test image"),
+    "results.md deleted": (lambda o: os.remove(os.path.join(o, "results.md")),
+                           "missing"),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERING))
+def test_check_fails_naming_what_differs(cv_report, tmp_path, tamper):
+  import shutil
+  out = str(tmp_path / "report")
+  shutil.copytree(cv_report[0], out)
+  edit, named = TAMPERING[tamper]
+  edit(out)
+  diffs = crossval_report.check(out)
+  assert diffs and any(named in d for d in diffs), diffs
+  assert crossval_report.main(["--check", out]) == 1
+
+
+def test_partial_report_says_which_runs_are_missing(tmp_path):
+  rng = np.random.default_rng(1)
+  runs = [_cv_run(str(tmp_path), f, s, rng, ARMS[:3])
+          for s in (0, 1) for f in range(3) if (f, s) != (2, 1)]
+  out = str(tmp_path / "report")
+  expected = [(f, s) for f in range(3) for s in (0, 1)]
+  results = crossval_report.write_report(runs, out, expected=expected)
+  md = open(os.path.join(out, "results.md")).read()
+  assert md.startswith("**Partial: 5 of 6 fold runs finished; missing: "
+                       "fold 2 seed 1.")
+  assert results["runs"]["missing"] == [[2, 1]]
+  assert results["seed_averaged"]["scores_per_image"] == [1, 2]
+  assert crossval_report.check(out) == []
+  # An image deleted from the only seed that scored it (fold 2 of seed 0)
+  # leaves consistent CSVs, and changes the counts.
+  for name in ("oof_scores.csv", "oof_jaccard.csv"):
+    _replace_line(os.path.join(out, name), -2)
+  assert any("by_seed[0].num_images: saved 180, recomputed 179" in d
+             for d in crossval_report.check(out))
+  # Finished runs give a report without the banner.
+  crossval_report.write_report(runs, out)
+  assert "Partial" not in open(os.path.join(out, "results.md")).read()
 
 
 def test_report_thresholds_come_from_the_validation_split(tmp_path):
   rng = np.random.default_rng(3)
-  ids = [f"ISIC_{j:04d}" for j in range(80)]
-  labels = (np.arange(80) % 4 == 0).astype(int)
-  run = _fake_run(str(tmp_path), 0, ids, labels, ["RAP (lambda 7.5)"], rng)
+  run = _cv_run(str(tmp_path), 0, 0, rng, ["RAP (lambda 7.5)"])
   out = str(tmp_path / "report")
   crossval_report.write_report([run], out)
-  oof, _, thresholds, _ = crossval_report.read_tables(out)
-  with open(os.path.join(run, "predictions", "cv_val",
-                         "rap_lambda_7.5.csv")) as f:
-    val = list(csv.DictReader(f))
-  from rapool_jax import metrics
+  t = crossval_report.read_tables(out)
+  val = _rows(os.path.join(run, "predictions", "cv_val", "rap_lambda_7.5.csv"))
   want = metrics.threshold_at_specificity(
       np.array([int(r["label"]) for r in val]),
       np.array([float(r["score"]) for r in val]), 0.884)
-  assert thresholds[(0, 0, "rap_lambda_7.5")][0.884] == want
-  positive = crossval_report.predicted_positive(oof, thresholds,
-                                                "rap_lambda_7.5", 0.884)
-  np.testing.assert_array_equal(positive, oof["rap_lambda_7.5"] >= want)
+  positive = crossval_report.predicted_positive(
+      t["oof"], t["thresholds"], "rap_lambda_7.5", 0.884)
+  np.testing.assert_array_equal(positive, t["oof"]["rap_lambda_7.5"] >= want)
+
+
+def test_crossval_launch_runs_folds_times_seeds_and_reports(tmp_path):
+  rng = np.random.default_rng(4)
+  root = str(tmp_path / "cv")
+  jobs = crossval.make_jobs("configs/isic2017.py:crossval", root, [0, 1, 2],
+                            [0, 1], [], 3)
+  assert [j.meta for j in jobs[1:]] == [{"fold": f, "seed": s}
+                                        for s in (0, 1) for f in range(3)]
+  assert all(f"--config.seed={j.meta['seed']}" in j.overrides for j in jobs[1:])
+  for f in range(3):
+    _cv_run(root, f, 0, rng, ARMS[:3])
+  out = str(tmp_path / "report")
+  rc = crossval.main(["--workdir", root, "--folds", "0,1,2", "--num-seeds",
+                      "2", "--out", out, "--report-only"])
+  assert rc == 1  # seed 1 has not run
+  md = open(os.path.join(out, "results.md")).read()
+  assert md.startswith("**Partial: 3 of 6 fold runs finished; missing: fold "
+                       "0 seed 1, fold 1 seed 1, fold 2 seed 1.")
+  assert crossval_report.check(out) == []
+
+
+# ----------------------------------------------------------------------------
+# The test-split seeds (configs/isic2017.py:testsplit).
+
+
+def _seed_run(root, seed, rng):
+  config = {"seed": seed, "data": {"eval_split": "test",
+                                   "val_split": "validation"}}
+  arms = ARMS + ["GAP + seg loss (lambda 7.5)"]
+  return _fake_run(os.path.join(root, f"seed{seed}"), config,
+                   {"test": (TEST_IDS, _labels(50), False),
+                    "validation": ([f"V{j}" for j in range(40)],
+                                   _labels(40, 4), True)}, rng, arms)
+
+
+@pytest.fixture(scope="module")
+def testsplit_out(tmp_path_factory):
+  root = tmp_path_factory.mktemp("testsplit")
+  rng = np.random.default_rng(5)
+  runs = [_seed_run(str(root), s, rng) for s in (0, 1, 2)]
+  near = root / "near.csv"
+  near.write_text("image,reference\n" + "".join(
+      f"{i},ISIC_0000001\n" for i in TEST_IDS[45:]))
+  out = str(root / "report")
+  results = testsplit_report.write_report(runs, out, [0, 1, 2, 3], str(near))
+  return out, results
+
+
+def test_testsplit_report_pairs_seed_averaged_scores(testsplit_out):
+  out, r = testsplit_out
+  rows = _rows(os.path.join(out, "test_scores.csv"))
+  assert list(rows[0])[:3] == ["image", "label", "seed"]
+  assert len(rows) == 150
+  mean = lambda a, keep=slice(None): np.array(  # noqa: E731
+      [np.mean([float(x[a]) for x in rows if x["image"] == i])
+       for i in TEST_IDS])[keep]
+  y = _labels(50)
+  names = [c["name"] for c in r["comparisons"]]
+  assert names[:4] == ["RAP vs GAP control (primary)", "RAP vs GAP + seg loss",
+                       "RankOpt vs RAP softmax", "GAP control vs Step 2"]
+  primary = r["comparisons"][0]
+  want = stats.paired_delong(y, mean("rap_lambda_7.5"), mean("gap_control"))
+  assert primary["all"]["diff"] == pytest.approx(want["diff"])
+  assert primary["all"]["p"] == pytest.approx(want["p"])
+  keep = slice(0, 45)
+  assert primary["without_near_copies"]["diff"] == pytest.approx(
+      stats.paired_delong(y[keep], mean("rap_lambda_7.5", keep),
+                          mean("gap_control", keep))["diff"])
+  rap = next(a for a in r["arm_rows"] if a["arm"] == "rap_lambda_7.5")
+  assert len(rap["auc_per_seed"]) == 3
+  # Thresholds from the seed-averaged validation scores, never the test's.
+  val = _rows(os.path.join(out, "val_scores.csv"))
+  v = np.array([np.mean([float(x["rap_lambda_7.5"]) for x in val
+                         if x["image"] == f"V{j}"]) for j in range(40)])
+  assert rap["at_spe0.884"]["threshold"] == metrics.threshold_at_specificity(
+      _labels(40, 4), v, 0.884)
+  for e in r["sensitivity_at_validation_thresholds"]:
+    assert (e["p"] is None) == (abs(e["spe_a"] - e["spe_b"]) > 0.01 + 1e-12)
+  md = open(os.path.join(out, "results.md")).read()
+  assert md.startswith("**Partial: 3 of 4 seeds finished; missing: seeds [3].")
+  assert testsplit_report.main(["--check", out]) == 0
+
+
+@pytest.mark.parametrize("tamper", ["deleted row", "duplicated image",
+                                    "altered figure", "fabricated row",
+                                    "missing arm"])
+def test_testsplit_check_fails_naming_what_differs(testsplit_out, tmp_path,
+                                                   tamper):
+  import shutil
+  out = str(tmp_path / "report")
+  shutil.copytree(testsplit_out[0], out)
+  test_csv = os.path.join(out, "test_scores.csv")
+  if tamper == "deleted row":
+    _replace_line(test_csv, 4)
+  elif tamper == "duplicated image":
+    _append(os.path.join(out, "val_scores.csv"), open(os.path.join(
+        out, "val_scores.csv")).read().split("\n")[2] + "\n")
+  elif tamper == "altered figure":
+    _edit_json(out, lambda r: r["comparisons"][0]["all"].update(diff=0.2))
+  elif tamper == "fabricated row":
+    _append(os.path.join(out, "results.md"), "| made up | 0.9 |\n")
+  else:
+    _drop_arm = lambda p: _drop_column(p, "gap_control")  # noqa: E731
+    _drop_arm(test_csv)
+    _drop_arm(os.path.join(out, "val_scores.csv"))
+  diffs = crossval_report.check(out, testsplit_report.compute_all,
+                                testsplit_report.markdown)
+  assert diffs, tamper
+  assert testsplit_report.main(["--check", out]) == 1
 
 
 def test_a_step_schedule_that_never_anneals_is_named(tiny_config, capsys):
@@ -370,8 +705,20 @@ def test_committed_crossval_table_recomputes_from_its_csvs():
   out = REPO / "results" / "crossval_isic2017"
   assert crossval_report.check(str(out)) == []
   md = (out / "results.md").read_text()
-  results = crossval_report.compute_all(str(out))
-  primary = next(c for c in results["by_seed"][0]["comparisons"]
-                 if c["name"].startswith("RAP vs GAP control"))
-  assert f"{primary['diff']:+.3f}" in md
+  results = json.loads((out / "results.json").read_text())
+  primary = results["seed_averaged"]["comparisons"][0]
+  assert primary["name"] == "RAP vs GAP control (primary)"
+  assert f"| {primary['stratified']['diff']:+.3f} |" in md
   assert results["by_seed"][0]["num_images"] == 2150
+
+
+def test_near_copy_rows_name_test_images_copied_in_training():
+  ref = _pooled(12, 3, size=24)
+  rng = np.random.default_rng(6)
+  ref.images[:] = rng.integers(0, 256, ref.images.shape, np.uint8)
+  test = _pooled(4, 1, size=24)
+  test.images[:] = rng.integers(0, 256, test.images.shape, np.uint8)
+  test.images[2] = ref.images[7]
+  test.ids[:] = ["T0", "T1", "T2", "T3"]
+  rows = crossval_report.near_copy_rows(test, ref, 0.97)
+  assert rows == [{"image": "T2", "reference": str(ref.ids[7])}]
