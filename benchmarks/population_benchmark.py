@@ -185,6 +185,31 @@ def compare(seq: SequentialRunner, runner: PopulationRunner, size: int,
   }
 
 
+def loop_conv_check(repeats: int = 5) -> dict[str, Any]:
+  """Why ``map`` is slow on CPU: one conv's value-and-kernel-gradient for 2
+  members, as 2 calls in one program and inside ``lax.map`` (seconds)."""
+  x, w = jnp.ones((2, 32, 56, 56, 32)), jnp.ones((2, 3, 3, 32, 32))
+
+  def loss(x, w):
+    y = jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y ** 2)
+
+  grad = jax.grad(loss, argnums=1)
+  fns = {"unrolled": jax.jit(lambda x, w: [grad(x[i], w[i]) for i in (0, 1)]),
+         "lax_map": jax.jit(lambda x, w: jax.lax.map(lambda a: grad(*a),
+                                                     (x, w)))}
+  out = {}
+  for name, fn in fns.items():
+    jax.block_until_ready(fn(x, w))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      jax.block_until_ready(fn(x, w))
+    out[f"{name}_s"] = (time.perf_counter() - t0) / repeats
+  out["slowdown"] = out["lax_map_s"] / out["unrolled_s"]
+  return out
+
+
 def fastest_form(rows: list[dict], size: int = 4) -> str:
   """The form with the best ratio at ``size`` members; ``unroll`` (the
   single run's kernels) when no form beats sequential runs there."""
@@ -263,6 +288,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--num-images", type=int, default=256)
   parser.add_argument("--note", default="", help="recorded in the JSON")
+  parser.add_argument("--loop-conv-only", action="store_true",
+                      help="only time a conv's gradient inside lax.map")
   args = parser.parse_args(argv)
   command = "python -m benchmarks.population_benchmark " + shlex.join(
       argv if argv is not None else sys.argv[1:])
@@ -279,6 +306,10 @@ def main(argv=None):
     os.replace(args.out + ".tmp", args.out)
 
   args.on_row = write
+  if args.loop_conv_only:
+    write({"loop_conv_check": loop_conv_check()}, complete=True)
+    print(f"wrote {args.out}")
+    return
   result = run(args)
   write(result, complete=True)
   print(format_table(result))
