@@ -40,6 +40,7 @@ LAYERS = (
     ("losses", "optim", "metrics", "stats", "rankopt", "linear_baselines",
      "checkpoint", "checks", "progress"),
     ("train",),
+    ("population",),
     ("evaluate",),
     ("report",),
     ("run",),

@@ -1,0 +1,373 @@
+"""Populations: many training runs as one compiled program.
+
+P members share a model, a stage's structure (pooling, trainable rules,
+BatchNorm mode, schedule shape) and the device-resident data; they differ in
+seed (initial weights, batch order, augmentation, dropout), cross-validation
+fold (their rows of the shared split) and a stage's ``SETTINGS``, passed as
+traced ``[P]`` arrays. Their ``TrainState``s are stacked on a leading member
+axis and one compiled step (``train.resident_train_step`` per member) trains
+them all, in one of FORMS: ``vmap`` (one batched program; a conv over
+per-member weights becomes a grouped convolution), ``map`` (``lax.map``, a
+loop inside the program) or ``unroll`` (P copies of the step in one program).
+
+Member p trains as the single run of ``member_config(config, members[p])``
+does. ``train.train_stage`` runs, checkpoints and resumes the stacked state,
+beside the member manifest (``members.json``); ``write_member`` saves any
+member as an ordinary run's workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import errors
+from rapool_jax import losses
+from rapool_jax import optim
+from rapool_jax import sharding
+from rapool_jax import train
+from rapool_jax.data import folds
+from rapool_jax.data import pipeline
+from rapool_jax.models import rapool_net
+
+FORMS = ("vmap", "map", "unroll")
+# The fastest form per backend (benchmarks/population_benchmark.py,
+# benchmarks/README.md). On the 2-core CPU no form beats sequential runs:
+# unroll comes closest (0.72-0.99x), vmap's grouped convolutions and
+# lax.map's loop are slower still. A backend not measured gets the CPU's.
+DEFAULT_FORM = {"cpu": "unroll"}
+# The stage settings a member may change: numbers that enter the step as data.
+SETTINGS = ("lr", "lambda_class", "lambda_seg")
+MANIFEST = "members.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a population: its ``seed``, its cross-validation ``fold``
+  (None: the config's) and per-stage settings ``{stage: {key: value}}``."""
+
+  seed: int
+  fold: int | None = None
+  stages: dict = dataclasses.field(default_factory=dict)
+
+  def as_dict(self) -> dict:
+    return {"seed": self.seed, "fold": self.fold,
+            "stages": {s: dict(v) for s, v in self.stages.items()}}
+
+
+def default_form(backend: str | None = None) -> str:
+  return DEFAULT_FORM.get(backend or jax.default_backend(), DEFAULT_FORM["cpu"])
+
+
+def check_members(config: ml_collections.ConfigDict, members: Sequence[Member],
+                  where: str = "population") -> None:
+  """Raises UserError, one line naming the member and key, for a member that
+  changes a structural setting, names an unknown stage or an absent fold."""
+  if not members:
+    raise errors.UserError(f"{where}: no members")
+  num_folds = config.data.crossval.num_folds
+  for i, m in enumerate(members):
+    if not isinstance(m.seed, int):
+      raise errors.UserError(
+          f"{where}: member {i}: seed={m.seed!r} is not an int")
+    if m.fold is not None and not 0 <= m.fold < max(num_folds, 0):
+      raise errors.UserError(
+          f"{where}: member {i}: fold={m.fold} is not a fold of "
+          f"config.data.crossval.num_folds={num_folds}")
+    for name, values in m.stages.items():
+      if name not in config.stages:
+        raise errors.UserError(
+            f"{where}: member {i}: stages.{name}: not a stage of the config "
+            f"({', '.join(config.stage_order)})")
+      for key, value in values.items():
+        if key not in SETTINGS:
+          raise errors.UserError(
+              f"{where}: member {i}: stages.{name}.{key}={value!r}: members "
+              f"differ only in {', '.join(SETTINGS)}; a structural setting "
+              "makes a separate population")
+      stage = member_config(config, m).stages[name]
+      losses.check_loss_weights(stage, f"{where}: member {i}: stages.{name}")
+      optim.check_schedule(stage, f"{where}: member {i}: stages.{name}")
+  for name in config.stage_order:
+    if config.stages[name].plateau.metric:
+      raise errors.UserError(
+          f"config.stages.{name}.plateau.metric="
+          f"{config.stages[name].plateau.metric!r}: a population trains "
+          "every member for max_steps; set it to ''")
+
+
+def member_config(config: ml_collections.ConfigDict,
+                  member: Member) -> ml_collections.ConfigDict:
+  """The config of the single run that ``member`` reproduces."""
+  c = config.copy_and_resolve_references()
+  c.seed = member.seed
+  if member.fold is not None:
+    c.data.crossval.fold = member.fold
+  for name, values in member.stages.items():
+    for key, value in values.items():
+      c.stages[name][key] = float(value)
+  return c
+
+
+def stage_settings(config, members: Sequence[Member], name: str) -> dict:
+  """``{setting: float32 [P]}``: each member's numeric settings of stage
+  ``name``."""
+  stages = [member_config(config, m).stages[name] for m in members]
+  return {k: np.asarray([s[k] for s in stages], np.float32) for k in SETTINGS}
+
+
+# ----------------------------------------------------------------------------
+# The member axis.
+
+
+def stack(trees: Sequence[Any]):
+  """P pytrees of one structure -> one with a leading axis ``[P, ...]``."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def member(tree, index: int):
+  """Member ``index``'s slice of a stacked pytree (an ordinary run's tree)."""
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def check_form(form: str) -> None:
+  if form not in FORMS:
+    raise errors.UserError(f"config.systems.member_axis={form!r}: choose one "
+                           f"of {FORMS}")
+
+
+def over_members(fn, form: str):
+  """``fn(*per_member, shared)`` of one member -> the same of P members:
+  every argument but the last with a leading member axis."""
+  check_form(form)
+  if form == "vmap":
+    return lambda *args: jax.vmap(fn, in_axes=(0,) * (len(args) - 1) + (None,))(
+        *args)
+  if form == "map":
+    return lambda *args: jax.lax.map(lambda xs: fn(*xs, args[-1]), args[:-1])
+
+  def unrolled(*args):
+    count = jax.tree.leaves(args[0])[0].shape[0]
+    return stack([fn(*member(args[:-1], p), args[-1]) for p in range(count)])
+  return unrolled
+
+
+class _StageWith:
+  """A stage config read through, with some settings replaced by (traced)
+  values: what ``train.train_step`` and ``optim`` read a stage as."""
+
+  def __init__(self, stage, values: dict):
+    self._stage, self._values = stage, values
+
+  def __getattr__(self, key):
+    if key.startswith("_"):
+      raise AttributeError(key)
+    return self._values[key] if key in self._values else self._stage[key]
+
+  def __getitem__(self, key):
+    return self.__getattr__(key)
+
+  def get(self, key, default=None):
+    return self._values.get(key, self._stage.get(key, default))
+
+
+def member_optimizer(optimizer_config, stage, lr, params):
+  """``optim.make_optimizer`` at lr 1, its updates scaled by a traced ``lr``.
+
+  Exact up to rounding for every optimizer and schedule optim offers: each
+  schedule is lr times a function of the step, and lr scales only the final
+  update (SGD's momentum and AdamW's moments come before it)."""
+  base = optim.make_optimizer(optimizer_config, _StageWith(stage, {"lr": 1.0}),
+                              params)
+
+  def update(grads, opt_state, params=None):
+    updates, opt_state = base.update(grads, opt_state, params)
+    return jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates), opt_state
+
+  return optax.GradientTransformation(base.init, update)
+
+
+def population_step(config, name: str, form: str):
+  """``step(state, batch_idx [P, B], keys [P], settings, split)`` ->
+  ``(state, scalars)`` for stage ``name``: the members' mean of each scalar,
+  and ``loss_max``, the worst member's loss."""
+  stage = config.stages[name]
+
+  def one(state, batch_idx, key, settings, split):
+    # The static ``tx`` is the member's for the step, then back to the
+    # stack's, so the carry's structure never holds a tracer.
+    tx = member_optimizer(config.optimizer, stage, settings["lr"],
+                          state.params)
+    new, scalars = train.resident_train_step(
+        state.replace(tx=tx), batch_idx, key, split,
+        stage=_StageWith(stage, settings), data=config.data,
+        mean=tuple(config.data.mean), std=tuple(config.data.std))
+    return new.replace(tx=state.tx), scalars
+
+  def step(*args):
+    state, scalars = over_members(one, form)(*args)
+    return state, {**jax.tree.map(jnp.mean, scalars),
+                   "loss_max": jnp.max(scalars["loss"])}
+  return step
+
+
+# ----------------------------------------------------------------------------
+# Data: one shared split, each member's rows of it.
+
+
+def member_rows(pooled: pipeline.Split, data_config) -> np.ndarray:
+  """Rows ``[N_p]`` of ``pooled`` (sorted by id) that form the training
+  split of ``data_config``'s fold, in the single run's order."""
+  ids = folds.crossval_splits(pooled, data_config.crossval)[
+      data_config.train_split].ids
+  return np.searchsorted(pooled.ids, ids).astype(np.int32)
+
+
+def training_data(config, members: Sequence[Member]):
+  """``(split, rows)``: the split all members share (the pooled
+  ``crossval.source_splits`` when training on a fold) and each member's rows
+  of it, ``[N_p]`` int32."""
+  data = config.data
+  needs_masks = any(max(stage_settings(config, members, s)["lambda_seg"]) > 0
+                    for s in config.stage_order)
+  builder = pipeline.make_builder(data, require_train_masks=needs_masks)
+  if data.train_split not in folds.CV_SPLITS:
+    split = pipeline.load_split(builder, data.train_split, data.task)
+    return split, [np.arange(len(split), dtype=np.int32)] * len(members)
+  folds.check_crossval(data)
+  pooled = folds.concat([pipeline.load_split(builder, s, data.task)
+                         for s in data.crossval.source_splits])
+  return pooled, [member_rows(pooled, member_config(config, m).data)
+                  for m in members]
+
+
+def batch_indices(members: Sequence[Member], rows, stage_index: int, step: int,
+                  batch_size: int) -> np.ndarray:
+  """int32 ``[P, B]``: step ``step``'s batch of each member, rows of the
+  shared split (``pipeline.batch_indices`` of its seed over its own rows)."""
+  return np.stack([
+      r[pipeline.batch_indices(m.seed, stage_index, step, batch_size, len(r))]
+      for m, r in zip(members, rows)])
+
+
+def check_manifest(workdir: str, members: Sequence[Member]) -> None:
+  """Writes ``workdir/members.json``, or checks that the one there names the
+  same members (a population resumes only as itself)."""
+  path = os.path.join(workdir, MANIFEST)
+  want = [m.as_dict() for m in members]
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"members": want}, f, indent=2)
+    return
+  with open(path) as f:
+    saved = json.load(f)["members"]
+  if saved != want:
+    i = next((i for i, (a, b) in enumerate(zip(saved, want)) if a != b),
+             min(len(saved), len(want)))
+    raise errors.UserError(
+        f"{path}: the population there has {len(saved)} members, member {i} "
+        f"{saved[i] if i < len(saved) else None} (now {len(want)}, "
+        f"{want[i] if i < len(want) else None}); use a new workdir")
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+class Population:
+  """P members of one config (input normalisation set, as ``run.setup``
+  leaves it) on one device-resident split. ``data``: ``(split, rows)`` as
+  ``training_data`` returns (loaded when None); ``form``: one of FORMS
+  (default: ``config.systems.member_axis`` where set, else
+  ``default_form()``)."""
+
+  def __init__(self, config, members: Sequence[Member], *, form: str = "",
+               data=None):
+    check_members(config, members)
+    self.config, self.members = config, tuple(members)
+    config.model.num_classes = pipeline.num_classes(config.data.task)
+    self.model = rapool_net.build_model(config.model, config.systems)
+    self.form = form or config.systems.get("member_axis", "") or default_form()
+    check_form(self.form)
+    self.mesh = sharding.make_mesh()
+    host, self.rows = data if data is not None else training_data(
+        config, members)
+    self.split = sharding.put_replicated(
+        {"images": host.images, "masks": host.masks, "labels": host.labels,
+         "has_mask": host.has_mask}, self.mesh)
+    self.keys = sharding.put_replicated(jnp.stack(
+        [train.make_key(m.seed, config.systems.prng_impl) for m in members]),
+                                        self.mesh)
+
+  def init_variables(self):
+    """Stacked Step-1 variables, member p's from its own seed."""
+    return stack([train.init_variables(
+        self.model, train.make_key(m.seed, self.config.systems.prng_impl),
+        self.config.data.crop_size, self.config.model) for m in self.members])
+
+  def start(self, name: str, variables) -> train.TrainState:
+    """Stage ``name``'s stacked state from stacked ``variables``: fresh
+    optimizer state, step ``[P]``."""
+    tx = optim.make_optimizer(self.config.optimizer, self.config.stages[name],
+                              member(variables, 0)["params"],
+                              f"config.stages.{name}")
+    variables = jax.tree.map(jnp.copy, variables)  # the step donates them
+    return sharding.put_replicated(train.TrainState(
+        step=jnp.zeros((len(self.members),), jnp.int32),
+        apply_fn=self.model.apply, params=variables["params"],
+        batch_stats=variables["batch_stats"], tx=tx,
+        opt_state=jax.vmap(tx.init)(variables["params"])), self.mesh)
+
+  def step_args(self, name: str, stream: int, start: int, stop: int):
+    """Yields steps ``start``..``stop - 1``'s arguments after the state
+    (batches of order ``stream``)."""
+    settings = sharding.put_replicated(
+        stage_settings(self.config, self.members, name), self.mesh)
+    for t in range(start, stop):
+      idx = batch_indices(self.members, self.rows, stream, t,
+                          self.config.train.batch_size)
+      yield (sharding.put_replicated(idx, self.mesh), self.keys, settings,
+             self.split)
+
+  def run_stage(self, workdir: str, stream: int, name: str, variables,
+                finished: dict | None = None):
+    """Stage ``name`` from stacked ``variables`` or its checkpoint, by
+    ``train.train_stage``, on batch order ``stream`` (a single run's is
+    ``run.batch_stream(config, index)``); returns the stacked final
+    variables and the stage's meta. Progress lines count member-images."""
+    check_manifest(workdir, self.members)
+    config = self.config.copy_and_resolve_references()
+    config.train.batch_size *= len(self.members)  # img/s: member-img/s
+    return train.train_stage(
+        self.start(name, variables), population_step(config, name, self.form),
+        lambda start, stop: self.step_args(name, stream, start, stop),
+        name=name, config=config, workdir=workdir, mesh=self.mesh,
+        finished=finished or {})
+
+  def write_member(self, workdir: str, name: str, variables, index: int,
+                   out: str) -> None:
+    """Member ``index``'s last checkpoint of stage ``name`` in ``workdir``
+    (``variables``: any stacked variables, for shapes) saved as an ordinary
+    run's workdir ``out``: ``config.json`` and the stage checkpoint, which
+    ``predict`` and the other tools read as a single run's."""
+    with ckpt_lib.manager(workdir, name) as mngr:
+      step, meta = ckpt_lib.latest_meta(mngr)
+      state = train.restore_train_state(mngr, step,
+                                        self.start(name, variables))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+      f.write(member_config(self.config, self.members[index])
+              .to_json_best_effort(indent=2))
+    meta = {**meta, "population_member": self.members[index].as_dict()}
+    with ckpt_lib.manager(out, name) as mngr:
+      train.save_train_state(mngr, step, member(state, index), meta)
