@@ -220,6 +220,9 @@ def systems_config() -> ml_collections.ConfigDict:
       # row-major.
       state_layout="auto",
       compilation_cache_dir="",  # keeps compiled programs between runs
+      # A population's member axis (population.py): "vmap", "map" or
+      # "unroll"; "" = the measured default of the backend.
+      member_axis="",
   ))
 
 
