@@ -64,7 +64,29 @@ def random_split(num: int, image_size: int, seed: int = 0) -> pipeline.Split:
                         ids=np.array([f"img{i:05d}" for i in range(num)]))
 
 
-class SequentialRunner:
+class _CompiledRunner:
+  """A step compiled ahead as ``train.train_stage`` compiles it, timed over
+  four rotating argument tuples ``self.args``."""
+
+  def compile(self, step, state, mesh, config) -> None:
+    t0 = time.perf_counter()
+    self.compiled, self.state = sharding.compile_train_step(
+        step, state, self.args[0], sharding.replicated(mesh),
+        layout=config.systems.state_layout,
+        donate=config.systems.donate_state)
+    self.compile_s = time.perf_counter() - t0
+    self.xla_mem_bytes = xla_bytes(self.compiled)
+
+  def run(self, steps: int) -> float:
+    jax.block_until_ready(self.state)
+    t0 = time.perf_counter()
+    for t in range(steps):
+      self.state, scalars = self.compiled(self.state, *self.args[t % 4])
+    jax.block_until_ready((self.state, scalars))
+    return time.perf_counter() - t0
+
+
+class SequentialRunner(_CompiledRunner):
   """One single run's step, as ``run.run_stage`` builds it and
   ``train.train_stage`` compiles it."""
 
@@ -79,29 +101,14 @@ class SequentialRunner:
         train.resident_train_step, stage=stage, data=config.data,
         mean=tuple(config.data.mean), std=tuple(config.data.std))
     self.key = train.make_key(0, config.systems.prng_impl)
-    self.idx = [sharding.put_replicated(pipeline.batch_indices(
+    idx = [sharding.put_replicated(pipeline.batch_indices(
         0, 0, t, config.train.batch_size, len(pop.rows[0])), pop.mesh)
-                for t in range(4)]
-    self.split = pop.split
-    t0 = time.perf_counter()
-    self.compiled, self.state = sharding.compile_train_step(
-        step, state, (self.idx[0], self.key, self.split),
-        sharding.replicated(pop.mesh), layout=config.systems.state_layout,
-        donate=config.systems.donate_state)
-    self.compile_s = time.perf_counter() - t0
-    self.xla_mem_bytes = xla_bytes(self.compiled)
-
-  def run(self, steps: int) -> float:
-    jax.block_until_ready(self.state)
-    t0 = time.perf_counter()
-    for t in range(steps):
-      self.state, scalars = self.compiled(self.state, self.idx[t % 4],
-                                          self.key, self.split)
-    jax.block_until_ready((self.state, scalars))
-    return time.perf_counter() - t0
+           for t in range(4)]
+    self.args = [(i, self.key, pop.split) for i in idx]
+    self.compile(step, state, pop.mesh, config)
 
 
-class PopulationRunner:
+class PopulationRunner(_CompiledRunner):
   """A population of ``size`` seeds in one ``form``, compiled ahead as
   ``train.train_stage`` compiles it."""
 
@@ -110,22 +117,8 @@ class PopulationRunner:
     self.pop = population.Population(config, members, form=form, data=data)
     state = self.pop.start(name, self.pop.init_variables())
     self.args = list(self.pop.step_args(name, 0, 0, 4))
-    t0 = time.perf_counter()
-    self.compiled, self.state = sharding.compile_train_step(
-        population.population_step(config, name, form), state, self.args[0],
-        sharding.replicated(self.pop.mesh),
-        layout=config.systems.state_layout,
-        donate=config.systems.donate_state)
-    self.compile_s = time.perf_counter() - t0
-    self.xla_mem_bytes = xla_bytes(self.compiled)
-
-  def run(self, steps: int) -> float:
-    jax.block_until_ready(self.state)
-    t0 = time.perf_counter()
-    for t in range(steps):
-      self.state, scalars = self.compiled(self.state, *self.args[t % 4])
-    jax.block_until_ready((self.state, scalars))
-    return time.perf_counter() - t0
+    self.compile(population.population_step(config, name, form), state,
+                 self.pop.mesh, config)
 
 
 def xla_bytes(compiled) -> int | None:
