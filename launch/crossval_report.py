@@ -993,26 +993,42 @@ def near_copy_choice(args):
   return args.exclude_images
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("runs", nargs="*", help="fold run workdirs")
+def report_parser(doc: str, runs_help: str, expected_flag: str,
+                  expected_help: str) -> argparse.ArgumentParser:
+  """The flags both reports take: run dirs, --out, what was meant to run,
+  the near-copy list, --check OUT and --rebuild OUT."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("runs", nargs="*", help=runs_help)
   parser.add_argument("--out", default="")
-  parser.add_argument("--expected-runs", default="",
-                      help="fold:seed pairs the CV was meant to have")
+  parser.add_argument(expected_flag, default="", help=expected_help)
   add_near_copy_args(parser)
   parser.add_argument("--check", default="",
                       help="recompute OUT/results.json and results.md")
   parser.add_argument("--rebuild", default="",
                       help="rewrite OUT/results.json and results.md")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def check_or_rebuild(args, *tables) -> int | None:
+  """Runs --check or --rebuild when given: the exit status, else None."""
   if args.check:
-    diffs = check(args.check)
+    diffs = check(args.check, *tables)
     print("\n".join(diffs) or f"{args.check}: results.json and results.md "
           "recompute from its CSVs", flush=True)
     return 1 if diffs else 0
   if args.rebuild:
-    write_tables(args.rebuild)
+    write_tables(args.rebuild, *tables)
     return 0
+  return None
+
+
+def main(argv=None) -> int:
+  parser = report_parser(__doc__, "fold run workdirs", "--expected-runs",
+                         "fold:seed pairs the CV was meant to have")
+  args = parser.parse_args(argv)
+  status = check_or_rebuild(args)
+  if status is not None:
+    return status
   if not args.runs or not args.out:
     parser.error("give fold run workdirs and --out (or --check/--rebuild OUT)")
   write_report(args.runs, args.out, parse_expected(args.expected_runs),

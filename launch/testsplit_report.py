@@ -270,25 +270,13 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("runs", nargs="*", help="one run workdir per seed")
-  parser.add_argument("--out", default="")
-  parser.add_argument("--expected-seeds", default="",
-                      help="comma-separated seeds meant to run")
-  cv.add_near_copy_args(parser)
-  parser.add_argument("--check", default="",
-                      help="recompute OUT/results.json and results.md")
-  parser.add_argument("--rebuild", default="",
-                      help="rewrite OUT/results.json and results.md")
+  parser = cv.report_parser(__doc__, "one run workdir per seed",
+                            "--expected-seeds",
+                            "comma-separated seeds meant to run")
   args = parser.parse_args(argv)
-  if args.check:
-    diffs = cv.check(args.check, compute_all, markdown)
-    print("\n".join(diffs) or f"{args.check}: results.json and results.md "
-          "recompute from its CSVs", flush=True)
-    return 1 if diffs else 0
-  if args.rebuild:
-    cv.write_tables(args.rebuild, compute_all, markdown)
-    return 0
+  status = cv.check_or_rebuild(args, compute_all, markdown)
+  if status is not None:
+    return status
   if not args.runs or not args.out:
     parser.error("give run workdirs and --out (or --check/--rebuild OUT)")
   write_report(args.runs, args.out,

@@ -24,13 +24,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_ISIC = REPO.parent / "shared" / "data" / "isic2017-256"
 
 
-def load_config(name: str):
+def load_module(relative_path: str):
+  """A file of the repository (a config, a script) as a module."""
   import importlib.util
+  path = REPO / relative_path
   spec = importlib.util.spec_from_file_location(
-      f"configs_{name}", REPO / "configs" / f"{name}.py")
+      "repo_" + path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def load_config(name: str):
+  return load_module(f"configs/{name}.py").get_config()
 
 
 @pytest.fixture(scope="session")

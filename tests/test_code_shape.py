@@ -2,17 +2,11 @@
 layers with no circle, no function over 50 lines, no class over 100, and
 the package no larger than its budget."""
 
-import importlib.util
-
-from conftest import REPO
+from conftest import load_module
 
 
 def _code_shape():
-  spec = importlib.util.spec_from_file_location(
-      "code_shape", REPO / "scripts" / "code_shape.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("scripts/code_shape.py")
 
 
 def test_the_package_keeps_its_shape():

@@ -188,13 +188,8 @@ def test_init_from_must_name_an_earlier_stage(tiny_config):
 
 def _isic_configs():
   """configs/isic2017.py as a module (its variants and CROSSVAL_ARMS)."""
-  import importlib.util
-  from conftest import REPO
-  spec = importlib.util.spec_from_file_location(
-      "isic_cfg", REPO / "configs" / "isic2017.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from conftest import load_module
+  return load_module("configs/isic2017.py")
 
 
 def test_crossval_config_arms_share_state_and_batches():
