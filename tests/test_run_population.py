@@ -1,0 +1,118 @@
+"""A population run as the job: each member's workdir is its single run's."""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import errors
+from rapool_jax import population
+from rapool_jax import run
+from rapool_jax import run_population as run_pop
+
+Member = population.Member
+
+
+def test_members_are_every_seed_by_fold_seed_major():
+  assert run_pop.make_members(["0", "1"], ["2", "0"]) == [
+      Member(0, 2), Member(0, 0), Member(1, 2), Member(1, 0)]
+  assert run_pop.make_members(["3"], []) == [Member(3, None)]
+
+
+def test_a_bad_seed_or_fold_is_named_in_one_line():
+  with pytest.raises(errors.UserError, match=r"--folds=0,x: comma-separated"):
+    run_pop.make_members(["0"], ["0", "x"])
+  with pytest.raises(errors.UserError, match=r"--seeds=1.5"):
+    run_pop.make_members(["1.5"], [])
+
+
+def test_the_command_refuses_a_bad_seed_before_any_work(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "rapool_jax.run_population", "--config",
+       "configs/tiny.py", "--workdir", str(tmp_path / "w"), "--seeds", "0,a"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "--seeds=0,a: comma-separated integers expected" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "w").exists()
+
+
+def _cv_config(config):
+  """The tiny config on 3-fold cross-validation, scored on the test split,
+  with predictions on every split a fold run reports."""
+  config.data.crossval.num_folds = 3
+  config.data.train_split, config.data.val_split = "cv_train", "cv_val"
+  config.data.eval_split = "test"
+  config.data.report_splits = ("cv_test", "cv_val", "test")
+  config.rankopt.threshold_split = "cv_val"
+  config.report.num_cam_images = 0
+  return config
+
+
+def _predictions(workdir):
+  """``{split/arm.csv: (ids, labels, scores)}`` of a run's workdir."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "predictions", "*",
+                                            "*.csv"))):
+    with open(path) as f:
+      rows = list(csv.DictReader(f))
+    out[os.path.relpath(path, workdir)] = (
+        [r["image"] for r in rows], [r["label"] for r in rows],
+        np.array([float(r["score"]) for r in rows]))
+  return out
+
+
+def _assert_same_predictions(got, want, atol):
+  assert sorted(got) == sorted(want) and got
+  for name, (ids, labels, scores) in want.items():
+    assert got[name][:2] == (ids, labels), name
+    np.testing.assert_allclose(got[name][2], scores, atol=atol, rtol=0,
+                               err_msg=name)
+
+
+@pytest.mark.slow  # a population of two, two single runs, a resumed population
+def test_population_members_are_the_single_runs_and_resume(tiny_config,
+                                                            tmp_path):
+  config = _cv_config(tiny_config)
+  members = [Member(0, 0), Member(1, 2)]
+  root = str(tmp_path / "pop")
+  results = run_pop.run_population(config.copy_and_resolve_references(),
+                                   members, root)
+  got = [_predictions(run_pop.member_dir(root, p)) for p in range(2)]
+  for p, m in enumerate(members):
+    out = run_pop.member_dir(root, p)
+    # An ordinary run's workdir, which the tools read unchanged.
+    with open(os.path.join(out, "config.json")) as f:
+      saved = json.load(f)
+    assert (saved["seed"], saved["data"]["crossval"]["fold"]) == (m.seed,
+                                                                  m.fold)
+    with open(os.path.join(out, "results.json")) as f:
+      assert json.load(f)["rows"] == results[p]["rows"]
+    assert os.path.isfile(os.path.join(out, "results.md"))
+    for name in config.stage_order:  # what predict.load_run reads
+      assert os.listdir(ckpt_lib.stage_dir(out, name))
+    single = str(tmp_path / f"single{p}")
+    want = run.train_and_evaluate(population.member_config(config, m), single)
+    _assert_same_predictions(got[p], _predictions(single), atol=1e-4)
+    assert [r["model"] for r in want["rows"]] == [
+        r["model"] for r in results[p]["rows"]]
+
+  # Killed in the joint stage, before any member was written out.
+  for p in range(2):
+    shutil.rmtree(run_pop.member_dir(root, p))
+  stage_dir = ckpt_lib.stage_dir(root, "joint")
+  for name in os.listdir(stage_dir):
+    if not (name.isdigit() and int(name) <= 2):
+      shutil.rmtree(os.path.join(stage_dir, name))
+  run_pop.run_population(config.copy_and_resolve_references(), members, root)
+  for p in range(2):
+    _assert_same_predictions(_predictions(run_pop.member_dir(root, p)), got[p],
+                             atol=0)
