@@ -111,6 +111,7 @@ def setup(config, members, workdir: str):
   run.set_input_normalisation(config)
   splits, train = load_data(config, members)
   for p, m in enumerate(members):
+    os.makedirs(member_dir(workdir, p), exist_ok=True)
     checks.check_loaded_data(population.member_config(config, m),
                              member_dir(workdir, p), splits[p])
   pop = population.Population(config, members, data=train)

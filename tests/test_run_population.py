@@ -54,6 +54,12 @@ def _cv_config(config):
   config.data.report_splits = ("cv_test", "cv_val", "test")
   config.rankopt.threshold_split = "cv_val"
   config.report.num_cam_images = 0
+  # An arm that branches from Step 3, as the cross-validation's do.
+  arm = config.stages.joint.copy_and_resolve_references()
+  arm.update(dict(pooling="gap", report_as="GAP arm",
+                  init_from="segmentation"))
+  config.stages.joint_gap = arm
+  config.stage_order = (*config.stage_order, "joint_gap")
   return config
 
 
