@@ -1,6 +1,6 @@
 """Seeds x folds as one population: ``run_population(config, members, workdir)``.
 
-    python -m rapool_jax.run_population --config configs/isic2017.py:crossval
+    python -m rapool_jax.main --config configs/isic2017.py:crossval
         --workdir DIR --seeds 0,1,2 --folds 0,1,2,3,4 [--config.x=y ...]
 
 Every member is checked before any data is built; the data is built once;
@@ -21,47 +21,27 @@ import os
 import time
 from typing import Sequence
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import numpy as np
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
-from rapool_jax import errors
 from rapool_jax import evaluate
-from rapool_jax import main as main_lib
 from rapool_jax import population
 from rapool_jax import run
 from rapool_jax import sharding
-from rapool_jax import xla_flags
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
-
-FLAGS = flags.FLAGS
-flags.DEFINE_list("seeds", ["0"], "The members' seeds, comma-separated.")
-flags.DEFINE_list("folds", [], "The members' cross-validation folds, "
-                  "comma-separated (default: the config's fold); members are "
-                  "every seed x fold.")
-
 
 def member_dir(workdir: str, index: int) -> str:
   return os.path.join(workdir, f"member{index}")
 
 
-def make_members(seeds: Sequence[str], fold_list: Sequence[str]
+def make_members(seeds: Sequence[int], fold_list: Sequence[int]
                  ) -> list[population.Member]:
-  """Every seed x fold (seed-major, as ``launch/crossval.py`` orders runs);
-  one line naming a value that is not an integer."""
-  def ints(name, values):
-    try:
-      return [int(v) for v in values]
-    except ValueError:
-      raise errors.UserError(f"--{name}={','.join(values)}: comma-separated "
-                             "integers expected") from None
-  return [population.Member(s, f) for s in ints("seeds", seeds)
-          for f in (ints("folds", fold_list) or [None])]
+  """Every seed x fold, seed-major as ``launch/crossval.py`` orders its runs
+  (no folds: the config's fold)."""
+  return [population.Member(s, f) for s in seeds for f in (fold_list or [None])]
 
 
 # ----------------------------------------------------------------------------
@@ -186,29 +166,3 @@ def run_population(config, members: Sequence[population.Member],
     return [evaluate_member(pop, p, splits[p], predict, stacked, finished,
                             write_member(pop, workdir, p, stacked), t0)
             for p in range(len(members))]
-
-
-# ----------------------------------------------------------------------------
-# The command.
-
-
-def parse_flags(argv):
-  """``main.parse_flags``, then the members: one line for a bad value."""
-  rest = main_lib.parse_flags(argv)
-  with errors.one_line_errors():
-    make_members(FLAGS.seeds, FLAGS.folds)
-  return rest
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  with errors.one_line_errors(main_lib.INTERRUPTED):
-    if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
-      xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
-    run_population(FLAGS.config, make_members(FLAGS.seeds, FLAGS.folds),
-                   FLAGS.workdir)
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)

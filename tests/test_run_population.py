@@ -23,25 +23,28 @@ Member = population.Member
 
 
 def test_members_are_every_seed_by_fold_seed_major():
-  assert run_pop.make_members(["0", "1"], ["2", "0"]) == [
+  assert run_pop.make_members([0, 1], [2, 0]) == [
       Member(0, 2), Member(0, 0), Member(1, 2), Member(1, 0)]
-  assert run_pop.make_members(["3"], []) == [Member(3, None)]
+  assert run_pop.make_members([3], []) == [Member(3, None)]
 
 
-def test_a_bad_seed_or_fold_is_named_in_one_line():
-  with pytest.raises(errors.UserError, match=r"--folds=0,x: comma-separated"):
-    run_pop.make_members(["0"], ["0", "x"])
-  with pytest.raises(errors.UserError, match=r"--seeds=1.5"):
-    run_pop.make_members(["1.5"], [])
-
-
-def test_the_command_refuses_a_bad_seed_before_any_work(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "rapool_jax.run_population", "--config",
-       "configs/tiny.py", "--workdir", str(tmp_path / "w"), "--seeds", "0,a"],
+def _main(tmp_path, *args):
+  """``python -m rapool_jax.main`` on the tiny config with ``args``."""
+  return subprocess.run(
+      [sys.executable, "-m", "rapool_jax.main", "--config", "configs/tiny.py",
+       "--workdir", str(tmp_path / "w"), *args],
       cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0
-  assert "--seeds=0,a: comma-separated integers expected" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,a"], "--seeds=0,a: comma-separated integers expected"),
+    (["--seeds", "0", "--folds", "1.5"],
+     "--folds=1.5: comma-separated integers expected"),
+])
+def test_a_bad_seed_or_fold_stops_in_one_line_before_any_work(tmp_path, args,
+                                                              message):
+  out = _main(tmp_path, *args)
+  assert out.returncode != 0 and message in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "w").exists()
 
