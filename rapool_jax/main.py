@@ -2,6 +2,8 @@
 
 Config values are overridden on the command line, e.g.
 ``--config.train.batch_size=32 --config.stages.joint.lambda_seg=5``.
+With ``--seeds 0,1,2`` and/or ``--folds 0,1,2,3,4`` every seed x fold trains
+as one population (``run_population.py``) into ``WORKDIR/member<p>/``.
 Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors, and
 ``RAPOOL_DEFAULT_XLA_FLAGS=1`` to skip the CPU convolution flag of ``xla_flags.py``.
 """
@@ -92,6 +94,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and result
 config_flags.DEFINE_config_file(
     "config", None, "Config file, PATH or PATH:VARIANT (listed above).",
     lock_config=True)
+flags.DEFINE_list("seeds", [], "Members' seeds, comma-separated: seeds x "
+                  "folds train as one population (default: one run).")
+flags.DEFINE_list("folds", [], "Members' cross-validation folds, "
+                  "comma-separated (with --seeds; default: the config's).")
 
 
 def check_config_file(spec: str) -> None:
@@ -121,6 +127,21 @@ def check_config_file(spec: str) -> None:
     raise errors.UserError(f"config {spec}: {errors.one_line(e)}") from None
 
 
+def member_lists() -> tuple[list[int], list[int]]:
+  """``(seeds, folds)`` of a population (both empty: a single run); one
+  line naming a value that is not an integer."""
+  out = []
+  for name in ("seeds", "folds"):
+    try:
+      out.append([int(v) for v in FLAGS[name].value])
+    except ValueError:
+      raise errors.UserError(f"--{name}={','.join(FLAGS[name].value)}: "
+                             "comma-separated integers expected") from None
+  if out[1] and not out[0]:
+    out[0] = [FLAGS.config.seed]
+  return out[0], out[1]
+
+
 def parse_flags(argv):
   """absl parsing, with every bad flag or config key reported on one line."""
   with errors.one_line_errors():
@@ -145,6 +166,7 @@ def parse_flags(argv):
                              "are required (--help lists the configs)")
     if len(rest) > 1:
       raise errors.UserError(f"unexpected arguments: {rest[1:]}")
+    member_lists()
   return rest
 
 
@@ -160,11 +182,18 @@ def main(argv):
     # instead of after JAX, flax and TFDS load (no cycle is involved).
     from rapool_jax import distributed  # pylint: disable=g-import-not-at-top
     from rapool_jax import run  # pylint: disable=g-import-not-at-top
+    from rapool_jax import run_population  # pylint: disable=g-import-not-at-top
     from rapool_jax import xla_flags  # pylint: disable=g-import-not-at-top
     if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
       xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
     distributed.maybe_initialize()
-    run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    seeds, folds = member_lists()
+    if seeds:
+      run_population.run_population(
+          FLAGS.config, run_population.make_members(seeds, folds),
+          FLAGS.workdir)
+    else:
+      run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

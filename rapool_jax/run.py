@@ -229,13 +229,20 @@ def run_stages(job: Job, config, workdir: str):
                                 finished)
     stage_variables[name] = variables
     if stage.report_as:
-      row = evaluate.evaluate_network(job.predict, job.splits, config.data,
-                                      workdir, stage.report_as, variables,
-                                      stage.pooling)
-      rows.append({**row, "stage": name})
-      print(report_lib.format_row(row), flush=True)
+      rows.append(stage_row(job, config, workdir, name, variables))
     finished[name] = {"steps": meta["step"]}
   return stage_variables, rows, finished
+
+
+def stage_row(job: Job, config, workdir: str, name: str, variables) -> dict:
+  """Reported stage ``name``'s row (its predictions written to
+  ``workdir``)."""
+  stage = config.stages[name]
+  row = evaluate.evaluate_network(job.predict, job.splits, config.data,
+                                  workdir, stage.report_as, variables,
+                                  stage.pooling)
+  print(report_lib.format_row(row), flush=True)
+  return {**row, "stage": name}
 
 
 # ----------------------------------------------------------------------------
@@ -269,6 +276,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   stage_variables, rows, finished = run_stages(job, config, workdir)
+  return write_results(job, config, workdir, stage_variables, rows, finished,
+                       t0)
+
+
+def write_results(job: Job, config, workdir: str, stage_variables: dict,
+                  rows: list, finished: dict, t0: float) -> dict:
+  """After the stages: the linear heads' rows, ``results.json``, the report
+  and the run record. Returns the results."""
   if config.rankopt.enabled:
     after = config.rankopt.after_stage
     for row in evaluate.fit_linear_heads(

@@ -1,0 +1,168 @@
+"""Seeds x folds as one population: ``run_population(config, members, workdir)``.
+
+    python -m rapool_jax.main --config configs/isic2017.py:crossval
+        --workdir DIR --seeds 0,1,2 --folds 0,1,2,3,4 [--config.x=y ...]
+
+Every member is checked before any data is built; the data is built once;
+Step 1 and every stage train all members as one program
+(``population.Population``), checkpointed in ``DIR`` beside ``members.json``.
+Then each member is written out as an ordinary run's workdir,
+``DIR/member<p>/`` (its ``config.json`` and stage checkpoints), with the
+evaluation its single run (``run.train_and_evaluate``) writes: per-image
+predictions of every reported stage on its own splits, the linear heads,
+``results.json``/``results.md``. ``launch/crossval_report.py`` and
+``predict`` read those workdirs as they read single runs. The same command
+resumes a killed population.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import checks
+from rapool_jax import evaluate
+from rapool_jax import population
+from rapool_jax import run
+from rapool_jax import sharding
+from rapool_jax.data import folds
+from rapool_jax.data import pipeline
+
+def member_dir(workdir: str, index: int) -> str:
+  return os.path.join(workdir, f"member{index}")
+
+
+def make_members(seeds: Sequence[int], fold_list: Sequence[int]
+                 ) -> list[population.Member]:
+  """Every seed x fold, seed-major as ``launch/crossval.py`` orders its runs
+  (no folds: the config's fold)."""
+  return [population.Member(s, f) for s in seeds for f in (fold_list or [None])]
+
+
+# ----------------------------------------------------------------------------
+# Before the first step.
+
+
+def load_data(config, members):
+  """``(splits, training data)``: each member's splits ``{name: Split}``, as
+  its single run's ``run.load_splits`` gives them, and the population's
+  ``(split, rows)`` (``population.training_data``'s); each stored split and
+  the pooled cross-validation data are loaded once."""
+  data = config.data
+  configs = [population.member_config(config, m) for m in members]
+  names = {data[r] for r in pipeline.SPLIT_ROLES}
+  names = (names | set(data.get("report_splits", ()))) - {""}
+  needs_masks = any(checks.needs_masks(c) for c in configs)
+  builder = pipeline.make_builder(data, require_train_masks=needs_masks)
+  stored = {n: pipeline.load_split(builder, n, data.task)
+            for n in sorted(names - set(folds.CV_SPLITS))}
+  if not names & set(folds.CV_SPLITS):
+    splits, pooled = [stored] * len(members), None
+  else:
+    folds.check_crossval(data)
+    pooled = folds.concat([stored.get(s) or pipeline.load_split(
+        builder, s, data.task) for s in data.crossval.source_splits])
+    splits = [{**stored, **folds.crossval_splits(pooled, c.data.crossval)}
+              for c in configs]
+  if data.train_split in folds.CV_SPLITS:
+    train = (pooled, [population.member_rows(pooled, c.data) for c in configs])
+  else:
+    n = len(stored[data.train_split])
+    train = (stored[data.train_split],
+             [np.arange(n, dtype=np.int32)] * len(members))
+  if needs_masks and not train[0].has_mask.any():
+    raise ValueError(f"split {data.train_split!r} has no lesion masks but a "
+                     "stage has lambda_seg > 0")
+  return splits, train
+
+
+def setup(config, members, workdir: str):
+  """Checks every member's config and data, then builds the population and
+  the prediction function: ``(pop, splits per member, predict)``."""
+  population.check_members(config, members)
+  for m in members:
+    run.validate_config(population.member_config(config, m))
+  checks.resolve_config(config)
+  run.set_input_normalisation(config)
+  splits, train = load_data(config, members)
+  for p, m in enumerate(members):
+    os.makedirs(member_dir(workdir, p), exist_ok=True)
+    checks.check_loaded_data(population.member_config(config, m),
+                             member_dir(workdir, p), splits[p])
+  pop = population.Population(config, members, data=train)
+  run.check_stage_optimizers(config, pop.model)
+  sharding.check_batch_size(config.train.eval_batch_size, pop.mesh,
+                            "train.eval_batch_size")
+  predict = evaluate.make_predict_fn(
+      pop.model, pop.mesh, tuple(config.data.mean), tuple(config.data.std),
+      config.train.eval_batch_size, config.data.crop_size)
+  return pop, splits, predict
+
+
+# ----------------------------------------------------------------------------
+# Training and each member's evaluation.
+
+
+def train_stages(pop: population.Population, workdir: str):
+  """Step 1, then every stage for all members; ``(stacked variables by
+  stage, finished)``. Arms start from the stage they branch from."""
+  config = pop.config
+  variables, stacked, finished = pop.init_variables(), {}, {}
+  for index, name in enumerate(config.stage_order):
+    if config.stages[name].get("init_from"):
+      variables = stacked[config.stages[name].init_from]
+    variables, meta = pop.run_stage(workdir, run.batch_stream(config, index),
+                                    name, variables, finished)
+    stacked[name] = variables
+    finished[name] = {"steps": meta["step"]}
+  return stacked, finished
+
+
+def write_member(pop, workdir: str, index: int, stacked: dict) -> str:
+  """Member ``index``'s stage checkpoints as an ordinary run's workdir
+  (kept where a resumed population wrote them already); returns it."""
+  out = member_dir(workdir, index)
+  for name in pop.config.stage_order:
+    with ckpt_lib.manager(out, name) as mngr:
+      written = ckpt_lib.latest_meta(mngr)[0] is not None
+    if not written:
+      pop.write_member(workdir, name, stacked[name], index, out)
+  return out
+
+
+def evaluate_member(pop, index: int, splits: dict, predict, stacked: dict,
+                    finished: dict, out: str, t0: float) -> dict:
+  """What member ``index``'s single run evaluates and writes, into its
+  workdir ``out``; returns its results."""
+  config = population.member_config(pop.config, pop.members[index])
+  job = run.Job(model=pop.model, mesh=pop.mesh, key=None, splits=splits,
+                train_host=None, train_dev=None, predict=predict, writer=None)
+  variables = {name: population.member(v, index) for name, v in stacked.items()}
+  rows = [run.stage_row(job, config, out, name, variables[name])
+          for name in config.stage_order if config.stages[name].report_as]
+  return run.write_results(job, config, out, variables, rows, dict(finished),
+                           t0)
+
+
+def run_population(config, members: Sequence[population.Member],
+                   workdir: str) -> list[dict]:
+  """Trains ``members`` as one population in ``workdir`` and writes each as
+  ``workdir/member<p>/``; returns each member's results (its
+  ``results.json``). One writer per workdir (``checkpoint.hold_workdir``)."""
+  os.makedirs(workdir, exist_ok=True)
+  with ckpt_lib.hold_workdir(workdir):
+    checks.check_resumed_config(config, workdir)
+    t0 = time.time()
+    pop, splits, predict = setup(config, members, workdir)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    stacked, finished = train_stages(pop, workdir)
+    return [evaluate_member(pop, p, splits[p], predict, stacked, finished,
+                            write_member(pop, workdir, p, stacked), t0)
+            for p in range(len(members))]
