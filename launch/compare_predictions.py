@@ -9,7 +9,10 @@
 ``labels.csv`` has the columns ``image,melanoma`` (0/1); the official ISIC 2017
 Part 3 ground truth (``image_id,melanoma,seborrheic_keratosis``) also works.
 Each prediction CSV is what ``python -m rapool_jax.predict --out`` writes
-(``image,melanoma[,seborrheic_keratosis]``). ``NAME=A.csv,B.csv`` names a
+(``image,melanoma[,seborrheic_keratosis]``); the per-image CSVs a run writes
+itself (``WORKDIR/predictions/SPLIT/STAGE.csv``, ``image,label,score``) serve
+as labels and predictions with ``--column label --score-column score``.
+``NAME=A.csv,B.csv`` names a
 model and averages its CSVs' scores per image (e.g. several seeds) before any
 test. Every CSV must score exactly the labelled images.
 
@@ -178,9 +181,16 @@ def run(args) -> dict:
   scores, files = {}, {}
   for name, paths in parse_models(args.predictions):
     # Several CSVs of one model (seeds): one mean score per image.
-    scores[name] = np.mean([read_scores(p, args.column, images, args.labels)
+    scores[name] = np.mean([read_scores(p, args.score_column or args.column,
+                                        images, args.labels)
                             for p in paths], axis=0)
     files[name] = paths
+    if np.array_equal(scores[name], labels):
+      # e.g. a run's own CSV read without --score-column: its label column.
+      raise errors.UserError(
+          f"model {name!r}: its scores are the labels themselves (column "
+          f"{args.score_column or args.column!r} of {paths[0]}); name the "
+          "score column with --score-column")
   result = compare(labels, scores, args.n_resamples, args.seed)
   for m in result["models"]:
     m["files"] = files[m["name"]]
@@ -202,6 +212,10 @@ def main(argv=None) -> int:
   parser.add_argument("--column", default="melanoma",
                       help="label and score column (seborrheic_keratosis for "
                       "the other ISIC task)")
+  parser.add_argument("--score-column", default="",
+                      help="score column of the prediction CSVs, when it is "
+                      "not --column (a run's own WORKDIR/predictions/SPLIT/"
+                      "STAGE.csv: --column label --score-column score)")
   parser.add_argument("--json", default="", help="also write the numbers here")
   parser.add_argument("--n-resamples", type=int, default=2000)
   parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")

@@ -150,3 +150,23 @@ def test_model_names_from_stems_or_paths():
       ("x/a.csv", ["x/a.csv"]), ("y/a.csv", ["y/a.csv"])]
   with pytest.raises(ValueError, match="a name used once"):
     compare_predictions.parse_models(["m=a.csv", "m=b.csv"])
+
+
+def test_a_runs_own_prediction_csvs_serve_as_labels_and_scores(problem,
+                                                                 capsys):
+  """WORKDIR/predictions/SPLIT/STAGE.csv (image,label,score): one CSV is the
+  labels, each is a model, with --column label --score-column score."""
+  tmp, ids, labels, _, scores, _ = problem
+  runs = {name: _write(tmp / f"run_{name}.csv", ["image", "label", "score"],
+                       [(i, str(int(y)), repr(float(s)))
+                        for i, y, s in zip(ids, labels, scores[name])])
+          for name in ("a", "b")}
+  assert compare_predictions.main(
+      ["--labels", runs["a"], "--column", "label", "--score-column", "score",
+       f"a={runs['a']}", f"b={runs['b']}", "--n-resamples", "50"]) == 0
+  printed = capsys.readouterr().out
+  diff = roc_auc_score(labels, scores["a"]) - roc_auc_score(labels, scores["b"])
+  assert f"| a - b | {diff:+.3f} |" in printed
+  with pytest.raises(SystemExit):  # a model CSV without the score column
+    compare_predictions.main(["--labels", runs["a"], "--column", "label",
+                              f"a={runs['a']}"])
