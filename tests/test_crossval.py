@@ -364,6 +364,61 @@ def test_report_averages_seeds_per_image_and_stratifies_by_fold(cv_report):
                           mean("gap_control"))["diff"])
 
 
+def test_power_splits_the_primary_se_into_image_and_seed_noise(cv_report):
+  """SE by seeds averaged: k = 1 is the mean of the single seeds' stratified
+  SEs, k = 2 the seed-averaged verdict's; the two-point fit is exact."""
+  out, results = cv_report
+  oof = crossval_report.read_tables(out)["oof"]
+  single = []
+  for s in (0, 1):
+    keep = oof["seed"] == s
+    single.append(stats.stratified_delong(
+        oof["label"][keep], oof["rap_lambda_7.5"][keep],
+        oof["gap_control"][keep], oof["fold"][keep])["se"])
+  p = results["power"]["out_of_fold"]
+  assert (p["a"], p["b"], p["stratified"]) == ("rap_lambda_7.5",
+                                                "gap_control", True)
+  se1, se2 = (r["se"] for r in p["by_seeds"])
+  assert se1 == pytest.approx(np.mean(single))
+  assert se2 == pytest.approx(
+      results["seed_averaged"]["comparisons"][0]["stratified"]["se"])
+  fit = p["fit"]
+  assert se1 > se2 > 0 and 2 * se2**2 > se1**2  # the exact fit is >= 0
+  assert fit["floor_se"] ** 2 == pytest.approx(2 * se2**2 - se1**2)
+  assert fit["model_se_one_seed"] ** 2 == pytest.approx(2 * (se1**2 - se2**2))
+  target = (crossval_report.HALF_WIDTH_TARGET / 1.959964) ** 2
+  want = (None if target <= fit["floor_se"] ** 2 else int(np.ceil(
+      fit["model_se_one_seed"] ** 2 / (target - fit["floor_se"] ** 2))))
+  assert fit["seeds_for_target"] == want
+  assert "test" in results["power"]
+  assert "## Power: SE of rap_lambda_7.5 - gap_control" in open(
+      os.path.join(out, "results.md")).read()
+
+
+def test_averaging_seeds_removes_the_model_noise_only():
+  """Scores = image effect + per-seed noise: the fit's floor is below the
+  one-seed SE, and its model part is what averaging removes."""
+  rng = np.random.default_rng(1)
+  n, seeds = 400, (0, 1, 2, 3)
+  y = (np.arange(n) % 4 == 0).astype(int)
+  base = y + rng.normal(0, 1, n)
+  cols = {k: [] for k in ("image", "label", "fold", "seed", "a", "b")}
+  for s in seeds:
+    cols["image"].append(np.arange(n))
+    cols["label"].append(y)
+    cols["fold"].append(np.arange(n) // (n // 2))
+    cols["seed"].append(np.full(n, s))
+    cols["a"].append(base + rng.normal(0, 2, n))
+    cols["b"].append(base + rng.normal(0, 2, n))
+  cols = {k: np.concatenate(v) for k, v in cols.items()}
+  r = crossval_report.se_by_seed_count(cols, "a", "b", strata="fold")
+  ses = [x["se"] for x in r["by_seeds"]]
+  assert [x["subsets"] for x in r["by_seeds"]] == [4, 6, 4, 1]
+  assert ses == sorted(ses, reverse=True)
+  assert r["fit"]["floor_se"] < ses[-1] < ses[0]
+  assert r["fit"]["model_se_one_seed"] > r["fit"]["floor_se"]
+
+
 def test_report_scores_the_test_split_with_and_without_near_copies(cv_report):
   out, results = cv_report
   rows = _rows(os.path.join(out, "test_scores.csv"))
