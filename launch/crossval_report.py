@@ -163,7 +163,7 @@ def collect(run_dirs) -> dict:
   """Rows of every CSV (``oof``, ``jaccard``, ``thresholds``, ``test``) and
   the ``arms`` of the fold runs."""
   tables = collections.defaultdict(list)
-  arms, with_test = None, set()
+  arms, test_arms, with_test = None, None, set()
   for run in sorted(run_dirs):
     config = run_config(run)
     key = {"fold": config["data"]["crossval"]["fold"], "seed": config["seed"]}
@@ -176,14 +176,22 @@ def collect(run_dirs) -> dict:
     tables["jaccard"] += score_rows(run, split, arms, key, "jaccard")
     tables["thresholds"] += _thresholds(run, config["data"]["val_split"],
                                         arms, key)
-    if os.path.isdir(os.path.join(run, "predictions", TEST_SPLIT)):
+    test_dir = os.path.join(run, "predictions", TEST_SPLIT)
+    if os.path.isdir(test_dir):
       with_test.add(run)
-      tables["test"] += score_rows(run, TEST_SPLIT, arms, key)
+      # An arm pooling over the true mask scores no image without one.
+      present = [a for a in arms
+                 if os.path.exists(os.path.join(test_dir, a + ".csv"))]
+      if test_arms is not None and present != test_arms:
+        raise ValueError(f"{test_dir}: arms {present} differ from the other "
+                         f"runs' {test_arms}")
+      test_arms = present
+      tables["test"] += score_rows(run, TEST_SPLIT, test_arms, key)
   if with_test and len(with_test) != len(run_dirs):
     missing = sorted(set(run_dirs) - with_test)
     raise ValueError(f"{missing[0]}: no predictions/{TEST_SPLIT}/, which "
                      f"{len(with_test)} other runs have")
-  return {**tables, "arms": arms}
+  return {**tables, "arms": arms, "test_arms": test_arms or []}
 
 
 def write_csv(path: str, rows: list[dict], columns) -> None:
@@ -369,9 +377,10 @@ def validate_test(t: dict, finished: set) -> list[str]:
     return (["test_near_copies.csv without test_scores.csv"]
             if t["near_copies"] is not None else [])
   problems = duplicates(test, ("image", "seed", "fold"), "test_scores.csv")
-  if arms_of(test, TEST_KEYS) != t["arms"]:
-    problems.append(f"test_scores.csv: arms {arms_of(test, TEST_KEYS)} differ "
-                    f"from oof_scores.csv's {t['arms']}")
+  test_arms = arms_of(test, TEST_KEYS)
+  if not test_arms or [a for a in t["arms"] if a in test_arms] != test_arms:
+    problems.append(f"test_scores.csv: arms {test_arms} are not among "
+                    f"oof_scores.csv's {t['arms']}")
   images = collections.defaultdict(set)
   for image, f, s in zip(test["image"], test["fold"], test["seed"]):
     images[(int(f), int(s))].add(image)
@@ -562,7 +571,8 @@ def seed_averaged(t: dict) -> dict:
 def test_split(t: dict) -> dict:
   """Test-split verdicts: each arm's score of an image is the mean over its
   fold and seed models; with and without the near-copy images."""
-  test, arms = t["test"], t["arms"]
+  test = t["test"]
+  arms = arms_of(test, TEST_KEYS)
   seeds = sorted(map(int, set(test["seed"])))
   m = average_over(test, arms, "image", ())
   by_seed = {s: average_over({k: v[test["seed"] == s] for k, v in test.items()},
@@ -635,7 +645,7 @@ def power(t: dict) -> dict:
   if a not in t["arms"] or b not in t["arms"]:
     return {}
   out = {"out_of_fold": se_by_seed_count(t["oof"], a, b, strata="fold")}
-  if t["test"] is not None:
+  if t["test"] is not None and {a, b} <= set(arms_of(t["test"], TEST_KEYS)):
     out["test"] = se_by_seed_count(t["test"], a, b)
   return out
 
@@ -889,9 +899,10 @@ def verdict_lines(results: dict) -> list[str]:
   by_name = {c["name"]: c for c in (test or {}).get("comparisons", [])}
   for c in results["seed_averaged"]["comparisons"]:
     row = f"| {c['name']} | {cell(c['stratified'])} | {cell(c['pooled'])} |"
-    if test:
-      t = by_name[c["name"]]
-      row += f" {cell(t['all'])} | {cell(t['without_near_copies'])} |"
+    if test:  # "-": an arm with no test scores (the mask oracle)
+      t = by_name.get(c["name"], {})
+      row += (f" {cell(t.get('all'))} | "
+              f"{cell(t.get('without_near_copies'))} |")
     lines.append(row)
   return lines + ["", "Seed-averaged scores; 95% DeLong CIs (bootstrap CIs "
                   "in the tables below)." + ("" if test else " No test "
@@ -966,7 +977,8 @@ def write_report(run_dirs, out: str, expected=None,
   if os.path.exists(p("test_scores.csv")):
     os.remove(p("test_scores.csv"))  # never a stale table
   if tables["test"]:
-    write_csv(p("test_scores.csv"), tables["test"], TEST_KEYS + arms)
+    write_csv(p("test_scores.csv"), tables["test"],
+              TEST_KEYS + tuple(tables["test_arms"]))
   write_near_copies(out, exclude_images)
   finished = {(r["fold"], r["seed"]) for r in tables["thresholds"]}
   write_csv(p("runs.csv"), [

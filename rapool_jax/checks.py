@@ -18,6 +18,7 @@ import ml_collections
 
 from rapool_jax import config_lib
 from rapool_jax import errors
+from rapool_jax import pooling
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
 
@@ -81,6 +82,24 @@ def check_splits(config, splits: dict) -> None:
           f"{melanomas} of them melanomas; AUC and thresholds need both "
           f"melanomas and other lesions: choose another split "
           f"(--config.data.{role}=NAME)")
+  check_masks_for_pooling(config, splits)
+
+
+def check_masks_for_pooling(config, splits: dict) -> None:
+  """A stage pooling over the true mask (the oracle) is scored on the
+  evaluation split and thresholded on the validation split: both need every
+  image's mask (a report split without masks just gets no oracle scores)."""
+  for stage in config.stage_order:
+    name = config.stages[stage].pooling
+    if not pooling.reads_mask(name):
+      continue
+    for role in ("eval_split", "val_split"):
+      split = config.data[role]
+      if split and not splits[split].has_mask.all():
+        raise ValueError(
+            f"config.stages.{stage}.pooling={name!r} reads the true mask, but "
+            f"{int((~splits[split].has_mask).sum())} images of "
+            f"config.data.{role}={split!r} have none")
 
 
 def data_source(config, require_train_masks: bool) -> dict:

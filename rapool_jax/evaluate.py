@@ -24,6 +24,7 @@ import numpy as np
 from rapool_jax import errors
 from rapool_jax import linear_baselines
 from rapool_jax import metrics as metrics_lib
+from rapool_jax import pooling as pooling_lib
 from rapool_jax import rankopt
 from rapool_jax import sharding
 from rapool_jax import train
@@ -158,6 +159,10 @@ def evaluate_network(predict_fn, splits: dict, data, workdir: str, name: str,
   row = None
   for split_name in prediction_splits(data):
     split = splits[split_name]
+    if pooling_lib.reads_mask(pooling) and not split.has_mask.all():
+      _no_mask_no_scores(name, split_name, split, pooling,
+                         split_name == data.eval_split)
+      continue
     out = predict_fn(variables, split, pooling)
     scores = out["probs"][:, POSITIVE]
     ja = per_image_jaccard(out, split, data.crop_size)
@@ -166,6 +171,18 @@ def evaluate_network(predict_fn, splits: dict, data, workdir: str, name: str,
     if split_name == data.eval_split:
       row = metrics_row(name, split, scores, 0.5, ja)
   return row
+
+
+def _no_mask_no_scores(name, split_name, split, pooling, required: bool):
+  """A mask-reading pooling on images without masks would give every such
+  image the same score: the evaluation split must have them all; any other
+  split goes without this row's predictions."""
+  missing = int((~split.has_mask).sum())
+  what = (f"{name}: {missing} of the {len(split)} images of split "
+          f"{split_name!r} have no mask, which pooling={pooling!r} reads")
+  if required:
+    raise ValueError(what)
+  print(f"{what}: no predictions written for {split_name!r}", flush=True)
 
 
 def fit_linear_heads(predict_fn, splits: dict, data, rankopt_config,

@@ -77,6 +77,12 @@ POOLINGS: dict[str, Callable] = {
 }
 
 
+def reads_mask(name: str) -> bool:
+  """Whether pooling ``name`` pools over the ground-truth mask, so that it
+  cannot score an image that has none (an empty mask gives one constant)."""
+  return name == "mask_oracle"
+
+
 def _mask_oracle_pool(features, mask):
   if mask is None:
     raise ValueError("pooling='mask_oracle' needs the ground-truth mask "

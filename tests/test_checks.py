@@ -11,12 +11,14 @@ import sys
 import time
 import zipfile
 
+import numpy as np
 import pytest
 
 import isic_fixtures as fx
 from conftest import REPO
 from rapool_jax import checks
 from rapool_jax import errors
+from rapool_jax import evaluate
 from rapool_jax import predict
 from rapool_jax import provenance
 from rapool_jax import run
@@ -347,3 +349,48 @@ def test_results_and_run_info_name_their_provenance(interrupted_streamed_run):
   assert len(info["runs"]) == 1   # the interrupted invocation wrote none
   with open(os.path.join(workdir, checks.DATA_SOURCE_FILE)) as f:
     assert json.load(f)["data_set"].startswith("synthetic_derm/")
+
+
+def _split(n, with_masks):
+  return pipeline.Split(
+      images=np.zeros((n, 8, 8, 3), np.uint8), masks=np.zeros((n, 8, 8),
+                                                               np.uint8),
+      labels=np.arange(n) % 2, has_mask=np.arange(n) < with_masks,
+      ids=np.array([f"i{k}" for k in range(n)]))
+
+
+def test_the_oracle_needs_every_mask_of_the_splits_it_is_scored_on(
+    tiny_config):
+  tiny_config.stages.joint.pooling = "mask_oracle"
+  data = tiny_config.data
+  splits = {data.train_split: _split(6, 6), data.val_split: _split(4, 4),
+            data.eval_split: _split(4, 3), "extra": _split(4, 0)}
+  with pytest.raises(ValueError, match=(
+      "config.stages.joint.pooling='mask_oracle' reads the true mask, but 1 "
+      f"images of config.data.eval_split='{data.eval_split}' have none")):
+    checks.check_masks_for_pooling(tiny_config, splits)
+  splits[data.eval_split] = _split(4, 4)
+  checks.check_masks_for_pooling(tiny_config, splits)  # "extra" has none
+  tiny_config.stages.joint.pooling = "region"
+  splits[data.eval_split] = _split(4, 0)
+  checks.check_masks_for_pooling(tiny_config, splits)
+
+
+def test_an_oracle_writes_no_scores_for_images_without_masks(tiny_config,
+                                                             tmp_path, capsys):
+  """Pooled over an empty mask every image would get one constant score."""
+  data = tiny_config.data
+  data.report_splits = ("extra",)
+  splits = {data.val_split: _split(4, 4), data.eval_split: _split(4, 4),
+            "extra": _split(4, 0)}
+  predict_fn = lambda variables, split, pooling: {  # noqa: E731
+      "probs": np.tile([[0.3, 0.7]], (len(split), 1)),
+      "seg_pred": np.zeros((len(split), 8, 8), np.float32)}
+  data.crop_size = 8
+  row = evaluate.evaluate_network(predict_fn, splits, data, str(tmp_path),
+                                  "oracle", None, "mask_oracle")
+  assert row["model"] == "oracle"
+  written = sorted(os.listdir(tmp_path / "predictions"))
+  assert written == sorted({data.val_split, data.eval_split})
+  assert ("oracle: 4 of the 4 images of split 'extra' have no mask"
+          in capsys.readouterr().out)

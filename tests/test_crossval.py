@@ -564,6 +564,31 @@ def test_check_fails_naming_what_differs(cv_report, tmp_path, tamper):
   assert crossval_report.main(["--check", out]) == 1
 
 
+def test_an_arm_without_test_scores_is_left_out_of_the_test_split(tmp_path):
+  """The mask oracle writes no test predictions (no test masks): the test
+  half goes without it; runs disagreeing on it are refused."""
+  rng = np.random.default_rng(2)
+  runs = [_cv_run(str(tmp_path), f, 0, rng) for f in range(3)]
+  for run in runs:
+    os.remove(os.path.join(run, "predictions", "test", "rap_rankopt.csv"))
+  out = str(tmp_path / "report")
+  results = crossval_report.write_report(runs, out)
+  test = _rows(os.path.join(out, "test_scores.csv"))
+  assert list(test[0]) == ["image", "label", "seed", "fold"] + [
+      a for a in SLUGS if a != "rap_rankopt"]
+  assert [a["arm"] for a in results["test"]["arms"]] == [
+      a for a in SLUGS if a != "rap_rankopt"]
+  assert "rap_rankopt" in [a["arm"] for a in results["seed_averaged"]["arms"]]
+  assert crossval_report.check(out) == []
+  _drop_column(os.path.join(out, "test_scores.csv"), "gap_control")
+  assert any("gap_control" in d for d in crossval_report.check(out))
+  _write_predictions(os.path.join(runs[1], "predictions", "test",
+                                  "rap_rankopt.csv"), TEST_IDS, _labels(50),
+                     np.zeros(50))
+  with pytest.raises(ValueError, match="differ from the other runs'"):
+    crossval_report.collect(runs)
+
+
 def test_partial_report_says_which_runs_are_missing(tmp_path):
   rng = np.random.default_rng(1)
   runs = [_cv_run(str(tmp_path), f, s, rng, ARMS[:3])
