@@ -409,47 +409,27 @@ def _plans(manual_dir: str, require_train_masks: bool) -> dict:
 # Pixels.
 
 
-def _open(data: bytes, where: str, what: str, formats: str,
-          draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
-  """``(decoded image, original (W, H))``; JPEGs decoded at >= ``draft`` px
-  (DCT-domain downscaling makes multi-megapixel originals cheap)."""
+def _decode(data: bytes, where: str, what: str, size: int, mode: str,
+            resample: int, draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+  """``(image in ``mode``, resized to size x size, original (W, H))``. JPEGs
+  are decoded at >= ``draft`` px (DCT-domain downscaling makes multi-megapixel
+  originals cheap; a 2x margin leaves quality to the antialiased resize)."""
   try:
     image = Image.open(io.BytesIO(data))
     original = image.size
     if draft:
       image.draft("RGB", (draft, draft))
     image.load()  # Decodes: truncated data fails here.
-    return image, original
   except Image.UnidentifiedImageError:
+    formats = "JPEG or PNG" if what == "image" else "PNG"
     raise _error(where, f"unreadable or corrupt {what} (not a {formats} PIL "
                  "can identify)") from None
   except _IMAGE_ERRORS as e:
     raise _error(where, f"unreadable or corrupt {what} ({_brief(e)})") from None
-
-
-def _load_image(data: bytes, where: str,
-                size: int) -> tuple[Image.Image, tuple[int, int]]:
-  """``(RGB image resized to size x size, original (W, H))``; the 2x draft
-  margin leaves quality to the antialiased resize."""
-  image, original = _open(data, where, "image", "JPEG or PNG", 2 * size)
-  image = image.convert("RGB")
+  image = image.convert(mode)
   if image.size != (size, size):
-    image = image.resize((size, size), Image.BICUBIC)
+    image = image.resize((size, size), resample)
   return image, original
-
-
-def _load_mask(data: bytes, where: str, size: int, image_where: str,
-               image_size: tuple[int, int]) -> Image.Image:
-  """(size, size) 0/255 mask; must match its image's original size."""
-  mask, _ = _open(data, where, "mask", "PNG")
-  if mask.size != image_size:
-    raise _error(where, f"mask is {mask.size[0]}x{mask.size[1]} (WxH) but its "
-                 f"image {image_where} is {image_size[0]}x{image_size[1]}")
-  mask = mask.convert("L")
-  if mask.size != (size, size):
-    # Area average then threshold: the lesion keeps its area at any scale.
-    mask = mask.resize((size, size), Image.BOX)
-  return mask.point(lambda v: 255 if v > 127 else 0)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -466,12 +446,19 @@ def _examples(plan: _SplitPlan, size: int, fmt: str):
   zero_mask = _encode(Image.new("L", (size, size)), "png")
   for image_id, member in sorted(plan.image_members.items()):
     where = plan.images.describe(member)
-    image, original = _load_image(plan.images.read(member), where, size)
+    image, original = _decode(plan.images.read(member), where, "image", size,
+                              "RGB", Image.BICUBIC, draft=2 * size)
     mask = zero_mask
     if plan.masks is not None:
       m = plan.mask_members[image_id]
-      mask = _encode(_load_mask(plan.masks.read(m), plan.masks.describe(m),
-                                size, where, original), "png")
+      m_where = plan.masks.describe(m)
+      # Area average then threshold: the lesion keeps its area at any scale.
+      mask, (w, h) = _decode(plan.masks.read(m), m_where, "mask", size, "L",
+                             Image.BOX)
+      if (w, h) != original:
+        raise _error(m_where, f"mask is {w}x{h} (WxH) but its image {where} "
+                     f"is {original[0]}x{original[1]}")
+      mask = _encode(mask.point(lambda v: 255 if v > 127 else 0), "png")
     _, melanoma, keratosis = plan.labels[image_id]
     age, sex = plan.metadata.get(image_id, (-1.0, ""))
     # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
