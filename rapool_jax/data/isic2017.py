@@ -46,7 +46,6 @@ METADATA_COLUMNS = ("image_id", "age_approximate", "sex")
 _IMAGE_RE = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
 _MASK_RE = re.compile(r"^(ISIC_\d{7})_segmentation\.png$", re.IGNORECASE)
 _METADATA_RE = re.compile(r"_metadata\.csv$", re.IGNORECASE)
-_JPEG_QUALITY = 95
 _HEAD_TAIL = 16 * 1024  # A folder's file is fingerprinted by its two ends.
 # PIL errors for unreadable, truncated or absurdly large images.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError,
@@ -87,10 +86,9 @@ def expected_files(split: str) -> list[str]:
           labels_name(split)]
 
 
-def _expected_listing() -> str:
-  return (f"expected {', '.join(expected_files('train'))} (each zip or its "
-          "extracted folder; the masks zip is needed where lesion masks are "
-          "trained on), optionally the same for Validation and Test_v2")
+_EXPECTED = (f"expected {', '.join(expected_files('train'))} (each zip or its "
+             "extracted folder; the masks zip is needed where lesion masks "
+             "are trained on), optionally the same for Validation and Test_v2")
 
 
 # Sources: one official zip, or the folder it was extracted to.
@@ -108,21 +106,31 @@ def _is_isic_file(member: str) -> bool:
 
 
 def _walk(path: str) -> list[str]:
-  """Every file under ``path``, folders and files in sorted order."""
+  """Every ISIC file under ``path``, folders and files in sorted order."""
   found = []
   for root, dirs, files in os.walk(path):
     dirs.sort()
     found.extend(os.path.join(root, f) for f in sorted(files))
-  return found
+  return [f for f in found if _is_isic_file(os.path.relpath(f, path))]
 
 
 def _zip_members(path: str) -> list[zipfile.ZipInfo]:
+  """The ISIC members of a zip."""
   try:
     with zipfile.ZipFile(path) as zf:
-      return [i for i in zf.infolist() if not i.is_dir()]
+      return [i for i in zf.infolist()
+              if not i.is_dir() and _is_isic_file(i.filename)]
   except (zipfile.BadZipFile, OSError) as e:
     raise _error(path, f"not a readable zip: truncated or corrupt "
                  f"({_brief(e)}); download it again") from None
+
+
+def _read_file(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise _error(path, f"cannot be read ({_brief(e)})") from None
 
 
 class _Source:
@@ -131,20 +139,18 @@ class _Source:
   def __init__(self, path: str):
     self.path, self.is_zip = path, os.path.isfile(path)
     self._zip: zipfile.ZipFile | None = None
-    listed = ([i.filename for i in _zip_members(path)] if self.is_zip
-              else _walk(path))
     self.files: dict[str, str] = {}  # base name -> member name or file path
-    for member in filter(_is_isic_file, listed):
-      if (first := self.files.get(_base(member))) is not None:
+    for member in ([i.filename for i in _zip_members(path)] if self.is_zip
+                   else _walk(path)):
+      if (first := self.files.get(base := _base(member))) is not None:
         raise _error(self.describe(member),
                      f"duplicate of {first}; each file must appear once")
-      self.files[_base(member)] = member
+      self.files[base] = member
 
   def read(self, member: str) -> bytes:
+    if not self.is_zip:
+      return _read_file(member)
     try:
-      if not self.is_zip:
-        with open(member, "rb") as f:
-          return f.read()
       if self._zip is None:
         self._zip = zipfile.ZipFile(self.path)  # Kept open: one per split.
       return self._zip.read(member)
@@ -156,10 +162,10 @@ class _Source:
     """``archive.zip:member`` for zips, the file path for folders."""
     return f"{self.path}:{member}" if self.is_zip else member
 
-  def matching(self, regex: re.Pattern) -> dict[str, str]:
-    """``{image_id: member}`` of the files whose base name ``regex`` matches."""
-    return {m.group(1): member for base, member in self.files.items()
-            if (m := regex.match(base))}
+  def matching(self, regex: re.Pattern) -> list[tuple[str, str]]:
+    """``(image_id, member)`` of the files whose base name ``regex`` matches."""
+    return [(m.group(1), member) for base, member in self.files.items()
+            if (m := regex.match(base))]
 
 
 def _source_path(manual_dir: str, stem: str) -> str | None:
@@ -203,12 +209,10 @@ def _fingerprint(path: str) -> tuple[int, str]:
   names, sizes and CRC-32s) or a folder (its ISIC files' relative paths,
   sizes and ends); nothing is decompressed or read whole."""
   if os.path.isfile(path):
-    members = sorted((i.filename, i.file_size, i.CRC)
-                     for i in _zip_members(path) if _is_isic_file(i.filename))
-    return os.path.getsize(path), _digest(members)
+    return os.path.getsize(path), _digest(sorted(
+        (i.filename, i.file_size, i.CRC) for i in _zip_members(path)))
   entries = [(os.path.relpath(f, path), os.path.getsize(f),
-              _file_digest(f, whole=False)) for f in _walk(path)
-             if _is_isic_file(os.path.relpath(f, path))]
+              _file_digest(f, whole=False)) for f in _walk(path)]
   return sum(e[1] for e in entries), _digest(entries)
 
 
@@ -235,13 +239,11 @@ def source_difference(built: dict[str, Any], now: dict[str, Any]) -> str:
   diffs = []
   for name in sorted(built.keys() | now.keys()):
     old, new = built.get(name), now.get(name)
-    if old == new:
-      continue
     if old is None or new is None:
       diffs.append(f"{name} {'added' if old is None else 'removed'}")
     elif old["size"] != new["size"]:
       diffs.append(f"{name} {old['size']} -> {new['size']} bytes")
-    else:
+    elif old != new:
       diffs.append(f"{name} content changed")
   return "; ".join(diffs)
 
@@ -271,14 +273,6 @@ def _read_csv(data: bytes, where: str, columns: tuple[str, ...]
                    f"{image_id} (first on line {rows[image_id][0]})")
     rows[image_id] = (reader.line_num, row)
   return rows
-
-
-def _read_file(path: str) -> bytes:
-  try:
-    with open(path, "rb") as f:
-      return f.read()
-  except OSError as e:
-    raise _error(path, f"cannot be read ({_brief(e)})") from None
 
 
 def _read_labels(path: str) -> dict[str, tuple[int, int, int]]:
@@ -343,8 +337,7 @@ def _find_sources(manual_dir: str, split: str, require_masks: bool):
   labels = os.path.join(manual_dir, labels_name(split))
   if images is None and not os.path.isfile(labels):
     if split == "train":
-      raise _error(manual_dir, "no ISIC 2017 training files; "
-                   + _expected_listing())
+      raise _error(manual_dir, "no ISIC 2017 training files; " + _EXPECTED)
     return None
   if images is None:
     raise _error(_missing(manual_dir, data_name(split)), f"not found; the "
@@ -365,12 +358,11 @@ def _check_images(images: _Source, labels_path: str,
                   labels: dict) -> dict[str, str]:
   """``{image_id: member}``: one image per label row, one row per image."""
   members = {}
-  for base, member in images.files.items():
-    if (m := _IMAGE_RE.match(base)) and m.group(1) in members:
-      raise _error(images.describe(member), f"second image for {m.group(1)} "
-                   f"(also {members[m.group(1)]})")
-    if m:
-      members[m.group(1)] = member
+  for image_id, member in images.matching(_IMAGE_RE):
+    if image_id in members:
+      raise _error(images.describe(member), f"second image for {image_id} "
+                   f"(also {members[image_id]})")
+    members[image_id] = member
   if not members:
     raise _error(images.path, "contains no ISIC_XXXXXXX.jpg images")
   if (unlabelled := sorted(set(members) - set(labels))):
@@ -385,8 +377,7 @@ def _check_images(images: _Source, labels_path: str,
 def _check_masks(masks: _Source, labels_path: str,
                  labels: dict) -> dict[str, str]:
   """``{image_id: member}``: exactly one mask per labelled image."""
-  members = masks.matching(_MASK_RE)
-  if not members:
+  if not (members := dict(masks.matching(_MASK_RE))):
     raise _error(masks.path, "contains no ISIC_XXXXXXX_segmentation.png masks")
   if (stray := sorted(set(members) - set(labels))):
     raise _error(masks.describe(members[stray[0]]),
@@ -398,76 +389,55 @@ def _check_masks(masks: _Source, labels_path: str,
   return members
 
 
-def _plan_split(manual_dir: str, split: str,
-                require_masks: bool) -> _SplitPlan | None:
-  """Checks one split's files; None when the split is absent altogether."""
-  if (found := _find_sources(manual_dir, split, require_masks)) is None:
-    return None
-  images, labels_path, masks = found
-  labels = _read_labels(labels_path)
-  image_members = _check_images(images, labels_path, labels)
-  return _SplitPlan(
-      images=images, masks=masks, labels=labels,
-      metadata=_read_metadata(images, manual_dir, split),
-      image_members=image_members,
-      mask_members={} if masks is None else _check_masks(masks, labels_path,
-                                                         labels))
+def _plans(manual_dir: str, require_train_masks: bool) -> dict:
+  """``{split: _SplitPlan}`` of the splits present; raises what a build
+  would, before any image is read."""
+  plans = {}
+  for split in SPLITS:
+    if (found := _find_sources(manual_dir, split,
+                               require_train_masks and split == "train")):
+      images, labels_path, masks = found
+      labels = _read_labels(labels_path)
+      image_members = _check_images(images, labels_path, labels)
+      plans[split] = _SplitPlan(
+          images, masks, labels, _read_metadata(images, manual_dir, split),
+          image_members, {} if masks is None else _check_masks(
+              masks, labels_path, labels))
+  return plans
 
 
 # Pixels.
 
 
-def _open(data: bytes, where: str, what: str, formats: str,
-          draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
-  """``(decoded image, original (W, H))``; JPEGs decoded at >= ``draft`` px
-  (DCT-domain downscaling makes multi-megapixel originals cheap)."""
+def _decode(data: bytes, where: str, what: str, size: int, mode: str,
+            resample: int, draft: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+  """``(image in ``mode``, resized to size x size, original (W, H))``. JPEGs
+  are decoded at >= ``draft`` px (DCT-domain downscaling makes multi-megapixel
+  originals cheap; a 2x margin leaves quality to the antialiased resize)."""
   try:
     image = Image.open(io.BytesIO(data))
     original = image.size
     if draft:
       image.draft("RGB", (draft, draft))
     image.load()  # Decodes: truncated data fails here.
-    return image, original
   except Image.UnidentifiedImageError:
+    formats = "JPEG or PNG" if what == "image" else "PNG"
     raise _error(where, f"unreadable or corrupt {what} (not a {formats} PIL "
                  "can identify)") from None
   except _IMAGE_ERRORS as e:
     raise _error(where, f"unreadable or corrupt {what} ({_brief(e)})") from None
-
-
-def _load_image(data: bytes, where: str,
-                size: int) -> tuple[Image.Image, tuple[int, int]]:
-  """``(RGB image resized to size x size, original (W, H))``; the 2x draft
-  margin leaves quality to the antialiased resize."""
-  image, original = _open(data, where, "image", "JPEG or PNG", 2 * size)
-  image = image.convert("RGB")
+  image = image.convert(mode)
   if image.size != (size, size):
-    image = image.resize((size, size), Image.BICUBIC)
+    image = image.resize((size, size), resample)
   return image, original
-
-
-def _load_mask(data: bytes, where: str, size: int, image_where: str,
-               image_size: tuple[int, int]) -> Image.Image:
-  """(size, size) 0/255 mask; must match its image's original size."""
-  mask, _ = _open(data, where, "mask", "PNG")
-  if mask.size != image_size:
-    raise _error(where, f"mask is {mask.size[0]}x{mask.size[1]} (WxH) but its "
-                 f"image {image_where} is {image_size[0]}x{image_size[1]}")
-  mask = mask.convert("L")
-  if mask.size != (size, size):
-    # Area average then threshold: the lesion keeps its area at any scale.
-    mask = mask.resize((size, size), Image.BOX)
-  return mask.point(lambda v: 255 if v > 127 else 0)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
   buf = io.BytesIO()
-  if fmt == "jpeg":
-    image.save(buf, format="JPEG", quality=_JPEG_QUALITY)
-  else:
-    # Level 1: ~5x faster than PIL's default 6 for ~14% more bytes; the
-    # encode dominated a 256 px build (56 s vs ~10 s for 2150 images).
-    image.save(buf, format="PNG", compress_level=1)
+  # PNG level 1: ~5x faster than PIL's default 6 for ~14% more bytes; the
+  # encode dominated a 256 px build (56 s vs ~10 s for 2150 images).
+  image.save(buf, format=fmt.upper(), **(
+      {"quality": 95} if fmt == "jpeg" else {"compress_level": 1}))
   return buf.getvalue()
 
 
@@ -476,12 +446,19 @@ def _examples(plan: _SplitPlan, size: int, fmt: str):
   zero_mask = _encode(Image.new("L", (size, size)), "png")
   for image_id, member in sorted(plan.image_members.items()):
     where = plan.images.describe(member)
-    image, original = _load_image(plan.images.read(member), where, size)
+    image, original = _decode(plan.images.read(member), where, "image", size,
+                              "RGB", Image.BICUBIC, draft=2 * size)
     mask = zero_mask
     if plan.masks is not None:
       m = plan.mask_members[image_id]
-      mask = _encode(_load_mask(plan.masks.read(m), plan.masks.describe(m),
-                                size, where, original), "png")
+      m_where = plan.masks.describe(m)
+      # Area average then threshold: the lesion keeps its area at any scale.
+      mask, (w, h) = _decode(plan.masks.read(m), m_where, "mask", size, "L",
+                             Image.BOX)
+      if (w, h) != original:
+        raise _error(m_where, f"mask is {w}x{h} (WxH) but its image {where} "
+                     f"is {original[0]}x{original[1]}")
+      mask = _encode(mask.point(lambda v: 255 if v > 127 else 0), "png")
     _, melanoma, keratosis = plan.labels[image_id]
     age, sex = plan.metadata.get(image_id, (-1.0, ""))
     # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
@@ -524,15 +501,6 @@ class ISIC2017Config(tfds.core.BuilderConfig):
         f"{self.image_format.upper()} images.")
 
 
-def _plans(manual_dir: str, require_train_masks: bool) -> dict:
-  """``{split: _SplitPlan}`` of the splits present; raises what a build
-  would, before any image is read."""
-  plans = {split: _plan_split(manual_dir, split,
-                              require_train_masks and split == "train")
-           for split in SPLITS}
-  return {split: plan for split, plan in plans.items() if plan is not None}
-
-
 class Isic2017(tfds.core.GeneratorBasedBuilder):
   """ISIC 2017 (train / validation / test) from the official files."""
 
@@ -542,8 +510,8 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [ISIC2017Config()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Download the ISIC 2017 challenge files from "
-      "https://challenge.isic-archive.com/data/#2017 into one folder: "
-      + _expected_listing() + ".")
+      f"https://challenge.isic-archive.com/data/#2017 into one folder: "
+      f"{_EXPECTED}.")
   # Nothing is downloaded, so no checksums file to look up; looking it up
   # needs `importlib_resources`, which a bare `etils` install lacks.
   url_infos = None
@@ -572,19 +540,14 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
         # Which splits had masks, and the source files; read by `prepare`.
         metadata=tfds.core.MetadataDict())
 
-  def _manual_dir(self, dl_manager) -> str:
-    # The public property raises a multi-line error for an empty folder;
-    # the checks of `_plans` say which files are missing instead.
-    path = os.path.expanduser(os.fspath(
+  def _split_generators(self, dl_manager):
+    # Not `dl_manager.manual_dir`: it raises a multi-line error for an empty
+    # folder; the checks of `_plans` say which files are missing instead.
+    manual_dir = os.path.expanduser(os.fspath(
         self._isic_manual_dir if self._isic_manual_dir is not None
         else getattr(dl_manager, "_manual_dir", None) or ""))
-    if not path or not os.path.isdir(path):
-      raise _error(path or "manual_dir", "no such folder; "
-                   + _expected_listing())
-    return path
-
-  def _split_generators(self, dl_manager):
-    manual_dir = self._manual_dir(dl_manager)
+    if not manual_dir or not os.path.isdir(manual_dir):
+      raise _error(manual_dir or "manual_dir", "no such folder; " + _EXPECTED)
     plans = _plans(manual_dir, self._require_train_masks)
     self.info.metadata["has_masks"] = {
         split: plan.masks is not None for split, plan in plans.items()}
@@ -615,27 +578,21 @@ def make_builder(data_dir, manual_dir, image_size: int = 256, *,
       require_train_masks=require_train_masks)
 
 
-def stale_reason(builder: Isic2017, manual_dir: str) -> str:
-  """Why a prepared build does not match ``manual_dir`` ('' if it does)."""
-  built = builder.info.metadata.get("source")
-  if not built:
-    return "it records no source files (an older build)"
-  return source_difference(built["files"], source_files(manual_dir))
-
-
 def _download_mode(builder: Isic2017, manual: str | None,
                    require_train_masks: bool):
   """Reuse a prepared build unless ``manual`` holds other files (printed)."""
   mode = tfds.download.GenerateMode
   if not builder.is_prepared() or manual is None:
     return mode.REUSE_DATASET_IF_EXISTS
+  built = builder.info.metadata.get("source") or {}
   if not os.path.isdir(manual):
-    built = builder.info.metadata.get("source") or {}
     print(f"{manual}: no such folder; reusing the data set at "
           f"{builder.data_dir}, built from "
           f"{built.get('manual_dir', 'an unrecorded folder')}", flush=True)
     return mode.REUSE_DATASET_IF_EXISTS
-  if not (reason := stale_reason(builder, manual)):
+  reason = (source_difference(built["files"], source_files(manual)) if built
+            else "it records no source files (an older build)")
+  if not reason:
     return mode.REUSE_DATASET_IF_EXISTS
   _plans(manual, require_train_masks)  # The old build stays if these fail.
   print(f"rebuilding {builder.data_dir}: {manual} differs from the files it "

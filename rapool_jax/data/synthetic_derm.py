@@ -138,15 +138,6 @@ def _lesion_radius(theta: np.ndarray, r0: float, amp: np.ndarray,
   return r0 * np.maximum(1.0 + pert, 0.35)
 
 
-def _lesion_polar(size: int, cy: float, cx: float, r0: float, amp: np.ndarray,
-                  phase: np.ndarray):
-  """(rho, r(theta)), both ``[S, S]``, for a lesion centred at (cy, cx)."""
-  yy, xx = _grid(size)
-  dy, dx = yy - cy, xx - cx
-  theta = np.arctan2(dy, dx)
-  return np.hypot(dy, dx), _lesion_radius(theta, r0, amp, phase)
-
-
 def _place_disc(rng, size, rho, r_lesion, fov_radius):
   """Finds a disc (cy, cx, radius) clear of the lesion, or None.
 
@@ -228,8 +219,11 @@ class _Lesion(NamedTuple):
 
 def _lesion_at(size: int, cy: float, cx: float, r0: float, amp: np.ndarray,
                phase: np.ndarray) -> _Lesion:
-  return _Lesion(cy, cx, r0, amp, phase,
-                 *_lesion_polar(size, cy, cx, r0, amp, phase))
+  """The lesion centred at (cy, cx), with its polar map over the image."""
+  yy, xx = _grid(size)
+  dy, dx = yy - cy, xx - cx
+  return _Lesion(cy, cx, r0, amp, phase, np.hypot(dy, dx),
+                 _lesion_radius(np.arctan2(dy, dx), r0, amp, phase))
 
 
 def _composite(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> None:
@@ -529,8 +523,7 @@ class SyntheticDermConfig(tfds.core.BuilderConfig):
           f"{self.num_validation}/{self.num_test} examples, seed {self.seed}.")
 
   def num_examples(self, split: str) -> int:
-    return {"train": self.num_train, "validation": self.num_validation,
-            "test": self.num_test}[split]
+    return getattr(self, f"num_{split}")
 
 
 class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
@@ -545,23 +538,15 @@ class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    s = self.builder_config.image_size
+    s, f = self.builder_config.image_size, tfds.features
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(s, s, 3),
-                                         encoding_format="png"),
-            "mask": tfds.features.Image(shape=(s, s, 1),
-                                        encoding_format="png"),
-            "has_mask": tfds.features.Scalar(np.bool_),
-            "melanoma": tfds.features.Scalar(np.int64),
-            "seborrheic_keratosis": tfds.features.Scalar(np.int64),
-            "image_id": tfds.features.Text(),
-            "has_disc": tfds.features.Scalar(np.bool_),
-            "has_hair": tfds.features.Scalar(np.bool_),
-        }),
-    )
+        builder=self, description=__doc__, features=f.FeaturesDict({
+            "image": f.Image(shape=(s, s, 3), encoding_format="png"),
+            "mask": f.Image(shape=(s, s, 1), encoding_format="png"),
+            "has_mask": f.Scalar(np.bool_), "melanoma": f.Scalar(np.int64),
+            "seborrheic_keratosis": f.Scalar(np.int64),
+            "image_id": f.Text(), "has_disc": f.Scalar(np.bool_),
+            "has_hair": f.Scalar(np.bool_)}))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
@@ -573,15 +558,10 @@ class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
       ex = generate_example(split, i, cfg.image_size, cfg.seed)
       # PNG bytes, not arrays: TFDS encodes numpy images with TensorFlow.
       yield ex["image_id"], {
-          "image": _png(ex["image"]),
-          "mask": _png(ex["mask"][..., 0]),
-          "has_mask": True,
-          "melanoma": ex["melanoma"],
-          "seborrheic_keratosis": ex["seborrheic_keratosis"],
-          "image_id": ex["image_id"],
-          "has_disc": ex["has_disc"],
-          "has_hair": ex["has_hair"],
-      }
+          "image": _png(ex["image"]), "mask": _png(ex["mask"][..., 0]),
+          "has_mask": True, **{k: ex[k] for k in (
+              "melanoma", "seborrheic_keratosis", "image_id", "has_disc",
+              "has_hair")}}
 
 
 def _png(array: np.ndarray) -> bytes:
