@@ -156,12 +156,16 @@ def _thresholds(run: str, split: str, arms, key: dict) -> list[dict]:
 
 def collect(run_dirs) -> dict:
   """Rows of every CSV (``oof``, ``jaccard``, ``thresholds``, ``test``) and
-  the ``arms`` of the fold runs."""
+  the ``arms`` of the fold runs, in (fold, seed) order whatever the runs'
+  folder names (``fold<F>_seed<S>/`` or a population's ``member<p>/``)."""
   tables = collections.defaultdict(list)
   arms, with_test = None, set()
-  for run in sorted(run_dirs):
-    config = run_config(run)
-    key = {"fold": config["data"]["crossval"]["fold"], "seed": config["seed"]}
+  configs = {run: run_config(run) for run in run_dirs}
+  keys = {run: {"fold": c["data"]["crossval"]["fold"], "seed": c["seed"]}
+          for run, c in configs.items()}
+  for run in sorted(run_dirs, key=lambda r: (keys[r]["fold"],
+                                             keys[r]["seed"], r)):
+    config, key = configs[run], keys[run]
     if arms is None:
       arms = run_arms(run)
     elif run_arms(run) != arms:
