@@ -182,7 +182,7 @@ def collect(run_dirs) -> dict:
     missing = sorted(set(run_dirs) - with_test)
     raise ValueError(f"{missing[0]}: no predictions/{TEST_SPLIT}/, which "
                      f"{len(with_test)} other runs have")
-  return {**tables, "arms": arms}
+  return {"test": [], **tables, "arms": arms}  # no test split: none
 
 
 def write_csv(path: str, rows: list[dict], columns) -> None:
