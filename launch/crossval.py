@@ -1,7 +1,8 @@
 """Stratified k-fold cross-validation of every Step-4 arm, scored out of fold.
 
     python launch/crossval.py --workdir runs/crossval [--folds 0,1,2,3,4]
-        [--seeds 0,1,2 | --num-seeds 3] [--out results/crossval_isic2017]
+        [--seeds 0,1,2 | --num-seeds 3] [--population]
+        [--out results/crossval_isic2017]
         [--exclude-images FILE | --near-copies-from RUN_DIR]
         [-- --config.data.manual_dir=PATH --config.data.data_dir=DIR ...]
 
@@ -20,11 +21,23 @@ missing); ``--report-only`` rebuilds them without running.
 validation, reported with and without them (``--near-copies-from RUN_DIR``
 finds them on that fold run's data with ``folds.near_copies``).
 ``--smoke``: ``configs/tiny.py`` with 3 folds on the synthetic data.
+
+``--population``: every fold x seed trains as one population, one main job
+(``main --seeds --folds``, ``rapool_jax/run_population.py``) on one device,
+into ``WORKDIR/population/``; its ``members.json`` says which
+``population/member<p>/`` is which (fold, seed), and the report reads the
+members that have their ``results.json`` (the rest are missing runs). Its
+tables are the sequential runs' within the population's float tolerance
+(per-image scores within 1e-4). Sequential runs stay the default: on the
+2-core CPU no population form was faster
+(``benchmarks/results/population_cpu*.json``); on a GPU, where one small run
+leaves the device idle, the population is the point.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -35,8 +48,19 @@ if __package__ in (None, ""):  # run as `python launch/crossval.py`
 from launch import common  # noqa: E402
 from launch import crossval_report  # noqa: E402
 from launch import fanout  # noqa: E402
+from rapool_jax import population  # noqa: E402
+from rapool_jax import run_population  # noqa: E402
 
 DEFAULT_CONFIG = "configs/isic2017.py:crossval"
+POPULATION = "population"  # the --population job's name and folder
+SMOKE_OVERRIDES = (
+    "--config.data.crossval.num_folds=3",
+    "--config.data.train_split=cv_train",
+    "--config.data.val_split=cv_val",
+    "--config.data.eval_split=cv_test",
+    "--config.data.crossval.source_splits=('train','validation','test')",
+    "--config.rankopt.threshold_split=cv_val",
+    "--config.rankopt.logistic_regression=True")
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -44,26 +68,68 @@ def run_name(fold: int, seed: int) -> str:
 
 
 def make_jobs(config: str, root: str, folds, seeds, overrides,
-              num_folds: int) -> list[fanout.Job]:
-  """The data-preparing job, then one main-job run per (fold, seed)."""
-  extra = [] if any(o.startswith("--config.data.crossval.num_folds=")
-                    for o in overrides) else [
-                        f"--config.data.crossval.num_folds={num_folds}"]
-  jobs = [fanout.prepare_job(root, config, list(overrides) + extra)]
+              num_folds: int, as_population: bool = False) -> list[fanout.Job]:
+  """The data-preparing job, then one main-job run per (fold, seed), or
+  with ``as_population`` one population of them all (``population_job``)."""
+  if not any(o.startswith("--config.data.crossval.num_folds=")
+             for o in overrides):
+    overrides = [*overrides, f"--config.data.crossval.num_folds={num_folds}"]
+  jobs = [fanout.prepare_job(root, config, list(overrides))]
+  if as_population:
+    return jobs + [population_job(config, root, folds, seeds, overrides)]
   for seed in seeds:
     for fold in folds:
       jobs.append(fanout.Job(
           name=run_name(fold, seed),
           workdir=os.path.join(root, run_name(fold, seed)), config=config,
-          overrides=list(overrides) + extra + [
+          overrides=list(overrides) + [
               f"--config.data.crossval.fold={fold}", f"--config.seed={seed}"],
           meta={"fold": fold, "seed": seed}))
   return jobs
 
 
-def main(argv=None) -> int:
-  argv, overrides = fanout.split_overrides(
-      sys.argv[1:] if argv is None else argv)
+def population_job(config: str, root: str, folds, seeds,
+                   overrides) -> fanout.Job:
+  """Every (fold, seed) as one population in ``ROOT/population/``. Members
+  are written out and evaluated in order, so the job is done when its last
+  member has its ``results.json``."""
+  members = run_population.make_members(seeds, folds)
+  last = run_population.member_dir("", len(members) - 1)
+  return fanout.Job(
+      name=POPULATION, workdir=os.path.join(root, POPULATION), config=config,
+      overrides=list(overrides) + [f"--seeds={','.join(map(str, seeds))}",
+                                   f"--folds={','.join(map(str, folds))}"],
+      done_file=os.path.join(last, "results.json"),
+      meta={"runs": [[m.fold, m.seed] for m in members]})
+
+
+def population_runs(workdir: str) -> dict[tuple[int, int], str]:
+  """``{(fold, seed): member workdir}`` of the population in ``workdir``, by
+  its ``members.json`` (empty before its first stage starts)."""
+  try:
+    with open(os.path.join(workdir, population.MANIFEST)) as f:
+      members = json.load(f)["members"]
+  except FileNotFoundError:
+    return {}
+  return {(m["fold"], m["seed"]): run_population.member_dir(workdir, p)
+          for p, m in enumerate(members)}
+
+
+def finished_runs(jobs) -> tuple[list[str], list[tuple[int, int]]]:
+  """The workdirs of the finished (fold, seed) runs, and every (fold, seed)
+  the CV was meant to have. A population's member is finished once it has
+  its ``results.json``, whether or not the others have theirs."""
+  runs = jobs[1:]
+  if runs[0].name != POPULATION:
+    return ([j.workdir for j in runs if fanout.is_finished(j)],
+            [(j.meta["fold"], j.meta["seed"]) for j in runs])
+  expected = [tuple(r) for r in runs[0].meta["runs"]]
+  members = population_runs(runs[0].workdir)
+  return ([members[k] for k in expected if k in members and os.path.exists(
+      os.path.join(members[k], "results.json"))], expected)
+
+
+def parse_args(argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="")
   parser.add_argument("--workdir", required=True, help="root of the fold runs")
@@ -73,43 +139,52 @@ def main(argv=None) -> int:
                       help="comma-separated seeds (default 0)")
   parser.add_argument("--num-seeds", type=int, default=0,
                       help="seeds 0 .. N-1 (instead of --seeds)")
+  parser.add_argument("--population", action="store_true",
+                      help="train every fold x seed as one population, one "
+                           "job on one device, in WORKDIR/population/ "
+                           "(default: one run per fold and seed, since on the "
+                           "2-core CPU no population was faster, "
+                           "benchmarks/results/population_cpu*.json; on a GPU "
+                           "the population is the point)")
   crossval_report.add_near_copy_args(parser)
   parser.add_argument("--out", default="",
                       help="folder of the pooled table (default WORKDIR/report)")
   parser.add_argument("--smoke", action="store_true")
   fanout.add_runner_args(parser)
-  args = parser.parse_args(argv)
-  config = common.resolve_config(args.config or (None if args.smoke
-                                                 else DEFAULT_CONFIG),
-                                 args.smoke)
-  cfg = common.load_config(config)
-  num_folds = cfg.data.crossval.num_folds or 3
-  if args.smoke:
-    overrides = ["--config.data.crossval.num_folds=3",
-                 "--config.data.train_split=cv_train",
-                 "--config.data.val_split=cv_val",
-                 "--config.data.eval_split=cv_test",
-                 "--config.data.crossval.source_splits=('train','validation','test')",
-                 "--config.rankopt.threshold_split=cv_val",
-                 "--config.rankopt.logistic_regression=True"] + overrides
-    num_folds = 3
-  folds = ([int(f) for f in args.folds.split(",") if f] if args.folds
-           else list(range(num_folds)))
-  seeds = (list(range(args.num_seeds)) if args.num_seeds
-           else [int(s) for s in args.seeds.split(",") if s])
-  jobs = make_jobs(config, args.workdir, folds, seeds, overrides, num_folds)
-  if not fanout.execute(args, jobs, args.workdir):
-    return 0
-  out = args.out or os.path.join(args.workdir, "report")
-  finished = [j for j in jobs[1:] if fanout.is_finished(j)]
+  return parser.parse_args(argv)
+
+
+def report(args, jobs) -> int:
+  """The tables of the finished runs; 0 when every run has finished."""
+  finished, expected = finished_runs(jobs)
   if not finished:
     print("no fold has finished yet; nothing to report", flush=True)
     return 1
   crossval_report.write_report(
-      [j.workdir for j in finished], out,
-      expected=[(j.meta["fold"], j.meta["seed"]) for j in jobs[1:]],
-      exclude_images=crossval_report.near_copy_choice(args))
-  return 0 if len(finished) == len(jobs) - 1 else 1
+      finished, args.out or os.path.join(args.workdir, "report"),
+      expected=expected, exclude_images=crossval_report.near_copy_choice(args))
+  return 0 if len(finished) == len(expected) else 1
+
+
+def main(argv=None) -> int:
+  argv, overrides = fanout.split_overrides(
+      sys.argv[1:] if argv is None else argv)
+  args = parse_args(argv)
+  config = common.resolve_config(args.config or (None if args.smoke
+                                                 else DEFAULT_CONFIG),
+                                 args.smoke)
+  num_folds = common.load_config(config).data.crossval.num_folds or 3
+  if args.smoke:
+    overrides, num_folds = [*SMOKE_OVERRIDES, *overrides], 3
+  folds = ([int(f) for f in args.folds.split(",") if f] if args.folds
+           else list(range(num_folds)))
+  seeds = (list(range(args.num_seeds)) if args.num_seeds
+           else [int(s) for s in args.seeds.split(",") if s])
+  jobs = make_jobs(config, args.workdir, folds, seeds, overrides, num_folds,
+                   args.population)
+  if not fanout.execute(args, jobs, args.workdir):
+    return 0
+  return report(args, jobs)
 
 
 if __name__ == "__main__":

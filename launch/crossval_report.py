@@ -161,12 +161,16 @@ def _thresholds(run: str, split: str, arms, key: dict) -> list[dict]:
 
 def collect(run_dirs) -> dict:
   """Rows of every CSV (``oof``, ``jaccard``, ``thresholds``, ``test``) and
-  the ``arms`` of the fold runs."""
+  the ``arms`` of the fold runs, in (fold, seed) order whatever the runs'
+  folder names (``fold<F>_seed<S>/`` or a population's ``member<p>/``)."""
   tables = collections.defaultdict(list)
   arms, test_arms, with_test = None, None, set()
-  for run in sorted(run_dirs):
-    config = run_config(run)
-    key = {"fold": config["data"]["crossval"]["fold"], "seed": config["seed"]}
+  configs = {run: run_config(run) for run in run_dirs}
+  keys = {run: {"fold": c["data"]["crossval"]["fold"], "seed": c["seed"]}
+          for run, c in configs.items()}
+  for run in sorted(run_dirs, key=lambda r: (keys[r]["fold"],
+                                             keys[r]["seed"], r)):
+    config, key = configs[run], keys[run]
     if arms is None:
       arms = run_arms(run)
     elif run_arms(run) != arms:
@@ -191,7 +195,8 @@ def collect(run_dirs) -> dict:
     missing = sorted(set(run_dirs) - with_test)
     raise ValueError(f"{missing[0]}: no predictions/{TEST_SPLIT}/, which "
                      f"{len(with_test)} other runs have")
-  return {**tables, "arms": arms, "test_arms": test_arms or []}
+  # No test split: an empty table, no arms.
+  return {"test": [], **tables, "arms": arms, "test_arms": test_arms or []}
 
 
 def write_csv(path: str, rows: list[dict], columns) -> None:

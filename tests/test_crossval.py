@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -15,7 +16,9 @@ from launch import testsplit_report
 from rapool_jax import checks
 from rapool_jax import evaluate
 from rapool_jax import metrics
+from rapool_jax import population
 from rapool_jax import run
+from rapool_jax import run_population
 from rapool_jax import stats
 from rapool_jax import train
 from rapool_jax.data import folds
@@ -282,13 +285,13 @@ def _fake_run(run, config, splits, rng, arms=ARMS):
 TEST_IDS = [f"ISIC_9{j:03d}" for j in range(50)]
 
 
-def _cv_run(root, fold, seed, rng, arms=ARMS):
+def _cv_run(root, fold, seed, rng, arms=ARMS, name=""):
   ids = [f"ISIC_{fold}{j:03d}" for j in range(60)]
   config = {"seed": seed, "data": {"crossval": {"fold": fold},
                                    "eval_split": "cv_test",
                                    "val_split": "cv_val"}}
   return _fake_run(
-      os.path.join(root, crossval.run_name(fold, seed)), config,
+      os.path.join(root, name or crossval.run_name(fold, seed)), config,
       {"cv_test": (ids, _labels(60), True),
        "cv_val": ([f"v{fold}_{j}" for j in range(40)], _labels(40, 4), True),
        "test": (TEST_IDS, _labels(50), False)}, rng, arms)
@@ -554,7 +557,6 @@ TAMPERING = {
 
 @pytest.mark.parametrize("tamper", sorted(TAMPERING))
 def test_check_fails_naming_what_differs(cv_report, tmp_path, tamper):
-  import shutil
   out = str(tmp_path / "report")
   shutil.copytree(cv_report[0], out)
   edit, named = TAMPERING[tamper]
@@ -646,6 +648,50 @@ def test_crossval_launch_runs_folds_times_seeds_and_reports(tmp_path):
   assert md.startswith("**Partial: 3 of 6 fold runs finished; missing: fold "
                        "0 seed 1, fold 1 seed 1, fold 2 seed 1.")
   assert crossval_report.check(out) == []
+
+
+def _report(workdir, out, *flags):
+  return crossval.main(["--workdir", workdir, "--folds", "0,1,2",
+                        "--num-seeds", "2", "--out", out, *flags])
+
+
+def test_crossval_population_is_reported_as_its_fold_runs(tmp_path, capsys):
+  root, seq = str(tmp_path / "cv"), str(tmp_path / "seq")
+  jobs = crossval.make_jobs("configs/isic2017.py:crossval", root, [0, 1, 2],
+                            [0, 1], [], 3, as_population=True)
+  assert [j.name for j in jobs] == ["prepare_data", "population"]
+  pop = jobs[1]
+  assert pop.overrides[-2:] == ["--seeds=0,1", "--folds=0,1,2"]
+  assert pop.done_file == os.path.join("member5", "results.json")
+  assert _report(root, str(tmp_path / "r"), "--population", "--dry-run") == 0
+  assert "--seeds=0,1 --folds=0,1,2" in capsys.readouterr().out
+  assert _report(root, str(tmp_path / "r"), "--population",
+                 "--report-only") == 1  # no members.json yet
+  # The same predictions as sequential runs and as a population's members
+  # (seed-major, named by members.json) give the same tables.
+  members = run_population.make_members([0, 1], [0, 1, 2])
+  os.makedirs(pop.workdir)
+  with open(os.path.join(pop.workdir, population.MANIFEST), "w") as f:
+    json.dump({"members": [m.as_dict() for m in members]}, f)
+  for p, m in enumerate(members):
+    for where, name in ((seq, ""), (pop.workdir, f"member{p}")):
+      _cv_run(where, m.fold, m.seed, np.random.default_rng(p), ARMS[:3], name)
+  out = {w: str(tmp_path / f"report_{w}") for w in ("seq", "pop")}
+  assert _report(seq, out["seq"], "--report-only") == 0
+  assert _report(root, out["pop"], "--population", "--report-only") == 0
+  for name in ("oof_scores.csv", "oof_jaccard.csv", "test_scores.csv",
+               "thresholds.csv", "runs.csv", "results.md", "results.json"):
+    with open(os.path.join(out["seq"], name)) as a, open(
+        os.path.join(out["pop"], name)) as b:
+      assert a.read() == b.read(), name
+  # Killed while writing member 4 out, before member 5: both are missing.
+  os.remove(os.path.join(pop.workdir, "member4", "results.json"))
+  shutil.rmtree(os.path.join(pop.workdir, "member5"))
+  assert _report(root, out["pop"], "--population", "--report-only") == 1
+  md = open(os.path.join(out["pop"], "results.md")).read()
+  assert md.startswith("**Partial: 4 of 6 fold runs finished; missing: fold "
+                       "1 seed 1, fold 2 seed 1.")
+  assert crossval_report.check(out["pop"]) == []
 
 
 # ----------------------------------------------------------------------------

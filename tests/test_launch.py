@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from rapool_jax import evaluate
 
 if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
   sys.path.insert(0, str(REPO))
@@ -25,6 +26,7 @@ if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
 from launch import ablate_pooling  # noqa: E402
 from launch import aggregate  # noqa: E402
 from launch import common  # noqa: E402
+from launch import crossval_report  # noqa: E402
 from launch import fanout  # noqa: E402
 from launch import sweep_lambda  # noqa: E402
 
@@ -163,6 +165,42 @@ def test_aggregate_collects_a_sweep(sweep):
       cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert "3 of 3 runs finished" in out
   assert out.count("| Step 4 + RankOpt |") == 2
+
+
+@pytest.mark.slow  # three tiny fold runs one after another, then as one
+def test_crossval_smoke_population_matches_the_sequential_runs(
+    tmp_path, data_dir, cache_env):
+  env, cache = cache_env
+  out = {}
+  for name, flags in (("seq", ()), ("pop", ("--population",))):
+    _script("crossval", "--smoke", *flags, "--workdir", str(tmp_path / name),
+            "--compile-cache", cache, "--",
+            f"--config.data.data_dir={data_dir}", env=env)
+    out[name] = str(tmp_path / name / "report")
+  assert crossval_report.main(["--check", out["pop"]]) == 0
+  with open(os.path.join(out["seq"], "runs.csv")) as a, open(
+      os.path.join(out["pop"], "runs.csv")) as b:
+    assert a.read() == b.read() == ("fold,seed,finished\n0,0,1\n1,0,1\n"
+                                    "2,0,1\n")
+  seq, pop = (crossval_report.read_tables(out[n]) for n in ("seq", "pop"))
+  for key in crossval_report.KEYS:  # image by image, in the same order
+    np.testing.assert_array_equal(pop["oof"][key], seq["oof"][key])
+  config = common.load_config(common.TINY_CONFIG)
+  networks = {evaluate.row_slug(config.stages[n].report_as)
+              for n in config.stage_order if config.stages[n].report_as}
+  assert pop["arms"] == seq["arms"] and networks < set(seq["arms"])
+  # Within the population's tolerances (tests/test_run_population.py): the
+  # networks' probabilities 1e-4, the linear heads' unbounded scores 1e-3.
+  tol = {a: (1e-4, 0) if a in networks else (1e-3, 1e-3) for a in seq["arms"]}
+  for arm, (atol, rtol) in tol.items():
+    np.testing.assert_allclose(pop["oof"][arm], seq["oof"][arm], atol=atol,
+                               rtol=rtol, err_msg=arm)
+  for a, b in zip(pop["thresholds"], seq["thresholds"], strict=True):
+    assert [a[k] for k in ("fold", "seed", "arm")] == [
+        b[k] for k in ("fold", "seed", "arm")]
+    for k in set(a) - {"fold", "seed", "arm"}:
+      assert float(a[k]) == pytest.approx(float(b[k]), abs=tol[a["arm"]][0],
+                                          rel=tol[a["arm"]][1]), (a, k)
 
 
 def test_fanout_records_failures_and_aggregate_reports_them(tmp_path):
