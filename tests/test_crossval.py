@@ -821,9 +821,11 @@ def test_fullsize_crossval_is_the_papers_network_on_the_same_folds():
     module.get_config("fullsize")
 
 
-def test_committed_crossval_table_recomputes_from_its_csvs():
+@pytest.mark.parametrize("name", ["crossval_isic2017",
+                                  "crossval_isic2017_idfolds_seed0"])
+def test_committed_crossval_table_recomputes_from_its_csvs(name):
   from conftest import REPO
-  out = REPO / "results" / "crossval_isic2017"
+  out = REPO / "results" / name
   assert crossval_report.check(str(out)) == []
   md = (out / "results.md").read_text()
   results = json.loads((out / "results.json").read_text())
