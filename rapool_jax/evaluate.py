@@ -65,7 +65,8 @@ def make_predict_fn(model, mesh, mean, std, batch_size: int,
     for lo in range(0, len(split), batch_size):
       images, masks = _padded(split.images[lo:lo + batch_size],
                               split.masks[lo:lo + batch_size], batch_size)
-      images, masks = pipeline.center_crop(images, masks, crop_size)
+      images = pipeline.center_crop(images, crop_size)
+      masks = pipeline.center_crop(masks, crop_size)
       out = step(pooling)(variables, sharding.put_global_batch(images, mesh),
                           sharding.put_global_batch(masks, mesh))
       n = min(batch_size, len(split) - lo)
@@ -92,7 +93,7 @@ def row_slug(name: str) -> str:
 
 def gt_masks(split: pipeline.Split, crop_size: int) -> np.ndarray:
   """Ground-truth masks ``[N, crop, crop]`` under the evaluation view."""
-  return pipeline.center_crop_masks(split.masks, crop_size)
+  return pipeline.center_crop(split.masks, crop_size)
 
 
 def write_predictions(path: str, split: pipeline.Split, scores,

@@ -240,7 +240,7 @@ def training_data(config, members: Sequence[Member]):
   needs_masks = any(max(stage_settings(config, members, s)["lambda_seg"]) > 0
                     for s in config.stage_order)
   builder = pipeline.make_builder(data, require_train_masks=needs_masks)
-  if data.train_split not in folds.CV_SPLITS:
+  if data.train_split not in pipeline.CV_SPLITS:
     split = pipeline.load_split(builder, data.train_split, data.task)
     return split, [np.arange(len(split), dtype=np.int32)] * len(members)
   folds.check_crossval(data)

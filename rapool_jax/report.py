@@ -82,8 +82,8 @@ def plot_cams(path: str, model, columns: list[tuple[str, Any, str]],
   order = np.argsort(-split.labels, kind="stable")  # melanomas first
   k = num_images
   pick = np.concatenate([order[:(k + 1) // 2], order[::-1][:k // 2]])[:k]
-  images, masks = pipeline.center_crop(split.images[pick], split.masks[pick],
-                                       data.crop_size)
+  images = pipeline.center_crop(split.images[pick], data.crop_size)
+  masks = pipeline.center_crop(split.masks[pick], data.crop_size)
   x = pipeline.normalize(jnp.asarray(images), tuple(data.mean), tuple(data.std))
   maps = []
   for title, variables, pooling in columns:

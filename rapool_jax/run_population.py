@@ -60,8 +60,8 @@ def load_data(config, members):
   needs_masks = any(checks.needs_masks(c) for c in configs)
   builder = pipeline.make_builder(data, require_train_masks=needs_masks)
   stored = {n: pipeline.load_split(builder, n, data.task)
-            for n in sorted(names - set(folds.CV_SPLITS))}
-  if not names & set(folds.CV_SPLITS):
+            for n in sorted(names - set(pipeline.CV_SPLITS))}
+  if not names & set(pipeline.CV_SPLITS):
     splits, pooled = [stored] * len(members), None
   else:
     folds.check_crossval(data)
@@ -69,7 +69,7 @@ def load_data(config, members):
         builder, s, data.task) for s in data.crossval.source_splits])
     splits = [{**stored, **folds.crossval_splits(pooled, c.data.crossval)}
               for c in configs]
-  if data.train_split in folds.CV_SPLITS:
+  if data.train_split in pipeline.CV_SPLITS:
     train = (pooled, [population.member_rows(pooled, c.data) for c in configs])
   else:
     n = len(stored[data.train_split])

@@ -6,8 +6,10 @@ Fits a ridge regression on ``num`` training examples and prints its AUC on
 held-out examples of the training distribution and of the test split, for
 colour statistics pooled over the lesion (region pooling), over the whole
 image (GAP, open to the calibration-disc shortcut), raw pixels and the disc
-alone. The figures quoted in ``rapool_jax/data/synthetic_derm.py`` come from
-the defaults.
+alone. With the defaults (2000 examples at 64 px), held-out train-distribution /
+test AUC: lesion mean colour 0.81 / 0.80; colour statistics pooled over the
+lesion 0.82 / 0.83; the same statistics pooled over the whole image 0.82 / 0.59
+(the disc shortcut); ``has_disc`` alone 0.70 / 0.32.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def test_crossval_splits_partition_every_fold():
   tested = []
   for k in range(5):
     s = folds.crossval_splits(split, _cv(k))
-    ids = [set(s[n].ids) for n in folds.CV_SPLITS]
+    ids = [set(s[n].ids) for n in pipeline.CV_SPLITS]
     assert sum(map(len, ids)) == 103 and len(set.union(*ids)) == 103
     assert s["cv_val"].labels.sum() >= 1 and (s["cv_val"].labels == 0).sum() >= 1
     assert abs(len(s["cv_val"]) - 0.1 * (103 - len(s["cv_test"]))) <= 2
@@ -158,7 +158,7 @@ def test_crossval_splits_keep_copied_images_in_one_split():
   split = dataclasses.replace(split, images=images)
   for k in range(5):
     s = folds.crossval_splits(split, _cv(k))
-    where = {n for n in folds.CV_SPLITS
+    where = {n for n in pipeline.CV_SPLITS
              for i in (10, 50, 70, 90) if split.ids[i] in s[n].ids}
     assert len(where) == 1, (k, where)  # ...always in one split.
 

@@ -340,14 +340,9 @@ def test_failed_build_leaves_no_data_and_can_rerun(tmp_path):
   assert build(tmp_path, manual).info.splits["train"].num_examples == 4
 
 
-def test_config_names_and_jpeg_option(tmp_path, manual):
-  assert isic2017.make_builder(tmp_path, manual).builder_config.name == (
-      "size256")
-  builder = isic2017.prepare(tmp_path / "data", manual, image_size=SIZE,
-                             image_format="jpeg")
-  assert builder.builder_config.name == f"size{SIZE}_jpeg"
-  ex = next(iter(load(builder, "train").values()))
-  assert ex["image"].shape == (SIZE, SIZE, 3)
+def test_config_name_follows_the_image_size():
+  assert isic2017.ISIC2017Config().name == "size256"
+  assert isic2017.ISIC2017Config(image_size=SIZE).name == f"size{SIZE}"
 
 
 # ----------------------------------------------------------------------------

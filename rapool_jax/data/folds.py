@@ -43,7 +43,6 @@ from scipy import sparse
 
 from rapool_jax.data import pipeline
 
-CV_SPLITS = ("cv_train", "cv_val", "cv_test")
 SCREEN_SIZE = 24
 # Default of ``config.data.crossval.near_duplicate_threshold``; see above.
 NEAR_DUPLICATE_THRESHOLD = 0.97
@@ -102,9 +101,12 @@ def near_copies(query_images, reference_images,
   return out
 
 
-def _units(ids, labels, groups) -> dict[int, list[np.ndarray]]:
-  """The rows of each group, by class (its members' largest label), each
-  class's groups ordered by their smallest image id."""
+def _units(ids, labels, groups=None) -> dict[int, list[np.ndarray]]:
+  """The rows of each group (``groups [N]``, default: every image alone), by
+  class (its members' largest label), each class's groups ordered by their
+  smallest image id."""
+  labels = np.asarray(labels)
+  groups = np.arange(len(ids)) if groups is None else np.asarray(groups)
   by_group: dict[int, list[int]] = {}
   for row in np.argsort(ids, kind="stable"):
     by_group.setdefault(int(groups[row]), []).append(int(row))
@@ -112,10 +114,6 @@ def _units(ids, labels, groups) -> dict[int, list[np.ndarray]]:
   for rows in by_group.values():
     units.setdefault(int(labels[rows].max()), []).append(np.asarray(rows))
   return units
-
-
-def _groups(ids, groups) -> np.ndarray:
-  return np.arange(len(ids)) if groups is None else np.asarray(groups)
 
 
 def assign_folds(ids, labels, num_folds: int, seed: int,
@@ -128,11 +126,10 @@ def assign_folds(ids, labels, num_folds: int, seed: int,
   (ties: the lowest fold). Singletons are so dealt in turn, and class counts
   per fold differ by at most the largest group's size.
   """
-  ids, labels = np.asarray(ids), np.asarray(labels)
   if num_folds < 2:
     raise ValueError(f"config.data.crossval.num_folds={num_folds}: need >= 2")
   folds = np.full(len(ids), -1, np.int64)
-  for cls, units in _units(ids, labels, _groups(ids, groups)).items():
+  for cls, units in _units(ids, labels, groups).items():
     counts = np.zeros(num_folds, np.int64)
     for i in np.random.default_rng([seed, cls]).permutation(len(units)):
       fold = int(np.argmin(counts))
@@ -145,9 +142,8 @@ def inner_validation(ids, labels, fraction: float, seed: int,
                      groups=None) -> np.ndarray:
   """Boolean ``[N]``: a stratified ``fraction`` of the rows (at least one
   group per class), whole groups only (``groups`` as in `assign_folds`)."""
-  ids, labels = np.asarray(ids), np.asarray(labels)
   chosen = np.zeros(len(ids), bool)
-  for cls, units in _units(ids, labels, _groups(ids, groups)).items():
+  for cls, units in _units(ids, labels, groups).items():
     want, taken = max(1, int(round(fraction * sum(map(len, units))))), 0
     for i in np.random.default_rng([seed, cls, 1]).permutation(len(units)):
       if taken >= want:
@@ -159,19 +155,12 @@ def inner_validation(ids, labels, fraction: float, seed: int,
 
 def concat(splits) -> pipeline.Split:
   """One ``Split`` of several, rows sorted by image id (ids must be unique)."""
-  fields = {f: np.concatenate([getattr(s, f) for s in splits])
-            for f in ("images", "masks", "labels", "has_mask", "ids")}
-  if len(np.unique(fields["ids"])) != len(fields["ids"]):
+  pooled = pipeline.Split(**{k: np.concatenate([vars(s)[k] for s in splits])
+                             for k in vars(splits[0])})
+  if len(np.unique(pooled.ids)) != len(pooled):
     raise ValueError("crossval source splits share image ids; pool disjoint "
                      "splits only")
-  order = np.argsort(fields["ids"], kind="stable")
-  return pipeline.Split(**{k: v[order] for k, v in fields.items()})
-
-
-def take(split: pipeline.Split, rows) -> pipeline.Split:
-  return pipeline.Split(images=split.images[rows], masks=split.masks[rows],
-                        labels=split.labels[rows],
-                        has_mask=split.has_mask[rows], ids=split.ids[rows])
+  return pooled.take(np.argsort(pooled.ids, kind="stable"))
 
 
 def crossval_splits(pooled: pipeline.Split, crossval) -> dict:
@@ -181,17 +170,15 @@ def crossval_splits(pooled: pipeline.Split, crossval) -> dict:
     raise ValueError(f"config.data.crossval.fold={fold}: must be in [0, {k})")
   groups = near_duplicate_groups(pooled.images, near_duplicate_threshold(
       crossval))
-  folds = assign_folds(pooled.ids, pooled.labels, k, crossval.seed, groups)
-  test = folds == fold
+  test = assign_folds(pooled.ids, pooled.labels, k, crossval.seed,
+                      groups) == fold
   rest = np.flatnonzero(~test)
   val = np.zeros(len(pooled), bool)
   val[rest] = inner_validation(pooled.ids[rest], pooled.labels[rest],
                                crossval.val_fraction, crossval.seed + fold,
                                groups[rest])
-  train = ~test & ~val
-  return {"cv_train": take(pooled, np.flatnonzero(train)),
-          "cv_val": take(pooled, np.flatnonzero(val)),
-          "cv_test": take(pooled, np.flatnonzero(test))}
+  return {name: pooled.take(np.flatnonzero(rows)) for name, rows in zip(
+      pipeline.CV_SPLITS, (~test & ~val, val, test))}
 
 
 def near_duplicate_threshold(crossval) -> float:
@@ -205,31 +192,27 @@ def load_splits(builder, data_config) -> dict:
   Stored splits load as they are; ``cv_*`` names are derived from the pooled
   ``crossval.source_splits``.
   """
-  names = {data_config[r] for r in ("train_split", "val_split", "eval_split")}
-  names |= set(data_config.get("report_splits", ()))
-  names.discard("")
+  names = {data_config[r] for r in pipeline.SPLIT_ROLES}
+  names = (names | set(data_config.get("report_splits", ()))) - {""}
   check_crossval(data_config)
-  out = {}
-  stored = sorted(n for n in names if n not in CV_SPLITS)
-  for name in stored:
-    out[name] = pipeline.load_split(builder, name, data_config.task)
-  if names & set(CV_SPLITS):
-    cv = data_config.crossval
-    pooled = concat([out.get(s) or pipeline.load_split(builder, s,
-                                                       data_config.task)
-                     for s in cv.source_splits])
-    out.update(crossval_splits(pooled, cv))
+  load = lambda name: pipeline.load_split(  # noqa: E731
+      builder, name, data_config.task)
+  out = {name: load(name) for name in sorted(names - set(pipeline.CV_SPLITS))}
+  if names & set(pipeline.CV_SPLITS):
+    pooled = concat([out.get(s) or load(s)
+                     for s in data_config.crossval.source_splits])
+    out.update(crossval_splits(pooled, data_config.crossval))
   return out
 
 
 def check_crossval(data_config) -> None:
   """Rejects, before any data loads, split names and fold settings that disagree."""
-  names = {data_config[r] for r in ("train_split", "val_split", "eval_split")}
-  cv = data_config.crossval
-  if names & set(CV_SPLITS):
+  cv, cv_names = data_config.crossval, sorted(
+      {data_config[r] for r in pipeline.SPLIT_ROLES} & set(pipeline.CV_SPLITS))
+  if cv_names:
     if cv.num_folds < 2:
       raise ValueError(
-          f"config.data splits name {sorted(names & set(CV_SPLITS))} but "
+          f"config.data splits name {cv_names} but "
           f"config.data.crossval.num_folds={cv.num_folds}; set it to >= 2")
     if not 0 <= cv.fold < cv.num_folds:
       raise ValueError(f"config.data.crossval.fold={cv.fold}: must be in "

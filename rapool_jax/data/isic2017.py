@@ -1,8 +1,7 @@
 """`isic2017`: the ISIC 2017 challenge data, built from the official files.
 
-The user downloads the official release (https://challenge.isic-archive.com/
-data/#2017) into one folder, the TFDS ``manual_dir``. Each file may be the zip
-or the folder it extracts to:
+The TFDS ``manual_dir`` holds the official release (README), each file as the
+zip or the folder it extracts to:
 
     ISIC-2017_{Training,Validation,Test_v2}_Data.zip   images ISIC_XXXXXXX.jpg
         (+ ISIC_XXXXXXX_superpixels.png and ..._Data_metadata.csv, not images)
@@ -11,13 +10,13 @@ or the folder it extracts to:
     ISIC-2017_{Training,Validation,Test_v2}_Part3_GroundTruth.csv
         image_id,melanoma,seborrheic_keratosis (floats 0.0/1.0)
 
-Splits: train (Training, required), validation and test (Test_v2), each
-built if its files are there. Masks are required for train unless
-``require_train_masks=False`` (elsewhere, absent: ``has_mask`` False, mask
-zero). Stored resized to S x S, aspect squashed as in the paper: ``image``
-(S, S, 3) uint8, ``mask`` (S, S, 1) 0/255 (area-resized, > 127), ``has_mask``,
-``melanoma``, ``seborrheic_keratosis`` (0/1), ``image_id``, ``age`` (-1
-unknown), ``sex`` ('' unknown).
+Splits: train (required), validation and test, each built if its files are
+there. Masks are required for train unless ``require_train_masks=False``
+(elsewhere, absent: ``has_mask`` False, mask zero). Stored resized to S x S,
+aspect squashed as in the paper: ``image`` [S, S, 3] uint8 (PNG), ``mask``
+[S, S, 1] 0/255 (area-resized, > 127), ``has_mask``, ``melanoma``,
+``seborrheic_keratosis`` (0/1), ``image_id``, ``age`` (-1 unknown), ``sex``
+('' unknown).
 
 A build records its source files' fingerprints (`source_files`); `prepare`
 rebuilds, saying what changed, when the folder no longer matches. Bad input
@@ -432,73 +431,28 @@ def _decode(data: bytes, where: str, what: str, size: int, mode: str,
   return image, original
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
+def _png(image: Image.Image) -> bytes:
   buf = io.BytesIO()
   # PNG level 1: ~5x faster than PIL's default 6 for ~14% more bytes; the
   # encode dominated a 256 px build (56 s vs ~10 s for 2150 images).
-  image.save(buf, format=fmt.upper(), **(
-      {"quality": 95} if fmt == "jpeg" else {"compress_level": 1}))
+  image.save(buf, format="PNG", compress_level=1)
   return buf.getvalue()
-
-
-def _examples(plan: _SplitPlan, size: int, fmt: str):
-  """``(image_id, features)`` of one split, sorted by id."""
-  zero_mask = _encode(Image.new("L", (size, size)), "png")
-  for image_id, member in sorted(plan.image_members.items()):
-    where = plan.images.describe(member)
-    image, original = _decode(plan.images.read(member), where, "image", size,
-                              "RGB", Image.BICUBIC, draft=2 * size)
-    mask = zero_mask
-    if plan.masks is not None:
-      m = plan.mask_members[image_id]
-      m_where = plan.masks.describe(m)
-      # Area average then threshold: the lesion keeps its area at any scale.
-      mask, (w, h) = _decode(plan.masks.read(m), m_where, "mask", size, "L",
-                             Image.BOX)
-      if (w, h) != original:
-        raise _error(m_where, f"mask is {w}x{h} (WxH) but its image {where} "
-                     f"is {original[0]}x{original[1]}")
-      mask = _encode(mask.point(lambda v: 255 if v > 127 else 0), "png")
-    _, melanoma, keratosis = plan.labels[image_id]
-    age, sex = plan.metadata.get(image_id, (-1.0, ""))
-    # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
-    yield image_id, {
-        "image": _encode(image, fmt), "mask": mask,
-        "has_mask": plan.masks is not None, "melanoma": melanoma,
-        "seborrheic_keratosis": keratosis, "image_id": image_id,
-        "age": np.float32(age), "sex": sex}
 
 
 # The builder.
 
 
-def config_name(image_size: int, image_format: str = "png") -> str:
-  return f"size{image_size}" + ("" if image_format == "png" else "_jpeg")
-
-
 @dataclasses.dataclass(kw_only=True)
 class ISIC2017Config(tfds.core.BuilderConfig):
-  """Stored image side S and format; ``name`` is derived (``size256``)."""
+  """Stored image side S; ``name`` is derived (``size256``)."""
 
   name: str = ""
   image_size: int = 256
-  # PNG: lossless (about 76 KiB per 256 px image); JPEG q95: about 13 KiB but
-  # a second lossy pass over already-JPEG originals.
-  image_format: str = "png"
 
   def __post_init__(self):
-    if self.image_format not in ("png", "jpeg"):
-      raise ValueError(f"image_format={self.image_format!r}: choose 'png' or "
-                       "'jpeg'")
-    if self.image_size < 1:
-      raise ValueError(f"image_size={self.image_size} must be positive")
-    derived = config_name(self.image_size, self.image_format)
-    if self.name and self.name != derived:
-      raise ValueError(f"Config name {self.name!r} != derived {derived!r}.")
-    self.name = derived
+    self.name = f"size{self.image_size}"
     self.description = self.description or (
-        f"{self.image_size}x{self.image_size} px, "
-        f"{self.image_format.upper()} images.")
+        f"{self.image_size}x{self.image_size} px, PNG images.")
 
 
 class Isic2017(tfds.core.GeneratorBasedBuilder):
@@ -516,9 +470,8 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
   # needs `importlib_resources`, which a bare `etils` install lacks.
   url_infos = None
 
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
+  def __init__(self, *, manual_dir: str | None = None,
                require_train_masks: bool = True, **kwargs):
-    """``manual_dir``, when given, wins over ``DownloadConfig.manual_dir``."""
     self._isic_manual_dir = manual_dir
     self._require_train_masks = require_train_masks
     super().__init__(**kwargs)
@@ -528,8 +481,7 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
         features=f.FeaturesDict({
-            "image": f.Image(shape=(s, s, 3), encoding_format=(
-                self.builder_config.image_format)),
+            "image": f.Image(shape=(s, s, 3), encoding_format="png"),
             "mask": f.Image(shape=(s, s, 1), encoding_format="png"),
             "has_mask": f.Scalar(np.bool_),
             "melanoma": f.Scalar(np.int64),
@@ -543,9 +495,8 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     # Not `dl_manager.manual_dir`: it raises a multi-line error for an empty
     # folder; the checks of `_plans` say which files are missing instead.
-    manual_dir = os.path.expanduser(os.fspath(
-        self._isic_manual_dir if self._isic_manual_dir is not None
-        else getattr(dl_manager, "_manual_dir", None) or ""))
+    del dl_manager
+    manual_dir = self._isic_manual_dir
     if not manual_dir or not os.path.isdir(manual_dir):
       raise _error(manual_dir or "manual_dir", "no such folder; " + _EXPECTED)
     plans = _plans(manual_dir, self._require_train_masks)
@@ -560,22 +511,32 @@ class Isic2017(tfds.core.GeneratorBasedBuilder):
             for split, plan in plans.items()}
 
   def _generate_examples(self, plan: _SplitPlan):
-    cfg = self.builder_config
-    return _examples(plan, cfg.image_size, cfg.image_format)
-
-
-def make_builder(data_dir, manual_dir, image_size: int = 256, *,
-                 image_format: str = "png",
-                 require_train_masks: bool = True) -> Isic2017:
-  """An array_record `Isic2017` builder reading ``manual_dir``."""
-  cfg = ISIC2017Config(image_size=image_size, image_format=image_format)
-  # TFDS refuses a new config object that shares a registered config's name.
-  registered = {c.name for c in Isic2017.BUILDER_CONFIGS}
-  return Isic2017(
-      data_dir=os.fspath(data_dir), file_format="array_record",
-      config=cfg.name if cfg.name in registered else cfg,
-      manual_dir=None if manual_dir is None else os.fspath(manual_dir),
-      require_train_masks=require_train_masks)
+    """``(image_id, features)`` of one split, sorted by id."""
+    size = self.builder_config.image_size
+    zero_mask = _png(Image.new("L", (size, size)))
+    for image_id, member in sorted(plan.image_members.items()):
+      where = plan.images.describe(member)
+      image, original = _decode(plan.images.read(member), where, "image",
+                                size, "RGB", Image.BICUBIC, draft=2 * size)
+      mask = zero_mask
+      if plan.masks is not None:
+        m = plan.mask_members[image_id]
+        m_where = plan.masks.describe(m)
+        # Area average then threshold: the lesion keeps its area at any scale.
+        mask, (w, h) = _decode(plan.masks.read(m), m_where, "mask", size, "L",
+                               Image.BOX)
+        if (w, h) != original:
+          raise _error(m_where, f"mask is {w}x{h} (WxH) but its image {where} "
+                       f"is {original[0]}x{original[1]}")
+        mask = _png(mask.point(lambda v: 255 if v > 127 else 0))
+      _, melanoma, keratosis = plan.labels[image_id]
+      age, sex = plan.metadata.get(image_id, (-1.0, ""))
+      # Encoded bytes, not arrays: TFDS encodes numpy images with TF.
+      yield image_id, {
+          "image": _png(image), "mask": mask,
+          "has_mask": plan.masks is not None, "melanoma": melanoma,
+          "seborrheic_keratosis": keratosis, "image_id": image_id,
+          "age": np.float32(age), "sex": sex}
 
 
 def _download_mode(builder: Isic2017, manual: str | None,
@@ -601,8 +562,7 @@ def _download_mode(builder: Isic2017, manual: str | None,
 
 
 def prepare(data_dir, manual_dir, image_size: int = 256,
-            require_train_masks: bool = True, *,
-            image_format: str = "png") -> Isic2017:
+            require_train_masks: bool = True) -> Isic2017:
   """Builds the data set into ``data_dir`` unless built; returns the builder.
 
   A build is reused while ``manual_dir`` holds the files it recorded
@@ -611,12 +571,16 @@ def prepare(data_dir, manual_dir, image_size: int = 256,
   reuses the build (a line names its folder). TFDS writes into an
   ``incomplete.*`` folder renamed on success: no partial data set is left.
   """
-  new = lambda: make_builder(  # noqa: E731
-      data_dir, manual_dir, image_size, image_format=image_format,
-      require_train_masks=require_train_masks)
-  builder = new()
   manual = None if manual_dir is None else os.path.expanduser(
       os.fspath(manual_dir))
+  cfg = ISIC2017Config(image_size=image_size)
+  # TFDS refuses a new config object that shares a registered config's name.
+  registered = {c.name for c in Isic2017.BUILDER_CONFIGS}
+  new = lambda: Isic2017(  # noqa: E731
+      data_dir=os.fspath(data_dir), file_format="array_record",
+      config=cfg.name if cfg.name in registered else cfg, manual_dir=manual,
+      require_train_masks=require_train_masks)
+  builder = new()
   mode = _download_mode(builder, manual, require_train_masks)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual, download_mode=mode,

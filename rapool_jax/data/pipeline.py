@@ -35,48 +35,46 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
-
-def _data_dir(data_config) -> str:
-  return data_config.data_dir or os.path.expanduser("~/tensorflow_datasets")
+  def take(self, rows) -> Split:
+    """The rows ``rows`` of every field."""
+    return Split(**{k: v[rows] for k, v in vars(self).items()})
 
 
 def make_builder(data_config, require_train_masks: bool = True):
   """Builds (once) and returns the TFDS builder named by ``config.data.name``."""
+  data_dir = data_config.data_dir or os.path.expanduser("~/tensorflow_datasets")
   if data_config.name == "synthetic_derm":
     builder = synthetic_derm.make_builder(
-        _data_dir(data_config), image_size=data_config.image_size,
+        data_dir, image_size=data_config.image_size,
         num_train=data_config.num_train,
         num_validation=data_config.num_validation,
         num_test=data_config.num_test)
     builder.download_and_prepare()
     return builder
-  if data_config.name == "isic2017":
-    if not data_config.manual_dir:
-      raise ValueError("config.data.manual_dir is empty: set "
-                       "--config.data.manual_dir=PATH to the folder holding the "
-                       "official ISIC 2017 zips or folders")
-    try:
-      builder = isic2017.prepare(_data_dir(data_config),
-                                 data_config.manual_dir,
-                                 image_size=data_config.image_size,
-                                 require_train_masks=require_train_masks)
-    except isic2017.MissingMasksError as e:
-      # The library's hint names a Python argument; say what the config sets.
-      where = str(e).split(": ", 1)[0]
-      raise isic2017.MissingMasksError(
-          f"{where}: training masks not found, and a stage with lambda_seg > 0 "
-          f"trains on them; add {isic2017.masks_name('train')}.zip to "
-          f"{data_config.manual_dir}, or pass --config.stages.NAME.lambda_seg=0 "
-          "for each such stage") from None
-    check_split_names(builder, data_config)
-    return builder
-  raise ValueError(f"config.data.name={data_config.name!r} is not a known data "
-                   "set; choose 'synthetic_derm' or 'isic2017'")
+  errors.check_choice("config.data.name", data_config.name, DATA_SETS)
+  if not data_config.manual_dir:
+    raise ValueError("config.data.manual_dir is empty: set "
+                     "--config.data.manual_dir=PATH to the folder holding the "
+                     "official ISIC 2017 zips or folders")
+  try:
+    builder = isic2017.prepare(data_dir, data_config.manual_dir,
+                               image_size=data_config.image_size,
+                               require_train_masks=require_train_masks)
+  except isic2017.MissingMasksError as e:
+    # The library's hint names a Python argument; say what the config sets.
+    where = str(e).split(": ", 1)[0]
+    raise isic2017.MissingMasksError(
+        f"{where}: training masks not found, and a stage with lambda_seg > 0 "
+        f"trains on them; add {isic2017.masks_name('train')}.zip to "
+        f"{data_config.manual_dir}, or pass --config.stages.NAME.lambda_seg=0 "
+        "for each such stage") from None
+  check_split_names(builder, data_config)
+  return builder
 
 
 SPLIT_ROLES = ("train_split", "val_split", "eval_split")
 # Derived by data/folds.py from crossval.source_splits, not stored.
-_DERIVED_SPLITS = ("cv_train", "cv_val", "cv_test")
+CV_SPLITS = ("cv_train", "cv_val", "cv_test")
 
 
 def check_split_names(builder, data_config) -> None:
@@ -84,11 +82,11 @@ def check_split_names(builder, data_config) -> None:
   the files that would build it (ISIC 2017) or the splits there are."""
   have = sorted(builder.info.splits)
   wanted = [(f"config.data.{r}", data_config[r]) for r in SPLIT_ROLES
-            if data_config[r] and data_config[r] not in _DERIVED_SPLITS]
+            if data_config[r] and data_config[r] not in CV_SPLITS]
   wanted += [("config.data.report_splits", s)
              for s in data_config.get("report_splits", ())
-             if s not in _DERIVED_SPLITS]
-  if any(data_config[r] in _DERIVED_SPLITS for r in SPLIT_ROLES):
+             if s not in CV_SPLITS]
+  if any(data_config[r] in CV_SPLITS for r in SPLIT_ROLES):
     wanted += [("config.data.crossval.source_splits", s)
                for s in data_config.crossval.source_splits]
   for key, split in wanted:
@@ -102,20 +100,6 @@ def check_split_names(builder, data_config) -> None:
         f"{key}={split!r}: the {builder.name} data set at {builder.data_dir} "
         f"has no such split (it has {have}); {fix}pass "
         f"--{key}=NAME with a split it has")
-
-
-def task_labels(melanoma, seborrheic_keratosis, task: str) -> np.ndarray:
-  """Class index per example: "melanoma" -> {0 rest, 1 melanoma};
-  "three_class" -> {0 nevus, 1 melanoma, 2 seborrheic keratosis}."""
-  melanoma = np.asarray(melanoma, np.int32)
-  if task == "melanoma":
-    return melanoma
-  if task == "three_class":
-    return np.where(melanoma == 1, 1,
-                    np.where(np.asarray(seborrheic_keratosis) == 1, 2, 0)
-                    ).astype(np.int32)
-  raise ValueError(f"config.data.task={task!r}: choose 'melanoma' or "
-                   "'three_class'")
 
 
 TASKS = {"melanoma": 2, "three_class": 3}  # task -> number of classes
@@ -153,21 +137,24 @@ def check_data_settings(data_config) -> None:
 
 
 def load_split(builder, split: str, task: str) -> Split:
-  """Reads a whole split into host arrays, sorted by image id."""
+  """Reads a whole split into host arrays, sorted by image id. Labels: task
+  "melanoma" -> {0 rest, 1 melanoma}; "three_class" -> {0 nevus, 1 melanoma,
+  2 seborrheic keratosis}."""
   if split not in builder.info.splits:
     raise ValueError(f"split {split!r} is not in data set {builder.name!r} "
                      f"(has {sorted(builder.info.splits)})")
   source = builder.as_data_source(split=split)
-  examples = [source[i] for i in range(len(source))]
-  examples.sort(key=lambda e: _text(e["image_id"]))
-  images = np.stack([e["image"] for e in examples]).astype(np.uint8)
-  masks = (np.stack([e["mask"][..., 0] for e in examples]) > 127).astype(np.uint8)
-  return Split(
-      images=images, masks=masks,
-      labels=task_labels([e["melanoma"] for e in examples],
-                         [e["seborrheic_keratosis"] for e in examples], task),
-      has_mask=np.array([bool(e["has_mask"]) for e in examples]),
-      ids=np.array([_text(e["image_id"]) for e in examples]))
+  examples = sorted((source[i] for i in range(len(source))),
+                    key=lambda e: _text(e["image_id"]))
+  field = lambda key: np.stack([e[key] for e in examples])  # noqa: E731
+  labels = field("melanoma").astype(np.int32)
+  if num_classes(task) == 3:
+    labels = np.where(labels == 1, 1, np.where(
+        field("seborrheic_keratosis") == 1, 2, 0)).astype(np.int32)
+  return Split(images=field("image").astype(np.uint8),
+               masks=(field("mask")[..., 0] > 127).astype(np.uint8),
+               labels=labels, has_mask=field("has_mask").astype(bool),
+               ids=np.array([_text(e["image_id"]) for e in examples]))
 
 
 def _text(value) -> str:
@@ -324,12 +311,8 @@ def augment_batch(key, images, masks, crop_size: int, rotate_degrees: float,
   return out_images, (out_masks >= 0.5).astype(jnp.uint8)
 
 
-def center_crop_masks(masks, crop_size: int):
-  """Centre crop of ``[B, S, S, ...]`` to ``[B, crop, crop, ...]``."""
-  lo = (masks.shape[1] - crop_size) // 2
-  return masks[:, lo:lo + crop_size, lo:lo + crop_size]
-
-
-def center_crop(images, masks, crop_size: int):
-  """Evaluation view: centre crop of images ``[B, S, S, 3]`` and masks ``[B, S, S]``."""
-  return center_crop_masks(images, crop_size), center_crop_masks(masks, crop_size)
+def center_crop(x, crop_size: int):
+  """The evaluation view: centre crop of images ``[B, S, S, 3]`` or masks
+  ``[B, S, S]`` to ``[B, crop, crop, ...]``."""
+  lo = (x.shape[1] - crop_size) // 2
+  return x[:, lo:lo + crop_size, lo:lo + crop_size]
