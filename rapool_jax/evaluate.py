@@ -1,13 +1,12 @@
 """Evaluation: the model over whole splits, results rows, per-image
 predictions and the linear heads.
 
-Every reported model becomes a row of metrics on the evaluation split, and a
-CSV of per-image outputs (``WORKDIR/predictions/<split>/<row>.csv``: image,
-label, score, Jaccard) on the evaluation split and on the validation split, so
-that paired tests, other thresholds and pooled cross-validation tables can be
-recomputed from files. The linear heads (RankOpt, Eq. 4-8, and a
-class-balanced logistic regression to compare it with) are fitted on the
-pooled training features of one stage.
+Every reported model becomes a row of metrics on the evaluation split and a
+CSV of per-image outputs (``WORKDIR/predictions/<split>/<row>.csv``) on every
+reported split, so that paired tests, other thresholds and pooled
+cross-validation tables can be recomputed from files. The linear heads
+(RankOpt, Eq. 4-8, and a logistic regression to compare it with) are fitted
+on the pooled training features of one stage.
 """
 
 from __future__ import annotations
@@ -50,21 +49,18 @@ def make_predict_fn(model, mesh, mean, std, batch_size: int,
   """``predict(variables, split, pooling) -> dict``: ``eval_step`` over a
   whole split, centre-cropped, in batches of ``batch_size`` sharded over
   ``mesh``; host arrays with the split's length ``N`` in front."""
-  steps = {}  # one jitted step per pooling
 
+  @functools.cache  # one jitted step per pooling
   def step(pooling: str):
-    if pooling not in steps:
-      steps[pooling] = jax.jit(
-          functools.partial(eval_step, model=model, pooling=pooling,
-                            mean=mean, std=std),
-          out_shardings=sharding.replicated(mesh))
-    return steps[pooling]
+    return jax.jit(functools.partial(eval_step, model=model, pooling=pooling,
+                                     mean=mean, std=std),
+                   out_shardings=sharding.replicated(mesh))
 
   def predict(variables, split: pipeline.Split, pooling: str) -> dict:
     outs = []
     for lo in range(0, len(split), batch_size):
-      images, masks = _padded(split.images[lo:lo + batch_size],
-                              split.masks[lo:lo + batch_size], batch_size)
+      images, masks = _padded(batch_size, split.images[lo:lo + batch_size],
+                              split.masks[lo:lo + batch_size])
       images = pipeline.center_crop(images, crop_size)
       masks = pipeline.center_crop(masks, crop_size)
       out = step(pooling)(variables, sharding.put_global_batch(images, mesh),
@@ -76,51 +72,53 @@ def make_predict_fn(model, mesh, mean, std, batch_size: int,
   return predict
 
 
-def _padded(images, masks, size: int):
+def _padded(size: int, *arrays) -> list:
   """Pads a last short batch to ``size`` rows: one compilation per pooling."""
-  n = len(images)
-  if n == size:
-    return images, masks
-  pad = lambda a: np.concatenate(  # noqa: E731
-      [a, np.zeros((size - n,) + a.shape[1:], a.dtype)])
-  return pad(images), pad(masks)
+  return [a if len(a) == size else np.concatenate(
+      [a, np.zeros((size - len(a),) + a.shape[1:], a.dtype)]) for a in arrays]
 
 
 def row_slug(name: str) -> str:
-  """A row's file and column name: ``"Step 4: region pooling"`` -> ``step_4_region_pooling``."""
+  """A row's file and column name: ``"Step 4: region pooling"`` ->
+  ``step_4_region_pooling``."""
   return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
 
 
-def gt_masks(split: pipeline.Split, crop_size: int) -> np.ndarray:
-  """Ground-truth masks ``[N, crop, crop]`` under the evaluation view."""
-  return pipeline.center_crop(split.masks, crop_size)
+def predictions_path(workdir: str, split_name: str, row_name: str) -> str:
+  return os.path.join(workdir, "predictions", split_name,
+                      row_slug(row_name) + ".csv")
+
+
+def prediction_splits(data) -> list[str]:
+  """Where every reported model writes per-image predictions: the
+  evaluation split, the validation split, then ``data.report_splits``."""
+  others = (data.val_split, *data.get("report_splits", ()))
+  return list(dict.fromkeys([data.eval_split, *filter(None, others)]))
 
 
 def write_predictions(path: str, split: pipeline.Split, scores,
-                      jaccards=None) -> None:
-  """CSV of ``image,label,score[,jaccard]``; label 1 = melanoma."""
+                      jaccards) -> None:
+  """CSV of ``image,label,score,jaccard``; label 1 = melanoma, jaccard empty
+  where the image has no mask."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   labels = (split.labels == POSITIVE).astype(int)
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["image", "label", "score"] + (["jaccard"] if jaccards is not None
-                                               else []))
-    for i, image in enumerate(split.ids):
-      cells = [image, labels[i], repr(float(scores[i]))]
-      if jaccards is not None:
-        cells.append("" if np.isnan(jaccards[i]) else f"{jaccards[i]:.6f}")
-      w.writerow(cells)
+    w.writerow(["image", "label", "score", "jaccard"])
+    w.writerows([image, labels[i], repr(float(scores[i])),
+                 "" if np.isnan(jaccards[i]) else f"{jaccards[i]:.6f}"]
+                for i, image in enumerate(split.ids))
 
 
 def per_image_jaccard(out: dict, split: pipeline.Split, crop_size: int):
   """``[N]`` Jaccard of the predicted mask, NaN where the image has no mask."""
   ja = np.full(len(split), np.nan)
   if split.has_mask.any():
+    true = pipeline.center_crop(split.masks, crop_size)
     ja[split.has_mask] = metrics_lib.jaccard_per_image(
-        out["seg_pred"][split.has_mask],
-        gt_masks(split, crop_size)[split.has_mask])
+        out["seg_pred"][split.has_mask], true[split.has_mask])
   return ja
 
 
@@ -132,24 +130,32 @@ def validation_metric(out: dict, split: pipeline.Split, metric: str,
     p_true = out["probs"][np.arange(len(split)), split.labels]
     return -float(np.mean(-np.log(np.maximum(p_true, 1e-12))))
   if metric == "val_auc":
-    return metrics_lib.classification_metrics(
-        split.labels, out["probs"][:, POSITIVE], 0.5)["auc"]
+    return metrics_lib.roc_auc(split.labels, out["probs"][:, POSITIVE])
   if metric == "val_jaccard":
     return float(np.nanmean(per_image_jaccard(out, split, crop_size)))
   raise ValueError(f"plateau metric {metric!r}: choose one of "
                    f"{train.PLATEAU_METRICS}")
 
 
-def metrics_row(name: str, split: pipeline.Split, scores, threshold: float,
-                jaccards) -> dict:
-  """A results row; ``_labels`` / ``_scores`` travel to the ROC plot only."""
-  labels = (split.labels == POSITIVE).astype(np.int32)
-  row = {"model": name,
-         **metrics_lib.classification_metrics(labels, scores, threshold),
-         "threshold": float(threshold),
-         "_labels": labels, "_scores": np.asarray(scores)}
-  if not np.all(np.isnan(jaccards)):
-    row["jaccard"] = float(np.nanmean(jaccards))
+def _write_rows(name: str, threshold: float, scores: dict, outs: dict,
+                splits: dict, data, workdir: str) -> dict | None:
+  """Writes ``name``'s per-image ``scores`` (``{split: [N]}``) with the
+  Jaccard of ``outs`` (``predict``'s, per split); returns its results row on
+  the evaluation split (None if it has no scores there). ``_labels`` and
+  ``_scores`` travel to the ROC plot only."""
+  row = None
+  for split_name, out in outs.items():
+    split, s = splits[split_name], np.asarray(scores[split_name])
+    ja = per_image_jaccard(out, split, data.crop_size)
+    write_predictions(predictions_path(workdir, split_name, name), split, s,
+                      ja)
+    if split_name == data.eval_split:
+      labels = (split.labels == POSITIVE).astype(np.int32)
+      row = {"model": name,
+             **metrics_lib.classification_metrics(labels, s, threshold),
+             "_labels": labels, "_scores": s}
+      if not np.all(np.isnan(ja)):
+        row["jaccard"] = float(np.nanmean(ja))
   return row
 
 
@@ -157,33 +163,22 @@ def evaluate_network(predict_fn, splits: dict, data, workdir: str, name: str,
                      variables, pooling: str) -> dict:
   """Row of a trained network on ``data.eval_split`` (softmax, threshold
   0.5); writes its per-image predictions on every reported split."""
-  row = None
+  outs = {}
   for split_name in prediction_splits(data):
     split = splits[split_name]
-    if pooling_lib.reads_mask(pooling) and not split.has_mask.all():
-      _no_mask_no_scores(name, split_name, split, pooling,
-                         split_name == data.eval_split)
-      continue
-    out = predict_fn(variables, split, pooling)
-    scores = out["probs"][:, POSITIVE]
-    ja = per_image_jaccard(out, split, data.crop_size)
-    write_predictions(predictions_path(workdir, split_name, name), split,
-                      scores, ja)
-    if split_name == data.eval_split:
-      row = metrics_row(name, split, scores, 0.5, ja)
-  return row
-
-
-def _no_mask_no_scores(name, split_name, split, pooling, required: bool):
-  """A mask-reading pooling on images without masks would give every such
-  image the same score: the evaluation split must have them all; any other
-  split goes without this row's predictions."""
-  missing = int((~split.has_mask).sum())
-  what = (f"{name}: {missing} of the {len(split)} images of split "
-          f"{split_name!r} have no mask, which pooling={pooling!r} reads")
-  if required:
-    raise ValueError(what)
-  print(f"{what}: no predictions written for {split_name!r}", flush=True)
+    missing = int((~split.has_mask).sum())
+    if pooling_lib.reads_mask(pooling) and missing:
+      # Every image without a mask would get the same score: the evaluation
+      # split must have them all; any other split goes without this row.
+      what = (f"{name}: {missing} of the {len(split)} images of split "
+              f"{split_name!r} have no mask, which pooling={pooling!r} reads")
+      if split_name == data.eval_split:
+        raise ValueError(what)
+      print(f"{what}: no predictions written for {split_name!r}", flush=True)
+    else:
+      outs[split_name] = predict_fn(variables, split, pooling)
+  scores = {n: out["probs"][:, POSITIVE] for n, out in outs.items()}
+  return _write_rows(name, 0.5, scores, outs, splits, data, workdir)
 
 
 def fit_linear_heads(predict_fn, splits: dict, data, rankopt_config,
@@ -198,7 +193,8 @@ def fit_linear_heads(predict_fn, splits: dict, data, rankopt_config,
   feats = {n: predict_fn(variables, splits[n], pooling) for n in names}
   x = {n: feats[n]["pooled"] for n in names}
   y = {n: (splits[n].labels == POSITIVE).astype(np.int32) for n in names}
-  train, thr = data.train_split, rankopt_config.threshold_split or data.train_split
+  train = data.train_split
+  thr = rankopt_config.threshold_split or train
   heads = [_rankopt_head(x, y, train, thr, rankopt_config, workdir)]
   if rankopt_config.get("logistic_regression", False):
     model, _ = linear_baselines.select_l2(x[train], y[train], x[thr], y[thr])
@@ -206,17 +202,10 @@ def fit_linear_heads(predict_fn, splits: dict, data, rankopt_config,
         y[thr], np.asarray(linear_baselines.predict_proba(model, x[thr])))
     heads.append((rankopt_config.logistic_regression_report_as, threshold,
                   lambda f: linear_baselines.predict_proba(model, f)))
-  rows = []
-  for name, threshold, score_fn in heads:
-    for split_name in prediction_splits(data):
-      split, out = splits[split_name], feats[split_name]
-      scores = np.asarray(score_fn(out["pooled"]))
-      ja = per_image_jaccard(out, split, data.crop_size)
-      write_predictions(predictions_path(workdir, split_name, name), split,
-                        scores, ja)
-      if split_name == data.eval_split:
-        rows.append(metrics_row(name, split, scores, threshold, ja))
-  return rows
+  outs = {n: feats[n] for n in prediction_splits(data)}
+  return [_write_rows(name, threshold, {n: score_fn(x[n]) for n in outs},
+                      outs, splits, data, workdir)
+          for name, threshold, score_fn in heads]
 
 
 def _rankopt_head(x, y, train: str, thr: str, rankopt_config, workdir: str):
@@ -239,7 +228,8 @@ def _rankopt_head(x, y, train: str, thr: str, rankopt_config, workdir: str):
 def check_heads(config) -> None:
   """``config.rankopt``: its stage exists, its numbers lie in their ranges."""
   rankopt_config = config.rankopt
-  if rankopt_config.enabled and rankopt_config.after_stage not in config.stage_order:
+  if (rankopt_config.enabled
+      and rankopt_config.after_stage not in config.stage_order):
     raise ValueError(f"config.rankopt.after_stage="
                      f"{rankopt_config.after_stage!r} is not in "
                      f"config.stage_order {tuple(config.stage_order)}")
@@ -248,18 +238,3 @@ def check_heads(config) -> None:
                      rankopt_config.radius_scale, low=0, low_open=True)
   errors.check_range("config.rankopt.max_steps", rankopt_config.max_steps,
                      low=1)
-
-
-def prediction_splits(data) -> list[str]:
-  """Where every reported model writes per-image predictions: the
-  evaluation split, the validation split, then ``data.report_splits``."""
-  names = [data.eval_split]
-  for name in (data.val_split, *data.get("report_splits", ())):
-    if name and name not in names:
-      names.append(name)
-  return names
-
-
-def predictions_path(workdir: str, split_name: str, row_name: str) -> str:
-  return os.path.join(workdir, "predictions", split_name,
-                      row_slug(row_name) + ".csv")

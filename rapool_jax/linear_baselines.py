@@ -1,6 +1,6 @@
 """Linear classifiers on pooled features: the baselines RankOpt is compared to.
 
-``fit_logistic_regression``: L2-regularised logistic regression with optional
+``fit_logistic_regression``: L2-regularised logistic regression with
 "balanced" class weights (each class carries half the loss, as sklearn's
 ``class_weight="balanced"``), fitted by L-BFGS (optax) in one jitted loop on
 features standardised with training statistics, like ``rankopt.fit``. The
@@ -9,8 +9,8 @@ objective is
     sum_i c_i log(1 + exp(-y_i (x_i . w + b))) / sum_i c_i + l2/2 ||w||^2,
 
 y in {-1, +1}, the bias unpenalised; it equals sklearn's
-``LogisticRegression(C=1 / (l2 * N), class_weight=...)`` up to a constant
-factor, so the two give the same weights (tested).
+``LogisticRegression(C=1 / (l2 * N), class_weight="balanced")`` up to a
+constant factor, so the two give the same weights (tested).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import optax
 import optax.tree_utils as otu
 
 from rapool_jax import metrics
+from rapool_jax import rankopt
 
 
 class LogisticModel(NamedTuple):
@@ -35,19 +36,6 @@ class LogisticModel(NamedTuple):
   std: jax.Array
   l2: float
   num_steps: int
-
-
-def class_weights(labels, class_weight: str | None) -> np.ndarray:
-  """Per-example weights ``[N]``: ``"balanced"`` = N / (2 * class count)."""
-  labels = np.asarray(labels)
-  if class_weight is None:
-    return np.ones(labels.shape, np.float32)
-  if class_weight != "balanced":
-    raise ValueError(f"class_weight must be None or 'balanced', got "
-                     f"{class_weight!r}")
-  n_pos = labels.sum()
-  counts = np.where(labels == 1, n_pos, labels.size - n_pos)
-  return (labels.size / (2.0 * counts)).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("max_steps",))
@@ -85,14 +73,9 @@ def _fit_core(x, y, c, l2, *, max_steps, tol):
 
 
 def fit_logistic_regression(features, labels, *, l2: float = 1e-2,
-                            class_weight: str | None = "balanced",
-                            max_steps: int = 500, tol: float = 1e-6,
-                            std_floor: float = 1e-3) -> LogisticModel:
-  """Fits ``features [N, D]``, ``labels [N]`` in {0, 1}. Deterministic.
-
-  ``std_floor``: as in ``rankopt.fit``, a floor on each feature's std relative
-  to the mean std, so constant features get a finite standardisation.
-  """
+                            max_steps: int = 500,
+                            tol: float = 1e-6) -> LogisticModel:
+  """Fits ``features [N, D]``, ``labels [N]`` in {0, 1}. Deterministic."""
   x = jnp.asarray(features, jnp.float32)
   labels = np.asarray(labels)
   if x.ndim != 2 or labels.shape != (x.shape[0],):
@@ -102,11 +85,14 @@ def fit_logistic_regression(features, labels, *, l2: float = 1e-2,
     raise ValueError("labels must be 0/1 with both classes present.")
   mean = jnp.mean(x, axis=0)
   std = jnp.std(x, axis=0)
-  std = jnp.maximum(std, std_floor * jnp.maximum(jnp.mean(std), 1e-30))
+  # rankopt's floor: constant features get a finite standardisation.
+  std = jnp.maximum(std, rankopt.STD_FLOOR * jnp.maximum(jnp.mean(std), 1e-30))
+  # Balanced: N / (2 * the example's class count).
+  counts = np.where(labels == 1, labels.sum(), labels.size - labels.sum())
   w, b, steps = _fit_core(
       (x - mean) / std, jnp.asarray(labels, jnp.float32),
-      jnp.asarray(class_weights(labels, class_weight)), jnp.float32(l2),
-      max_steps=int(max_steps), tol=float(tol))
+      jnp.asarray((labels.size / (2.0 * counts)).astype(np.float32)),
+      jnp.float32(l2), max_steps=int(max_steps), tol=float(tol))
   return LogisticModel(w, b, mean, std, float(l2), int(steps))
 
 
@@ -122,8 +108,8 @@ def predict_proba(model: LogisticModel, features) -> jax.Array:
 
 
 def select_l2(train_features, train_labels, val_features, val_labels,
-              grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
-              **kwargs) -> tuple[LogisticModel, dict[float, float]]:
+              grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+              ) -> tuple[LogisticModel, dict[float, float]]:
   """Fits one model per ``l2`` in ``grid``; keeps the best validation AUC.
 
   Ties go to the larger ``l2`` (the simpler model). Returns the model and
@@ -131,8 +117,7 @@ def select_l2(train_features, train_labels, val_features, val_labels,
   """
   best, table = None, {}
   for l2 in sorted(grid, reverse=True):
-    model = fit_logistic_regression(train_features, train_labels, l2=l2,
-                                    **kwargs)
+    model = fit_logistic_regression(train_features, train_labels, l2=l2)
     auc = metrics.roc_auc(val_labels,
                           np.asarray(decision_function(model, val_features)))
     table[float(l2)] = auc

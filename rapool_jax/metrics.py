@@ -1,20 +1,11 @@
 """Metrics: sensitivity, specificity, accuracy (Eq. 9-11), AUC, Jaccard.
 
-The project's one AUC and one threshold rule: the main job, the statistics
-(``stats.py``) and the launch reports all call these. (``rankopt`` keeps its
-own jit-able AUC for the objective it optimises.) Host-side numpy in float64;
-inputs may be numpy or jax arrays. Conventions:
-
-* labels ``[N]`` in {0, 1} (or bool), 1 = melanoma (positive); scores ``[N]``
-  finite, higher means more likely positive; an image is predicted positive
-  iff ``score >= threshold``.
-* AUC is the Mann-Whitney probability P(score_pos > score_neg), tied
-  (positive, negative) pairs counted 1/2: ``sklearn.metrics.roc_auc_score``.
-* Thresholds from ``youden_threshold`` / ``threshold_at_specificity`` lie
-  midway between the lowest score called positive and the next lower score
-  (or on the lowest score), so ``scores >= t`` reproduces the chosen operating
-  point on the data they were fitted on and new data near it are not decided
-  by a tie.
+The project's one AUC and one threshold rule (``rankopt`` keeps its own
+jit-able AUC for the objective it optimises). Host-side numpy in float64;
+inputs may be numpy or jax arrays. Labels ``[N]`` in {0, 1} (or bool), 1 =
+melanoma; scores ``[N]`` finite, higher means more likely positive; an image
+is predicted positive iff ``score >= threshold``. AUC is the Mann-Whitney
+probability P(score_pos > score_neg), ties counted 1/2 (scikit-learn's).
 """
 
 from __future__ import annotations
@@ -25,23 +16,22 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 
-def as_labels_scores(labels, scores, name: str = "scores",
-                     both_classes: bool = True, labels_name: str = "labels"):
+def as_labels_scores(labels, scores, name: str = "scores"):
   """Validates ``labels [N]`` and ``scores [N]`` (or ``[M, N]``: M models on
   the same images) -> (bool [N], float64 of scores' shape).
 
   The package's one input check for labelled scores. Raises ValueError
-  naming what is wrong: shapes, labels other than 0/1, non-finite scores and
-  (if ``both_classes``) a missing class.
+  naming what is wrong: shapes, labels other than 0/1, non-finite scores, a
+  missing class.
   """
   y = np.asarray(labels)
   s = np.asarray(scores)
   if y.ndim != 1 or s.ndim not in (1, 2) or s.shape[-1] != y.shape[0]:
-    raise ValueError(f"{labels_name} [N] and {name} [N] (or [M, N]) must "
-                     f"match, got shapes {y.shape} and {s.shape}")
+    raise ValueError(f"labels [N] and {name} [N] (or [M, N]) must match, got "
+                     f"shapes {y.shape} and {s.shape}")
   if not (y.dtype == bool or np.issubdtype(y.dtype, np.number)) or not np.all(
       (y == 0) | (y == 1)):
-    raise ValueError(f"{labels_name} must be 0/1 (or bool)")
+    raise ValueError("labels must be 0/1 (or bool)")
   if not (s.dtype == bool or np.issubdtype(s.dtype, np.number)):
     raise ValueError(f"{name} must be numeric, got dtype {s.dtype}")
   s = s.astype(np.float64)
@@ -49,7 +39,7 @@ def as_labels_scores(labels, scores, name: str = "scores",
     raise ValueError(f"{name} must be finite (found NaN or inf)")
   y = y.astype(bool)
   n_pos = int(y.sum())
-  if both_classes and (n_pos == 0 or n_pos == y.size):
+  if n_pos == 0 or n_pos == y.size:
     raise ValueError(f"needs both classes, got {n_pos} positives out of "
                      f"{y.size} labels")
   return y, s
@@ -57,8 +47,7 @@ def as_labels_scores(labels, scores, name: str = "scores",
 
 def roc_auc(labels, scores) -> float:
   """AUC, ties counted 1/2 (Mann-Whitney U / (P Q)). ``[N], [N]`` -> float."""
-  y, s = as_labels_scores(labels, scores)
-  return float(sk_metrics.roc_auc_score(y, s))
+  return float(sk_metrics.roc_auc_score(*as_labels_scores(labels, scores)))
 
 
 def roc_curve(labels, scores):
@@ -73,7 +62,10 @@ def roc_curve(labels, scores):
 
 
 def _between(distinct_desc, k: int) -> float:
-  """Threshold selecting ``scores >= distinct_desc[k]`` with a margin below."""
+  """Threshold selecting ``scores >= distinct_desc[k]``: midway down to the
+  next lower score (on the lowest score for the last k), so that it
+  reproduces the operating point on the data it was fitted on and new data
+  near it are not decided by a tie."""
   upper = float(distinct_desc[k])
   if k + 1 >= distinct_desc.size:
     return upper
@@ -111,17 +103,14 @@ def threshold_at_specificity(labels, scores, specificity: float) -> float:
   """
   if not 0.0 <= specificity <= 1.0:
     raise ValueError(f"specificity must lie in [0, 1], got {specificity}")
-  y, _ = as_labels_scores(labels, scores)
-  fpr, _, thresholds = roc_curve(labels, scores)
+  y, s = as_labels_scores(labels, scores)
+  fpr, _, thresholds = sk_metrics.roc_curve(y, s, drop_intermediate=False)
   n_neg = int((~y).sum())
   # Counts, not rates, so that e.g. 0.9 of 10 negatives allows exactly one
   # false positive despite 0.9 * 10 rounding to 9.000000000000002.
-  false_pos = np.rint(fpr[1:] * n_neg)
   allowed = math.floor((1.0 - specificity) * n_neg + 1e-9)
-  ok = np.nonzero(false_pos <= allowed)[0]
-  if ok.size == 0:
-    return float("inf")
-  return _between(thresholds[1:], int(ok[-1]))
+  ok = np.nonzero(np.rint(fpr[1:] * n_neg) <= allowed)[0]
+  return _between(thresholds[1:], int(ok[-1])) if ok.size else float("inf")
 
 
 def operating_point(labels, scores, threshold) -> dict:
@@ -147,36 +136,24 @@ def operating_point(labels, scores, threshold) -> dict:
 
 
 def classification_metrics(labels, scores, threshold: float) -> dict:
-  """Eq. 9-11 at ``scores >= threshold``, plus AUC. ``[N], [N]`` -> dict.
-
-  Keys: sensitivity, specificity, accuracy, auc, threshold, and the counts
-  tp, fp, tn, fn (ints). Needs both classes (for AUC).
-  """
+  """``operating_point`` at a float ``threshold``, plus ``auc`` and
+  ``threshold``. ``[N], [N]`` -> dict."""
   return {**operating_point(labels, scores, float(threshold)),
           "auc": roc_auc(labels, scores), "threshold": float(threshold)}
 
 
 def jaccard_per_image(pred_masks, true_masks) -> np.ndarray:
-  """Jaccard index |A n B| / |A u B| per image, 1.0 where both are empty.
+  """Jaccard index |A n B| / |A u B| per image, 1.0 where both are empty; the
+  ISIC 2017 score is its mean.
 
   Masks ``[N, H, W]``, bool or 0/1 (any nonzero counts as lesion) -> ``[N]``.
   """
-  pred = np.asarray(pred_masks)
-  true = np.asarray(true_masks)
+  pred, true = np.asarray(pred_masks), np.asarray(true_masks)
   if pred.shape != true.shape or pred.ndim != 3:
     raise ValueError(
         "pred_masks and true_masks must both be [N, H, W] of equal shape, got "
         f"{pred.shape} and {true.shape}.")
-  pred = pred.astype(bool)
-  true = true.astype(bool)
+  pred, true = pred.astype(bool), true.astype(bool)
   inter = np.sum(pred & true, axis=(1, 2), dtype=np.int64)
   union = np.sum(pred | true, axis=(1, 2), dtype=np.int64)
   return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
-def jaccard(pred_masks, true_masks) -> float:
-  """ISIC 2017 score: mean per-image Jaccard. 2x ``[N, H, W]`` -> float."""
-  per_image = jaccard_per_image(pred_masks, true_masks)
-  if per_image.size == 0:
-    raise ValueError("jaccard needs at least one image.")
-  return float(per_image.mean())

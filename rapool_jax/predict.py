@@ -3,18 +3,14 @@ r"""Inference with a finished run: challenge-format CSV and lesion masks.
     python -m rapool_jax.predict --workdir DIR --images PATH --out preds.csv \
         [--masks-out MASKDIR] [--stage NAME] [--norankopt]
 
-``PATH`` is a folder or a zip of images of any size; they are preprocessed as in
-training (squashed to ``data.image_size``, centre crop for classification). The
-CSV has the column ``image`` and one probability per class of the model
-(``melanoma``, plus ``seborrheic_keratosis`` for the three-class task), as the
-``isic-challenge-scoring`` package expects. Where the run fitted RankOpt, the
-melanoma column is RankOpt's score mapped monotonically to [0, 1] with its
-threshold at 0.5 (AUC unchanged). Masks are 8-bit 0/255 PNGs
-``ISIC_XXXXXXX_segmentation.png`` at each image's original size.
-
-A workdir that a run is writing (it holds ``writer.lock``) is refused with one
-line naming the run's pid and host: its checkpoints, ``config.json`` and
-``rankopt.npz`` may change under the reader. Predict once the run has ended.
+``PATH`` is a folder or a zip of images of any size, preprocessed as in
+training (squashed to ``data.image_size``, centre crop for classification).
+The CSV (``image``, a probability per class) and the masks (0/255 PNGs at each
+image's size) are the ISIC challenge's; where the run fitted RankOpt, the
+melanoma column is its score mapped monotonically to [0, 1], the threshold at
+0.5 (AUC unchanged).
+A workdir that a run is writing (it holds ``writer.lock``) is refused: its
+checkpoints, ``config.json`` and ``rankopt.npz`` may change under the reader.
 """
 
 from __future__ import annotations
@@ -82,18 +78,16 @@ def _starts_like_zip(path: str) -> bool:
 
 def read_image(path: str, member: str) -> Image.Image:
   """Decodes one image as RGB; a corrupt file is a one-line error naming it."""
-  where = f"{path}:{member}" if zipfile.is_zipfile(path) else os.path.join(
-      path, member)
+  in_zip = zipfile.is_zipfile(path)
+  where = f"{path}:{member}" if in_zip else os.path.join(path, member)
   try:
-    if zipfile.is_zipfile(path):
+    if in_zip:
       with zipfile.ZipFile(path) as zf:
         data = zf.read(member)
     else:
       with open(where, "rb") as f:
         data = f.read()
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
+    return Image.open(io.BytesIO(data)).convert("RGB")  # convert loads it
   except (OSError, SyntaxError, ValueError) as e:
     raise errors.UserError(f"{where}: unreadable or corrupt image ({e})") from None
 
@@ -140,12 +134,6 @@ def rankopt_probability(scores, threshold: float, scale: float) -> np.ndarray:
   return 1.0 / (1.0 + np.exp(-(np.asarray(scores) - threshold) / scale))
 
 
-def save_mask(seg: np.ndarray, size: tuple[int, int], path: str) -> None:
-  """A ``[H, W]`` 0/1 mask as a 0/255 PNG at ``size`` (width, height)."""
-  mask = Image.fromarray((seg * 255).astype(np.uint8))
-  mask.resize(size, Image.NEAREST).save(path)
-
-
 def forward_fn(config, model, variables, pooling):
   """A jitted ``[B, S, S, 3]`` uint8 images (S = ``data.image_size``) ->
   class probabilities ``[B, K]`` and pooled features of the centre crop, and
@@ -182,12 +170,10 @@ def predict(workdir: str, images_path: str, out_csv: str,
   for lo in range(0, len(entries), batch_size):
     chunk = entries[lo:lo + batch_size]
     originals = [read_image(images_path, member) for _, member in chunk]
-    batch = np.stack([np.asarray(im.resize((size, size), Image.BICUBIC))
-                      for im in originals])
-    n = len(batch)
-    if n < batch_size:  # one compiled shape
-      batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:],
-                                              batch.dtype)])
+    n = len(chunk)
+    batch = np.zeros((batch_size, size, size, 3), np.uint8)  # one compiled shape
+    batch[:n] = [np.asarray(im.resize((size, size), Image.BICUBIC))
+                 for im in originals]
     probs, pooled, seg = (np.asarray(a)[:n] for a in forward(jnp.asarray(batch)))
     melanoma = probs[:, 1]
     if fitted is not None:
@@ -201,8 +187,9 @@ def predict(workdir: str, images_path: str, out_csv: str,
         row["seborrheic_keratosis"] = float(probs[i, 2])
       rows.append(row)
       if masks_out:
-        save_mask(seg[i], originals[i].size,
-                  os.path.join(masks_out, f"{image_id}_segmentation.png"))
+        mask = Image.fromarray((seg[i] * 255).astype(np.uint8))  # 0/255 PNG
+        mask.resize(originals[i].size, Image.NEAREST).save(
+            os.path.join(masks_out, f"{image_id}_segmentation.png"))
     print(f"predicted {min(lo + batch_size, len(entries))}/{len(entries)}",
           flush=True)
   write_csv(out_csv, rows, config.data.task)

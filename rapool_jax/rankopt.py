@@ -1,52 +1,46 @@
 """RankOpt (Sec. II-C, Eq. 4-8): a linear classifier maximising smoothed AUC.
 
-For a weight vector beta ``[D]``, positives ``x_pos [P, D]`` and negatives
-``x_neg [Q, D]``:
+For beta ``[D]``, positives ``x_pos [P, D]`` and negatives ``x_neg [Q, D]``:
 
 * Eq. 4, ``exact_auc``: mean over all (i, j) of g(beta . (x_i+ - x_j-)), g the
-  step function with g(0) = 1/2; computed from sorted scores in O(n log n).
-* Eq. 6, ``rank_statistic``: R(beta) = mean over (i, j) of
-  sigmoid(beta . (x_i+ - x_j-)). With scores s = x beta the pair term is
-  sigmoid(s_i - s_j), so R is a P x Q matrix of sigmoids over two score
-  vectors; never the P x Q x D difference tensor. That matrix is streamed in
-  chunks of positives (memory O(chunk x Q)), and its derivative (Eq. 8),
-  ``dR/dbeta = (x_pos^T a - x_neg^T b) / (P Q)`` with a, b the row / column
-  sums of sigmoid * (1 - sigmoid), comes out of the same pass through a
-  custom JVP, so ``jax.grad(rank_statistic)`` costs one pass, not two.
+  step function with g(0) = 1/2; from sorted scores in O(n log n).
+* Eq. 6, ``rank_statistic``: R(beta) = mean over (i, j) of sigmoid(s_i - s_j)
+  with scores s = x beta: a P x Q matrix of sigmoids over two score vectors,
+  never the P x Q x D difference tensor, streamed in chunks of positives
+  (memory O(chunk x Q)). Its derivative (Eq. 8), ``dR/dbeta = (x_pos^T a -
+  x_neg^T b) / (P Q)`` with a, b the row / column sums of sigmoid * (1 -
+  sigmoid), comes out of the same pass through a custom JVP, so
+  ``jax.grad(rank_statistic)`` costs one pass, not two.
 * Eq. 7, ``fit``: maximise R on the sphere ||beta|| = B by projected
-  (Riemannian) gradient ascent, in the space of features standardised with
-  training statistics. It evaluates ``rank_statistic`` on scores gathered
-  from one standardised [N, D] matrix instead of copying the classes' rows.
+  (Riemannian) gradient ascent, in features standardised with training
+  statistics, from scores gathered out of one [N, D] matrix (no class copies).
 
-Choice of the radius B (the paper only says "large"). R depends on beta only
-through the products B * (u . (x_i - x_j)) for the unit direction u, so B is
-only meaningful relative to the spread of the projections. Small B makes
-sigmoid nearly linear, R ~ 1/2 + B/4 * u . (mean_pos - mean_neg), whose
-maximiser is the class-mean difference (our starting point); B -> inf makes R
-the empirical AUC, piecewise constant with a vanishing gradient. B is thus an
-inverse regularisation strength between "nearest class mean" and "pure
-training-AUC maximisation". Default (``radius=None``): at the starting
-direction u0, set B so that the root-mean-square pair difference
-``B * rms_ij(u0 . (x_i+ - x_j-))`` equals ``radius_scale`` = 10 sigmoid units.
-A typical pair then sits at sigmoid(+-10), within 5e-5 of the step function;
-only pairs closer than ~0.3 RMS (|margin| < 3) are visibly smoothed, and
-those carry the gradient. The RMS is exact and O(n): rms^2 = var(s_pos) +
+The radius B (the paper only says "large"). R depends on beta only through
+B * (u . (x_i - x_j)) for the unit direction u, so B matters only relative to
+the spread of the projections. Small B makes sigmoid nearly linear, R ~ 1/2 +
+B/4 * u . (mean_pos - mean_neg), maximised by the class-mean difference (our
+starting point); B -> inf makes R the empirical AUC, piecewise constant with a
+vanishing gradient. B is thus an inverse regularisation strength between
+"nearest class mean" and "pure training-AUC maximisation". Default
+(``radius=None``): at the starting direction u0, B makes the root-mean-square
+pair difference ``B * rms_ij(u0 . (x_i+ - x_j-))`` equal ``radius_scale`` = 10
+sigmoid units. A typical pair then sits within 5e-5 of the step function; only
+pairs closer than ~0.3 RMS (|margin| < 3) are visibly smoothed, and those
+carry the gradient. The RMS is exact and O(n): rms^2 = var(s_pos) +
 var(s_neg) + (mean s_pos - mean s_neg)^2. Being relative, the rule is
 invariant to feature scale and dimension, where a fixed B (say 10 sqrt(D))
-would saturate every sigmoid for D = 2048. Pass ``radius=`` for a fixed B or
-``radius_scale=`` to retune; with few samples per dimension a smaller scale
-(1-3) generalises better on synthetic data, so tune it on validation AUC.
+would saturate every sigmoid for D = 2048. With few samples per dimension a
+smaller scale (1-3) generalises better on synthetic data: tune it on
+validation AUC.
 
 Step rule. At beta with gradient g, the ascent direction is the tangent
-component g_t = g - (g . beta) beta / B^2, and along the great circle through
-beta in direction g_t, dR/dtheta = B ||g_t||. We take a step of angle
-``theta = eta * B ||g_t||`` (capped at ``max_angle``) and move exactly on the
-sphere, beta' = B (cos theta beta / B + sin theta g_t / ||g_t||), so
-||beta|| = B holds after every step without a separate projection error. eta
-adapts deterministically ("bold driver"): an improving step is accepted and
-eta grows by ``grow``; a worsening one is rejected (beta kept) and eta
-shrinks by ``shrink``. So the R history never decreases, and the scale-free
-``learning_rate`` is just the first step's angle in radians.
+component g_t = g - (g . beta) beta / B^2; along the great circle through beta
+towards g_t, dR/dtheta = B ||g_t||. A step of angle theta = eta * B ||g_t||
+(at most ``MAX_ANGLE``) moves exactly on the sphere, beta' = B (cos theta
+beta / B + sin theta g_t / ||g_t||). eta adapts deterministically ("bold
+driver"): an improving step is accepted and eta grows by ``GROW``; a worsening
+one is rejected (beta kept) and eta shrinks by ``SHRINK``. So the R history
+never decreases, and ``FIRST_ANGLE`` is the first step's angle in radians.
 """
 
 from __future__ import annotations
@@ -60,7 +54,11 @@ import numpy as np
 
 from rapool_jax import metrics
 
-DEFAULT_CHUNK_SIZE = 128
+DEFAULT_CHUNK_SIZE = 128  # positives per chunk of the P x Q pair matrix
+# The step rule (module docstring): the first step's angle and the cap on a
+# step's angle, radians; eta's factors after an accepted / a rejected step.
+FIRST_ANGLE, MAX_ANGLE, GROW, SHRINK = 0.1, 0.5, 1.2, 0.5
+STD_FLOOR = 1e-3  # a fraction of the mean feature std (``_standardised``)
 
 
 class RankOptResult(NamedTuple):
@@ -161,21 +159,16 @@ def exact_auc(beta, x_pos, x_neg):
   return _auc_from_scores(x_pos @ beta, x_neg @ beta)
 
 
-def _standardise(features, mean, std):
-  return (features - mean) / std
-
-
 def decision_function(result: RankOptResult, features):
   """Scores ``standardise(features) @ beta``. ``[N, D]`` -> ``[N]`` float32."""
-  x = _standardise(jnp.asarray(features, jnp.float32), result.mean, result.std)
+  x = (jnp.asarray(features, jnp.float32) - result.mean) / result.std
   return (x @ result.beta).astype(jnp.float32)
 
 
 def _initial_direction_and_radius(x, pos_idx, neg_idx, radius, radius_scale,
                                   auto_radius):
   """Unit class-mean difference u0 ``[D]`` and B (see module docstring)."""
-  d = x.shape[1]
-  n = x.shape[0]
+  n, d = x.shape
   # A weighted matvec, not x[pos_idx]: gathering rows would copy them.
   weights = (jnp.zeros(n, x.dtype).at[pos_idx].set(1.0 / pos_idx.shape[0])
              .at[neg_idx].set(-1.0 / neg_idx.shape[0]))
@@ -193,11 +186,8 @@ def _initial_direction_and_radius(x, pos_idx, neg_idx, radius, radius_scale,
 
 
 def _class_statistic(beta, x, pos_idx, neg_idx, chunk_size):
-  """``rank_statistic(beta, x[pos_idx], x[neg_idx])`` and scores x beta [N].
-
-  Gathers the [N] scores rather than the feature rows, so the classes need no
-  copies of x; the value and gradient are those of ``rank_statistic``.
-  """
+  """``rank_statistic(beta, x[pos_idx], x[neg_idx])`` and scores x beta [N],
+  from the gathered [N] scores: the classes need no copies of x's rows."""
   s = x @ beta
   return _pair_sigmoid_mean(s[pos_idx], s[neg_idx], chunk_size), s
 
@@ -215,24 +205,25 @@ class _Ascent(NamedTuple):
   auc_hist: jax.Array
 
 
-def _standardised(features, std_floor):
-  """``(x, mean, std)``: features centred and scaled per dimension."""
+def _standardised(features):
+  """``features [N, D]`` -> ``(x, mean, std)``: centred and scaled per
+  dimension."""
   features = features.astype(jnp.float32)
   mean = jnp.mean(features, axis=0)
   centred = features - mean  # The one [N, D] copy; x below reuses it.
   std = jnp.sqrt(jnp.mean(jnp.square(centred), axis=0))
   # Floor relative to the typical std: constant features get weight ~0
   # instead of exploding, whatever the feature scale.
-  std = jnp.maximum(std, std_floor * jnp.maximum(jnp.mean(std), 1e-30))
+  std = jnp.maximum(std, STD_FLOOR * jnp.maximum(jnp.mean(std), 1e-30))
   return centred / std, mean, std
 
 
 def _ascent_step(st: _Ascent, *, b, value_and_grad, pos_idx, neg_idx,
-                 max_angle, grow, shrink, tol) -> _Ascent:
+                 tol) -> _Ascent:
   """One step along the great circle towards the tangent gradient (Eq. 7-8);
   a step that lowers R is rejected and the step size shrinks."""
   gt_norm = jnp.linalg.norm(st.gt)
-  theta = jnp.minimum(st.eta * b * gt_norm, max_angle)
+  theta = jnp.minimum(st.eta * b * gt_norm, MAX_ANGLE)
   direction = st.gt / jnp.maximum(gt_norm, 1e-30)
   trial = jnp.cos(theta) * st.beta + (jnp.sin(theta) * b) * direction
   # Re-normalise: cos/sin rounding must not let the radius drift over steps.
@@ -247,7 +238,7 @@ def _ascent_step(st: _Ascent, *, b, value_and_grad, pos_idx, neg_idx,
   auc = _auc_from_scores(scores[pos_idx], scores[neg_idx])
   return _Ascent(st.step + 1, pick(trial, st.beta), pick(r_new, st.r), scores,
                  pick(_tangent(trial, g_new, b), st.gt),
-                 pick(st.eta * grow, st.eta * shrink), done,
+                 pick(st.eta * GROW, st.eta * SHRINK), done,
                  st.r_hist.at[st.step].set(pick(r_new, st.r)),
                  st.auc_hist.at[st.step].set(auc))
 
@@ -259,17 +250,16 @@ def _tangent(beta, g, b):
 
 @functools.partial(
     jax.jit,
-    static_argnames=('auto_radius', 'max_steps', 'chunk_size'))
+    static_argnames=('auto_radius', 'max_steps'))
 def _fit_core(features, pos_idx, neg_idx, *, auto_radius, radius, radius_scale,
-              learning_rate, max_steps, tol, chunk_size, max_angle, grow,
-              shrink, std_floor):
+              max_steps, tol):
   """The jitted optimisation; ``pos_idx [P]``, ``neg_idx [Q]``. See ``fit``."""
-  x, mean, std = _standardised(features, std_floor)
+  x, mean, std = _standardised(features)
   u0, b = _initial_direction_and_radius(x, pos_idx, neg_idx, radius,
                                         radius_scale, auto_radius)
   value_and_grad = jax.value_and_grad(
       functools.partial(_class_statistic, x=x, pos_idx=pos_idx,
-                        neg_idx=neg_idx, chunk_size=chunk_size),
+                        neg_idx=neg_idx, chunk_size=DEFAULT_CHUNK_SIZE),
       has_aux=True)
   beta0 = b * u0
   (r0, s0), g0 = value_and_grad(beta0)
@@ -277,11 +267,11 @@ def _fit_core(features, pos_idx, neg_idx, *, auto_radius, radius, radius_scale,
   dtheta0 = b * jnp.linalg.norm(gt0)  # dR / d(angle)
   nan_hist = jnp.full((max_steps,), jnp.nan, jnp.float32)
   init = _Ascent(jnp.asarray(0), beta0, r0, s0, gt0,
-                 learning_rate / jnp.maximum(dtheta0, 1e-30),
+                 FIRST_ANGLE / jnp.maximum(dtheta0, 1e-30),
                  jnp.asarray(False), nan_hist, nan_hist)
   body = functools.partial(
       _ascent_step, b=b, value_and_grad=value_and_grad, pos_idx=pos_idx,
-      neg_idx=neg_idx, max_angle=max_angle, grow=grow, shrink=shrink, tol=tol)
+      neg_idx=neg_idx, tol=tol)
   out = jax.lax.while_loop(lambda st: (st.step < max_steps) & ~st.done, body,
                            init)
   return (out.beta, mean, std, b, out.r_hist, out.auc_hist, out.step,
@@ -311,23 +301,15 @@ def _class_indices(features, labels, max_steps: int, radius):
 
 
 def fit(features, labels, *, radius: float | None = None,
-        radius_scale: float = 10.0, learning_rate: float = 0.1,
-        max_steps: int = 300, tol: float = 1e-6,
-        chunk_size: int = DEFAULT_CHUNK_SIZE, max_angle: float = 0.5,
-        grow: float = 1.2, shrink: float = 0.5, std_floor: float = 1e-3,
+        radius_scale: float = 10.0, max_steps: int = 300, tol: float = 1e-6,
         threshold_features=None, threshold_labels=None) -> RankOptResult:
   """Fits RankOpt (Eq. 7) on ``features [N, D]``, ``labels [N]`` in {0, 1}.
 
   Args:
     radius: B; None chooses it from the data (module docstring).
     radius_scale: target RMS pair margin in sigmoid units when radius is None.
-    learning_rate: angle of the first step, radians.
     max_steps: step budget; also the length of the history arrays.
     tol: stop after an accepted step that raises R by less than this.
-    chunk_size: positives per chunk of the P x Q pair matrix.
-    max_angle: cap on a step's angle, radians.
-    grow, shrink: step-size factors after an accepted / rejected step.
-    std_floor: std floor as a fraction of the mean feature std.
     threshold_features, threshold_labels: data for the Youden-J threshold;
       the training data when None.
 
@@ -335,31 +317,23 @@ def fit(features, labels, *, radius: float | None = None,
   are found on the host (their counts fix array shapes). Deterministic.
   Extra memory: one standardised copy of the features plus O(chunk x Q).
   """
+  if threshold_features is not None and threshold_labels is None:
+    raise ValueError('threshold_features given without threshold_labels.')
   features = jnp.asarray(features, jnp.float32)
   labels_np = np.asarray(labels)
   pos_idx, neg_idx = _class_indices(features, labels_np, max_steps, radius)
   beta, mean, std, b, r_hist, auc_hist, steps, done, train_scores = _fit_core(
-      features, pos_idx, neg_idx,
-      auto_radius=radius is None,
+      features, pos_idx, neg_idx, auto_radius=radius is None,
       radius=0.0 if radius is None else float(radius),
-      radius_scale=float(radius_scale), learning_rate=float(learning_rate),
-      max_steps=int(max_steps), tol=float(tol), chunk_size=int(chunk_size),
-      max_angle=float(max_angle), grow=float(grow), shrink=float(shrink),
-      std_floor=float(std_floor))
+      radius_scale=float(radius_scale), max_steps=int(max_steps),
+      tol=float(tol))
   result = RankOptResult(beta, mean, std, float(b), float('nan'), r_hist,
                          auc_hist, int(steps), bool(done))
-  if threshold_features is None:
-    return _with_threshold(result, train_scores, labels_np)
-  if threshold_labels is None:
-    raise ValueError('threshold_features given without threshold_labels.')
-  return _with_threshold(result, decision_function(result, threshold_features),
-                         threshold_labels)
-
-
-def _with_threshold(result: RankOptResult, scores, labels) -> RankOptResult:
-  """``result`` with the Youden-J threshold of ``scores [N]`` on ``labels``."""
-  return result._replace(threshold=metrics.youden_threshold(
-      labels, np.asarray(scores)))
+  scores, y = train_scores, labels_np
+  if threshold_features is not None:
+    scores, y = decision_function(result, threshold_features), threshold_labels
+  return result._replace(
+      threshold=metrics.youden_threshold(y, np.asarray(scores)))
 
 
 def save(result: RankOptResult, path: str, **extra) -> None:

@@ -46,7 +46,7 @@ def plot_roc(path: str, rows_scores: list[tuple[str, np.ndarray, np.ndarray]]):
   fig, ax = plt.subplots(figsize=(5, 5))
   for name, labels, scores in rows_scores:
     fpr, tpr, _ = metrics_lib.roc_curve(labels, scores)
-    auc = metrics_lib.classification_metrics(labels, scores, 0.5)["auc"]
+    auc = metrics_lib.roc_auc(labels, scores)
     ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
   ax.plot([0, 1], [0, 1], "k:", lw=0.8)
   ax.set_xlabel("1 - specificity")

@@ -1,9 +1,8 @@
 """Inferential statistics for classifiers scored on the same images.
 
-The project's one home of them: DeLong CIs and paired tests (pooled and
-stratified by fold), the stratified paired bootstrap, and sensitivity
-comparisons at matched specificity (McNemar). Built on ``metrics``' AUC,
-threshold rule and input checks; plain numpy/scipy (no jax).
+DeLong CIs and paired tests (pooled and stratified by fold), the stratified
+paired bootstrap, and sensitivities at matched specificity (McNemar), on
+``metrics``' AUC, threshold rule and input checks; numpy/scipy, no jax.
 
 Conventions: labels ``[N]`` 0/1 with both classes, 1 = positive; scores
 ``[N]`` finite, higher = more likely positive; P positives, Q negatives;
@@ -47,11 +46,10 @@ def _normal(est: float, se: float, alpha: float, lo: float, hi: float) -> dict:
 def delong_components(labels, scores):
   """Fast DeLong structural components (Sun & Xu 2014), O(M N log N).
 
-  labels [N]; scores [M, N] (M models on the same N images). Returns
-  (v10 [M, P], v01 [M, Q]): with psi(x, y) = 1, 1/2, 0 for x >, =, < y,
-  v10[k, i] = mean_j psi(X_ki, Y_kj) over negatives j and v01[k, j] =
-  mean_i psi(X_ki, Y_kj) over positives i, in the order of ``labels``. Each
-  row of either averages to the model's AUC.
+  labels [N]; scores [M, N] (M models on the same images) -> (v10 [M, P],
+  v01 [M, Q]): the share of negatives each positive beats and of positives
+  beating each negative (ties 1/2), in the order of ``labels``. Each row of
+  either averages to the model's AUC.
   """
   y, s = metrics.as_labels_scores(labels, scores)
   s = np.atleast_2d(s)
@@ -264,17 +262,14 @@ def paired_bootstrap_auc_diff(labels, scores_a, scores_b, n_resamples=2000,
 
 
 def mcnemar(correct_a, correct_b) -> dict:
-  """Exact McNemar test on paired correctness [N] (bool or 0/1) of two
-  classifiers on the same cases.
+  """Exact McNemar test on paired correctness [N] (bool) of two classifiers
+  on the same cases.
 
   b = #(a right, b wrong), c = #(a wrong, b right); p is the exact two-sided
   binomial p of b ~ Bin(b + c, 1/2) (p = 1 when b + c == 0); statistic =
   min(b, c), as statsmodels' exact McNemar. Returns dict(b, c, p, statistic).
   """
-  ca, _ = metrics.as_labels_scores(correct_a, correct_b, "correct_b", False,
-                                   "correct_a")
-  cb, _ = metrics.as_labels_scores(correct_b, correct_a, "correct_a", False,
-                                   "correct_b")
+  ca, cb = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
   b, c = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
   p = 1.0 if b + c == 0 else float(_st.binomtest(b, b + c, 0.5).pvalue)
   return {"b": b, "c": c, "p": p, "statistic": min(b, c)}
@@ -283,44 +278,25 @@ def mcnemar(correct_a, correct_b) -> dict:
 def paired_sensitivity(labels, scores_a, scores_b, threshold_a, threshold_b,
                        max_specificity_gap: float = 0.01) -> dict:
   """Two models' sensitivities at thresholds set elsewhere, paired (McNemar)
-  on the positives; specificities paired on the negatives.
+  on the positives.
 
-  scores_a, scores_b [N]; thresholds floats or [N] (one per image, e.g. each
-  fold's own, chosen on other data). A sensitivity difference is a verdict
+  scores_a, scores_b [N]; thresholds floats or [N] (one per image): each
+  fold's own chosen on other data, or ``metrics.threshold_at_specificity``
+  on these labels, which depends on the negatives only, so McNemar on the
+  positives stays a valid paired test. A sensitivity difference is a verdict
   only at equal specificity: ``matched`` says whether |spe_a - spe_b| <=
-  ``max_specificity_gap``, and when it is not, ``p`` (sensitivity) is None,
-  never a confounded p; ``sensitivity_at_specificity`` compares them then.
-  Returns dict(sens_a, sens_b, spe_a, spe_b, specificity_gap, matched, b, c,
-  p, spe_b_only, spe_c_only, spe_p); b/c count positives only a/b found.
+  ``max_specificity_gap``, and when it is not, ``p`` is None, never a
+  confounded p. Returns dict(sens_a, sens_b, spe_a, spe_b, specificity_gap,
+  matched, b, c, p); b/c count positives only a/b found.
   """
   y, a, b = _validated_pair(labels, scores_a, scores_b)
   op_a = metrics.operating_point(y, a, threshold_a)
   op_b = metrics.operating_point(y, b, threshold_b)
-  pa, pb = a >= np.asarray(threshold_a), b >= np.asarray(threshold_b)
-  sens, spec = mcnemar(pa[y], pb[y]), mcnemar(~pa[~y], ~pb[~y])
+  found = mcnemar((a >= np.asarray(threshold_a))[y],
+                  (b >= np.asarray(threshold_b))[y])
   gap = op_a["specificity"] - op_b["specificity"]
   matched = bool(abs(gap) <= max_specificity_gap + 1e-12)
   return {"sens_a": op_a["sensitivity"], "sens_b": op_b["sensitivity"],
           "spe_a": op_a["specificity"], "spe_b": op_b["specificity"],
-          "specificity_gap": gap, "matched": matched, "b": sens["b"],
-          "c": sens["c"], "p": sens["p"] if matched else None,
-          "spe_b_only": spec["b"], "spe_c_only": spec["c"], "spe_p": spec["p"]}
-
-
-def sensitivity_at_specificity(labels, scores_a, scores_b, specificity: float,
-                               max_specificity_gap: float = 0.01) -> dict:
-  """Sensitivities of two models at one specificity on the scored data.
-
-  Each model's threshold is ``metrics.threshold_at_specificity`` on these
-  labels and its own scores, so both operating points reach ``specificity``
-  with the fewest negatives called positive (equal specificities unless
-  ties prevent it, which ``matched`` reports). The thresholds depend on the
-  negatives only, so McNemar on the positives stays a valid paired test of
-  sensitivity at that specificity (a point of the two ROC curves). scores
-  [N]. Returns ``paired_sensitivity``'s dict plus threshold_a, threshold_b.
-  """
-  y, a, b = _validated_pair(labels, scores_a, scores_b)
-  ta = metrics.threshold_at_specificity(y, a, specificity)
-  tb = metrics.threshold_at_specificity(y, b, specificity)
-  return {**paired_sensitivity(y, a, b, ta, tb, max_specificity_gap),
-          "threshold_a": ta, "threshold_b": tb}
+          "specificity_gap": gap, "matched": matched, "b": found["b"],
+          "c": found["c"], "p": found["p"] if matched else None}

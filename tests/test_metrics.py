@@ -165,11 +165,9 @@ def test_jaccard_matches_direct_computation_with_empty_masks():
   expected = _jaccard_loop(pred, true)
   assert expected[0] == 1.0 and expected[1] == 0.0 and expected[2] == 1.0
   np.testing.assert_allclose(metrics.jaccard_per_image(pred, true), expected)
-  assert metrics.jaccard(pred, true) == pytest.approx(expected.mean())
   # 0/1 and 0/255 integer masks mean the same.
-  assert metrics.jaccard(pred.astype(np.uint8) * 255,
-                         true.astype(np.int32)) == pytest.approx(
-                             expected.mean())
+  np.testing.assert_allclose(metrics.jaccard_per_image(
+      pred.astype(np.uint8) * 255, true.astype(np.int32)), expected)
 
 
 @pytest.mark.parametrize('call', [
@@ -183,8 +181,8 @@ def test_jaccard_matches_direct_computation_with_empty_masks():
     lambda: metrics.roc_auc([0, 1, 1], [0.1, np.inf, 0.3]),
     lambda: metrics.operating_point([0, 1, 0], [0.1, 0.2, 0.3], [0.1, 0.2]),
     lambda: metrics.operating_point([0, 1], [0.1, 0.2], np.nan),
-    lambda: metrics.jaccard(np.zeros((2, 3, 3)), np.zeros((2, 3, 4))),
-    lambda: metrics.jaccard(np.zeros((3, 3)), np.zeros((3, 3))),
+    lambda: metrics.jaccard_per_image(np.zeros((2, 3, 3)), np.zeros((2, 3, 4))),
+    lambda: metrics.jaccard_per_image(np.zeros((3, 3)), np.zeros((3, 3))),
 ])
 def test_bad_inputs_raise_value_error(call):
   with pytest.raises(ValueError):
