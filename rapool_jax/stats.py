@@ -270,6 +270,8 @@ def mcnemar(correct_a, correct_b) -> dict:
   min(b, c), as statsmodels' exact McNemar. Returns dict(b, c, p, statistic).
   """
   ca, cb = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+  if ca.ndim != 1 or ca.shape != cb.shape:  # would broadcast silently
+    raise ValueError(f"mcnemar needs two [N], got {ca.shape} and {cb.shape}")
   b, c = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
   p = 1.0 if b + c == 0 else float(_st.binomtest(b, b + c, 0.5).pvalue)
   return {"b": b, "c": c, "p": p, "statistic": min(b, c)}
