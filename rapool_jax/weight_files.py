@@ -1,10 +1,8 @@
 """Weight files: one reader per format, and their tensors into Flax variables.
 
 ``read(path)`` gives a file's tensors by its own key names; each backbone's
-``load`` (``models/resnet.py``, ``models/vgg.py``) names, for every variable
-of the model, the file's key, and ``fill`` copies the tensors over:
-PyTorch layouts (conv ``OIHW`` -> ``HWIO``, BatchNorm ``weight/bias`` ->
-``scale/bias``, ``running_mean/var`` -> ``batch_stats`` ``mean/var``), or a
+``load`` names the file's module for each of its own, and ``fill`` copies the
+tensors over from PyTorch's layouts (conv ``OIHW`` -> ``HWIO``) or raises a
 :class:`MismatchError` that lists every tensor that does not fit.
 """
 
