@@ -123,7 +123,6 @@ class Dropout(nn.Module):
                                    deterministic)
     if self.rate == 0.0 or deterministic:
       return inputs
-    check_dropout(self.rate, self.bits, self.rng)
     rng = self.make_rng("dropout")
     if self.rng == "hash":
       # A rate within 2**-33 of 1 still drops all but one value in 2**32.

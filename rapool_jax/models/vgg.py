@@ -59,8 +59,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, bn_train: bool | None = None):
-    """``train`` enables dropout and, unless ``bn_train`` says otherwise,
-    batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
+    """As ``ResNet.__call__``."""
     bn_train = train if bn_train is None else bn_train
     if self.output_stride not in (8, 16, 32):
       raise ValueError(
