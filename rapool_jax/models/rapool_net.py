@@ -25,11 +25,9 @@ from rapool_jax.models.resnet import resnet as make_resnet
 
 def bilinear_kernel(stride: int, channels: int) -> np.ndarray:
   """FCN's bilinear init for a ``2*stride`` transposed conv, ``[k, k, C, C]``."""
-  size = 2 * stride
-  factor = (size + 1) // 2
-  center = factor - 0.5 if size % 2 == 0 else factor - 1
-  og = np.arange(size, dtype=np.float32)
-  filt1d = 1 - np.abs(og - center) / factor
+  # FCN's upsample_filt for the even size 2s: center s - 0.5, factor s.
+  og = np.arange(2 * stride, dtype=np.float32)
+  filt1d = 1 - np.abs(og - (stride - 0.5)) / stride
   # Each channel is upsampled on its own: the filter on the channel diagonal.
   return (np.outer(filt1d, filt1d)[:, :, None, None]
           * np.eye(channels, dtype=np.float32))
