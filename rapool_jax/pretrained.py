@@ -31,15 +31,9 @@ def preprocessing_for(path: str | os.PathLike) -> dict[str, tuple]:
 
 
 def load_pretrained(variables: Mapping[str, Any], model_config) -> dict:
-  """``model_config.pretrained`` into the network's ``backbone`` variables.
-
-  Args:
-    variables: the whole network's ``{"params", "batch_stats"}``.
-    model_config: ``config.model`` (``backbone``: "resnet" or "vgg*").
-
-  Returns:
-    New variables: the backbone's from the file, the heads' as before.
-  """
+  """The whole network's ``{"params", "batch_stats"}`` with the backbone's
+  from ``config.model.pretrained`` (a ResNet or VGG file, as
+  ``model_config.backbone``); the heads' stay as they are."""
   path = os.fspath(model_config.pretrained)
   load = (load_resnet if model_config.get("backbone", "resnet") == "resnet"
           else vgg_lib.load)

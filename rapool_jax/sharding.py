@@ -72,10 +72,8 @@ def put_replicated(tree, mesh):
 
 
 def put_global_batch(batch: np.ndarray, mesh) -> jax.Array:
-  """A global batch ``[B, ...]`` (identical on every process) sharded over ``data``.
-
-  Each process hands over only the rows its own devices hold.
-  """
+  """A global batch ``[B, ...]`` (identical on every process) sharded over
+  ``data``; each process hands over only the rows its own devices hold."""
   per_process = batch.shape[0] // jax.process_count()
   local = batch[jax.process_index() * per_process:][:per_process]
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local,
@@ -130,13 +128,10 @@ def place_state(compiled, state):
 
 def stream_host_batches(host: dict, indices, start: int, stop: int,
                         batch_size: int, mesh):
-  """Yields steps ``start``..``stop - 1``'s batches of ``host`` arrays (uint8
-  ``images [N, S, S, 3]``, ...), rows ``indices(t)`` ``[batch_size]``, as
-  global arrays sharded over ``mesh``'s data axis.
-
-  Each process gathers only its own rows; grain runs the gathers in
-  background threads, a few steps ahead of training.
-  """
+  """Yields steps ``start``..``stop - 1``'s batches: rows ``indices(t)`` of the
+  ``host`` arrays (uint8 ``images [N, S, S, 3]``, ...), sharded over ``data``.
+  Each process gathers only its own rows, in grain's background threads, a
+  few steps ahead of training."""
   import grain  # pylint: disable=g-import-not-at-top
   n_proc, rank = jax.process_count(), jax.process_index()
   per_process = batch_size // n_proc
