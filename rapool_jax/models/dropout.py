@@ -25,10 +25,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-DROPOUT_BITS = (8, 16, 32)
-DROPOUT_RNGS = ("threefry", "hash")
-
-
 def quantised_rate(rate: float, bits: int) -> float:
   """The drop probability that ``bits``-bit draws realise for ``rate``."""
   if bits == 32:
@@ -38,10 +34,10 @@ def quantised_rate(rate: float, bits: int) -> float:
 
 def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   """Raises ValueError for settings this module cannot honour."""
-  if rng not in DROPOUT_RNGS:
+  if rng not in ("threefry", "hash"):
     raise ValueError(f"systems.dropout_rng={rng!r}: choose 'threefry' or "
                      "'hash'")
-  if bits not in DROPOUT_BITS:
+  if bits not in (8, 16, 32):
     raise ValueError(f"systems.dropout_bits={bits!r}: choose 8, 16 or 32")
   if rng == "hash" and bits != 32:
     raise ValueError(f"systems.dropout_bits={bits!r} with "
