@@ -15,7 +15,7 @@ def classification_loss(logits, labels):
       logits.astype(jnp.float32), labels))
 
 
-def segmentation_loss(seg_logits, masks, has_mask=None):
+def segmentation_loss(seg_logits, masks, has_mask):
   """Pixel-wise 2-class cross-entropy, mean over pixels of images with a mask.
 
   Args:
@@ -30,8 +30,6 @@ def segmentation_loss(seg_logits, masks, has_mask=None):
   per_pixel = optax.softmax_cross_entropy(
       logits, jax.nn.one_hot(masks, logits.shape[-1], dtype=jnp.float32))
   per_image = jnp.mean(per_pixel, axis=(1, 2))
-  if has_mask is None:
-    return jnp.mean(per_image)
   weight = has_mask.astype(jnp.float32)
   return jnp.sum(per_image * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 

@@ -52,14 +52,13 @@ def resize_mask_to_features(mask, feature_hw: tuple[int, int]):
 
 
 def mask_average_pool(features, mask):
-  """Ablation (oracle): Eq. 1 with a given mask (e.g. ground truth) as S.
+  """Ablation (oracle): Eq. 1 with the ground-truth mask as S. -> ``[B, C]``.
 
-  Args:
-    features: ``[B, h, w, C]``.
-    mask: ``[B, H, W]`` in [0, 1] at any resolution; area-resized to ``h, w``.
-  Returns:
-    ``[B, C]``.
+  ``mask [B, H, W]`` in [0, 1], at any resolution, is area-resized to ``h, w``.
   """
+  if mask is None:
+    raise ValueError("pooling='mask_oracle' needs the ground-truth mask "
+                     "in the batch; this data split has none")
   weights = resize_mask_to_features(mask, features.shape[1:3])
   return region_average_pool(features, weights)
 
@@ -73,7 +72,7 @@ POOLINGS: dict[str, Callable] = {
     "region_normalized": lambda f, s, m=None: normalized_region_pool(f, s),
     "region_normalized_stop_gradient": (
         lambda f, s, m=None: normalized_region_pool(f, jax.lax.stop_gradient(s))),
-    "mask_oracle": lambda f, s, m=None: _mask_oracle_pool(f, m),
+    "mask_oracle": lambda f, s, m=None: mask_average_pool(f, m),
 }
 
 
@@ -81,13 +80,6 @@ def reads_mask(name: str) -> bool:
   """Whether pooling ``name`` pools over the ground-truth mask, so that it
   cannot score an image that has none (an empty mask gives one constant)."""
   return name == "mask_oracle"
-
-
-def _mask_oracle_pool(features, mask):
-  if mask is None:
-    raise ValueError("pooling='mask_oracle' needs the ground-truth mask "
-                     "in the batch; this data split has none")
-  return mask_average_pool(features, mask)
 
 
 def get_pooling(name: str, where: str = "pooling") -> Callable:

@@ -93,9 +93,8 @@ def set_input_normalisation(config: ml_collections.ConfigDict) -> None:
   if (config.model.pretrained
       and config.model.get("backbone", "resnet") == "resnet"):
     prep = pretrained.preprocessing_for(config.model.pretrained)
-    config.data.mean, config.data.std = tuple(prep.mean), tuple(prep.std)
-    print(f"inputs normalised as the weights expect: {prep.as_dict()}",
-          flush=True)
+    config.data.mean, config.data.std = prep["mean"], prep["std"]
+    print(f"inputs normalised as the weights expect: {prep}", flush=True)
 
 
 def load_splits(config: ml_collections.ConfigDict) -> dict:

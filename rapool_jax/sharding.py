@@ -1,14 +1,10 @@
 """Data parallelism over a ``data`` mesh axis, from one device to many hosts.
 
 Parameters, optimizer state and the device-resident data set are replicated;
-each batch of example indices is split over the ``data`` axis, so the gather,
-augmentation, forward and backward of a step run on each device's share and
-XLA inserts the gradient and BatchNorm all-reduces. The same code runs on one
-CPU, eight GPUs or many hosts (each process feeds its own slice of the batch).
-
-The train step is compiled here too, ahead of its first call, with the
-state's device layout and donation chosen by ``config.systems``; and a split
-too large for device memory streams from the host through grain.
+each batch is split over ``data`` (each process feeds its own slice), and XLA
+inserts the gradient and BatchNorm all-reduces. Also: the train step compiled
+ahead of its first call, with the state layout and donation of
+``config.systems``; a split too large for device memory streamed from the host.
 """
 
 from __future__ import annotations
@@ -19,6 +15,8 @@ from jax.experimental.layout import Layout
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+
+from rapool_jax import errors
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -54,9 +52,7 @@ def state_formats(state, sharding, layout: str):
 
 
 def check_state_layout(layout: str) -> None:
-  if layout not in STATE_LAYOUTS:
-    raise ValueError(f"config.systems.state_layout={layout!r}: choose one of "
-                     f"{STATE_LAYOUTS}")
+  errors.check_choice("config.systems.state_layout", layout, STATE_LAYOUTS)
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -76,15 +72,12 @@ def put_replicated(tree, mesh):
 
 
 def put_global_batch(batch: np.ndarray, mesh) -> jax.Array:
-  """A global batch ``[B, ...]`` (identical on every process) sharded over ``data``.
-
-  Each process hands over only the rows its own devices hold.
-  """
-  sharding = batch_sharding(mesh)
-  n_proc, index = jax.process_count(), jax.process_index()
-  per_process = batch.shape[0] // n_proc
-  local = batch[index * per_process:(index + 1) * per_process]
-  return jax.make_array_from_process_local_data(sharding, local, batch.shape)
+  """A global batch ``[B, ...]`` (identical on every process) sharded over
+  ``data``; each process hands over only the rows its own devices hold."""
+  per_process = batch.shape[0] // jax.process_count()
+  local = batch[jax.process_index() * per_process:][:per_process]
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local,
+                                                batch.shape)
 
 
 def to_host(x) -> np.ndarray:
@@ -135,13 +128,10 @@ def place_state(compiled, state):
 
 def stream_host_batches(host: dict, indices, start: int, stop: int,
                         batch_size: int, mesh):
-  """Yields steps ``start``..``stop - 1``'s batches of ``host`` arrays (uint8
-  ``images [N, S, S, 3]``, ...), rows ``indices(t)`` ``[batch_size]``, as
-  global arrays sharded over ``mesh``'s data axis.
-
-  Each process gathers only its own rows; grain runs the gathers in
-  background threads, a few steps ahead of training.
-  """
+  """Yields steps ``start``..``stop - 1``'s batches: rows ``indices(t)`` of the
+  ``host`` arrays (uint8 ``images [N, S, S, 3]``, ...), sharded over ``data``.
+  Each process gathers only its own rows, in grain's background threads, a
+  few steps ahead of training."""
   import grain  # pylint: disable=g-import-not-at-top
   n_proc, rank = jax.process_count(), jax.process_index()
   per_process = batch_size // n_proc

@@ -1,10 +1,8 @@
 """Weight files: one reader per format, and their tensors into Flax variables.
 
 ``read(path)`` gives a file's tensors by its own key names; each backbone's
-``load`` (``models/resnet.py``, ``models/vgg.py``) names, for every variable
-of the model, the file's key, and ``fill`` copies the tensors over:
-PyTorch layouts (conv ``OIHW`` -> ``HWIO``, BatchNorm ``weight/bias`` ->
-``scale/bias``, ``running_mean/var`` -> ``batch_stats`` ``mean/var``), or a
+``load`` names the file's module for each of its own, and ``fill`` copies the
+tensors over from PyTorch's layouts (conv ``OIHW`` -> ``HWIO``) or raises a
 :class:`MismatchError` that lists every tensor that does not fit.
 """
 
@@ -101,10 +99,6 @@ READERS = {".safetensors": read_safetensors, ".pth": read_torch,
            ".pt": read_torch, ".bin": read_torch}
 
 
-def _shape(shape) -> str:
-  return "[" + ", ".join(map(str, shape)) + "]"
-
-
 def fill(variables: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
          module_key: Callable[[tuple[str, ...]], str], *, path: str,
          what: str, ignore: str, hint: Callable[[], str | None] = lambda: None
@@ -124,16 +118,16 @@ def fill(variables: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
     if len(shape) == 4:  # Conv kernels: the file's OIHW from Flax's HWIO.
       shape = (shape[3], shape[2], shape[0], shape[1])
     if key not in tensors:
-      missing.append(f"{key} {_shape(shape)}")
+      missing.append(f"{key} {list(shape)}")
       continue
     used.add(key)
     value = tensors[key]
     if tuple(value.shape) != shape:
-      wrong.append(f"{key} file {_shape(value.shape)} vs model {_shape(shape)}")
+      wrong.append(f"{key} file {list(value.shape)} vs model {list(shape)}")
       continue
     value = np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
     out[(collection, *modules, leaf)] = jnp.asarray(value, target.dtype)
-  unexpected = [f"{k} {_shape(v.shape)}" for k, v in sorted(tensors.items())
+  unexpected = [f"{k} {list(v.shape)}" for k, v in sorted(tensors.items())
                 if k not in used and not re.search(ignore, k)]
   found = {"missing": sorted(missing), "unexpected": unexpected,
            "wrong shape": wrong}

@@ -23,9 +23,10 @@ def test_segmentation_loss_is_the_mean_pixel_ce_over_images_with_masks():
   got = losses.segmentation_loss(jnp.asarray(logits), jnp.asarray(masks),
                                  jnp.asarray(has_mask))
   np.testing.assert_allclose(got, per_image[[0, 2]].mean(), rtol=1e-6)
-  # Without has_mask every image counts; with no mask at all the loss is 0.
+  # With every mask, the mean over images; with no mask at all the loss is 0.
   np.testing.assert_allclose(
-      losses.segmentation_loss(jnp.asarray(logits), jnp.asarray(masks)),
+      losses.segmentation_loss(jnp.asarray(logits), jnp.asarray(masks),
+                               jnp.ones(3, bool)),
       per_image.mean(), rtol=1e-6)
   assert float(losses.segmentation_loss(
       jnp.asarray(logits), jnp.asarray(masks), jnp.zeros(3, bool))) == 0.0
@@ -35,8 +36,8 @@ def test_segmentation_loss_gradient_is_softmax_minus_one_hot():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(2, 4, 4, 2)).astype(np.float32)
   masks = rng.integers(0, 2, size=(2, 4, 4)).astype(np.uint8)
-  grad = jax.grad(losses.segmentation_loss)(jnp.asarray(logits),
-                                            jnp.asarray(masks))
+  grad = jax.grad(losses.segmentation_loss)(
+      jnp.asarray(logits), jnp.asarray(masks), jnp.ones(2, bool))
   softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   expected = (softmax - np.eye(2)[masks]) / masks.size
   np.testing.assert_allclose(grad, expected, atol=1e-7)

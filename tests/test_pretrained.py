@@ -25,6 +25,7 @@ from rapool_jax import config_lib
 from rapool_jax import pretrained
 from rapool_jax import weight_files
 from rapool_jax.models import rapool_net
+from rapool_jax.models.resnet import load as load_resnet
 from rapool_jax.models.resnet import resnet, stem_width
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -47,9 +48,21 @@ def reference():
   return dict(np.load(REFERENCE))
 
 
+def _load_backbone(path, depth=50, **resnet_kwargs):
+  """A ResNet trunk and its variables from a weights file (the file's width
+  unless given), as in a notebook."""
+  path = str(path)
+  tensors = weight_files.read(path)
+  resnet_kwargs.setdefault("width", stem_width(tensors, path) or 1.0)
+  module = resnet(depth, **resnet_kwargs)
+  shapes = jax.eval_shape(lambda: module.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  return module, load_resnet(shapes, tensors, path)
+
+
 @pytest.fixture(scope="module")
 def tv_variables():
-  return pretrained.load_backbone(FILES["torchvision"])[1]
+  return _load_backbone(FILES["torchvision"])[1]
 
 
 def _state(layout):
@@ -78,15 +91,14 @@ def _rel_err(actual, expected):
 def test_width_and_preprocessing_come_from_the_file(layout):
   assert stem_width(_state(layout)) == WIDTH
   prep = pretrained.preprocessing_for(FILES[layout])
-  assert prep == pretrained.IMAGENET
-  assert prep.as_dict() == {"mean": (0.485, 0.456, 0.406),
-                            "std": (0.229, 0.224, 0.225)}
+  assert prep == pretrained.IMAGENET == {"mean": (0.485, 0.456, 0.406),
+                                         "std": (0.229, 0.224, 0.225)}
 
 
 @pytest.mark.parametrize("layout", ["hf", "torchvision"])
 def test_matches_transformers_reference(layout, reference):
-  module, variables = pretrained.load_backbone(FILES[layout], depth=50)
-  assert module.width == WIDTH and module.num_classes is None
+  module, variables = _load_backbone(FILES[layout], depth=50)
+  assert module.width == WIDTH
   with jax.default_matmul_precision("highest"):
     features = jax.jit(functools.partial(module.apply, train=False))(
         variables, jnp.asarray(reference["images"], jnp.float32))
@@ -107,7 +119,7 @@ def test_matches_transformers_reference(layout, reference):
 
 
 def test_layouts_give_identical_variables(tv_variables):
-  _, hf_variables = pretrained.load_backbone(FILES["hf"])
+  _, hf_variables = _load_backbone(FILES["hf"])
   _assert_trees_equal(hf_variables, tv_variables)
   assert set(tv_variables) == {"params", "batch_stats"}
   assert tv_variables["params"]["conv1"]["kernel"].shape == (7, 7, 3, 8)
@@ -122,7 +134,7 @@ def test_headless_files_load(tmp_path, tv_variables):
         if k.startswith("resnet.")}
   for name, state in (("tv.safetensors", tv), ("hf.safetensors", hf)):
     path = _save(tmp_path, state, name)
-    _assert_trees_equal(pretrained.load_backbone(path)[1], tv_variables)
+    _assert_trees_equal(_load_backbone(path)[1], tv_variables)
 
 
 def test_bfloat16_safetensors(tmp_path, tv_variables):
@@ -140,7 +152,7 @@ def test_bfloat16_safetensors(tmp_path, tv_variables):
   blob = json.dumps(header).encode()
   path = tmp_path / "bf16.safetensors"
   path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"".join(chunks))
-  _, variables = pretrained.load_backbone(path)
+  _, variables = _load_backbone(path)
   expected = jax.tree.map(
       lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
       tv_variables)
@@ -162,7 +174,7 @@ def test_mismatch_error_names_file_and_tensor(tmp_path, layout, defect):
     expected = f"wrong shape: {CONV[layout]} file [16, 15, 3, 3] vs model [16, 16, 3, 3]"
   path = _save(tmp_path, state)
   with pytest.raises(weight_files.MismatchError) as excinfo:
-    pretrained.load_backbone(path)
+    _load_backbone(path)
   message = str(excinfo.value)
   print(message)
   first = message.splitlines()[0]
@@ -178,7 +190,7 @@ def test_mismatch_error_lists_everything_at_once(tmp_path):
   state["foo.bar"] = np.zeros((2,), np.float32)
   state["layer1.0.downsample.1.running_mean"] = np.zeros((31,), np.float32)
   with pytest.raises(weight_files.MismatchError) as excinfo:
-    pretrained.load_backbone(_save(tmp_path, state))
+    _load_backbone(_save(tmp_path, state))
   lines = str(excinfo.value).splitlines()
   assert "2 missing, 1 unexpected, 1 wrong shape" in lines[0]
   assert lines[1] == "  missing: bn1.bias [8], layer3.1.conv1.weight [32, 128, 1, 1]"
@@ -190,12 +202,12 @@ def test_mismatch_error_lists_everything_at_once(tmp_path):
 def test_foreign_files_are_rejected(tmp_path):
   path = _save(tmp_path, {"features.0.weight": np.zeros((4, 3, 3, 3))})
   with pytest.raises(weight_files.MismatchError, match="not a ResNet"):
-    pretrained.load_backbone(path)
+    _load_backbone(path)
   # timm's deep-stem variants share the torchvision names but not the stem.
   state = _state("torchvision")
   state["conv1.0.weight"] = state.pop("conv1.weight")
   with pytest.raises(weight_files.MismatchError, match="deep-stem"):
-    pretrained.load_backbone(_save(tmp_path, state))
+    _load_backbone(_save(tmp_path, state))
 
 
 def test_unusable_paths_get_the_checks_lines(tmp_path, monkeypatch):
@@ -216,7 +228,7 @@ def test_unusable_paths_get_the_checks_lines(tmp_path, monkeypatch):
       weight_files.check_readable(str(path))
     assert str(excinfo.value) == line
     with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
-      pretrained.load_backbone(path)  # Every reader checks first.
+      _load_backbone(path)  # Every reader checks first.
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -274,7 +286,7 @@ def test_pth_that_is_no_state_dict_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("depth", [18, 101])
 def test_depth_mismatch(depth):
   with pytest.raises(weight_files.MismatchError) as excinfo:
-    pretrained.load_backbone(FILES["torchvision"], depth=depth)
+    _load_backbone(FILES["torchvision"], depth=depth)
   message = str(excinfo.value)
   print(message)
   first = message.splitlines()[0]
@@ -282,17 +294,17 @@ def test_depth_mismatch(depth):
   assert first.endswith("; hint: the file holds a ResNet-50 (bottleneck blocks "
                         "3-4-6-3); set model.depth=50")
   with pytest.raises(ValueError, match="not a ResNet depth"):
-    pretrained.load_backbone(FILES["torchvision"], depth=42)
+    _load_backbone(FILES["torchvision"], depth=42)
 
 
 def test_width_defaults_to_the_files(tv_variables):
-  module, variables = pretrained.load_backbone(
+  module, variables = _load_backbone(
       FILES["torchvision"], output_stride=16, dropout_rate=0.1)
   assert (module.stage_sizes, module.width, module.output_stride) == (
       (3, 4, 6, 3), WIDTH, 16)
   _assert_trees_equal(variables, tv_variables)
   with pytest.raises(weight_files.MismatchError, match="set model.width=0.125"):
-    pretrained.load_backbone(FILES["torchvision"], width=1.0)
+    _load_backbone(FILES["torchvision"], width=1.0)
 
 
 def test_hf_config_with_v1_stride_is_rejected(tmp_path):
@@ -300,7 +312,7 @@ def test_hf_config_with_v1_stride_is_rejected(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(
       {"model_type": "resnet", "downsample_in_bottleneck": True}))
   with pytest.raises(weight_files.MismatchError, match="v1.5"):
-    pretrained.load_backbone(path)
+    _load_backbone(path)
 
 
 def _torch():
@@ -322,7 +334,7 @@ def test_pth_with_torch(tmp_path, tv_variables):
   torch.save({k: v.to(torch.bfloat16) if v.is_floating_point() else v
               for k, v in tensors.items()}, bf16)
   for path in (plain, wrapped, bf16):
-    _, variables = pretrained.load_backbone(path)
+    _, variables = _load_backbone(path)
     if path == bf16:
       variables = jax.tree.map(lambda x: np.asarray(x).astype(
           ml_dtypes.bfloat16).astype(np.float32), variables)
@@ -346,7 +358,7 @@ def test_corrupt_pth_with_torch_is_one_line(tmp_path, content):
   else:  # Not weights: a pickled function, which weights_only refuses.
     torch.save({"fn": print}, path, _use_new_zipfile_serialization=True)
   with pytest.raises(ValueError) as excinfo:
-    pretrained.load_backbone(path)
+    _load_backbone(path)
   message = str(excinfo.value)
   print(message)
   assert message.startswith(f"{path}: not a readable PyTorch state dict")

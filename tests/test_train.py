@@ -333,14 +333,17 @@ def test_streamed_and_device_resident_data_train_identically(tiny_config,
 @pytest.mark.slow  # whole or repeated runs
 def test_pretrained_init_then_frozen_step_and_resume(tiny_config, tmp_path):
   from conftest import REPO
-  from rapool_jax import pretrained
+  from rapool_jax import weight_files
+  from rapool_jax.models.resnet import load, resnet
   weights = str(REPO / "tests" / "fixtures" / "resnet50_w8_torchvision.safetensors")
   tiny_config.model.depth, tiny_config.model.width = "50", 0.125
   tiny_config.model.output_stride = 32
   tiny_config.model.pretrained = weights
   tiny_config.stages.segmentation.max_steps = 2
   job, variables = _setup(tiny_config, tmp_path)
-  _, loaded = pretrained.load_backbone(weights, depth=50)
+  trunk = jax.eval_shape(lambda: resnet(50, width=0.125).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  loaded = load(trunk, weight_files.read(weights), weights)
   for collection in ("params", "batch_stats"):
     got = _leaves_with_paths(variables[collection]["backbone"])
     for name, value in _leaves_with_paths(loaded[collection]).items():

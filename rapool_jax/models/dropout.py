@@ -1,24 +1,19 @@
-"""Dropout that can draw fewer, or cheaper, random bits per element (opt-in:
+"""Dropout that draws fewer, or cheaper, random bits per element (opt-in:
 ``config.systems.dropout_rng`` / ``dropout_bits``; the default is ``nn.Dropout``).
 
-Dropout after each ResNet stage masks about 1.5 M activations per 224 px
-image, and random bits are a visible share of the train step
-(``benchmarks/step_profile.py``). With ``bits=32`` this is flax's
-``nn.Dropout``, bit for bit (same ``make_rng`` path, same mask). With 16 or 8,
-each 32-bit random word decides 2 or 4 elements, so the PRNG runs 2 or 4
-times less. The rate is then quantised to a multiple of ``2**-bits``, and
-kept activations are scaled by the realised keep probability, so the
-expected output still equals the input.
+Random bits are a visible share of the train step
+(``benchmarks/step_profile.py``). ``bits=32`` is flax's ``nn.Dropout``, bit for
+bit. With 16 or 8, each 32-bit random word decides 2 or 4 elements; the rate
+is then quantised to a multiple of ``2**-bits`` and kept activations are
+scaled by the realised keep probability, so the expected output is the input.
 
 ``rng="hash"`` replaces threefry's 20 rounds per word by a keyed integer hash
-of each element's index (``hashed_bits``: two rounds of a 2-multiply mixer,
-about 20 integer instructions per element against threefry's 75 on a GPU).
-The hash has no state and reads nothing but a 64-bit key, so XLA fuses it
-into the kernels that apply the mask, forward and backward: the mask is
-computed twice and never written to memory. Threefry's draws are what flax
-and ``jax.random`` promise; the hash is for masks, where what matters is that
-decisions look independent (``tests/test_dropout.py`` checks rate,
-neighbours, channels and keys), not cryptographic strength.
+of each element's index (``hashed_bits``: about 20 integer instructions per
+element against threefry's 75 on a GPU). It reads nothing but a 64-bit key,
+so XLA fuses it into the kernels that apply the mask, forward and backward:
+the mask is never written to memory. It is for masks, where decisions must
+look independent (``tests/test_dropout.py`` checks rate, neighbours, channels
+and keys), not cryptographic strength.
 """
 
 from __future__ import annotations
@@ -30,10 +25,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-DROPOUT_BITS = (8, 16, 32)
-DROPOUT_RNGS = ("threefry", "hash")
-
-
 def quantised_rate(rate: float, bits: int) -> float:
   """The drop probability that ``bits``-bit draws realise for ``rate``."""
   if bits == 32:
@@ -43,10 +34,10 @@ def quantised_rate(rate: float, bits: int) -> float:
 
 def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   """Raises ValueError for settings this module cannot honour."""
-  if rng not in DROPOUT_RNGS:
+  if rng not in ("threefry", "hash"):
     raise ValueError(f"systems.dropout_rng={rng!r}: choose 'threefry' or "
                      "'hash'")
-  if bits not in DROPOUT_BITS:
+  if bits not in (8, 16, 32):
     raise ValueError(f"systems.dropout_bits={bits!r}: choose 8, 16 or 32")
   if rng == "hash" and bits != 32:
     raise ValueError(f"systems.dropout_bits={bits!r} with "
@@ -96,12 +87,8 @@ def hashed_bits(key, shape) -> jax.Array:
     raise ValueError(f"hashed dropout: {row_size} elements per example in "
                      f"{shape}; the index hash counts to 2**32")
   k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(1, len(shape))):
-    index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(
-        stride)
-    stride *= shape[axis]
+  index = lax.broadcasted_iota(jnp.uint32, (shape[0], row_size), 1).reshape(
+      shape)
   # Golden-ratio steps spread consecutive rows over the 32-bit key space.
   row_key = k1 + lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(
       0x9E3779B9)
@@ -132,7 +119,6 @@ class Dropout(nn.Module):
                                    deterministic)
     if self.rate == 0.0 or deterministic:
       return inputs
-    check_dropout(self.rate, self.bits, self.rng)
     rng = self.make_rng("dropout")
     if self.rng == "hash":
       # A rate within 2**-33 of 1 still drops all but one value in 2**32.

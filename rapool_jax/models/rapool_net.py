@@ -9,7 +9,6 @@ pixel-wise loss. Classification branch: pooling chosen by name, then a dense lay
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,16 +25,12 @@ from rapool_jax.models.resnet import resnet as make_resnet
 
 def bilinear_kernel(stride: int, channels: int) -> np.ndarray:
   """FCN's bilinear init for a ``2*stride`` transposed conv, ``[k, k, C, C]``."""
-  size = 2 * stride
-  factor = (size + 1) // 2
-  center = factor - 0.5 if size % 2 == 0 else factor - 1
-  og = np.arange(size, dtype=np.float32)
-  filt1d = 1 - np.abs(og - center) / factor
-  filt = np.outer(filt1d, filt1d)
-  kernel = np.zeros((size, size, channels, channels), np.float32)
-  for c in range(channels):
-    kernel[:, :, c, c] = filt
-  return kernel
+  # FCN's upsample_filt for the even size 2s: center s - 0.5, factor s.
+  og = np.arange(2 * stride, dtype=np.float32)
+  filt1d = 1 - np.abs(og - (stride - 0.5)) / stride
+  # Each channel is upsampled on its own: the filter on the channel diagonal.
+  return (np.outer(filt1d, filt1d)[:, :, None, None]
+          * np.eye(channels, dtype=np.float32))
 
 
 def subpixel_phase_kernel(kernel, stride: int):
@@ -133,7 +128,6 @@ class RAPoolNet(nn.Module):
   num_classes: int = 2
   pooling: str = "gap"
   upsample: str = "transposed"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool = False, pooling: str | None = None,
@@ -154,16 +148,6 @@ class RAPoolNet(nn.Module):
             "pooled": pooled, "features": features}
 
 
-def dropout_layer(model_config, systems) -> Any:
-  """The backbones' dropout module: flax's ``nn.Dropout`` unless
-  ``systems.dropout_rng`` / ``dropout_bits`` choose ``dropout.Dropout``."""
-  rng, bits = systems.dropout_rng, systems.dropout_bits
-  dropout_lib.check_dropout(model_config.dropout_rate, bits, rng)
-  if (rng, bits) == ("threefry", 32):
-    return nn.Dropout
-  return functools.partial(dropout_lib.Dropout, bits=bits, rng=rng)
-
-
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -174,11 +158,15 @@ def build_model(model_config, systems=None) -> RAPoolNet:
   errors.check_choice("config.model.dtype", model_config.dtype, tuple(DTYPES))
   errors.check_range("config.model.width", model_config.width, low=0,
                      low_open=True)
-  dtype = DTYPES[model_config.dtype]
+  rng, bits = systems.dropout_rng, systems.dropout_bits
+  dropout_lib.check_dropout(model_config.dropout_rate, bits, rng)
+  # flax's nn.Dropout unless config.systems chooses cheaper masks.
+  dropout = (nn.Dropout if (rng, bits) == ("threefry", 32) else
+             functools.partial(dropout_lib.Dropout, bits=bits, rng=rng))
   kwargs = dict(width=model_config.width,
                 output_stride=model_config.output_stride,
-                dropout_rate=model_config.dropout_rate,
-                dropout=dropout_layer(model_config, systems), dtype=dtype)
+                dropout_rate=model_config.dropout_rate, dropout=dropout,
+                dtype=DTYPES[model_config.dtype])
   name = model_config.get("backbone", "resnet")
   if name == "resnet":
     backbone = make_resnet(model_config.depth, **kwargs)
@@ -189,4 +177,4 @@ def build_model(model_config, systems=None) -> RAPoolNet:
     raise ValueError(f"model.backbone={name!r}: choose 'resnet', 'vgg11', "
                      "'vgg13', 'vgg16' or 'vgg19'")
   return RAPoolNet(backbone=backbone, num_classes=model_config.num_classes,
-                   pooling="gap", upsample=model_config.upsample, dtype=dtype)
+                   upsample=model_config.upsample)

@@ -1,15 +1,10 @@
 """ResNet v1.5 (torchvision topology) in Flax Linen, NHWC.
 
-Layout and padding follow torchvision exactly (stride on the 3x3 conv, 1x1
-projection shortcut, explicit symmetric padding) so that torchvision weights
-reproduce torchvision outputs. Module names mirror torchvision's state-dict keys
-(``conv1``, ``bn1``, ``layer1_0/conv1``, ``layer1_0/downsample_conv``, ...), which
-keeps ``load``, the ImageNet weights' mapping below, a simple rename.
-
-As in flax's ``examples/imagenet/models.py``, blocks take their conv, norm and
-activation as modules; ``ResNet`` also takes the dropout after each stage and
-the stem's pool. The defaults are flax's layers (``config.systems`` swaps in
-the optional hashed dropout through ``rapool_net.build_model``).
+Layout, padding and module names follow torchvision (``conv1``, ``bn1``,
+``layer1_0/conv1``, ``layer1_0/downsample_conv``, ...), so torchvision weights
+reproduce torchvision outputs and ``load``, their mapping below, is a rename.
+As in flax's ``examples/imagenet``, the layers (norm, activation, dropout,
+pool) are modules that ``rapool_net.build_model`` may swap.
 """
 
 from __future__ import annotations
@@ -48,8 +43,8 @@ def _pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((size, size), (size, size))
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). ``[B, H, W, C]`` -> ``[B, H/s, W/s, F]``."""
+class _Block(nn.Module):
+  """A residual block's settings and its shortcut."""
 
   features: int
   conv: ModuleDef
@@ -62,9 +57,21 @@ class BasicBlock(nn.Module):
 
   expansion = 1
 
+  def shortcut(self, x):
+    """``x``, or its 1x1 projection to the block's stride and width."""
+    if not self.downsample:
+      return x
+    x = self.conv(self.features * self.expansion, (1, 1),
+                  (self.strides, self.strides), padding="VALID",
+                  name="downsample_conv")(x)
+    return self.norm(name="downsample_bn")(x)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34). ``[B, H, W, C]`` -> ``[B, H/s, W/s, F]``."""
+
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = self.conv(self.features, (3, 3), (self.strides, self.strides),
                   padding=_pad(self.first_dilation),
                   kernel_dilation=self.first_dilation, name="conv1")(x)
@@ -72,31 +79,17 @@ class BasicBlock(nn.Module):
     y = self.conv(self.features, (3, 3), padding=_pad(self.dilation),
                   kernel_dilation=self.dilation, name="conv2")(y)
     y = self.norm(name="bn2")(y)
-    if self.downsample:
-      residual = self.conv(self.features, (1, 1), (self.strides, self.strides),
-                           padding="VALID", name="downsample_conv")(x)
-      residual = self.norm(name="downsample_bn")(residual)
-    return self.act(y + residual)
+    return self.act(y + self.shortcut(x))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """1x1 -> 3x3 (strided, v1.5) -> 1x1 x4 (ResNet-50/101/152).
   ``[B, H, W, C]`` -> ``[B, H/s, W/s, 4F]``."""
-
-  features: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable
-  strides: int = 1
-  dilation: int = 1
-  first_dilation: int = 1
-  downsample: bool = False
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), (self.strides, self.strides),
@@ -105,12 +98,7 @@ class BottleneckBlock(nn.Module):
     y = self.act(self.norm(name="bn2")(y))
     y = self.conv(self.features * 4, (1, 1), padding="VALID", name="conv3")(y)
     y = self.norm(name="bn3")(y)
-    if self.downsample:
-      residual = self.conv(self.features * 4, (1, 1),
-                           (self.strides, self.strides), padding="VALID",
-                           name="downsample_conv")(x)
-      residual = self.norm(name="downsample_bn")(residual)
-    return self.act(y + residual)
+    return self.act(y + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -123,7 +111,6 @@ class ResNet(nn.Module):
     output_stride: 32 (paper), 16 or 8; reached by dilating the last stage(s)
       as torchvision's ``replace_stride_with_dilation`` does.
     dropout_rate: dropout after each of the four stages (the paper's regulariser).
-    num_classes: if set, adds GAP + a dense ``fc`` head (ImageNet layout).
     dtype: compute dtype; parameters stay float32.
     norm, act, dropout, pool: the layers (flax's BatchNorm, ReLU, Dropout and
       max pool by default); ``norm`` is called with flax BatchNorm's keywords,
@@ -135,20 +122,11 @@ class ResNet(nn.Module):
   width: float = 1.0
   output_stride: int = 32
   dropout_rate: float = 0.0
-  num_classes: int | None = None
   dtype: Any = jnp.float32
   norm: ModuleDef = nn.BatchNorm
   act: Callable = nn.relu
   dropout: ModuleDef = nn.Dropout
   pool: Callable = nn.max_pool
-
-  @property
-  def num_features(self) -> int:
-    expansion = 4 if self.block == "bottleneck" else 1
-    return self._stage_width(3) * expansion
-
-  def _stage_width(self, stage: int) -> int:
-    return max(1, int(round(64 * self.width))) * 2**stage
 
   @nn.compact
   def __call__(self, x, train: bool = False, bn_train: bool | None = None):
@@ -163,40 +141,33 @@ class ResNet(nn.Module):
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                              dtype=self.dtype)
     block_cls = {"basic": BasicBlock, "bottleneck": BottleneckBlock}[self.block]
+    base = max(1, int(round(64 * self.width)))
     x = x.astype(self.dtype)
-    stem = self._stage_width(0)
-    x = conv(stem, (7, 7), (2, 2), padding=_pad(3), name="conv1")(x)
+    x = conv(base, (7, 7), (2, 2), padding=_pad(3), name="conv1")(x)
     x = self.act(norm(name="bn1")(x))
     x = self.pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
 
-    # Stages 3 and 4 trade their stride for dilation below output stride 32.
-    dilate = {32: (False, False, False, False),
-              16: (False, False, False, True),
-              8: (False, False, True, True)}[self.output_stride]
-    in_features, dilation = stem, 1
+    # Stages from this one on trade their stride for dilation.
+    first_dilated = {32: 4, 16: 3, 8: 2}[self.output_stride]
+    dilation = 1
     for stage, num_blocks in enumerate(self.stage_sizes):
-      features = self._stage_width(stage)
       strides = 1 if stage == 0 else 2
       previous_dilation = dilation
-      if dilate[stage]:
+      if stage >= first_dilated:
         dilation *= strides
         strides = 1
       for i in range(num_blocks):
         x = block_cls(
-            features=features, conv=conv, norm=norm, act=self.act,
+            features=base * 2**stage, conv=conv, norm=norm, act=self.act,
             strides=strides if i == 0 else 1,
             dilation=dilation,
             first_dilation=previous_dilation if i == 0 else dilation,
-            downsample=(i == 0 and (strides != 1 or in_features
-                                    != features * block_cls.expansion)),
+            # A stage's first block changes the width: projection shortcut
+            # (in stage 1 only the bottleneck's, which widens by 4).
+            downsample=i == 0 and (stage > 0 or block_cls.expansion > 1),
             name=f"layer{stage + 1}_{i}")(x)
-        in_features = features * block_cls.expansion
       x = self.dropout(rate=self.dropout_rate, deterministic=not train,
                        name=f"dropout{stage + 1}")(x)
-
-    if self.num_classes is not None:
-      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-      x = nn.Dense(self.num_classes, name="fc")(x)
     return x
 
 
@@ -263,8 +234,7 @@ def key_naming(keys, path: str = "") -> tuple[Callable[..., str], str]:
 
 def stem_width(tensors: Mapping[str, np.ndarray],
                path: str = "") -> float | None:
-  """Width multiplier of a ResNet state dict (its stem channels / 64), or
-  None without a stem."""
+  """Width multiplier of a ResNet state dict (stem channels / 64), or None."""
   stem = tensors.get(key_naming(tensors, path)[0](("conv1",)) + ".weight")
   return None if stem is None else stem.shape[0] / 64
 

@@ -1,15 +1,10 @@
 """VGG (torchvision ``features`` topology) as a backbone in Flax Linen, NHWC.
 
-The trunk only: ``[B, H, W, 3] -> [B, H/os, W/os, C]``, the same interface as
-``ResNet`` (``__call__(x, train=False, bn_train=None)``), so ``RAPoolNet``
-takes it unchanged. Conv layers keep their bias with BatchNorm, as
-torchvision's ``vgg16_bn`` does, so ``load`` (torchvision's ImageNet weights)
-is a rename and a transpose. The 4096-wide fully connected layers are not part of the backbone:
-the paper's heads are the 1x1 segmentation conv and the pooled dense layer.
-
-Module names follow the VGG paper (``conv1_1`` ... ``conv5_3``, ``bn1_1``,
-``dropout1`` ... ``dropout5``); ``torchvision_names`` maps them to
-torchvision's ``features.<index>`` keys.
+The trunk only, with ``ResNet``'s interface; the 4096-wide dense layers are
+not part of it (the paper's heads replace them). Conv layers keep their bias
+with BatchNorm, as torchvision's ``vgg16_bn`` does, so ``load`` (torchvision's
+ImageNet weights) is a rename and a transpose. Module names follow the VGG
+paper (``conv1_1`` ... ``conv5_3``, ``bn1_1``, ``dropout1`` ... ``dropout5``).
 """
 
 from __future__ import annotations
@@ -62,24 +57,15 @@ class VGG(nn.Module):
   dropout: ModuleDef = nn.Dropout
   pool: Callable = nn.max_pool
 
-  @property
-  def num_features(self) -> int:
-    return self._channels(self.blocks[-1][-1])
-
-  def _channels(self, c: int) -> int:
-    return max(1, int(round(c * self.width)))
-
   @nn.compact
   def __call__(self, x, train: bool = False, bn_train: bool | None = None):
-    """``train`` enables dropout and, unless ``bn_train`` says otherwise,
-    batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
+    """As ``ResNet.__call__``."""
     bn_train = train if bn_train is None else bn_train
     if self.output_stride not in (8, 16, 32):
       raise ValueError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
-    # Blocks whose pool keeps stride 1; the convs after such a pool dilate.
-    keep = {32: 0, 16: 1, 8: 2}[self.output_stride]
-    unstrided = set(range(len(self.blocks) - keep, len(self.blocks)))
+    # Blocks past `strided` pool with stride 1; the convs after them dilate.
+    strided = len(self.blocks) - {32: 0, 16: 1, 8: 2}[self.output_stride]
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), dtype=self.dtype)
     norm = functools.partial(self.norm, use_running_average=not bn_train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
@@ -88,12 +74,13 @@ class VGG(nn.Module):
     dilation = 1
     for b, convs in enumerate(self.blocks, start=1):
       for i, channels in enumerate(convs, start=1):
-        x = conv(self._channels(channels), padding=((dilation, dilation),) * 2,
+        x = conv(max(1, int(round(channels * self.width))),
+                 padding=((dilation, dilation),) * 2,
                  kernel_dilation=dilation, name=f"conv{b}_{i}")(x)
         if self.batch_norm:
           x = norm(name=f"bn{b}_{i}")(x)
         x = self.act(x)
-      if b - 1 in unstrided:
+      if b > strided:
         x = self.pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
         dilation *= 2
       else:
