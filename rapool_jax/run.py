@@ -211,8 +211,7 @@ def run_stages(job: Job, config, workdir: str):
   ``(stage_variables, rows, finished)``."""
   variables = train.init_variables(job.model, job.key, config.data.crop_size,
                                    config.model)
-  finished: dict[str, Any] = {}
-  stage_variables, rows = {}, []
+  stage_variables, rows, finished = {}, [], {}
   for index, name in enumerate(config.stage_order):
     stage = config.stages[name]
     if stage.get("init_from"):  # an arm branching from an earlier stage
@@ -239,13 +238,6 @@ def stage_row(job: Job, config, workdir: str, name: str, variables) -> dict:
 
 # ----------------------------------------------------------------------------
 # The job.
-
-
-def cam_columns(config, stage_variables) -> list[tuple[str, Any, str]]:
-  """The CAM figure's columns: every reported stage, in order."""
-  return [(config.stages[n].report_as, stage_variables[n],
-           config.stages[n].pooling)
-          for n in config.stage_order if config.stages[n].report_as]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -287,8 +279,11 @@ def write_results(job: Job, config, workdir: str, stage_variables: dict,
   results = {"data": config.data.name, "eval_split": config.data.eval_split,
              "num_eval_examples": len(eval_split), "rows": rows,
              "stages": finished}
-  report_lib.write_report(workdir, config, results, job.model,
-                          cam_columns(config, stage_variables), eval_split)
+  cams = [(config.stages[n].report_as, stage_variables[n],
+           config.stages[n].pooling)
+          for n in config.stage_order if config.stages[n].report_as]
+  report_lib.write_report(workdir, config, results, job.model, cams,
+                          eval_split)
   if jax.process_index() == 0:
     provenance.append_run_info(workdir, time.time() - t0, jax.devices())
     print(f"wrote {os.path.join(workdir, 'results.md')} "
