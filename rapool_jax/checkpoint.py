@@ -1,13 +1,8 @@
-"""Checkpoints with orbax: one CheckpointManager per stage under ``workdir/checkpoints/<stage>``.
-
-Each checkpoint holds the train state (``state``) and a small JSON record
-(``meta``: stage progress, plateau tracker, finished results). A stage's last
-checkpoint has ``meta["done"] = True``; later stages start from its variables,
-and the sweeps in ``launch/`` start from it too (e.g. Step 4 from Step 3).
-Orbax writes atomically (a temporary folder renamed at the end), so a run
-killed while saving resumes from the previous complete checkpoint. Atomic saves
-do not make two writers safe: a run holds ``workdir/writer.lock``
-(``hold_workdir``) for as long as it writes.
+"""Checkpoints with orbax: one CheckpointManager per stage under
+``workdir/checkpoints/<stage>``, each checkpoint the train state (``state``)
+and a JSON record (``meta``: progress, plateau tracker; ``done`` on a stage's
+last). Orbax writes atomically, so a run killed while saving resumes from the
+previous complete checkpoint; two writers are kept apart by ``hold_workdir``.
 """
 
 from __future__ import annotations
@@ -66,25 +61,20 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
 
 def restore_variables(workdir: str, stage_name: str, target_variables):
   """The final ``{'params', 'batch_stats'}`` of a finished stage, or None."""
-  with manager(workdir, stage_name) as mngr:
-    return _restore_variables(mngr, target_variables)
-
-
-def _restore_variables(mngr, target_variables):
-  step, meta = latest_meta(mngr)
-  if step is None or not meta.get("done"):
-    return None
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=getattr(x, "sharding", None) or device),
-      target_variables)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item={"variables": abstract},
-          restore_args=ocp.checkpoint_utils.construct_restore_args(
-              {"variables": abstract}),
-          partial_restore=True)))
+  abstract = {"variables": jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
+      target_variables)}
+  with manager(workdir, stage_name) as mngr:
+    step, meta = latest_meta(mngr)
+    if step is None or not meta.get("done"):
+      return None
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                abstract))))
   return restored["state"]["variables"]
 
 

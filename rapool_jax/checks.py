@@ -1,8 +1,7 @@
 """The checks that span modules, made before the first training step: the
-splits' roles against each other, the loaded splits against the config, and
-the workdir (a resumed run's config and data). Each setting's own range and
-choices are checked by the module that uses it (``run.validate_config``).
-Each raises ValueError with one line naming the key, value or file at fault.
+splits' roles, the loaded splits against the config, and the workdir (a
+resumed run's config and data). Each raises ValueError with one line naming
+the key, value or file at fault.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 
 from flax import traverse_util
 import jax
@@ -33,11 +31,6 @@ def resolve_config(config: ml_collections.ConfigDict
   check both see the resolved config, so a re-run compares like with like."""
   config.model.num_classes = pipeline.num_classes(config.data.task)
   return config
-
-
-def resolved_copy(config: ml_collections.ConfigDict
-                  ) -> ml_collections.ConfigDict:
-  return resolve_config(copy.deepcopy(config))
 
 
 def check_split_roles(config) -> None:
@@ -120,20 +113,6 @@ def has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(path) and bool(os.listdir(path))
 
 
-def check_workdir_labels(workdir: str) -> None:
-  """Checkpoints without the ``config.json`` that says what made them would
-  be resumed, and their results labelled, with whatever config runs now."""
-  # launch/fanout.py links finished stages of a base run into a new workdir
-  # and records where from: those are known.
-  if (has_checkpoints(workdir)
-      and not os.path.isfile(os.path.join(workdir, "config.json"))
-      and not os.path.isfile(os.path.join(workdir, "linked_stages.json"))):
-    raise ValueError(
-        f"{workdir} holds checkpoints but no config.json saying which config "
-        "made them; use a new --workdir (or restore its config.json)")
-
-
-
 # Where a run reads and writes, how it logs, checkpoints, lays out and
 # compiles its state: a resumed run may change these and keep its results
 # (streamed and device-resident data train identically).
@@ -150,11 +129,17 @@ def check_resumed_config(config: ml_collections.ConfigDict,
   checkpoints ``workdir`` holds (its ``config.json``): resuming would
   otherwise mix two configurations in one result. Keys in only one of the
   two (added by a newer version) and ``RESUME_MAY_CHANGE`` are not compared."""
-  check_workdir_labels(workdir)
   saved_path = os.path.join(workdir, "config.json")
-  # No config.json beside checkpoints: stages linked by launch/fanout.py
-  # (check_workdir_labels refuses any other case).
   if not (has_checkpoints(workdir) and os.path.isfile(saved_path)):
+    # Checkpoints without the config.json that says what made them would be
+    # resumed, and their results labelled, with whatever config runs now;
+    # but launch/fanout.py links finished stages of a base run into a new
+    # workdir and records where from: those are known.
+    if (has_checkpoints(workdir) and not os.path.isfile(
+        os.path.join(workdir, "linked_stages.json"))):
+      raise ValueError(
+          f"{workdir} holds checkpoints but no config.json saying which "
+          "config made them; use a new --workdir (or restore its config.json)")
     return
   try:
     with open(saved_path) as f:
@@ -167,8 +152,8 @@ def check_resumed_config(config: ml_collections.ConfigDict,
                      "--workdir") from None
   saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
   # Resolved as the trainer resolves it before writing config.json.
-  now = traverse_util.flatten_dict(
-      json.loads(resolved_copy(config).to_json_best_effort()), sep=".")
+  now = resolve_config(copy.deepcopy(config)).to_json_best_effort()
+  now = traverse_util.flatten_dict(json.loads(now), sep=".")
   changed = [f"{key}={saved[key]!r} (now {now[key]!r})"
              for key in sorted(saved.keys() & now.keys())
              if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]

@@ -91,22 +91,20 @@ def paper_stages(*, classification_steps: int, segmentation_steps: int,
                  joint_steps: int, lr: float = 1e-3, decay_every: int = 2000,
                  lambda_seg: float = 7.5, schedule: str = "step"):
   """Steps 2-4 of the paper: GAP classification, segmentation only, joint."""
+  lr_schedule = dict(lr=lr, decay_every=decay_every, schedule=schedule)
   stages = ml_collections.ConfigDict()
   stages.classification = stage(
       pooling="gap", lambda_class=1.0, lambda_seg=0.0,
       trainable=TRAIN_BACKBONE_AND_CLASSIFIER, train_batch_norm=True,
-      max_steps=classification_steps, lr=lr, decay_every=decay_every,
-      schedule=schedule, report_as="Step 2: GAP")
+      max_steps=classification_steps, report_as="Step 2: GAP", **lr_schedule)
   stages.segmentation = stage(
       pooling="gap", lambda_class=0.0, lambda_seg=1.0,
       trainable=TRAIN_SEGMENTATION_CONV_ONLY, train_batch_norm=False,
-      max_steps=segmentation_steps, lr=lr, decay_every=decay_every,
-      schedule=schedule)
+      max_steps=segmentation_steps, **lr_schedule)
   stages.joint = stage(
       pooling="region", lambda_class=1.0, lambda_seg=lambda_seg,
       trainable=TRAIN_ALL, train_batch_norm=True, max_steps=joint_steps,
-      lr=lr, decay_every=decay_every, schedule=schedule,
-      report_as="Step 4: region pooling")
+      report_as="Step 4: region pooling", **lr_schedule)
   return stages
 
 

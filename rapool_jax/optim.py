@@ -27,27 +27,17 @@ def path_str(path) -> str:
 
 
 def label_params(params, rules: Sequence[tuple[str, str]]):
-  """Labels each leaf "train"/"freeze" by the first regex in ``rules`` matching its path.
-
-  Raises:
-    ValueError: a rule has an unknown label, or a parameter matches no rule.
-  """
-  compiled = []
-  for pattern, label in rules:
-    if label not in RULE_LABELS:
-      raise ValueError(f"trainable rule ({pattern!r}, {label!r}): label must be "
-                       "'train' or 'freeze'")
-    compiled.append((re.compile(pattern), label))
-
+  """Labels each leaf by the first rule whose regex matches its path (rules
+  as ``check_trainable_rules`` accepts); ValueError for a leaf none matches."""
   uncovered = []
 
   def label_of(path, _):
     name = path_str(path)
-    for regex, label in compiled:
-      if regex.fullmatch(name):
-        return label
-    uncovered.append(name)
-    return "freeze"
+    label = next((label for pattern, label in rules
+                  if re.fullmatch(pattern, name)), None)
+    if label is None:
+      uncovered.append(name)
+    return label or "freeze"
 
   labels = jax.tree_util.tree_map_with_path(label_of, params)
   if uncovered:
@@ -97,12 +87,11 @@ def check_schedule(stage, where: str) -> None:
 
 
 def warn_if_never_annealed(stage, where: str) -> None:
-  """A step schedule that never steps: a warning before training."""
+  """A step schedule that never steps is usually a constant one by mistake
+  (the stage ends at its peak lr), but a shortened smoke run may mean it:
+  say so, before training, without stopping."""
   if (stage.schedule == "step" and not stage.plateau.metric
       and 0 < stage.max_steps <= stage.decay_every):
-    # A step schedule that never steps is usually a constant one by mistake
-    # (the stage ends at its peak lr), but a shortened smoke run may mean it:
-    # say so, before training, without stopping.
     print(f"warning: {where}: schedule='step' with max_steps="
           f"{stage.max_steps} <= decay_every={stage.decay_every} never "
           f"lowers the lr; set {where}.decay_every below max_steps or "

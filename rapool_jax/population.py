@@ -5,15 +5,11 @@ BatchNorm mode, schedule shape) and the device-resident data; they differ in
 seed (initial weights, batch order, augmentation, dropout), cross-validation
 fold (their rows of the shared split) and a stage's ``SETTINGS``, passed as
 traced ``[P]`` arrays. Their ``TrainState``s are stacked on a leading member
-axis and one compiled step (``train.resident_train_step`` per member) trains
-them all, in one of FORMS: ``vmap`` (one batched program; a conv over
-per-member weights becomes a grouped convolution), ``map`` (``lax.map``, a
-loop inside the program) or ``unroll`` (P copies of the step in one program).
-
-Member p trains as the single run of ``member_config(config, members[p])``
-does. ``train.train_stage`` runs, checkpoints and resumes the stacked state,
-beside the member manifest (``members.json``); ``write_member`` saves any
-member as an ordinary run's workdir.
+axis and one compiled step trains them all, in one of FORMS: ``vmap`` (one
+batched program; a conv over per-member weights becomes a grouped
+convolution), ``map`` (``lax.map``, a loop inside the program) or ``unroll``
+(P copies of the step in one program). Member p trains as the single run of
+``member_config(config, members[p])`` does.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 from typing import Any, Sequence
 
 import jax
@@ -30,6 +27,7 @@ import numpy as np
 import optax
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import checks
 from rapool_jax import errors
 from rapool_jax import losses
 from rapool_jax import optim
@@ -64,39 +62,35 @@ class Member:
             "stages": {s: dict(v) for s, v in self.stages.items()}}
 
 
-def default_form(backend: str | None = None) -> str:
-  return DEFAULT_FORM.get(backend or jax.default_backend(), DEFAULT_FORM["cpu"])
-
-
-def check_members(config: ml_collections.ConfigDict, members: Sequence[Member],
-                  where: str = "population") -> None:
+def check_members(config: ml_collections.ConfigDict,
+                  members: Sequence[Member]) -> None:
   """Raises UserError, one line naming the member and key, for a member that
   changes a structural setting, names an unknown stage or an absent fold."""
   if not members:
-    raise errors.UserError(f"{where}: no members")
+    raise errors.UserError("population: no members")
   num_folds = config.data.crossval.num_folds
   for i, m in enumerate(members):
+    where = f"population: member {i}"
     if not isinstance(m.seed, int):
-      raise errors.UserError(
-          f"{where}: member {i}: seed={m.seed!r} is not an int")
+      raise errors.UserError(f"{where}: seed={m.seed!r} is not an int")
     if m.fold is not None and not 0 <= m.fold < max(num_folds, 0):
       raise errors.UserError(
-          f"{where}: member {i}: fold={m.fold} is not a fold of "
+          f"{where}: fold={m.fold} is not a fold of "
           f"config.data.crossval.num_folds={num_folds}")
     for name, values in m.stages.items():
       if name not in config.stages:
         raise errors.UserError(
-            f"{where}: member {i}: stages.{name}: not a stage of the config "
+            f"{where}: stages.{name}: not a stage of the config "
             f"({', '.join(config.stage_order)})")
       for key, value in values.items():
         if key not in SETTINGS:
           raise errors.UserError(
-              f"{where}: member {i}: stages.{name}.{key}={value!r}: members "
-              f"differ only in {', '.join(SETTINGS)}; a structural setting "
-              "makes a separate population")
+              f"{where}: stages.{name}.{key}={value!r}: members differ only "
+              f"in {', '.join(SETTINGS)}; a structural setting makes a "
+              "separate population")
       stage = member_config(config, m).stages[name]
-      losses.check_loss_weights(stage, f"{where}: member {i}: stages.{name}")
-      optim.check_schedule(stage, f"{where}: member {i}: stages.{name}")
+      losses.check_loss_weights(stage, f"{where}: stages.{name}")
+      optim.check_schedule(stage, f"{where}: stages.{name}")
   for name in config.stage_order:
     if config.stages[name].plateau.metric:
       raise errors.UserError(
@@ -119,8 +113,7 @@ def member_config(config: ml_collections.ConfigDict,
 
 
 def stage_settings(config, members: Sequence[Member], name: str) -> dict:
-  """``{setting: float32 [P]}``: each member's numeric settings of stage
-  ``name``."""
+  """``{setting: float32 [P]}``: each member's settings of stage ``name``."""
   stages = [member_config(config, m).stages[name] for m in members]
   return {k: np.asarray([s[k] for s in stages], np.float32) for k in SETTINGS}
 
@@ -139,16 +132,10 @@ def member(tree, index: int):
   return jax.tree.map(lambda x: x[index], tree)
 
 
-def check_form(form: str) -> None:
-  if form not in FORMS:
-    raise errors.UserError(f"config.systems.member_axis={form!r}: choose one "
-                           f"of {FORMS}")
-
-
 def over_members(fn, form: str):
   """``fn(*per_member, shared)`` of one member -> the same of P members:
   every argument but the last with a leading member axis."""
-  check_form(form)
+  errors.check_choice("config.systems.member_axis", form, FORMS)
   if form == "vmap":
     return lambda *args: jax.vmap(fn, in_axes=(0,) * (len(args) - 1) + (None,))(
         *args)
@@ -161,23 +148,10 @@ def over_members(fn, form: str):
   return unrolled
 
 
-class _StageWith:
-  """A stage config read through, with some settings replaced by (traced)
-  values: what ``train.train_step`` and ``optim`` read a stage as."""
-
-  def __init__(self, stage, values: dict):
-    self._stage, self._values = stage, values
-
-  def __getattr__(self, key):
-    if key.startswith("_"):
-      raise AttributeError(key)
-    return self._values[key] if key in self._values else self._stage[key]
-
-  def __getitem__(self, key):
-    return self.__getattr__(key)
-
-  def get(self, key, default=None):
-    return self._values.get(key, self._stage.get(key, default))
+def stage_with(stage, values: dict) -> types.SimpleNamespace:
+  """Stage config ``stage`` with some settings replaced by (traced) values,
+  as ``train.train_step`` and ``optim`` read a stage."""
+  return types.SimpleNamespace(**{**stage, **values})
 
 
 def member_optimizer(optimizer_config, stage, lr, params):
@@ -186,7 +160,7 @@ def member_optimizer(optimizer_config, stage, lr, params):
   Exact up to rounding for every optimizer and schedule optim offers: each
   schedule is lr times a function of the step, and lr scales only the final
   update (SGD's momentum and AdamW's moments come before it)."""
-  base = optim.make_optimizer(optimizer_config, _StageWith(stage, {"lr": 1.0}),
+  base = optim.make_optimizer(optimizer_config, stage_with(stage, {"lr": 1.0}),
                               params)
 
   def update(grads, opt_state, params=None):
@@ -209,7 +183,7 @@ def population_step(config, name: str, form: str):
                           state.params)
     new, scalars = train.resident_train_step(
         state.replace(tx=tx), batch_idx, key, split,
-        stage=_StageWith(stage, settings), data=config.data,
+        stage=stage_with(stage, settings), data=config.data,
         mean=tuple(config.data.mean), std=tuple(config.data.std))
     return new.replace(tx=state.tx), scalars
 
@@ -230,24 +204,6 @@ def member_rows(pooled: pipeline.Split, data_config) -> np.ndarray:
   ids = folds.crossval_splits(pooled, data_config.crossval)[
       data_config.train_split].ids
   return np.searchsorted(pooled.ids, ids).astype(np.int32)
-
-
-def training_data(config, members: Sequence[Member]):
-  """``(split, rows)``: the split all members share (the pooled
-  ``crossval.source_splits`` when training on a fold) and each member's rows
-  of it, ``[N_p]`` int32."""
-  data = config.data
-  needs_masks = any(max(stage_settings(config, members, s)["lambda_seg"]) > 0
-                    for s in config.stage_order)
-  builder = pipeline.make_builder(data, require_train_masks=needs_masks)
-  if data.train_split not in pipeline.CV_SPLITS:
-    split = pipeline.load_split(builder, data.train_split, data.task)
-    return split, [np.arange(len(split), dtype=np.int32)] * len(members)
-  folds.check_crossval(data)
-  pooled = folds.concat([pipeline.load_split(builder, s, data.task)
-                         for s in data.crossval.source_splits])
-  return pooled, [member_rows(pooled, member_config(config, m).data)
-                  for m in members]
 
 
 def batch_indices(members: Sequence[Member], rows, stage_index: int, step: int,
@@ -286,22 +242,20 @@ def check_manifest(workdir: str, members: Sequence[Member]) -> None:
 
 class Population:
   """P members of one config (input normalisation set, as ``run.setup``
-  leaves it) on one device-resident split. ``data``: ``(split, rows)`` as
-  ``training_data`` returns (loaded when None); ``form``: one of FORMS
-  (default: ``config.systems.member_axis`` where set, else
-  ``default_form()``)."""
+  leaves it) on one device-resident split: ``data`` is ``(split, rows)``,
+  each member's rows ``[N_p]`` of ``split``. ``form``: one of FORMS
+  (default: ``config.systems.member_axis`` where set, else the backend's)."""
 
-  def __init__(self, config, members: Sequence[Member], *, form: str = "",
-               data=None):
+  def __init__(self, config, members: Sequence[Member], data, *,
+               form: str = ""):
     check_members(config, members)
-    self.config, self.members = config, tuple(members)
-    config.model.num_classes = pipeline.num_classes(config.data.task)
+    self.config, self.members = checks.resolve_config(config), tuple(members)
     self.model = rapool_net.build_model(config.model, config.systems)
-    self.form = form or config.systems.get("member_axis", "") or default_form()
-    check_form(self.form)
+    self.form = form or config.systems.get("member_axis", "") or (
+        DEFAULT_FORM.get(jax.default_backend(), DEFAULT_FORM["cpu"]))
+    errors.check_choice("config.systems.member_axis", self.form, FORMS)
     self.mesh = sharding.make_mesh()
-    host, self.rows = data if data is not None else training_data(
-        config, members)
+    host, self.rows = data
     self.split = sharding.put_replicated(
         {"images": host.images, "masks": host.masks, "labels": host.labels,
          "has_mask": host.has_mask}, self.mesh)
@@ -316,17 +270,12 @@ class Population:
         self.config.data.crop_size, self.config.model) for m in self.members])
 
   def start(self, name: str, variables) -> train.TrainState:
-    """Stage ``name``'s stacked state from stacked ``variables``: fresh
-    optimizer state, step ``[P]``."""
+    """Stage ``name``'s stacked state from stacked ``variables``."""
     tx = optim.make_optimizer(self.config.optimizer, self.config.stages[name],
                               member(variables, 0)["params"],
                               f"config.stages.{name}")
-    variables = jax.tree.map(jnp.copy, variables)  # the step donates them
-    return sharding.put_replicated(train.TrainState(
-        step=jnp.zeros((len(self.members),), jnp.int32),
-        apply_fn=self.model.apply, params=variables["params"],
-        batch_stats=variables["batch_stats"], tx=tx,
-        opt_state=jax.vmap(tx.init)(variables["params"])), self.mesh)
+    return train.create_train_state(self.model, variables, tx, self.mesh,
+                                    members=len(self.members))
 
   def step_args(self, name: str, stream: int, start: int, stop: int):
     """Yields steps ``start``..``stop - 1``'s arguments after the state
@@ -341,10 +290,10 @@ class Population:
 
   def run_stage(self, workdir: str, stream: int, name: str, variables,
                 finished: dict | None = None):
-    """Stage ``name`` from stacked ``variables`` or its checkpoint, by
-    ``train.train_stage``, on batch order ``stream`` (a single run's is
-    ``run.batch_stream(config, index)``); returns the stacked final
-    variables and the stage's meta. Progress lines count member-images."""
+    """Stage ``name`` from stacked ``variables`` or its checkpoint (beside
+    ``members.json``), on batch order ``stream`` (``run.batch_stream``);
+    returns the stacked final variables and the stage's meta. Progress
+    lines count member-images."""
     check_manifest(workdir, self.members)
     config = self.config.copy_and_resolve_references()
     config.train.batch_size *= len(self.members)  # img/s: member-img/s
@@ -358,16 +307,18 @@ class Population:
                    out: str) -> None:
     """Member ``index``'s last checkpoint of stage ``name`` in ``workdir``
     (``variables``: any stacked variables, for shapes) saved as an ordinary
-    run's workdir ``out``: ``config.json`` and the stage checkpoint, which
-    ``predict`` and the other tools read as a single run's."""
-    with ckpt_lib.manager(workdir, name) as mngr:
-      step, meta = ckpt_lib.latest_meta(mngr)
-      state = train.restore_train_state(mngr, step,
-                                        self.start(name, variables))
+    run's workdir ``out``: ``config.json`` and the stage checkpoint (kept
+    where a resumed population wrote it already)."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-      f.write(member_config(self.config, self.members[index])
-              .to_json_best_effort(indent=2))
-    meta = {**meta, "population_member": self.members[index].as_dict()}
-    with ckpt_lib.manager(out, name) as mngr:
-      train.save_train_state(mngr, step, member(state, index), meta)
+    with ckpt_lib.manager(out, name) as out_mngr:
+      if ckpt_lib.latest_meta(out_mngr)[0] is not None:
+        return
+      with ckpt_lib.manager(workdir, name) as mngr:
+        step, meta = ckpt_lib.latest_meta(mngr)
+        state = train.restore_train_state(mngr, step,
+                                          self.start(name, variables))
+      with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(member_config(self.config, self.members[index])
+                .to_json_best_effort(indent=2))
+      meta = {**meta, "population_member": self.members[index].as_dict()}
+      train.save_train_state(out_mngr, step, member(state, index), meta)

@@ -15,11 +15,11 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def git_commit(repo: str = _REPO) -> str | None:
+def git_commit() -> str | None:
   """``HEAD``'s hash, ``+dirty`` when tracked files changed; None outside a
   git checkout (an installed wheel) or without git."""
   def git(*args):
-    return subprocess.run(["git", "-C", repo, *args], capture_output=True,
+    return subprocess.run(["git", "-C", _REPO, *args], capture_output=True,
                           text=True, timeout=10, check=True).stdout.strip()
   try:
     commit = git("rev-parse", "HEAD")
@@ -29,19 +29,11 @@ def git_commit(repo: str = _REPO) -> str | None:
   return commit + ("+dirty" if dirty else "")
 
 
-def package_versions(packages=PACKAGES) -> dict[str, str | None]:
-  versions = {}
-  for name in packages:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      versions[name] = None
-  return versions
-
-
-def command_line(argv=None) -> str:
-  argv = sys.argv if argv is None else argv
-  return shlex.join([os.path.basename(sys.executable), *argv])
+def package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
 def config_source(argv=None) -> tuple[str, list[str]]:
@@ -59,15 +51,17 @@ def config_source(argv=None) -> tuple[str, list[str]]:
   return source, overrides
 
 
-def run_record(argv=None) -> dict:
+def run_record() -> dict:
   """One invocation's provenance, for ``run_info.json``."""
-  return {"command": command_line(argv), "commit": git_commit(),
-          "packages": package_versions(), "python": sys.version.split()[0]}
+  return {"command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+          "commit": git_commit(),
+          "packages": {name: package_version(name) for name in PACKAGES},
+          "python": sys.version.split()[0]}
 
 
-def results_header(config, argv=None) -> str:
+def results_header(config) -> str:
   """Markdown lines naming the config, its overrides, the seed and commit."""
-  source, overrides = config_source(argv)
+  source, overrides = config_source()
   commit = git_commit()
   return "\n".join([
       f"Config: `{source}`" if source else "Config: built in Python "
@@ -79,11 +73,10 @@ def results_header(config, argv=None) -> str:
   ]) + "\n"
 
 
-def append_run_info(workdir: str, wall_time_s: float, devices) -> str:
+def append_run_info(workdir: str, wall_time_s: float, devices) -> None:
   """Adds this invocation (a resumed run has several) to
   ``WORKDIR/run_info.json``: its wall time and ``run_record()``; the
-  top-level command, commit and packages are the latest invocation's.
-  Returns the file's path."""
+  top-level command, commit and packages are the latest invocation's."""
   path = os.path.join(workdir, "run_info.json")
   invocations, runs = [], []
   if os.path.exists(path):
@@ -97,4 +90,3 @@ def append_run_info(workdir: str, wall_time_s: float, devices) -> str:
                "devices": [str(d) for d in devices],
                **{k: runs[-1][k] for k in ("command", "commit", "packages")},
                "runs": runs}, f, indent=2)
-  return path

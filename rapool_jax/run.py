@@ -1,11 +1,7 @@
-"""The whole job: ``train_and_evaluate(config, workdir)``.
-
-Every setting is checked by its owner before any data is built; then Step 1
-(initialisation), each configured stage (``train.train_stage``), the linear
-heads on the pooled features (RankOpt), the evaluation of every reported
-model, and the report (table, ROC, CAMs). Every stage checkpoints; a
-restarted run picks up where its last checkpoint left off and ends with the
-same results.
+"""The whole job: ``train_and_evaluate(config, workdir)``: every setting
+checked, Step 1, each stage (``train.train_stage``), the linear heads, the
+evaluation and the report. A restarted run resumes from its checkpoints and
+ends with the same results.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import ml_collections
 from rapool_jax import checkpoint
 from rapool_jax import checks
 from rapool_jax import config_lib
-from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import pretrained
@@ -60,9 +55,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   folds.check_crossval(config.data)
   if config.model.pretrained:
     weight_files.check_readable(config.model.pretrained)
-  train.check_train_settings(config.train)
-  errors.check_choice("config.systems.prng_impl", config.systems.prng_impl,
-                      train.PRNG_IMPLS)
+  train.check_train_settings(config)
   sharding.check_state_layout(config.systems.state_layout)
   optim.check_optimizer(config.optimizer)
   for name in config.stage_order:
@@ -110,10 +103,9 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
 
 
 def place_training_split(train_split: pipeline.Split, budget_mb: float, mesh):
-  """``(host, device)``: the training split's arrays (uint8 ``images
-  [N, S, S, 3]``, ``masks [N, S, S]``, ``labels [N]``, ``has_mask [N]``) on
-  the host, and replicated on the devices if within ``budget_mb`` (else
-  None)."""
+  """``(host, device)``: uint8 ``images [N, S, S, 3]``, ``masks [N, S, S]``,
+  ``labels [N]``, ``has_mask [N]`` on the host, and replicated on the devices
+  if within ``budget_mb`` (else None)."""
   host = {"images": train_split.images, "masks": train_split.masks,
           "labels": train_split.labels, "has_mask": train_split.has_mask}
   # On the devices as uint8, batches are gathered and augmented inside jit;
@@ -218,8 +210,7 @@ def run_stages(job: Job, config, workdir: str):
   ``(stage_variables, rows, finished)``."""
   variables = train.init_variables(job.model, job.key, config.data.crop_size,
                                    config.model)
-  finished: dict[str, Any] = {}
-  stage_variables, rows = {}, []
+  stage_variables, rows, finished = {}, [], {}
   for index, name in enumerate(config.stage_order):
     stage = config.stages[name]
     if stage.get("init_from"):  # an arm branching from an earlier stage
@@ -248,35 +239,28 @@ def stage_row(job: Job, config, workdir: str, name: str, variables) -> dict:
 # The job.
 
 
-def cam_columns(config, stage_variables) -> list[tuple[str, Any, str]]:
-  """The CAM figure's columns: every reported stage, in order."""
-  return [(config.stages[n].report_as, stage_variables[n],
-           config.stages[n].pooling)
-          for n in config.stage_order if config.stages[n].report_as]
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage, the heads and the evaluation; writes the report.
   Returns the results (``results.json``'s content). One writer per workdir:
   a second run on it stops at once (``checkpoint.hold_workdir``)."""
   os.makedirs(workdir, exist_ok=True)
   with checkpoint.hold_workdir(workdir):
-    return _train_and_evaluate(config, workdir)
+    checks.check_resumed_config(config, workdir)
+    if config.systems.compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir",
+                        config.systems.compilation_cache_dir)
+    t0 = time.time()
+    job = setup(config, workdir)
+    write_config(config, workdir)
+    stage_variables, rows, finished = run_stages(job, config, workdir)
+    return write_results(job, config, workdir, stage_variables, rows,
+                         finished, t0)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
-  checks.check_resumed_config(config, workdir)
-  if config.systems.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      config.systems.compilation_cache_dir)
-  t0 = time.time()
-  job = setup(config, workdir)
+def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  stage_variables, rows, finished = run_stages(job, config, workdir)
-  return write_results(job, config, workdir, stage_variables, rows, finished,
-                       t0)
 
 
 def write_results(job: Job, config, workdir: str, stage_variables: dict,
@@ -294,8 +278,11 @@ def write_results(job: Job, config, workdir: str, stage_variables: dict,
   results = {"data": config.data.name, "eval_split": config.data.eval_split,
              "num_eval_examples": len(eval_split), "rows": rows,
              "stages": finished}
-  report_lib.write_report(workdir, config, results, job.model,
-                          cam_columns(config, stage_variables), eval_split)
+  cams = [(config.stages[n].report_as, stage_variables[n],
+           config.stages[n].pooling)
+          for n in config.stage_order if config.stages[n].report_as]
+  report_lib.write_report(workdir, config, results, job.model, cams,
+                          eval_split)
   if jax.process_index() == 0:
     provenance.append_run_info(workdir, time.time() - t0, jax.devices())
     print(f"wrote {os.path.join(workdir, 'results.md')} "

@@ -4,15 +4,11 @@
         --workdir DIR --seeds 0,1,2 --folds 0,1,2,3,4 [--config.x=y ...]
 
 Every member is checked before any data is built; the data is built once;
-Step 1 and every stage train all members as one program
-(``population.Population``), checkpointed in ``DIR`` beside ``members.json``.
-Then each member is written out as an ordinary run's workdir,
-``DIR/member<p>/`` (its ``config.json`` and stage checkpoints), with the
-evaluation its single run (``run.train_and_evaluate``) writes: per-image
-predictions of every reported stage on its own splits, the linear heads,
-``results.json``/``results.md``. ``launch/crossval_report.py`` and
-``predict`` read those workdirs as they read single runs. The same command
-resumes a killed population.
+every stage trains all members as one program (``population.Population``),
+checkpointed in ``DIR`` beside ``members.json``. Then each member is written
+out as an ordinary run's workdir, ``DIR/member<p>/``, with what its single
+run writes (predictions, heads, results), for ``predict`` and ``launch/`` to
+read as single runs. The same command resumes a killed population.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import os
 import time
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from rapool_jax import checkpoint as ckpt_lib
@@ -32,6 +27,7 @@ from rapool_jax import run
 from rapool_jax import sharding
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
+
 
 def member_dir(workdir: str, index: int) -> str:
   return os.path.join(workdir, f"member{index}")
@@ -49,10 +45,10 @@ def make_members(seeds: Sequence[int], fold_list: Sequence[int]
 
 
 def load_data(config, members):
-  """``(splits, training data)``: each member's splits ``{name: Split}``, as
-  its single run's ``run.load_splits`` gives them, and the population's
-  ``(split, rows)`` (``population.training_data``'s); each stored split and
-  the pooled cross-validation data are loaded once."""
+  """``(splits, (split, rows))``: each member's splits ``{name: Split}``, as
+  its single run's ``run.load_splits`` gives them, and the split the members
+  train on with each one's rows ``[N_p]`` of it. Each stored split and the
+  pooled cross-validation data load once."""
   data = config.data
   configs = [population.member_config(config, m) for m in members]
   names = {data[r] for r in pipeline.SPLIT_ROLES}
@@ -123,22 +119,14 @@ def train_stages(pop: population.Population, workdir: str):
   return stacked, finished
 
 
-def write_member(pop, workdir: str, index: int, stacked: dict) -> str:
-  """Member ``index``'s stage checkpoints as an ordinary run's workdir
-  (kept where a resumed population wrote them already); returns it."""
+def write_member(pop, index: int, workdir: str, splits: dict, predict,
+                 stacked: dict, finished: dict, t0: float) -> dict:
+  """Member ``index`` as an ordinary run's workdir (``member_dir``): its
+  stage checkpoints, and what its single run evaluates and writes; returns
+  its results."""
   out = member_dir(workdir, index)
-  for name in pop.config.stage_order:
-    with ckpt_lib.manager(out, name) as mngr:
-      written = ckpt_lib.latest_meta(mngr)[0] is not None
-    if not written:
-      pop.write_member(workdir, name, stacked[name], index, out)
-  return out
-
-
-def evaluate_member(pop, index: int, splits: dict, predict, stacked: dict,
-                    finished: dict, out: str, t0: float) -> dict:
-  """What member ``index``'s single run evaluates and writes, into its
-  workdir ``out``; returns its results."""
+  for name, variables in stacked.items():
+    pop.write_member(workdir, name, variables, index, out)
   config = population.member_config(pop.config, pop.members[index])
   job = run.Job(model=pop.model, mesh=pop.mesh, key=None, splits=splits,
                 train_host=None, train_dev=None, predict=predict, writer=None)
@@ -159,10 +147,7 @@ def run_population(config, members: Sequence[population.Member],
     checks.check_resumed_config(config, workdir)
     t0 = time.time()
     pop, splits, predict = setup(config, members, workdir)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    run.write_config(config, workdir)
     stacked, finished = train_stages(pop, workdir)
-    return [evaluate_member(pop, p, splits[p], predict, stacked, finished,
-                            write_member(pop, workdir, p, stacked), t0)
-            for p in range(len(members))]
+    return [write_member(pop, p, workdir, splits[p], predict, stacked,
+                         finished, t0) for p in range(len(members))]

@@ -1,16 +1,10 @@
 """Training as flax writes it: a ``TrainState`` per stage, a pure
-``train_step`` and ``train_stage``, which runs one of the paper's steps to its
+``train_step``, and ``train_stage``, which runs one of the paper's steps to its
 end (or to a plateau of a validation metric), checkpointing on the way.
-
-A stage's settings (pooling, loss weights, trainable rules, BatchNorm mode,
-schedule, plateau rule) are checked by their owners before any stage trains:
-``check_stage`` here, ``optim.make_optimizer`` and ``pooling.get_pooling``.
-The whole job (stages, heads, report) is ``run.train_and_evaluate``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from flax.training import train_state
@@ -22,7 +16,6 @@ from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import config_lib
 from rapool_jax import errors
 from rapool_jax import losses
-from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
 from rapool_jax import pretrained
 from rapool_jax import progress as progress_lib
@@ -115,7 +108,6 @@ def resident_train_step(state, batch_idx, key, split, **kwargs):
 
 def make_key(seed: int, prng_impl: str) -> jax.Array:
   """The run's root key (``config.seed``, ``config.systems.prng_impl``)."""
-  errors.check_choice("config.systems.prng_impl", prng_impl, PRNG_IMPLS)
   return jax.random.key(seed, impl=prng_impl)
 
 
@@ -144,10 +136,13 @@ def check_stage(config, name: str) -> None:
                        "needs config.data.val_split, which is empty")
 
 
-def check_train_settings(train_config) -> None:
+def check_train_settings(config) -> None:
+  """``config.train`` and the PRNG ``make_key`` draws from."""
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints"):
-    errors.check_range(f"config.train.{key}", train_config[key], low=1)
+    errors.check_range(f"config.train.{key}", config.train[key], low=1)
+  errors.check_choice("config.systems.prng_impl", config.systems.prng_impl,
+                      PRNG_IMPLS)
 
 
 def init_variables(model, key, crop_size: int, model_config) -> dict:
@@ -163,16 +158,20 @@ def init_variables(model, key, crop_size: int, model_config) -> dict:
   return variables
 
 
-def create_train_state(model, variables, tx, mesh) -> TrainState:
-  """A fresh stage state from ``variables``, replicated over ``mesh``.
+def create_train_state(model, variables, tx, mesh,
+                       members: int = 0) -> TrainState:
+  """A fresh stage state from ``variables``, replicated over ``mesh``; with
+  ``members``, a population's: every leaf and the step stacked ``[P, ...]``.
 
   Copies: the step donates its state, and the caller keeps ``variables``."""
   variables = jax.tree.map(jnp.copy, variables)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                            batch_stats=variables["batch_stats"], tx=tx)
+  init = jax.vmap(tx.init) if members else tx.init
   # An int32 array, not flax's Python 0: the step is traced and checkpointed.
-  state = state.replace(step=jnp.zeros((), jnp.int32))
-  return sharding.put_replicated(state, mesh)
+  return sharding.put_replicated(TrainState(
+      step=jnp.zeros((members,) if members else (), jnp.int32),
+      apply_fn=model.apply, params=variables["params"],
+      batch_stats=variables["batch_stats"], tx=tx,
+      opt_state=init(variables["params"])), mesh)
 
 
 # ----------------------------------------------------------------------------

@@ -148,7 +148,8 @@ def _workdir_with_checkpoints(path, config=None):
   os.makedirs(os.path.join(path, "checkpoints", "classification", "2"))
   if config is not None:
     with open(os.path.join(path, "config.json"), "w") as f:
-      f.write(checks.resolved_copy(config).to_json_best_effort())
+      config = checks.resolve_config(copy.deepcopy(config))
+      f.write(config.to_json_best_effort())
 
 
 def test_checkpoints_without_config_json_stop(tiny_config, tmp_path):

@@ -14,6 +14,7 @@ from rapool_jax import errors
 from rapool_jax import population
 from rapool_jax import predict
 from rapool_jax import run
+from rapool_jax import run_population
 from rapool_jax import train
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
@@ -132,8 +133,8 @@ def test_a_plateau_rule_is_refused(tiny_config):
 
 
 def test_unknown_form_is_named():
-  with pytest.raises(errors.UserError, match="member_axis='loop'"):
-    population.check_form("loop")
+  with pytest.raises(ValueError, match="member_axis='loop'"):
+    population.over_members(lambda *args: args, "loop")
 
 
 def test_a_workdir_resumes_only_its_own_population(tmp_path):
@@ -149,6 +150,11 @@ def test_a_workdir_resumes_only_its_own_population(tmp_path):
 
 # ----------------------------------------------------------------------------
 # Against single runs (each compiles a train step: the slow tier).
+
+
+def _training_data(config, members):
+  """The split the members train on and each one's rows of it."""
+  return run_population.load_data(config, members)[1]
 
 
 def _single_scores(config, member, workdir):
@@ -181,7 +187,7 @@ def test_population_of_three_reproduces_the_single_runs(single_runs, form,
                                                         tmp_path):
   config, (predict_fn, test_split), want = single_runs
   pop = population.Population(config.copy_and_resolve_references(), MEMBERS,
-                              form=form)
+                              _training_data(config, MEMBERS), form=form)
   stacked, meta = pop.run_stage(str(tmp_path), JOINT, "joint",
                                 pop.init_variables())
   assert meta["done"] and meta["step"] == config.stages.joint.max_steps
@@ -199,7 +205,9 @@ def test_population_of_one_is_the_plain_run(tiny_config, tmp_path):
   init = train.init_variables(job.model, job.key, config.data.crop_size,
                               config.model)
   want, _ = run.run_stage(job, config, str(tmp_path / "single"), 0, init, {})
-  pop = population.Population(tiny_config, [Member(tiny_config.seed)])
+  members = [Member(tiny_config.seed)]
+  pop = population.Population(tiny_config, members,
+                              _training_data(tiny_config, members))
   stacked = pop.init_variables()
   assert jax.tree.all(jax.tree.map(
       lambda a, b: bool((a[0] == b).all()), stacked, init))
@@ -218,7 +226,7 @@ def test_killed_population_resumes_identically_and_writes_out_members(
 
   def run_population():
     pop = population.Population(config.copy_and_resolve_references(),
-                                members)
+                                members, _training_data(config, members))
     return pop, pop.run_stage(workdir, JOINT, "joint", pop.init_variables())
 
   _, (whole, _) = run_population()
