@@ -68,6 +68,9 @@ def check_members(config: ml_collections.ConfigDict,
   changes a structural setting, names an unknown stage or an absent fold."""
   if not members:
     raise errors.UserError("population: no members")
+  if config.systems.get("member_axis", ""):  # before any data is loaded
+    errors.check_choice("config.systems.member_axis",
+                        config.systems.member_axis, FORMS)
   num_folds = config.data.crossval.num_folds
   for i, m in enumerate(members):
     where = f"population: member {i}"

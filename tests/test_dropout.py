@@ -95,7 +95,7 @@ def test_deterministic_and_rate_zero_are_the_identity():
     (dict(dropout_rate=1.0), "model.dropout_rate=1.0"),
     (dict(dropout_rng="philox"), "systems.dropout_rng='philox'"),
     (dict(dropout_rng="hash", dropout_bits=8),
-     "systems.dropout_bits=8 with systems.dropout_rng='hash'"),
+     "systems.dropout_bits=8 with config.systems.dropout_rng='hash'"),
 ])
 def test_bad_dropout_settings_are_named(overrides, match):
   config = config_lib.base_config()

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
+from rapool_jax import population
 from rapool_jax import run
+from rapool_jax.models import rapool_net
 
 # (dotted key, a value out of its range, what the line says)
 OUT_OF_RANGE = [
@@ -91,3 +93,34 @@ def test_a_selection_run_may_report_on_the_validation_split(tiny_config):
   with pytest.raises(ValueError, match="threshold_split='validation' is the "
                      "evaluation split"):
     run.validate_config(tiny_config)
+
+
+# Owned by build_model: checked when the model is built, before any step.
+MODEL_OUT_OF_RANGE = [
+    ("model.width", 0.0, "must be > 0"),
+    ("model.dropout_rate", 1.0, "must be >= 0 and < 1"),
+    ("model.dropout_rate", -0.1, "must be >= 0 and < 1"),
+    ("model.backbone", "vgg12", "choose 'resnet'"),
+    ("systems.dropout_rng", "philox", "choose one of ('threefry', 'hash')"),
+    ("systems.dropout_bits", 4, "choose one of (8, 16, 32)"),
+]
+
+
+@pytest.mark.parametrize("key,value,says", MODEL_OUT_OF_RANGE,
+                         ids=[f"{k}={v}" for k, v, _ in MODEL_OUT_OF_RANGE])
+def test_a_model_setting_out_of_range_is_named_by_build_model(
+    tiny_config, key, value, says):
+  _set(tiny_config, key, value)
+  with pytest.raises(ValueError) as info:
+    rapool_net.build_model(tiny_config.model, tiny_config.systems)
+  message = str(info.value)
+  assert "\n" not in message
+  assert f"config.{key}={value!r}" in message, message
+  assert says in message, message
+
+
+def test_an_unknown_member_axis_is_named_before_any_data(tiny_config):
+  tiny_config.systems.member_axis = "pmap"
+  with pytest.raises(ValueError, match=re.escape(
+      "config.systems.member_axis='pmap': choose one of")):
+    population.check_members(tiny_config, [population.Member(seed=0)])

@@ -25,6 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rapool_jax import errors
+
+
 def quantised_rate(rate: float, bits: int) -> float:
   """The drop probability that ``bits``-bit draws realise for ``rate``."""
   if bits == 32:
@@ -34,22 +37,18 @@ def quantised_rate(rate: float, bits: int) -> float:
 
 def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   """Raises ValueError for settings this module cannot honour."""
-  if rng not in ("threefry", "hash"):
-    raise ValueError(f"systems.dropout_rng={rng!r}: choose 'threefry' or "
-                     "'hash'")
-  if bits not in (8, 16, 32):
-    raise ValueError(f"systems.dropout_bits={bits!r}: choose 8, 16 or 32")
+  errors.check_choice("config.systems.dropout_rng", rng, ("threefry", "hash"))
+  errors.check_choice("config.systems.dropout_bits", bits, (8, 16, 32))
   if rng == "hash" and bits != 32:
-    raise ValueError(f"systems.dropout_bits={bits!r} with "
-                     "systems.dropout_rng='hash': the hash always makes 32 "
-                     "bits per element (it costs no memory): use 32, or "
-                     "fewer with systems.dropout_rng='threefry'")
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"model.dropout_rate={rate!r}: must be in [0, 1)")
+    raise ValueError(f"config.systems.dropout_bits={bits!r} with "
+                     "config.systems.dropout_rng='hash': the hash always makes "
+                     "32 bits per element (it costs no memory): use 32, or "
+                     "fewer with config.systems.dropout_rng='threefry'")
+  errors.check_range("config.model.dropout_rate", rate, 0, 1, high_open=True)
   if rate > 0 and quantised_rate(rate, bits) in (0.0, 1.0):
-    raise ValueError(f"model.dropout_rate={rate!r} rounds to "
+    raise ValueError(f"config.model.dropout_rate={rate!r} rounds to "
                      f"{quantised_rate(rate, bits):g} with "
-                     f"systems.dropout_bits={bits}: use more bits")
+                     f"config.systems.dropout_bits={bits}: use more bits")
 
 
 def _small_uniform_bits(key, shape, bits: int):

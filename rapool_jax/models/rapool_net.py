@@ -174,7 +174,7 @@ def build_model(model_config, systems=None) -> RAPoolNet:
     backbone = vgg_lib.vgg(name, batch_norm=model_config.get("batch_norm", True),
                            **kwargs)
   else:
-    raise ValueError(f"model.backbone={name!r}: choose 'resnet', 'vgg11', "
-                     "'vgg13', 'vgg16' or 'vgg19'")
+    raise ValueError(f"config.model.backbone={name!r}: choose 'resnet', "
+                     "'vgg11', 'vgg13', 'vgg16' or 'vgg19'")
   return RAPoolNet(backbone=backbone, num_classes=model_config.num_classes,
                    upsample=model_config.upsample)
