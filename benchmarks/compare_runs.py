@@ -1,10 +1,13 @@
-"""Two jobs of ``benchmarks/benchmark.py`` side by side: every JAX/PyTorch
-ratio of both (rows and joint-step variants), how far apart, and the load
+"""Jobs of ``benchmarks/benchmark.py`` side by side: every JAX/PyTorch
+ratio of each (rows and joint-step variants), how far apart, and the load
 each ran under.
 
-Usage: python benchmarks/compare_runs.py A.json B.json [--tolerance 0.05]
+Usage: python benchmarks/compare_runs.py A.json B.json [C.json ...] [--tolerance 0.05]
 
-Exits 1 where a ratio moved by more than the tolerance between the jobs.
+Two jobs: B's ratio over A's, minus 1. More: the median over the jobs and
+the spread (largest over smallest, minus 1), since one job's CI misses
+what changes between jobs. Exits 1 where a ratio's jobs are further apart
+than the tolerance.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import json
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
@@ -45,6 +50,21 @@ def compare(a: dict, b: dict, tolerance: float = 0.05) -> list[dict]:
   return rows
 
 
+def spread(jobs: list[dict], tolerance: float = 0.05) -> list[dict]:
+  """Per ratio every job has: its medians, their median, ``spread`` (largest
+  over smallest, minus 1) and whether it is within ``tolerance``."""
+  per_job = [ratios(j) for j in jobs]
+  rows = []
+  for name in (n for n in per_job[0] if all(n in r for r in per_job[1:])):
+    medians = [r[name]["median"] for r in per_job]
+    rows.append({"ratio": name, "ratios": [r[name] for r in per_job],
+                 "median": float(np.median(medians)),
+                 "spread": max(medians) / min(medians) - 1,
+                 "within_tolerance": max(medians) / min(medians) - 1
+                 <= tolerance})
+  return rows
+
+
 def _load(result: dict) -> str:
   load = result.get("load") or {}
   busy = load.get("all_cpus_busy_frac")
@@ -53,25 +73,44 @@ def _load(result: dict) -> str:
           f"{'-' if busy is None else f'{100 * busy:.0f}%'}")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("a")
-  parser.add_argument("b")
-  parser.add_argument("--tolerance", type=float, default=0.05)
-  args = parser.parse_args(argv)
-  jobs = []
-  for path in (args.a, args.b):
-    with open(path) as f:
-      jobs.append(json.load(f))
-    print(f"{path}: {_load(jobs[-1])}")
-  rows = compare(*jobs, tolerance=args.tolerance)
+def _print_pair(jobs: list[dict], tolerance: float) -> bool:
+  rows = compare(*jobs, tolerance=tolerance)
   print(f"{'JAX / PyTorch':<28}{'A [95% CI]':<26}{'B [95% CI]':<26}"
         f"{'B/A-1':>8}  within")
   for r in rows:
     print(f"{r['ratio']:<28}{benchmark._ratio_ci(r['a']):<26}"  # pylint: disable=protected-access
           f"{benchmark._ratio_ci(r['b']):<26}{100 * r['change']:>+7.1f}%  "  # pylint: disable=protected-access
           f"{'yes' if r['within_tolerance'] else 'NO'}")
-  return 0 if all(r["within_tolerance"] for r in rows) else 1
+  return all(r["within_tolerance"] for r in rows)
+
+
+def _print_spread(jobs: list[dict], tolerance: float) -> bool:
+  rows = spread(jobs, tolerance)
+  print(f"{'JAX / PyTorch':<28}" + "".join(
+      f"{chr(65 + i):>8}" for i in range(len(jobs)))
+        + f"{'median':>8}{'spread':>8}  within")
+  for r in rows:
+    print(f"{r['ratio']:<28}" + "".join(
+        f"{x['median']:>8.3f}" for x in r["ratios"])
+          + f"{r['median']:>8.3f}{100 * r['spread']:>7.1f}%  "
+          f"{'yes' if r['within_tolerance'] else 'NO'}")
+  return all(r["within_tolerance"] for r in rows)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("jobs", nargs="+", metavar="JOB.json")
+  parser.add_argument("--tolerance", type=float, default=0.05)
+  args = parser.parse_args(argv)
+  if len(args.jobs) < 2:
+    parser.error("needs two or more jobs")
+  jobs = []
+  for i, path in enumerate(args.jobs):
+    with open(path) as f:
+      jobs.append(json.load(f))
+    print(f"{chr(65 + i)} {path}: {_load(jobs[-1])}")
+  show = _print_pair if len(jobs) == 2 else _print_spread
+  return 0 if show(jobs, args.tolerance) else 1
 
 
 if __name__ == "__main__":

@@ -111,3 +111,14 @@ def test_compare_runs_flags_ratios_more_than_five_percent_apart():
   assert by_name["joint batch 8"]["within_tolerance"]
   assert not by_name["eval batch 8"]["within_tolerance"]
   assert by_name["variants: project batch 8"]["change"] == 0.0
+
+
+def test_compare_runs_spread_over_several_jobs():
+  jobs = [_job({"joint": m}) for m in (0.60, 0.66, 0.63)]
+  (joint, project) = compare_runs.spread(jobs)
+  assert joint["ratio"] == "joint batch 8"
+  assert joint["median"] == pytest.approx(0.63)
+  assert joint["spread"] == pytest.approx(0.66 / 0.60 - 1)
+  assert not joint["within_tolerance"]  # 10% apart
+  assert project["spread"] == 0.0 and project["within_tolerance"]
+  assert compare_runs.spread(jobs, tolerance=0.11)[0]["within_tolerance"]

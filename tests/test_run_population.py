@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -134,3 +135,26 @@ def test_population_members_are_the_single_runs_and_resume(tiny_config,
   for p in range(2):
     _assert_same_predictions(_predictions(run_pop.member_dir(root, p)), got[p],
                              networks, atol=0, head_tol=0)
+
+
+def test_a_population_uses_the_compilation_cache_as_a_run_does(
+    tiny_config, tmp_path, monkeypatch):
+  """``config.systems.compilation_cache_dir`` is applied before anything is
+  compiled, as ``run.train_and_evaluate`` applies it."""
+  cache = str(tmp_path / "cache")
+  tiny_config.systems.compilation_cache_dir = cache
+  seen = []
+
+  def stop_at_setup(*args):
+    seen.append(jax.config.jax_compilation_cache_dir)
+    raise KeyboardInterrupt  # nothing past the cache setting is needed
+
+  monkeypatch.setattr(run_pop, "setup", stop_at_setup)
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      run_pop.run_population(tiny_config, [Member(seed=0)],
+                             str(tmp_path / "w"))
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+  assert seen == [cache]
