@@ -246,15 +246,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   with checkpoint.hold_workdir(workdir):
     checks.check_resumed_config(config, workdir)
-    if config.systems.compilation_cache_dir:
-      jax.config.update("jax_compilation_cache_dir",
-                        config.systems.compilation_cache_dir)
+    use_compilation_cache(config)
     t0 = time.time()
     job = setup(config, workdir)
     write_config(config, workdir)
     stage_variables, rows, finished = run_stages(job, config, workdir)
     return write_results(job, config, workdir, stage_variables, rows,
                          finished, t0)
+
+
+def use_compilation_cache(config) -> None:
+  if config.systems.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      config.systems.compilation_cache_dir)
 
 
 def write_config(config, workdir: str) -> None:

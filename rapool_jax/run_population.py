@@ -145,6 +145,7 @@ def run_population(config, members: Sequence[population.Member],
   os.makedirs(workdir, exist_ok=True)
   with ckpt_lib.hold_workdir(workdir):
     checks.check_resumed_config(config, workdir)
+    run.use_compilation_cache(config)  # as a single run does
     t0 = time.time()
     pop, splits, predict = setup(config, members, workdir)
     run.write_config(config, workdir)
