@@ -121,3 +121,59 @@ def test_apply_to_splits_reverses_held_out():
   assert marked["test"][labels == 1].mean() < 0.1
   assert marked["test"][labels == 0].mean() > 0.9
   np.testing.assert_array_equal(split.images, 200)  # the input is untouched
+
+
+def brute_force_interaction(y, a, b, g, folds, n, seed):
+  """The interaction's bootstrap by hand: resample each group x fold x label
+  cell with replacement, recompute the P*Q-weighted fold differences."""
+  from rapool_jax import stats  # noqa: F401  (metrics.roc_auc below)
+  rng = np.random.default_rng(seed)
+
+  def fold_diff(rows):
+    num, den = 0.0, 0.0
+    for f in np.unique(folds[rows]):
+      r = rows[folds[rows] == f]
+      pq = y[r].sum() * (~y[r]).sum()
+      num += pq * (metrics.roc_auc(y[r], a[r]) - metrics.roc_auc(y[r], b[r]))
+      den += pq
+    return num / den
+
+  cells = {}
+  for grp in (True, False):
+    for f in np.unique(folds):
+      for lab in (True, False):
+        cells[grp, f, lab] = np.flatnonzero((g == grp) & (folds == f) & (y == lab))
+  reps = []
+  for _ in range(n):
+    drawn = {k: rng.choice(v, v.size) for k, v in cells.items()}
+    parts = [fold_diff(np.concatenate([v for k, v in drawn.items() if k[0] == grp]))
+             for grp in (True, False)]
+    reps.append(parts[0] - parts[1])
+  return np.array(reps)
+
+
+def test_interaction_matches_brute_force_bootstrap():
+  from rapool_jax import stats
+  rng = np.random.default_rng(0)
+  n = 200
+  y = rng.random(n) < 0.3
+  folds = rng.integers(0, 2, n)
+  g = rng.random(n) < 0.5
+  a = y * 1.0 + rng.normal(0, 1, n) + (g & y) * 2.0   # a is better in the group
+  b = y * 1.0 + rng.normal(0, 1, n)
+  got = stats.interaction_bootstrap(y, a, b, g, folds, n_resamples=2000, seed=1)
+  ref = brute_force_interaction(y, a, b, g, folds, 400, seed=2)
+  d_in = stats.stratified_delong(y[g], a[g], b[g], folds[g])["diff"]
+  d_out = stats.stratified_delong(y[~g], a[~g], b[~g], folds[~g])["diff"]
+  assert got["diff"] == pytest.approx(d_in - d_out)
+  assert got["se"] == pytest.approx(ref.std(ddof=1), rel=0.15)
+  assert got["lo"] == pytest.approx(np.percentile(ref, 2.5), abs=0.03)
+  assert got["hi"] == pytest.approx(np.percentile(ref, 97.5), abs=0.03)
+  assert got["se_delong"] == pytest.approx(got["se"], rel=0.2)
+  assert got["diff"] > 0.05 and got["p"] < 0.05
+
+
+def test_holm_on_known_values():
+  from rapool_jax import stats
+  got = stats.holm([0.01, 0.04, 0.03, 0.2])
+  np.testing.assert_allclose(got, [0.04, 0.09, 0.09, 0.2])
