@@ -50,6 +50,14 @@ def occlude_bbox(image, mask) -> np.ndarray:
   return out
 
 
+def check_version(version: str, masks_path) -> None:
+  """``--disrupt``: a known version, and masks to cut with."""
+  errors.check_choice("--disrupt", version, VERSIONS)
+  if version != "whole" and not masks_path:
+    raise errors.UserError(f"--disrupt={version} needs --masks DIR (the true "
+                           "lesion masks to cut with)")
+
+
 _MAKERS = {"whole": lambda image, mask: np.array(image, copy=True),
            "lesion_only": lesion_only, "background_only": background_only,
            "bbox": occlude_bbox}
