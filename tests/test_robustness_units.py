@@ -177,3 +177,17 @@ def test_holm_on_known_values():
   from rapool_jax import stats
   got = stats.holm([0.01, 0.04, 0.03, 0.2])
   np.testing.assert_allclose(got, [0.04, 0.09, 0.09, 0.2])
+
+
+def test_recipe_two_variant_is_runlocal_with_testsplit_arms():
+  from conftest import load_module
+  module = load_module("configs/isic2017.py")
+  two, local = module.get_config("runlocal,testsplit"), module.get_config("runlocal")
+  assert two.stage_order == ("classification", "segmentation", "joint",
+                             "joint_gap_seg", "gap_control")
+  for key in ("model", "optimizer"):
+    assert two[key].to_dict() == local[key].to_dict()
+  assert two.stages.gap_control.max_steps == two.stages.joint.max_steps == 800
+  assert two.stages.gap_control.init_from == "classification"
+  assert (two.data.train_split, two.data.eval_split, two.rankopt.threshold_split) == (
+      "train", "test", "validation")
