@@ -191,3 +191,16 @@ def test_recipe_two_variant_is_runlocal_with_testsplit_arms():
   assert two.stages.gap_control.init_from == "classification"
   assert (two.data.train_split, two.data.eval_split, two.rankopt.threshold_split) == (
       "train", "test", "validation")
+
+
+def test_trap_on_crossval_splits_is_refused_in_a_population(tiny_config):
+  from rapool_jax import errors
+  from rapool_jax import run_population
+  c = tiny_config
+  c.data.crossval.num_folds = 3
+  c.data.crossval.source_splits = ("train", "validation", "test")
+  c.data.train_split, c.data.val_split, c.data.eval_split = "cv_train", "cv_val", "cv_test"
+  c.data.trap.kind = "square"
+  members = run_population.make_members([0, 1], [0])
+  with pytest.raises(errors.UserError, match="config.data.trap.kind: a trap set on cross"):
+    run_population.load_data(c, members)
