@@ -69,10 +69,7 @@ def score_run(run_dir: str, data_dir: str, cache: dict) -> pd.DataFrame:
   the whole version checked against the run's own predictions."""
   config = run_config(run_dir, data_dir)
   fold, seed = config.data.crossval.fold, config.seed
-  if fold not in cache:
-    builder = pipeline.make_builder(config.data)
-    cache[fold] = folds.load_splits(builder, config.data)["cv_test"]
-  split = cache[fold]
+  split = held_out(config, cache)
   frames = []
   for version in disrupt.VERSIONS:
     images = disrupt.disrupt(split.images, split.masks, version)
@@ -107,21 +104,35 @@ def update_versions(root: str, out: str, data_dir: str) -> None:
     done.to_csv(path, index=False, float_format="%.7g")
 
 
-def trap_scores(root: str) -> pd.DataFrame:
-  """A row per held-out image x trap run: bias, seed, each arm's softmax."""
-  frames = []
+def held_out(config, cache: dict):
+  """The run's held-out fold, as stored (no trap drawn in), cached by fold."""
+  fold = config.data.crossval.fold
+  if fold not in cache:
+    data = config.data.copy_and_resolve_references()
+    data.trap = ml_collections.ConfigDict(dict(kind="", bias=0.0, seed=0))
+    cache[fold] = folds.load_splits(pipeline.make_builder(data),
+                                    data)["cv_test"]
+  return cache[fold]
+
+
+def trap_scores(root: str, data_dir: str) -> pd.DataFrame:
+  """A row per held-out image x trap run: bias, seed, each arm's softmax on
+  its held-out images (link reversed) and on the same images clean."""
+  frames, cache = [], {}
   for run_dir in finished_runs(root, "bias*_seed*"):
-    with open(os.path.join(run_dir, "config.json")) as f:
-      saved = json.load(f)
-    frame = None
+    config = run_config(run_dir, data_dir)
+    split = held_out(config, cache)
+    frame = pd.DataFrame({"image": split.ids, "label": split.labels,
+                          "fold": config.data.crossval.fold,
+                          "seed": config.seed, "bias": config.data.trap.bias})
     for arm, name in ARMS.items():
       own = pd.read_csv(evaluate.predictions_path(
-          run_dir, "cv_test", saved["stages"][arm]["report_as"]))
-      if frame is None:
-        frame = own[["image", "label"]].assign(
-            fold=saved["data"]["crossval"]["fold"], seed=saved["seed"],
-            bias=saved["data"]["trap"]["bias"])
+          run_dir, "cv_test", config.stages[arm].report_as))
+      if list(own.image) != list(split.ids):
+        raise RuntimeError(f"{run_dir}: held-out images differ from its fold")
       frame[name] = own.score.to_numpy()
+      frame[f"clean {name}"] = predict.score_arrays(
+          run_dir, arm, split.images, split.masks)[0]
     frames.append(frame)
   return pd.concat(frames) if frames else pd.DataFrame()
 
@@ -158,7 +169,7 @@ def main(argv=None) -> int:
   if args.cv_workdir:
     update_versions(args.cv_workdir, args.out, args.data_dir)
   if args.trap_workdir:
-    trap = trap_scores(args.trap_workdir)
+    trap = trap_scores(args.trap_workdir, args.data_dir)
     if len(trap):
       trap.to_csv(os.path.join(args.out, "trap.csv"), index=False,
                   float_format="%.7g")

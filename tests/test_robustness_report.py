@@ -40,7 +40,9 @@ def synthetic_folder(root, n=160, seed=0):
   pd.concat(versions).to_csv(root / "versions.csv", index=False)
   trap = [pd.DataFrame({"image": ids, "label": label, "fold": 0, "seed": s, "bias": b,
                         "RAP": base + rng.normal(0, 0.2, n),
-                        "GAP control": base - b * label + rng.normal(0, 0.2, n)})
+                        "GAP control": base - b * label + rng.normal(0, 0.2, n),
+                        "clean RAP": base + rng.normal(0, 0.2, n),
+                        "clean GAP control": base + rng.normal(0, 0.2, n)})
           for b in (0.0, 0.9) for s in (0, 1)]
   pd.concat(trap).to_csv(root / "trap.csv", index=False)
   return str(root / "artefacts.csv")

@@ -214,11 +214,13 @@ def cam_tables(frame: pd.DataFrame, a: str, b: str, seed: int = 0) -> dict:
 
 def trap_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
   """A row per bias level: seeds, each arm's AUC on the held-out fold (link
-  reversed), seed-averaged, and the paired ``a - b`` (DeLong); ``frame``: a
-  row per image x seed with ``bias`` and a score column per arm."""
+  reversed) and on the same images clean, seed-averaged, and the paired
+  ``a - b`` (DeLong); ``frame``: a row per image x seed with ``bias``, a
+  score column per arm and ``clean <arm>``."""
   rows = []
   for bias, part in frame.groupby("bias"):
     wide = seed_average(part, {a: a, b: b}, by_fold=True)
+    clean = seed_average(part, {f"clean {a}": a, f"clean {b}": b}, True)
     per_seed = part.groupby("seed").apply(
         lambda s: pd.Series({arm: stats.auc_ci(s.label, s[arm])["auc"]
                              for arm in (a, b)}), include_groups=False)
@@ -226,5 +228,9 @@ def trap_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                  f"{a} per seed": " / ".join(f"{v:.3f}" for v in per_seed[a]),
                  f"{b} per seed": " / ".join(f"{v:.3f}" for v in per_seed[b]),
                  **paired_difference(wide, a, b)})
+    d = paired_difference(clean, a, b)
+    rows[-1].update({f"clean AUC {a}": d["auc_a"], f"clean AUC {b}": d["auc_b"],
+                     "clean diff": d["diff"], "clean lo": d["lo"],
+                     "clean hi": d["hi"]})
   return pd.DataFrame(rows).set_index("bias").rename(
       columns={"auc_a": f"AUC {a}", "auc_b": f"AUC {b}"})

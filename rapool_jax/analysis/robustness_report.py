@@ -150,8 +150,12 @@ def figures(results: dict, out: str) -> None:
 def _auc_plot(records: list[dict], x_key: str, path: str) -> None:
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
   x = [str(r[x_key]) for r in records]
-  for arm in (A, B):
-    left.plot(x, [r[f"AUC {arm}"] for r in records], "o-", label=arm)
+  for arm, colour in ((A, "C0"), (B, "C1")):
+    left.plot(x, [r[f"AUC {arm}"] for r in records], "o-", color=colour,
+              label=arm)
+    if f"clean AUC {arm}" in records[0]:  # trap models on clean images
+      left.plot(x, [r[f"clean AUC {arm}"] for r in records], "o--",
+                color=colour, alpha=0.5, label=f"{arm}, no artefact")
   left.axhline(0.5, color="k", lw=0.8, ls=":")
   left.set_ylabel("AUC (seed-averaged)")
   left.legend()
