@@ -89,6 +89,50 @@ STRATA_COLUMNS = ["stratum", "images with", "melanomas with", "left out",
                   "lo", "hi", "p", "p DeLong", "p Holm"]
 
 
+def _ci(r: dict, key: str = "diff") -> str:
+  return f"{r[key]:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+
+
+def _holds(r: dict, sign: int = 1) -> str:
+  lo, hi = sorted((sign * r["lo"], sign * r["hi"]))
+  return ("holds (CI excludes 0)" if lo > 0 else
+          "reversed (CI excludes 0 the other way)" if hi < 0 else
+          "not shown (CI includes 0)")
+
+
+def verdicts(results: dict) -> list[str]:
+  """One line per pre-registered hypothesis, read off the tables."""
+  lines = []
+  for split, name in SPLITS.items():
+    r = results[f"strata_{split}"]["rows"][0]
+    lines.append(f"- **H1, {name}**: interaction {_ci(r, 'interaction')}, "
+                 f"p {r['p']:.2g}: {_holds({**r, 'diff': r['interaction']})}"
+                 f" (D with {r['D with']:+.3f}, D reference "
+                 f"{r['D reference']:+.3f}).")
+    family = [row for row in results[f"strata_{split}"]["rows"]
+              if row["p Holm"] is not None]
+    passed = [row["stratum"] for row in family if row["p Holm"] < 0.05]
+    lines.append(f"- Secondary family, {name}: {len(passed)} of "
+                 f"{len(family)} testable at Holm 0.05"
+                 + (f" ({', '.join(passed)})." if passed else "."))
+  if "versions" in results:
+    bg = next(r for r in results["versions"]
+              if r["version"] == "background_only")
+    lines.append(f"- **H2** (RAP - control < 0 on background only): "
+                 f"{_ci(bg)}: {_holds(bg, -1)}.")
+    share, win = results["cam"]["share"], results["cam"]["leak_vs_win"]
+    lines.append(f"- **H3** (RAP's CAM energy more inside the lesion): "
+                 f"{_ci(share)}: {_holds(share)}.")
+    lines.append(f"- **H4** (RAP wins where the control leaks): Spearman "
+                 f"{win['spearman']:+.3f} [{win['lo']:+.3f}, {win['hi']:+.3f}]"
+                 f": {_holds({**win, 'diff': win['spearman']})}.")
+  if "trap" in results:
+    top = max(results["trap"], key=lambda r: r["bias"])
+    lines.append(f"- **H5** (RAP - control > 0 at b = {top['bias']}, "
+                 f"{top['seeds']} seeds): {_ci(top)}: {_holds(top)}.")
+  return lines
+
+
 def markdown(results: dict) -> str:
   """``results.md``: the verdicts and every table."""
   lines = ["# Where region pooling matters: RAP - GAP control by artefact, "
@@ -100,7 +144,7 @@ def markdown(results: dict) -> str:
            "annotated images with none of ruler, dark corner, ink, gel border, "
            "patches. Left out: the group's images in folds where it has "
            "fewer than 2 melanomas or 2 other lesions (a stratified AUC needs "
-           "both).\n"]
+           "both).\n", "## Verdicts\n", *verdicts(results), ""]
   for split, name in SPLITS.items():
     part = results[f"strata_{split}"]
     lines += [f"## Strata, {name} ({part['images']} images, "
