@@ -1,6 +1,6 @@
 """On-device augmentation now against the pipeline of an earlier commit.
 
-    python benchmarks/augment_vs_ref.py --ref 53e5d1c~1 --out FILE.json
+    python -m benchmarks.augment_vs_ref --ref 53e5d1c~1 --out FILE.json
 
 Loads ``rapool_jax/data/pipeline.py`` as it was at ``--ref`` (``git show``)
 next to the current one and times both in this process, interleaved: the

@@ -2,7 +2,7 @@
 ratio of each (rows and joint-step variants), how far apart, and the load
 each ran under.
 
-Usage: python benchmarks/compare_runs.py A.json B.json [C.json ...] [--tolerance 0.05]
+Usage: python -m benchmarks.compare_runs A.json B.json [C.json ...] [--tolerance 0.05]
 
 Two jobs: B's ratio over A's, minus 1. More: the median over the jobs and
 the spread (largest over smallest, minus 1), since one job's CI misses

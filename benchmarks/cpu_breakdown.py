@@ -1,7 +1,7 @@
 """Where the ResNet-50 train step spends its CPU time: convolutions vs the rest,
 on 1 core and on all of them.
 
-Usage: python benchmarks/cpu_breakdown.py --out FILE.json [--cpus 1 2]
+Usage: python -m benchmarks.cpu_breakdown --out FILE.json [--cpus 1 2]
                                          [--batch 8] [--repeats 5]
                                          [--size small|tiny]
 

@@ -1,7 +1,7 @@
 """Rewrites and XLA:CPU options tried on the CPU train step, each timed
 against the step as built.
 
-Usage: python benchmarks/cpu_step_variants.py --out FILE.json
+Usage: python -m benchmarks.cpu_step_variants --out FILE.json
            [--variants NAME ...] [--repeats 6] [--size small|tiny]
 
 The step is the classification step (ResNet-50, batch 8, 224, float32),

@@ -2,7 +2,7 @@
 
     python -m venv --system-site-packages /tmp/gpuvenv
     /tmp/gpuvenv/bin/pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
-    /tmp/gpuvenv/bin/python benchmarks/gpu_static_cost.py --out benchmarks/results/h200_static_cost.json
+    /tmp/gpuvenv/bin/python -m benchmarks.gpu_static_cost --out benchmarks/results/h200_static_cost.json
 
 XLA can compile for a GPU it is told about instead of one it finds
 (``jax.experimental.topologies`` with a target config): the CUDA plugin and

@@ -1,6 +1,6 @@
 """Times RankOpt ``fit`` against class-weighted logistic regression.
 
-Usage: python benchmarks/rankopt_benchmark.py [--out FILE.json] [--repeats 5]
+Usage: python -m benchmarks.rankopt_benchmark [--out FILE.json] [--repeats 5]
                                              [--radius-scale 10]
 
 Synthetic stand-in for the paper's setting: 2000 x 2048 pooled CNN features

@@ -1,7 +1,7 @@
 """Recounts ``gflop_per_step`` of a GPU benchmark JSON on the lowered program.
 
-    python benchmarks/recount_gpu_flops.py FILE.json ...
-    python benchmarks/recount_gpu_flops.py --program hash_dropout \
+    python -m benchmarks.recount_gpu_flops FILE.json ...
+    python -m benchmarks.recount_gpu_flops --program hash_dropout \
         benchmarks/results/h200_full.json ...
 
 Two kinds of GPU file need it. The runs of the morning of 2026-11-27 counted

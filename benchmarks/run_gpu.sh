@@ -52,7 +52,7 @@ for part in "${parts[@]}"; do
       python3 -m benchmarks.benchmark --out "$out/benchmark.json" \
         --time-budget-s "$budget" 2>&1 | tee "$out/benchmark.log" ;;
     profile)
-      python3 benchmarks/step_profile.py --out "$out/profile" \
+      python3 -m benchmarks.step_profile --out "$out/profile" \
         --batches 256 10 2>&1 | tee "$out/profile.log" ;;
     variants)
       python3 -m benchmarks.benchmark --out "$out/joint_variants.json" \

@@ -1,7 +1,7 @@
 """Where a train step's device time goes: JAX against the PyTorch reference,
 by kind of work, from one profiler trace of each.
 
-Usage: python benchmarks/step_profile.py --out DIR [--size full|small|tiny]
+Usage: python -m benchmarks.step_profile --out DIR [--size full|small|tiny]
            [--step joint] [--batches 256 10] [--steps 5] [--no-torch]
 
 For each batch, the project's JAX step (``benchmark.JaxTrainRunner``) and the
@@ -462,7 +462,7 @@ def main(argv=None) -> None:
   batches = args.batches or sorted(size["batches"], reverse=True)
   result = {"what": __doc__.split("\n\n")[0].replace("\n", " "),
             "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python benchmarks/step_profile.py"]
+            "command": " ".join(["python -m benchmarks.step_profile"]
                                 + list(argv if argv is not None
                                        else sys.argv[1:])),
             "device": benchmark.device_info(), "size": size_name,

@@ -1,6 +1,6 @@
 """Table 2 and beyond: GAP vs region pooling variants, per backbone and seed.
 
-    python launch/ablate_pooling.py --config configs/isic2017.py --workdir OUT \
+    python -m launch.ablate_pooling --config configs/isic2017.py --workdir OUT \
         --backbones resnet18,resnet50 --seeds 0,1,2 \
         [--variants gap,region,region_normalized,mask_oracle,os16] \
         [--gpus 0,1,2,3] [-- --config.data.manual_dir=... ]
@@ -26,14 +26,11 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/ablate_pooling.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
+from launch import aggregate
+from launch import common
+from launch import fanout
 
 STAGE = "joint"
 

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launch import fanout  # noqa: E402
+from rapool_jax import config_files
+from rapool_jax import errors
 
 TINY_CONFIG = "configs/tiny.py"
 
 
 def load_config(spec: str):
   """``configs/X.py[:arg]`` -> its ConfigDict (relative: cwd, then repo)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = str(fanout.REPO / path)
-  if not os.path.isfile(path):
-    raise SystemExit(f"config file {spec} not found")
-  module_spec = importlib.util.spec_from_file_location(
-      f"launch_config_{Path(path).stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    return config_files.load(config_files.resolve(spec))
+  except errors.UserError as e:
+    raise SystemExit(str(e)) from None
 
 
 def has_key(config, dotted: str) -> bool:
@@ -85,11 +73,7 @@ def resolve_config(config: str | None, smoke: bool) -> str:
     config = TINY_CONFIG
   if not config:
     raise SystemExit("--config configs/NAME.py is required (or --smoke)")
-  path, sep, arg = config.partition(":")
-  if os.path.exists(path):
-    path = os.path.abspath(path)
-  elif (fanout.REPO / path).exists():
-    path = str(fanout.REPO / path)
-  else:
-    raise SystemExit(f"config file {path} not found")
-  return path + sep + arg
+  try:
+    return config_files.resolve(config)
+  except errors.UserError as e:
+    raise SystemExit(str(e)) from None

@@ -1,6 +1,6 @@
 """Table 3: classifiers on the same pooled features of a finished run.
 
-    python launch/compare_classifiers.py --run RUN [--workdir OUT] [--sklearn]
+    python -m launch.compare_classifiers --run RUN [--workdir OUT] [--sklearn]
 
 Computes the pooled features of RUN's final network (the RankOpt stage,
 Step 4) on the training, validation and evaluation splits, then compares on
@@ -29,16 +29,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as `python launch/compare_classifiers.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
+from launch import aggregate
+from launch import common
+from launch import fanout
 
 PAPER_SPECIFICITY = 0.884
 # Table 3 of Yang et al. 2018 (ISIC 2017 test): Sen, Spe, Acc, AUC.

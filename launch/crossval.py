@@ -1,6 +1,6 @@
 """Stratified k-fold cross-validation of every Step-4 arm, scored out of fold.
 
-    python launch/crossval.py --workdir runs/crossval [--folds 0,1,2,3,4]
+    python -m launch.crossval --workdir runs/crossval [--folds 0,1,2,3,4]
         [--seeds 0,1,2 | --num-seeds 3] [--population]
         [--out results/crossval_isic2017]
         [--exclude-images FILE | --near-copies-from RUN_DIR]
@@ -40,16 +40,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/crossval.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import common  # noqa: E402
-from launch import crossval_report  # noqa: E402
-from launch import fanout  # noqa: E402
-from rapool_jax import population  # noqa: E402
-from rapool_jax import run_population  # noqa: E402
+from launch import common
+from launch import crossval_report
+from launch import fanout
+from rapool_jax import population
+from rapool_jax import run_population
 
 DEFAULT_CONFIG = "configs/isic2017.py:crossval"
 POPULATION = "population"  # the --population job's name and folder

@@ -389,7 +389,7 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
       print("submit them in order, each with --dependency=afterany:<previous "
             "job id>, or rerun with --submit")
     print(f"when they have ended: rerun this command with --report-only, or "
-          f"python launch/aggregate.py {root}")
+          f"python -m launch.aggregate {root}")
     return False
   gpus = [g for g in args.gpus.split(",") if g]
   results = run_local(jobs, parallel=args.parallel, gpus=gpus,

@@ -1,6 +1,6 @@
 """Table 1 of the paper: the segmentation weight lambda of Step 4 (validation).
 
-    python launch/sweep_lambda.py --config configs/isic2017.py --workdir BASE \
+    python -m launch.sweep_lambda --config configs/isic2017.py --workdir BASE \
         [--lambdas 0.01,0.1,1,5,7.5,10,12.5,15,20] [--gpus 0,1,2,3] \
         [-- --config.data.manual_dir=... --config.model.pretrained=...]
 
@@ -23,14 +23,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/sweep_lambda.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
+from launch import aggregate
+from launch import common
+from launch import fanout
 
 PAPER_GRID = (0.01, 0.1, 1, 5, 7.5, 10, 12.5, 15, 20)
 SMOKE_GRID = (0.1, 7.5)

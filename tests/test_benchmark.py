@@ -10,14 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 
-if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts, not installed
-  sys.path.insert(0, str(REPO))
 
-from benchmarks import benchmark  # noqa: E402
-from rapool_jax import sharding  # noqa: E402
-from rapool_jax.models import rapool_net  # noqa: E402
+from benchmarks import benchmark
+from rapool_jax import sharding
+from rapool_jax.models import rapool_net
 
 pytestmark = pytest.mark.slow  # timing runs of the performance lab
 

@@ -1,17 +1,11 @@
 """The benchmark's timing and statistics, on fake runners (quick tier)."""
 
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts, not installed
-  sys.path.insert(0, str(REPO))
-
-from benchmarks import benchmark  # noqa: E402
-from benchmarks import compare_runs  # noqa: E402
+from benchmarks import benchmark
+from benchmarks import compare_runs
 
 
 class _FakeRunner:

@@ -20,19 +20,17 @@ import pytest
 from conftest import REPO
 from rapool_jax import evaluate
 
-if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
-  sys.path.insert(0, str(REPO))
 
-from launch import ablate_pooling  # noqa: E402
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import crossval_report  # noqa: E402
-from launch import fanout  # noqa: E402
-from launch import sweep_lambda  # noqa: E402
+from launch import ablate_pooling
+from launch import aggregate
+from launch import common
+from launch import crossval_report
+from launch import fanout
+from launch import sweep_lambda
 
 
 def _script(name, *args, env=None):
-  proc = subprocess.run([sys.executable, f"launch/{name}.py", *args], cwd=REPO,
+  proc = subprocess.run([sys.executable, "-m", f"launch.{name}", *args], cwd=REPO,
                         capture_output=True, text=True, env=env)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   return proc.stdout
@@ -160,7 +158,7 @@ def test_aggregate_collects_a_sweep(sweep):
   assert sorted(r.name for r in runs) == ["lambda_0.1", "lambda_7.5", "shared"]
   assert all(r.state == "ok" for r in runs)
   out = subprocess.run(
-      [sys.executable, "launch/aggregate.py", root, "--model",
+      [sys.executable, "-m", "launch.aggregate", root, "--model",
        "Step 4 + RankOpt", "--plot", os.path.join(root, "a.png")],
       cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert "3 of 3 runs finished" in out
