@@ -3,36 +3,21 @@
     python -m benchmarks.benchmark --out benchmarks/results/cpu_2core.json \
         [--device-size auto|small|full|tiny] [--steps N] [--repeats R]
 
-For each step kind of the paper (``classification``: GAP; ``segmentation``:
-only the seg conv trains; ``joint``: region pooling + lambda * pixel CE) and
-each batch size, times the project's own step (``train.resident_train_step``:
-data as uint8 on the device, batch gathered and augmented inside jit; jitted
-with donated state; optimizer from ``optim.make_optimizer``; the config is
-``configs/isic2017.py``'s at the benchmark's size) and, in the same process
-and interleaved block by block, the same step in
-``benchmarks.torch_reference``. Also times
-inference (``evaluate.eval_step``) and analyses the segmentation upsampling
-(subpixel vs ``lax.conv_transpose``; share of the joint step).
-
-Sizes (``--device-size``): ``full`` (the default on GPU/TPU) is ResNet-50 at
-224 px in bfloat16 at the paper's batch 10 and at batch 256; ``small`` (the
-default on CPU) is ResNet-50 at 224 px in float32 at batch 8, a few steps;
-``tiny`` is for tests. Timing: compile, warm up, then ``repeats`` rounds, each
-one block of ``steps`` steps per framework (more where ``min_block_s`` asks
-for longer blocks), the order reversed every round, each block synchronised
-(``jax.block_until_ready``, ``torch.cuda.synchronize``); img/s is the median
-over blocks. A JAX/PyTorch ratio (``vs_torch``) is the median over rounds of
-the ratio of the round's two blocks, with its interquartile range and a
-bootstrap 95% CI (``timing.paired_ratio``); the joint step's variants time their own
-torch blocks in the same rounds and report their ratios the same way. Each
-block also records the CPU share other processes took meanwhile and the load
-average, and the job the load over its whole run: on a shared machine,
-``img_per_s_quiet`` (median over blocks where others used < 10%) is the
-figure to compare.
-
-On CPU the JAX steps are compiled with ``xla_flags.cpu_compiler_options()``
-(Eigen instead of YNNPACK convolutions). The harness is ``timing.py``, the
-steps ``runners.py`` and ``torch_reference.py``, the analyses ``analyses.py``.
+Rows: each step kind of the paper (``classification``: GAP;
+``segmentation``: only the seg conv trains; ``joint``: region pooling +
+lambda * pixel CE) at each batch size, and inference, each timed as the
+project runs it (``runners.py``) against its twin in ``torch_reference.py``,
+block by block in one process (``timing.py``). Then the analyses
+(``analyses.py``): the joint step's variants, the segmentation upsampling
+alone, the input pipeline alone. Sizes: ``full`` (GPU/TPU default) is
+ResNet-50 at 224 px in bfloat16 at batches 10 and 256; ``small`` (CPU
+default) the same in float32 at batch 8; ``tiny`` is for tests. img/s is the
+median over blocks; ``vs_torch`` the median over rounds of the ratio of the
+round's two blocks, with a bootstrap 95% CI; ``img_per_s_quiet`` counts only
+blocks where other processes used < 10% of the CPUs, the figure to compare
+on a shared machine. On CPU the JAX steps are compiled with
+``xla_flags.cpu_compiler_options()`` (Eigen convolutions). Options and the
+JSON's fields: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -524,7 +509,7 @@ def _parse_args(argv) -> argparse.Namespace:
                       help="torch.compile the reference (auto: on for CUDA)")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--no-analysis", action="store_true",
-                      help="skip the upsampling/seg-loss/XLA-option analysis")
+                      help="skip the analyses (variants, upsampling, inputs)")
   parser.add_argument("--time-budget-s", type=float, default=None,
                       help="skip rows that would end past this many seconds "
                            "(most wanted rows run first); the JSON is "

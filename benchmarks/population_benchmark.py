@@ -7,20 +7,16 @@
         [--batch-size B]
 
 The model, stage and batch are the cross-validation's (``crossval``:
-ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32); the data are
-random uint8 images and disc masks at 128 px, on the device (no data set).
-
-The sequential baseline is the single run's own step
-(``train.resident_train_step``, compiled as ``train.train_stage`` does):
-P runs one after another train at its img/s whatever P is. Each population
-(``population.Population``, P seeds, one form) is compiled, warmed up, then
-timed in ``repeats`` rounds, each a block of ``steps`` population steps and
-a block of ``P * steps`` sequential steps (the same member-images), in
-alternating order; the ratio is the median over rounds of the two blocks'
-member-img/s. Each block also records the CPU share other processes took
-meanwhile (``other_cpu_frac``; the machine may be shared). Memory: XLA's
-account of each compiled program (arguments + outputs + temporaries -
-aliased) and the process's peak RSS over its blocks.
+ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32) on random uint8
+images and disc masks on the device. The baseline is the single run's own
+step (``train.resident_train_step``, compiled as ``train.train_stage`` does):
+P runs one after another train at its img/s. Each population
+(``population.Population``, P seeds, one form) is timed in ``repeats``
+rounds, each a block of ``steps`` population steps and one of ``P * steps``
+single steps (the same member-images) in alternating order, with the CPU
+share other processes took (``timing.timed_block``); the ratio is the
+median over rounds. Memory: XLA's account of each program and the process's
+peak RSS over its blocks.
 """
 
 from __future__ import annotations
