@@ -48,15 +48,6 @@ def resolve_config(config: str | None, smoke: bool) -> str:
     raise SystemExit(str(e)) from None
 
 
-def has_key(config, dotted: str) -> bool:
-  node = config
-  for part in dotted.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def shared_stages(config, stage: str, overrides: Sequence[str]) -> list[str]:
   """The stages before ``stage`` in ``config.stage_order``: trained once."""
   if any(o.split("=", 1)[0] == "--config.stage_order" for o in overrides):

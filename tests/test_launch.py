@@ -299,7 +299,7 @@ def test_dry_run_job_lists(tmp_path, capsys):
   assert not mask.stages_from.endswith("os16_seed0")
 
 
-def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
+def test_vgg16_ablation_sets_the_backbone(tmp_path):
   root = str(tmp_path / "vgg")
   ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
                        "--backbones", "vgg16", "--dry-run"])
@@ -307,18 +307,9 @@ def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
   assert [j for j in jobs if j.phase == 1] and all(
       "--config.model.backbone=vgg16" in j.overrides
       for j in jobs if j.meta.get("backbone") == "vgg16")
-  # A config without model.backbone cannot build a VGG: named before any job.
-  legacy = tmp_path / "legacy.py"
-  legacy.write_text(
-      "from rapool_jax import config_lib\n"
-      "def get_config():\n"
-      "  c = config_lib.base_config()\n"
-      "  del c.model['backbone']\n"
-      "  return c\n")
-  with pytest.raises(SystemExit, match="model.backbone"):
-    ablate_pooling.main(["--config", str(legacy), "--workdir",
-                         str(tmp_path / "legacy"), "--backbones", "vgg16",
-                         "--dry-run"])
+  with pytest.raises(SystemExit, match="unknown backbone 'vgg15'"):
+    ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
+                         "--backbones", "vgg15", "--dry-run"])
 
 
 # ----------------------------------------------------------------------------
