@@ -53,7 +53,7 @@ LAYERS = (
     ("errors", "config_files", "config_lib", "xla_flags", "distributed",
      "provenance", "weight_files"),
     ("data", "data.pipeline", "data.folds", "data.isic2017",
-     "data.synthetic_derm", "sharding"),
+     "data.synthetic_derm", "data.trap", "disrupt", "sharding"),
     ("models", "models.resnet", "models.vgg", "models.dropout",
      "models.rapool_net", "pooling"),
     ("pretrained",),

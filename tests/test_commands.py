@@ -25,7 +25,7 @@ DOCS = ("README.md", "launch/README.md") + tuple(
     f"docs/{name}" for name in sorted(os.listdir(REPO / "docs"))
     if name.endswith(".md"))
 COMMAND = re.compile(r"^python -m (rapool_jax|launch)\.\w+\s")
-# launch/ and benchmarks/ are packages, run with -m (no sys.path edits).
+# launch/ and benchmarks/ are packages, run with -m.
 BY_PATH = re.compile(r"\bpython3? (launch|benchmarks)/\w+\.py")
 ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
 FOR_LOOP = re.compile(r"^for (\w+) in (\S+)")
