@@ -221,9 +221,6 @@ def main(argv=None) -> int:
                       help="where the table goes (default RUN/table3)")
   parser.add_argument("--data-dir", default="",
                       help="TFDS data_dir, if not the run's")
-  parser.add_argument("--specificity", type=float, default=PAPER_SPECIFICITY)
-  parser.add_argument("--l2", default="1e-4,1e-3,1e-2,1e-1,1",
-                      help="logistic regression L2 grid (validation AUC picks)")
   parser.add_argument("--sklearn", action="store_true",
                       help="add sklearn's logistic regression as a cross-check")
   parser.add_argument("--smoke", action="store_true",
@@ -247,10 +244,9 @@ def main(argv=None) -> int:
   out_dir = os.path.abspath(args.workdir or os.path.join(run, "table3"))
   os.makedirs(out_dir, exist_ok=True)
   feats = run_features(run, args.data_dir)
-  classifiers = score_classifiers(
-      feats, [float(v) for v in args.l2.split(",")], args.sklearn)
-  rows = evaluate(classifiers, feats["eval"]["labels"], args.specificity)
-  write_table(out_dir, run, feats, classifiers, rows, args.specificity)
+  classifiers = score_classifiers(feats, use_sklearn=args.sklearn)
+  rows = evaluate(classifiers, feats["eval"]["labels"])
+  write_table(out_dir, run, feats, classifiers, rows, PAPER_SPECIFICITY)
   return 0
 
 

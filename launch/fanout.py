@@ -1,21 +1,13 @@
 """Runs a list of main-job invocations: locally in parallel, or as SLURM arrays.
 
-A job is one ``python -m rapool_jax.main --config C --workdir W OVERRIDES`` run.
-Jobs carry a ``phase``: every job of phase p may start only after all of phase
-p - 1 ended (a sweep trains its shared Steps 2-3 in phase 0, the Step-4 runs
-that reuse them in phase 1). A job with ``stages_from`` gets that finished
-run's stage checkpoints hard-linked into its workdir before it starts, so the
-main job's resume logic skips those stages. Phase -1 holds an optional
-``prepare`` job that builds the TFDS data once, so parallel jobs never build
-the same data set concurrently.
-
-Each job records ``WORKDIR/fanout_status.json`` (state, exit status, times,
-host, command) and appends its output to ``WORKDIR/fanout.log``;
-``launch/aggregate.py`` reads both. A job whose workdir already holds its
-results with exit status 0 is skipped, so running a sweep again resumes it.
-A launch script runs its job list here or as SLURM arrays (``execute``, the
-runner flags of ``add_runner_args``); a SLURM array task runs one job of the
-``ROOT/jobs.json`` the script wrote:
+A job is one ``python -m rapool_jax.main --config C --workdir W OVERRIDES``
+run. Phase p starts once every job of phase p - 1 ended (-1: building the
+data once; 0: shared bases; 1: the runs that link a base's finished stage
+checkpoints, ``stages_from``, and so train only the rest). Each job records
+``WORKDIR/fanout_status.json`` and appends its output to ``fanout.log``
+(``launch/aggregate.py`` reads both); a finished job is skipped, so running
+a sweep again resumes it. A SLURM array task runs one job of the
+``ROOT/jobs.json`` a launch script wrote:
 
     python -m launch.fanout run-one --jobs JOBS --phase P --index I
 """

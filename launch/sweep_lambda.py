@@ -22,6 +22,7 @@ from launch import aggregate
 from launch import common
 from launch import fanout
 
+STAGE = "joint"  # the stage whose lambda_seg is swept; those before are shared
 PAPER_GRID = (0.01, 0.1, 1, 5, 7.5, 10, 12.5, 15, 20)
 SMOKE_GRID = (0.1, 7.5)
 # Table 1 of Yang et al. 2018 (ISIC 2017 validation).
@@ -31,13 +32,12 @@ PAPER_AUC = dict(zip(PAPER_GRID, (0.775, 0.818, 0.813, 0.860, 0.863, 0.859,
                                   0.851, 0.807, 0.806)))
 
 
-def make_jobs(config: str, root: str, lambdas, overrides, stage: str = "joint",
-              eval_split: str = "validation") -> list[fanout.Job]:
+def make_jobs(config: str, root: str, lambdas, overrides) -> list[fanout.Job]:
   """Prepare, the shared base and one Step-4 job per lambda."""
   cfg = common.load_config(config)
-  shared = common.shared_stages(cfg, stage, overrides)
+  shared = common.shared_stages(cfg, STAGE, overrides)
   run_overrides = list(overrides) + common.report_split_overrides(
-      cfg, eval_split)
+      cfg, "validation")
   jobs = [fanout.prepare_job(root, config, overrides)]
   base = os.path.join(root, "shared")
   if shared:
@@ -47,13 +47,12 @@ def make_jobs(config: str, root: str, lambdas, overrides, stage: str = "joint",
     tag = common.value_tag(v)
     jobs.append(common.stage_job(
         f"lambda_{tag}", os.path.join(root, f"lambda_{tag}"), config,
-        run_overrides + [f"--config.stages.{stage}.lambda_seg={tag}"], base,
+        run_overrides + [f"--config.stages.{STAGE}.lambda_seg={tag}"], base,
         shared, {"lambda": float(v)}))
   return jobs
 
 
-def build_table(root: str, jobs, stage: str = "joint",
-                rankopt_name: str = "") -> dict:
+def build_table(root: str, jobs, rankopt_name: str = "") -> dict:
   """Reads the lambda runs; writes table1.md / .json / .png under ``root``."""
   runs = [aggregate.load_run(j.workdir, j.name, j.meta) for j in jobs
           if j.phase != fanout.PREPARE_PHASE]
@@ -61,7 +60,7 @@ def build_table(root: str, jobs, stage: str = "joint",
   entries = []
   for run in lam_runs:
     lam = run.meta["lambda"]
-    step4 = run.row(stage) if run.state == "ok" else None
+    step4 = run.row(STAGE) if run.state == "ok" else None
     ranked = (run.row(rankopt_name) if run.state == "ok" and rankopt_name
               else None)
     entries.append({
@@ -121,9 +120,6 @@ def main(argv=None) -> int:
                       help="BASE folder of the sweep")
   parser.add_argument("--lambdas", default="",
                       help="comma-separated (default: the paper's 9 values)")
-  parser.add_argument("--stage", default="joint", help="stage whose lambda_seg "
-                      "is swept; the stages before it are shared")
-  parser.add_argument("--eval-split", default="validation")
   parser.add_argument("--smoke", action="store_true",
                       help=f"{common.TINY_CONFIG}, lambdas {SMOKE_GRID}")
   args, overrides = common.parse_args(parser, argv)
@@ -133,11 +129,10 @@ def main(argv=None) -> int:
   else:
     lambdas = SMOKE_GRID if args.smoke else PAPER_GRID
   root = os.path.abspath(args.workdir)
-  jobs = make_jobs(config, root, lambdas, overrides, args.stage,
-                   args.eval_split)
+  jobs = make_jobs(config, root, lambdas, overrides)
   if fanout.execute(args, jobs, root):
     rankopt_name = common.load_config(config).rankopt.report_as
-    table = build_table(root, jobs, args.stage, rankopt_name)
+    table = build_table(root, jobs, rankopt_name)
     return int(any(e["state"] != "ok" for e in table["rows"]))
   return 0
 
