@@ -246,6 +246,25 @@ def predict(workdir: str, images_path: str, out_csv: str,
   return rows
 
 
+def score_arrays(workdir: str, stage: str, images, masks,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """``(melanoma [N], cam_energy_inside [N])``: ``stage``'s softmax and CAM
+  energy on ``images [N, S, S, 3]`` uint8 and ``masks [N, S, S]`` at the
+  run's stored size, centre-cropped as in its evaluation."""
+  config, model, variables, pooling, _ = load_run(workdir, stage, False)
+  forward = forward_fn(config, model, variables, pooling)
+  scores, inside = [], []
+  for lo in range(0, len(images), batch_size):
+    n = len(images[lo:lo + batch_size])
+    x, m = (np.concatenate([a[lo:lo + n], np.zeros(
+        (batch_size - n,) + a.shape[1:], a.dtype)]) for a in (images, masks))
+    probs, _, cam, _ = forward(jnp.asarray(x), jnp.asarray(m))
+    scores.append(np.asarray(probs)[:n, 1])
+    inside.append(metrics.cam_energy_inside(
+        np.asarray(cam)[:n], report_crop(m[:n], config.data)))
+  return np.concatenate(scores), np.concatenate(inside)
+
+
 def report_crop(masks, data) -> np.ndarray:
   """The centre crop that the classifier (and so the CAM) sees."""
   return np.asarray(pipeline.center_crop(masks, data.crop_size))

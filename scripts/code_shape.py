@@ -60,6 +60,7 @@ LAYERS = (
      "models.rapool_net", "pooling"),
     ("pretrained",),
     ("losses", "optim", "metrics", "stats", "rankopt", "linear_baselines",
+     "analysis", "analysis.robustness", "analysis.robustness_report",
      "checkpoint", "checks", "progress"),
     ("train",),
     ("population",),

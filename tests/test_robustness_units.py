@@ -177,3 +177,30 @@ def test_holm_on_known_values():
   from rapool_jax import stats
   got = stats.holm([0.01, 0.04, 0.03, 0.2])
   np.testing.assert_allclose(got, [0.04, 0.09, 0.09, 0.2])
+
+
+def test_recipe_two_variant_is_runlocal_with_testsplit_arms():
+  from conftest import load_module
+  module = load_module("configs/isic2017.py")
+  two, local = module.get_config("runlocal,testsplit"), module.get_config("runlocal")
+  assert two.stage_order == ("classification", "segmentation", "joint",
+                             "joint_gap_seg", "gap_control")
+  for key in ("model", "optimizer"):
+    assert two[key].to_dict() == local[key].to_dict()
+  assert two.stages.gap_control.max_steps == two.stages.joint.max_steps == 800
+  assert two.stages.gap_control.init_from == "classification"
+  assert (two.data.train_split, two.data.eval_split, two.rankopt.threshold_split) == (
+      "train", "test", "validation")
+
+
+def test_trap_on_crossval_splits_is_refused_in_a_population(tiny_config):
+  from rapool_jax import errors
+  from rapool_jax import run_population
+  c = tiny_config
+  c.data.crossval.num_folds = 3
+  c.data.crossval.source_splits = ("train", "validation", "test")
+  c.data.train_split, c.data.val_split, c.data.eval_split = "cv_train", "cv_val", "cv_test"
+  c.data.trap.kind = "square"
+  members = run_population.make_members([0, 1], [0])
+  with pytest.raises(errors.UserError, match="config.data.trap.kind: a trap set on cross"):
+    run_population.load_data(c, members)

@@ -1,0 +1,1 @@
+"""Analyses of runs ' per-image scores: tidy frames, paired comparisons, tables."""
