@@ -2,7 +2,7 @@
 ratio of each (rows and joint-step variants), how far apart, and the load
 each ran under.
 
-Usage: python benchmarks/compare_runs.py A.json B.json [C.json ...] [--tolerance 0.05]
+Usage: python -m benchmarks.compare_runs A.json B.json [C.json ...] [--tolerance 0.05]
 
 Two jobs: B's ratio over A's, minus 1. More: the median over the jobs and
 the spread (largest over smallest, minus 1), since one job's CI misses
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks import benchmark  # pylint: disable=g-import-not-at-top
+from benchmarks import timing
 
 
 def ratios(result: dict) -> dict[str, dict]:
@@ -46,7 +44,7 @@ def compare(a: dict, b: dict, tolerance: float = 0.05) -> list[dict]:
     change = rb[name]["median"] / ra[name]["median"] - 1
     rows.append({"ratio": name, "a": ra[name], "b": rb[name],
                  "change": change, "within_tolerance": abs(change) <= tolerance,
-                 "cis_overlap": benchmark.ratios_agree(ra[name], rb[name])})
+                 "cis_overlap": timing.ratios_agree(ra[name], rb[name])})
   return rows
 
 
@@ -78,8 +76,8 @@ def _print_pair(jobs: list[dict], tolerance: float) -> bool:
   print(f"{'JAX / PyTorch':<28}{'A [95% CI]':<26}{'B [95% CI]':<26}"
         f"{'B/A-1':>8}  within")
   for r in rows:
-    print(f"{r['ratio']:<28}{benchmark._ratio_ci(r['a']):<26}"  # pylint: disable=protected-access
-          f"{benchmark._ratio_ci(r['b']):<26}{100 * r['change']:>+7.1f}%  "  # pylint: disable=protected-access
+    print(f"{r['ratio']:<28}{timing.format_ratio(r['a']):<26}"
+          f"{timing.format_ratio(r['b']):<26}{100 * r['change']:>+7.1f}%  "
           f"{'yes' if r['within_tolerance'] else 'NO'}")
   return all(r["within_tolerance"] for r in rows)
 

@@ -7,20 +7,16 @@
         [--batch-size B]
 
 The model, stage and batch are the cross-validation's (``crossval``:
-ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32); the data are
-random uint8 images and disc masks at 128 px, on the device (no data set).
-
-The sequential baseline is the single run's own step
-(``train.resident_train_step``, compiled as ``train.train_stage`` does):
-P runs one after another train at its img/s whatever P is. Each population
-(``population.Population``, P seeds, one form) is compiled, warmed up, then
-timed in ``repeats`` rounds, each a block of ``steps`` population steps and
-a block of ``P * steps`` sequential steps (the same member-images), in
-alternating order; the ratio is the median over rounds of the two blocks'
-member-img/s. Each block also records the CPU share other processes took
-meanwhile (``other_cpu_frac``; the machine may be shared). Memory: XLA's
-account of each compiled program (arguments + outputs + temporaries -
-aliased) and the process's peak RSS over its blocks.
+ResNet-18 at 1/4 width, 112 px crops of 128 px, batch 32) on random uint8
+images and disc masks on the device. The baseline is the single run's own
+step (``train.resident_train_step``, compiled as ``train.train_stage`` does):
+P runs one after another train at its img/s. Each population
+(``population.Population``, P seeds, one form) is timed in ``repeats``
+rounds, each a block of ``steps`` population steps and one of ``P * steps``
+single steps (the same member-images) in alternating order, with the CPU
+share other processes took (``timing.timed_block``); the ratio is the
+median over rounds. Memory: XLA's account of each program and the process's
+peak RSS over its blocks.
 """
 
 from __future__ import annotations
@@ -42,11 +38,11 @@ if os.environ.get("RAPOOL_DEFAULT_XLA_FLAGS") != "1":
   xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import benchmark  # noqa: E402
-from launch import common  # noqa: E402
+from benchmarks import runners  # noqa: E402
+from benchmarks import timing  # noqa: E402
+from rapool_jax import config_files  # noqa: E402
 from rapool_jax import optim  # noqa: E402
 from rapool_jax import population  # noqa: E402
 from rapool_jax import sharding  # noqa: E402
@@ -57,7 +53,7 @@ from rapool_jax.data import pipeline  # noqa: E402
 def random_split(num: int, image_size: int, seed: int = 0) -> pipeline.Split:
   """uint8 images ``[N, S, S, 3]``, disc masks, random labels."""
   images, masks, labels, has_mask = (
-      np.asarray(a) for a in benchmark.synthetic_device_data(
+      np.asarray(a) for a in runners.synthetic_device_data(
           num, image_size, seed))
   return pipeline.Split(images=images, masks=masks, labels=labels,
                         has_mask=has_mask,
@@ -66,7 +62,8 @@ def random_split(num: int, image_size: int, seed: int = 0) -> pipeline.Split:
 
 class _CompiledRunner:
   """A step compiled ahead as ``train.train_stage`` compiles it, timed over
-  four rotating argument tuples ``self.args``."""
+  four rotating argument tuples ``self.args`` (``timing``'s runner: its
+  ``batch`` counts member-images)."""
 
   def compile(self, step, state, mesh, config) -> None:
     t0 = time.perf_counter()
@@ -75,7 +72,7 @@ class _CompiledRunner:
         layout=config.systems.state_layout,
         donate=config.systems.donate_state)
     self.compile_s = time.perf_counter() - t0
-    self.xla_mem_bytes = xla_bytes(self.compiled)
+    self.xla_mem_bytes = runners.xla_mem_bytes(self.compiled)
 
   def run(self, steps: int) -> float:
     jax.block_until_ready(self.state)
@@ -105,6 +102,7 @@ class SequentialRunner(_CompiledRunner):
         0, 0, t, config.train.batch_size, len(pop.rows[0])), pop.mesh)
            for t in range(4)]
     self.args = [(i, self.key, pop.split) for i in idx]
+    self.batch = config.train.batch_size  # member-images a step
     self.compile(step, state, pop.mesh, config)
 
 
@@ -117,51 +115,27 @@ class PopulationRunner(_CompiledRunner):
     self.pop = population.Population(config, members, form=form, data=data)
     state = self.pop.start(name, self.pop.init_variables())
     self.args = list(self.pop.step_args(name, 0, 0, 4))
+    self.batch = size * config.train.batch_size  # member-images a step
     self.compile(population.population_step(config, name, form), state,
                  self.pop.mesh, config)
 
 
-def xla_bytes(compiled) -> int | None:
-  try:
-    mem = compiled.memory_analysis()
-    return int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
-               + mem.output_size_in_bytes - mem.alias_size_in_bytes)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def timed_block(runner, steps: int) -> dict[str, float | None]:
-  """``steps`` steps of ``runner``: seconds and other processes' CPU share."""
-  busy = benchmark._system_busy_s  # pylint: disable=protected-access
-  busy0, own0 = busy(), time.process_time()
-  seconds = runner.run(steps)
-  busy1, own1 = busy(), time.process_time()
-  other = None
-  if busy0 is not None and busy1 is not None:
-    other = max(0.0, ((busy1 - busy0) - (own1 - own0))
-                / (seconds * (os.cpu_count() or 1)))
-  return {"seconds": seconds, "other_cpu_frac": other}
-
-
 def compare(seq: SequentialRunner, runner: PopulationRunner, size: int,
-            batch: int, steps: int, repeats: int) -> dict[str, Any]:
+            steps: int, repeats: int) -> dict[str, Any]:
   """Warm-up, then ``repeats`` rounds of one population block and one
   sequential block of equal member-images, in alternating order."""
   runner.run(1)
   seq.run(size)
-  benchmark._rss_peak_reset()  # pylint: disable=protected-access
-  rss_peak = benchmark._rss_peak_bytes  # pylint: disable=protected-access
+  timing.rss_peak_reset()
   rounds = []
   for r in range(repeats):
     blocks = {}
     order = [("population", runner, steps), ("sequential", seq, size * steps)]
     for kind, run, n in (order if r % 2 == 0 else order[::-1]):
-      blocks[kind] = timed_block(run, n)
-    images = size * batch * steps
+      blocks[kind] = timing.timed_block(run, n)
     rounds.append({
-        **{f"{k}_member_img_per_s": images / b["seconds"]
-           for k, b in blocks.items()},
-        **{f"{k}_other_cpu_frac": b["other_cpu_frac"]
+        **{f"{k}_member_img_per_s": b.img_per_s for k, b in blocks.items()},
+        **{f"{k}_other_cpu_frac": b.other_cpu_frac
            for k, b in blocks.items()}})
   ratios = [x["population_member_img_per_s"] / x["sequential_member_img_per_s"]
             for x in rounds]
@@ -174,33 +148,8 @@ def compare(seq: SequentialRunner, runner: PopulationRunner, size: int,
       "rounds": rounds,
       "compile_s": runner.compile_s,
       "xla_mem_bytes": runner.xla_mem_bytes,
-      "peak_rss_bytes": rss_peak(),
+      "peak_rss_bytes": timing.rss_peak_bytes(),
   }
-
-
-def loop_conv_check(repeats: int = 5) -> dict[str, Any]:
-  """Why ``map`` is slow on CPU: one conv's value-and-kernel-gradient for 2
-  members, as 2 calls in one program and inside ``lax.map`` (seconds)."""
-  x, w = jnp.ones((2, 32, 56, 56, 32)), jnp.ones((2, 3, 3, 32, 32))
-
-  def loss(x, w):
-    y = jax.lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jnp.sum(y ** 2)
-
-  grad = jax.grad(loss, argnums=1)
-  fns = {"unrolled": jax.jit(lambda x, w: [grad(x[i], w[i]) for i in (0, 1)]),
-         "lax_map": jax.jit(lambda x, w: jax.lax.map(lambda a: grad(*a),
-                                                     (x, w)))}
-  out = {}
-  for name, fn in fns.items():
-    jax.block_until_ready(fn(x, w))
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-      jax.block_until_ready(fn(x, w))
-    out[f"{name}_s"] = (time.perf_counter() - t0) / repeats
-  out["slowdown"] = out["lax_map_s"] / out["unrolled_s"]
-  return out
 
 
 def fastest_form(rows: list[dict], size: int = 4) -> str:
@@ -215,7 +164,7 @@ def fastest_form(rows: list[dict], size: int = 4) -> str:
 
 def run(args, log=print) -> dict[str, Any]:
   """Every (size, form) of ``args`` against the sequential step."""
-  config = common.load_config(args.config)
+  config = config_files.load(config_files.resolve(args.config))
   if args.batch_size:
     config.train.batch_size = args.batch_size
   config.model.num_classes = pipeline.num_classes(config.data.task)
@@ -238,8 +187,7 @@ def run(args, log=print) -> dict[str, Any]:
       try:
         runner = PopulationRunner(config, (split, rows_of(size)), args.stage,
                                   size, form)
-        row.update(compare(seq, runner, size, config.train.batch_size,
-                           args.steps, args.repeats))
+        row.update(compare(seq, runner, size, args.steps, args.repeats))
         del runner
       except Exception as e:  # pylint: disable=broad-except
         row["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -281,14 +229,12 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--num-images", type=int, default=256)
   parser.add_argument("--note", default="", help="recorded in the JSON")
-  parser.add_argument("--loop-conv-only", action="store_true",
-                      help="only time a conv's gradient inside lax.map")
   args = parser.parse_args(argv)
   command = "python -m benchmarks.population_benchmark " + shlex.join(
       argv if argv is not None else sys.argv[1:])
   t0 = time.perf_counter()
   header = {"command": command, "note": args.note,
-            "device": benchmark.device_info()}
+            "device": runners.device_info()}
 
   def write(result, complete=False):
     out = {**header, **result, "complete": complete,
@@ -299,10 +245,6 @@ def main(argv=None):
     os.replace(args.out + ".tmp", args.out)
 
   args.on_row = write
-  if args.loop_conv_only:
-    write({"loop_conv_check": loop_conv_check()}, complete=True)
-    print(f"wrote {args.out}")
-    return
   result = run(args)
   write(result, complete=True)
   print(format_table(result))

@@ -1,6 +1,6 @@
 """Times RankOpt ``fit`` against class-weighted logistic regression.
 
-Usage: python benchmarks/rankopt_benchmark.py [--out FILE.json] [--repeats 5]
+Usage: python -m benchmarks.rankopt_benchmark [--out FILE.json] [--repeats 5]
                                              [--radius-scale 10]
 
 Synthetic stand-in for the paper's setting: 2000 x 2048 pooled CNN features
@@ -41,8 +41,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from rapool_jax import rankopt  # pylint: disable=g-import-not-at-top
+from benchmarks import timing
+from rapool_jax import rankopt
 
 
 _MMAP_ENV = 'MALLOC_MMAP_THRESHOLD_'
@@ -63,24 +63,6 @@ def make_features(n=2000, d=2048, n_pos=374, seed=0):
 
 def _rss():
   return psutil.Process().memory_info().rss
-
-
-def _reset_hwm():
-  """Resets VmHWM to the current RSS; False where the kernel refuses."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
-
-def _vm_hwm():
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith('VmHWM:'):
-        return int(line.split()[1]) * 1024
-  return None
 
 
 def time_it(fn, repeats):
@@ -111,14 +93,14 @@ def peak_extra(fn):
       peak[0] = max(peak[0], _rss())
       time.sleep(0.001)
 
-  hwm_ok = _reset_hwm()
+  hwm_ok = timing.rss_peak_reset()
   before = _rss()
   thread = threading.Thread(target=sample, daemon=True)
   thread.start()
   fn()
   stop.set()
   thread.join()
-  hwm_extra = _vm_hwm() - before if hwm_ok else None
+  hwm_extra = timing.rss_peak_bytes() - before if hwm_ok else None
   return hwm_extra, max(peak[0], _rss()) - before
 
 
@@ -142,10 +124,61 @@ def memory_in_child(name, radius_scale):
   """``peak_extra`` in a fresh process, large buffers forced to mmap."""
   env = dict(os.environ, **{_MMAP_ENV: '65536'})
   out = subprocess.run(
-      [sys.executable, __file__, '--memory-child', name,
+      [sys.executable, '-m', 'benchmarks.rankopt_benchmark', '--memory-child',
+       name,
        '--radius-scale', str(radius_scale)],
       env=env, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(x, y, args) -> dict:
+  """Both classifiers' time, extra memory, train AUC and iterations."""
+  fits = _runners(x, y, args.radius_scale)
+  ro_t, ro_first, ro = time_it(fits['rankopt'], args.repeats)
+  lr_t, lr_first, lr = time_it(fits['logreg'], args.repeats)
+  ro_hwm, ro_smp = memory_in_child('rankopt', args.radius_scale)
+  lr_hwm, lr_smp = memory_in_child('logreg', args.radius_scale)
+  lr_iter = int(lr[-1].n_iter_[0])
+  mib = lambda b: None if b is None else b / 2**20  # noqa: E731
+  return {
+      'rankopt': {'seconds_median': ro_t, 'first_call_seconds': ro_first,
+                  'extra_mib_vmhwm': mib(ro_hwm),
+                  'extra_mib_sampled': mib(ro_smp),
+                  'train_auc': roc_auc_score(y, np.asarray(
+                      rankopt.decision_function(ro, x))),
+                  'steps': ro.num_steps, 'converged': ro.converged,
+                  'radius': ro.radius, 'radius_scale': args.radius_scale},
+      'logreg': {'seconds_median': lr_t, 'first_call_seconds': lr_first,
+                 'extra_mib_vmhwm': mib(lr_hwm),
+                 'extra_mib_sampled': mib(lr_smp),
+                 'train_auc': roc_auc_score(y, lr.decision_function(x)),
+                 'iterations': lr_iter, 'converged': lr_iter < 10_000},
+      'time_ratio_rankopt_over_logreg': ro_t / lr_t,
+      'method': (
+          f'time: median of {args.repeats} runs after one warm-up run; extra '
+          'memory (separate process per classifier, glibc '
+          f'{_MMAP_ENV}=65536, after one warm-up run) = peak RSS during one '
+          'call minus RSS before it: VmHWM after resetting it via '
+          '/proc/self/clear_refs, and psutil RSS sampled every 1 ms')}
+
+
+def print_figures(figures: dict) -> None:
+  ro, lr = figures['rankopt'], figures['logreg']
+  fmt = lambda v: 'n/a' if v is None else f'{v:8.1f}'  # noqa: E731
+  print(f"{'':10s} {'seconds':>8s} {'MiB(HWM)':>9s} {'MiB(smp)':>9s} "
+        f"{'train AUC':>9s}  iterations")
+  print(f"{'RankOpt':10s} {ro['seconds_median']:8.3f} "
+        f"{fmt(ro['extra_mib_vmhwm']):>9s} {fmt(ro['extra_mib_sampled']):>9s} "
+        f"{ro['train_auc']:9.4f}  {ro['steps']} "
+        f"(converged={ro['converged']}, B={ro['radius']:.4g})")
+  print(f"{'LogReg':10s} {lr['seconds_median']:8.3f} "
+        f"{fmt(lr['extra_mib_vmhwm']):>9s} {fmt(lr['extra_mib_sampled']):>9s} "
+        f"{lr['train_auc']:9.4f}  {lr['iterations']}")
+  print(f"time ratio RankOpt / LogReg: "
+        f"{figures['time_ratio_rankopt_over_logreg']:.2f}; first calls "
+        f"(RankOpt compiles): {ro['first_call_seconds']:.2f} s / "
+        f"{lr['first_call_seconds']:.2f} s")
+  print(figures['method'])
 
 
 def main():
@@ -156,58 +189,21 @@ def main():
                       help='rankopt.fit radius_scale')
   parser.add_argument('--memory-child', help=argparse.SUPPRESS)
   args = parser.parse_args()
-
   x, y = make_features()
-  runners = _runners(x, y, args.radius_scale)
   if args.memory_child:
-    print(json.dumps(peak_extra(runners[args.memory_child])))
+    print(json.dumps(peak_extra(_runners(x, y, args.radius_scale)[
+        args.memory_child])))
     return
-
-  ro_t, ro_first, ro = time_it(runners['rankopt'], args.repeats)
-  lr_t, lr_first, lr = time_it(runners['logreg'], args.repeats)
-  ro_hwm, ro_smp = memory_in_child('rankopt', args.radius_scale)
-  lr_hwm, lr_smp = memory_in_child('logreg', args.radius_scale)
-  ro_auc = roc_auc_score(y, np.asarray(rankopt.decision_function(ro, x)))
-  lr_auc = roc_auc_score(y, lr.decision_function(x))
-  lr_iter = int(lr[-1].n_iter_[0])
-
-  mib = lambda b: None if b is None else b / 2**20
   figures = {
-      'command': ' '.join(['python'] + sys.argv),
+      'command': ' '.join(['python -m benchmarks.rankopt_benchmark']
+                          + sys.argv[1:]),
       'data': {'n': int(x.shape[0]), 'd': int(x.shape[1]),
                'positives': int(y.sum())},
-      'rankopt': {'seconds_median': ro_t, 'first_call_seconds': ro_first,
-                  'extra_mib_vmhwm': mib(ro_hwm),
-                  'extra_mib_sampled': mib(ro_smp), 'train_auc': ro_auc,
-                  'steps': ro.num_steps, 'converged': ro.converged,
-                  'radius': ro.radius, 'radius_scale': args.radius_scale},
-      'logreg': {'seconds_median': lr_t, 'first_call_seconds': lr_first,
-                 'extra_mib_vmhwm': mib(lr_hwm),
-                 'extra_mib_sampled': mib(lr_smp), 'train_auc': lr_auc,
-                 'iterations': lr_iter, 'converged': lr_iter < 10_000},
-      'time_ratio_rankopt_over_logreg': ro_t / lr_t,
-      'method': (
-          f'time: median of {args.repeats} runs after one warm-up run; extra '
-          'memory (separate process per classifier, glibc '
-          f'{_MMAP_ENV}=65536, after one warm-up run) = peak RSS during one '
-          'call minus RSS before it: VmHWM after resetting it via '
-          '/proc/self/clear_refs, and psutil RSS sampled every 1 ms'),
+      **measure(x, y, args),
       'machine': {'cpus': os.cpu_count(), 'loadavg': os.getloadavg(),
                   'platform': platform.platform(),
-                  'jax': jax.__version__, 'backend': jax.default_backend()},
-  }
-
-  fmt = lambda v: 'n/a' if v is None else f'{v:8.1f}'
-  print(f"{'':10s} {'seconds':>8s} {'MiB(HWM)':>9s} {'MiB(smp)':>9s} "
-        f"{'train AUC':>9s}  iterations")
-  print(f"{'RankOpt':10s} {ro_t:8.3f} {fmt(mib(ro_hwm)):>9s} "
-        f"{fmt(mib(ro_smp)):>9s} {ro_auc:9.4f}  {ro.num_steps} "
-        f"(converged={ro.converged}, B={ro.radius:.4g})")
-  print(f"{'LogReg':10s} {lr_t:8.3f} {fmt(mib(lr_hwm)):>9s} "
-        f"{fmt(mib(lr_smp)):>9s} {lr_auc:9.4f}  {lr_iter}")
-  print(f'time ratio RankOpt / LogReg: {ro_t / lr_t:.2f}; first calls '
-        f'(RankOpt compiles): {ro_first:.2f} s / {lr_first:.2f} s')
-  print(figures['method'])
+                  'jax': jax.__version__, 'backend': jax.default_backend()}}
+  print_figures(figures)
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(figures, f, indent=2)

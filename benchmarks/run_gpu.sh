@@ -3,8 +3,6 @@
 #   bash benchmarks/run_gpu.sh OUT_DIR [TIME_BUDGET_S] [PART ...]
 # PARTs, run in the order given (default: benchmark):
 #   benchmark  the full-size benchmark, JAX and torch (benchmark.json)
-#   profile    device time by kind of work, JAX vs torch, joint step at
-#              batches 256 and 10 (profile/step_profile.json)
 #   variants   the joint step at 256, JAX and torch, then the JAX step's
 #              JOINT_VARIANTS, each also as a ratio to that torch row
 #              (joint_variants.json)
@@ -14,14 +12,14 @@
 # is rewritten after each row and each analysis piece (the variants are one),
 # so a cut-short run keeps its measurements.
 set -u -o pipefail
-out=${1:?usage: run_gpu.sh OUT_DIR [TIME_BUDGET_S] [benchmark|profile|variants ...]}
+out=${1:?usage: run_gpu.sh OUT_DIR [TIME_BUDGET_S] [benchmark|variants ...]}
 budget=${2:-420}
 shift $(( $# < 2 ? $# : 2 ))
 parts=("${@:-benchmark}")
 for part in "${parts[@]}"; do
   case $part in
-    benchmark|profile|variants) ;;
-    *) echo "run_gpu.sh: unknown part '$part' (benchmark, profile, variants)"
+    benchmark|variants) ;;
+    *) echo "run_gpu.sh: unknown part '$part' (benchmark, variants)"
        exit 2 ;;
   esac
 done
@@ -51,9 +49,6 @@ for part in "${parts[@]}"; do
     benchmark)
       python3 -m benchmarks.benchmark --out "$out/benchmark.json" \
         --time-budget-s "$budget" 2>&1 | tee "$out/benchmark.log" ;;
-    profile)
-      python3 benchmarks/step_profile.py --out "$out/profile" \
-        --batches 256 10 2>&1 | tee "$out/profile.log" ;;
     variants)
       python3 -m benchmarks.benchmark --out "$out/joint_variants.json" \
         --step-kinds joint --batches 256 \

@@ -1,6 +1,6 @@
 """The same network and train steps in plain PyTorch: the benchmark's reference.
 
-Used only by ``benchmarks/benchmark.py`` (``rapool_jax`` never imports torch at
+Used only by ``benchmarks/`` (``rapool_jax`` never imports torch at
 module level). ResNet v1.5 in torchvision's topology (written out: the
 installed torch has no matching torchvision), dropout after each of the four
 stages, a 1x1 segmentation conv to 2 channels, the lesion score map
@@ -385,3 +385,106 @@ def runtime_info() -> dict[str, Any]:
   return {"torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads(),
           "cuda": torch.cuda.is_available()}
+
+
+# ----------------------------------------------------------------------------
+# Runners for benchmarks.timing, beside benchmarks.runners' JAX steps.
+
+
+class _Runner:
+  """Peak device memory on CUDA (None elsewhere: the harness reads the
+  process's peak RSS instead); no FLOP count."""
+
+  framework = "torch"
+  cost = {"gflop_per_step": None, "xla_mem_bytes": None}
+  compile_s = None  # the harness's warm-up sets it when torch.compile is on
+
+  def device_peak(self):
+    if self.device.type != "cuda":
+      return None
+    return torch.cuda.max_memory_allocated(self.device)
+
+  def reset_device_peak(self):
+    if self.device.type == "cuda":
+      torch.cuda.reset_peak_memory_stats(self.device)
+
+  def compile_fields(self) -> dict[str, Any]:
+    """Whether torch.compile held and, if not, why."""
+    error = getattr(getattr(self, "step", self), "compile_error", None)
+    return {"torch_compile": bool(self.options.compile and error is None),
+            **({"torch_compile_error": error} if error else {})}
+
+
+class TrainRunner(_Runner):
+  """``TrainStep`` at a benchmark size (``depth``, ``width``, ``crop``,
+  ``image_size``)."""
+
+  def __init__(self, size: dict, kind: str, batch: int, amp: bool,
+               compile_torch: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    self.device, self.batch = default_device(), batch
+    if self.device.type == "cuda":
+      torch.backends.cudnn.benchmark = True
+    self.options = StepOptions(amp=amp, channels_last=True,
+                               compile=compile_torch, crop=size["crop"])
+    model = make_model(size["depth"], size["width"], dropout_rate=0.2,
+                       device=self.device)
+    images, masks, labels = synthetic_data(batch, size["image_size"],
+                                           device=self.device, seed=seed)
+    self.step = TrainStep(model, kind, images, masks, labels, self.options,
+                          self.device)
+
+  def run(self, num_steps: int) -> float:
+    return time_steps(self.step, self.batch, num_steps, self.batch)
+
+
+class EvalRunner(_Runner):
+  """``eval_forward`` on centre crops; torch.compile falls back to eager
+  where its first call fails."""
+
+  def __init__(self, size: dict, batch: int, amp: bool,
+               compile_torch: bool = False, seed: int = 0):
+    self.device, self.batch = default_device(), batch
+    self.options = StepOptions(amp=amp, channels_last=True,
+                               compile=compile_torch)
+    self.model = make_model(size["depth"], size["width"], device=self.device)
+    self.eager_model, self.compile_error = self.model, None
+    self.compile_pending = False
+    if compile_torch:
+      compiled = compile_model(self.model)
+      if isinstance(compiled, str):
+        self.compile_error = compiled
+      else:
+        self.model, self.compile_pending = compiled, True
+    self.images, _, _ = synthetic_data(batch, size["crop"], device=self.device,
+                                       seed=seed)
+
+  def run(self, num_steps: int) -> float:
+    if self.compile_pending:
+      # torch.compile fails lazily, at the first call: fall back to eager.
+      self.compile_pending = False
+      try:
+        eval_forward(self.model, self.images, self.options, self.device)
+      except Exception as e:  # pylint: disable=broad-except
+        self.compile_error = f"{type(e).__name__}: {str(e)[:300]}"
+        self.model = self.eager_model
+    if self.device.type == "cuda":
+      torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+      out = eval_forward(self.model, self.images, self.options, self.device)
+    out[0].cpu()
+    return time.perf_counter() - t0
+
+
+def runner(kind: str, batch: int, size: dict, amp: bool, compile_torch: bool):
+  """The reference's runner for a row (``runners.jax_runner``'s twin)."""
+  if kind == "eval":
+    return EvalRunner(size, batch, amp, compile_torch)
+  return TrainRunner(size, kind, batch, amp, compile_torch)
+
+
+def release_cache():
+  """Returns torch's cached GPU blocks, so the next row's JAX step has room."""
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()

@@ -1,39 +1,31 @@
 """Table 2 and beyond: GAP vs region pooling variants, per backbone and seed.
 
-    python launch/ablate_pooling.py --config configs/isic2017.py --workdir OUT \
+    python -m launch.ablate_pooling --config configs/isic2017.py --workdir OUT \
         --backbones resnet18,resnet50 --seeds 0,1,2 \
         [--variants gap,region,region_normalized,mask_oracle,os16] \
         [--gpus 0,1,2,3] [-- --config.data.manual_dir=... ]
 
 A variant changes Step 4 (``stages.joint.*``) or the whole network (``os16``:
-output stride 16; ``bilinear``: fixed bilinear upsampling). Variants combine
-with ``+`` (``os16+gap``). Runs that differ only in Step 4 share Steps 2-3:
-one base per (backbone, seed, network-level variants) in ``OUT/bases/``, whose
-stage checkpoints each ``OUT/runs/<backbone>/<variant>/seed<s>/`` hard-links in
-(see ``launch/sweep_lambda.py``). The base's Step-2 row is the paper's plain
-"GAP network" baseline; the ``gap`` variant is the fairer one (same Steps 3-4
-and length, GAP instead of region pooling).
-
-Writes ``OUT/table2.md`` / ``.json`` (mean ± sample std over seeds of Sen,
-Spe, Acc, AUC, JA, and RankOpt on the pooled features) and ``OUT/table2.png``.
-``--smoke``: ``configs/tiny.py`` as it is, variants gap and region, seed 0.
+output stride 16; ``bilinear``: fixed bilinear upsampling); ``os16+gap``
+combines two. Runs that differ only in Step 4 share one base per (backbone,
+seed, network-level variants) in ``OUT/bases/``, linked into each
+``OUT/runs/<backbone>/<variant>/seed<s>/``. The base's Step-2 row is the
+paper's plain "GAP network"; the ``gap`` variant is the fairer baseline (same
+Steps 3-4, GAP instead of region pooling). Writes ``OUT/table2.md``,
+``.json`` (mean ± sample std over seeds) and ``.png``. ``--smoke``:
+``configs/tiny.py``, variants gap and region, seed 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/ablate_pooling.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
+from launch import aggregate
+from launch import common
+from launch import fanout
 
 STAGE = "joint"
 
@@ -115,42 +107,33 @@ def make_jobs(config: str, root: str, backbones, variants, seeds, overrides,
               pretrained: dict[str, str]) -> list[fanout.Job]:
   cfg = common.load_config(config)
   shared = common.shared_stages(cfg, STAGE, overrides)
-  for b in backbones:
-    if b not in BACKBONES:
-      raise SystemExit(f"unknown backbone {b!r}; choose from "
-                       f"{sorted(BACKBONES)}")
-    if b.startswith("vgg") and not common.has_key(cfg, "model.backbone"):
-      raise SystemExit(f"backbone {b!r} needs config.model.backbone, which "
-                       "this checkout's build_model does not have yet "
-                       "(launch/README.md)")
-  jobs = [fanout.prepare_job(root, config, overrides)]
-  bases = {}
+  unknown = sorted(set(backbones) - set(BACKBONES))
+  if unknown:
+    raise SystemExit(f"unknown backbone {unknown[0]!r}; choose from "
+                     f"{sorted(BACKBONES)}")
+  jobs, bases = [fanout.prepare_job(root, config, overrides)], {}
   for backbone in backbones:
-    net = list(BACKBONES[backbone])
-    if backbone in pretrained:
-      net.append(f"--config.model.pretrained={pretrained[backbone]}")
+    net = list(BACKBONES[backbone]) + (
+        [f"--config.model.pretrained={pretrained[backbone]}"]
+        if backbone in pretrained else [])
     for seed in seeds:
       for spec in variants:
         variant = parse_variant(spec)
         tag = base_tag(variant)
         group = f"{backbone}{'_' + tag if tag else ''}_seed{seed}"
-        common_overrides = (list(overrides) + net + list(variant.base) +
-                            [f"--config.seed={seed}"])
+        run_overrides = (list(overrides) + net + list(variant.base) +
+                         [f"--config.seed={seed}"])
         meta = {"backbone": backbone, "seed": seed, "base_tag": tag}
         if shared and group not in bases:
           bases[group] = os.path.join(root, "bases", group)
-          jobs.append(fanout.Job(
-              name=f"base_{group}", workdir=bases[group], config=config,
-              phase=0,
-              overrides=common_overrides + common.base_overrides(shared),
-              meta={**meta, "role": "base"}))
-        jobs.append(fanout.Job(
-            name=f"{backbone}_{spec}_seed{seed}",
-            workdir=os.path.join(root, "runs", backbone, spec, f"seed{seed}"),
-            config=config, phase=1 if shared else 0,
-            overrides=common_overrides + list(variant.step4),
-            stages_from=bases.get(group, ""), stages=shared if shared else [],
-            meta={**meta, "variant": spec}))
+          jobs.append(common.base_job(f"base_{group}", bases[group], config,
+                                      run_overrides, shared,
+                                      {**meta, "role": "base"}))
+        jobs.append(common.stage_job(
+            f"{backbone}_{spec}_seed{seed}",
+            os.path.join(root, "runs", backbone, spec, f"seed{seed}"), config,
+            run_overrides + list(variant.step4), bases.get(group, ""), shared,
+            {**meta, "variant": spec}))
   return jobs
 
 
@@ -165,15 +148,13 @@ def _metric_lists(runs, row_name):
   return out
 
 
-def build_table(root: str, jobs, step2_name: str, rankopt_name: str) -> dict:
-  """Mean ± std over seeds per (backbone, variant); writes table2.*."""
-  runs = [aggregate.load_run(j.workdir, j.name, j.meta, j.done_file)
-          for j in jobs if j.phase != fanout.PREPARE_PHASE]
+def table_entries(runs, step2_name: str, rankopt_name: str) -> list[dict]:
+  """Per backbone: its bases' Step-2 rows (one per network-level variant),
+  then each variant's Step-4 and RankOpt rows, values listed over seeds."""
   entries = []
-  backbones = list(dict.fromkeys(r.meta["backbone"] for r in runs))
-  for backbone in backbones:
-    bases = [r for r in runs if r.meta.get("role") == "base"
-             and r.meta["backbone"] == backbone]
+  for backbone in dict.fromkeys(r.meta["backbone"] for r in runs):
+    mine = [r for r in runs if r.meta["backbone"] == backbone]
+    bases = [r for r in mine if r.meta.get("role") == "base"]
     for tag in dict.fromkeys(r.meta["base_tag"] for r in bases):
       group = [r for r in bases if r.meta["base_tag"] == tag]
       entries.append({"backbone": backbone,
@@ -181,15 +162,16 @@ def build_table(root: str, jobs, step2_name: str, rankopt_name: str) -> dict:
                       "runs": len(group),
                       "step4": _metric_lists(group, step2_name),
                       "rankopt": None})
-    variants = dict.fromkeys(r.meta["variant"] for r in runs
-                             if r.meta.get("backbone") == backbone and
-                             "variant" in r.meta)
-    for spec in variants:
-      group = [r for r in runs if r.meta.get("variant") == spec
-               and r.meta["backbone"] == backbone]
+    for spec in dict.fromkeys(r.meta["variant"] for r in mine
+                              if "variant" in r.meta):
+      group = [r for r in mine if r.meta.get("variant") == spec]
       entries.append({"backbone": backbone, "variant": spec, "runs": len(group),
                       "step4": _metric_lists(group, STAGE),
                       "rankopt": _metric_lists(group, rankopt_name)})
+  return entries
+
+
+def markdown(entries, runs) -> str:
   cols = ["sensitivity", "specificity", "accuracy", "auc", "jaccard"]
   header = (["backbone", "variant"] + [aggregate.SHORT[c] for c in cols] +
             ["RankOpt AUC", "RankOpt Sen", "RankOpt Spe", "finished"])
@@ -202,15 +184,11 @@ def build_table(root: str, jobs, step2_name: str, rankopt_name: str) -> dict:
                 ([aggregate.fmt_mean_std(ro[c]) for c in
                   ("auc", "sensitivity", "specificity")] if ro else ["-"] * 3) +
                 [f"{n_ok}/{e['runs']}"])
-  split, n = "?", None
-  for r in runs:
-    if r.state == "ok":
-      split, n = r.results["eval_split"], r.results["num_eval_examples"]
-      break
+  split, n = common.eval_split_of(runs, "?")
   paper = aggregate.markdown_table(
       ["paper (ISIC 2017 test)", "Sen", "Spe", "Acc", "AUC"],
       [[name] + [f"{v:.3f}" for v in vals] for name, *vals in PAPER_TABLE2])
-  text = (f"# Table 2: pooling ablation on `{split}`"
+  return (f"# Table 2: pooling ablation on `{split}`"
           f"{f' ({n} images)' if n else ''}\n\n"
           "Mean ± sample std over seeds (one value: one seed). Variant rows: "
           "the Step-4 network; RankOpt columns: RankOpt on its pooled "
@@ -218,51 +196,54 @@ def build_table(root: str, jobs, step2_name: str, rankopt_name: str) -> dict:
           "3-4.\n\n"
           + aggregate.markdown_table(header, rows) + "\n" + paper + "\n" +
           aggregate.status_section(runs))
-  with open(os.path.join(root, "table2.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(root, "table2.json"), "w") as f:
-    json.dump({"eval_split": split, "num_eval_examples": n, "rows": entries},
-              f, indent=1)
-  plot(os.path.join(root, "table2.png"), entries, backbones)
-  print(text, flush=True)
+
+
+def build_table(root: str, jobs, step2_name: str, rankopt_name: str) -> dict:
+  """Mean ± std over seeds per (backbone, variant); writes table2.*."""
+  runs = [aggregate.load_run(j.workdir, j.name, j.meta, j.done_file)
+          for j in jobs if j.phase != fanout.PREPARE_PHASE]
+  entries = table_entries(runs, step2_name, rankopt_name)
+  text = markdown(entries, runs)
+  split, n = common.eval_split_of(runs, "?")
+  common.write_table(root, "table2", text, {
+      "eval_split": split, "num_eval_examples": n, "rows": entries})
+  plot(os.path.join(root, "table2.png"), entries,
+       list(dict.fromkeys(r.meta["backbone"] for r in runs)))
   return {"rows": entries, "runs": runs, "markdown": text}
 
 
 def plot(path: str, entries, backbones) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(2, len(backbones), squeeze=False,
-                           figsize=(max(4, 0.9 * len(entries)), 6))
-  for col, backbone in enumerate(backbones):
-    mine = [e for e in entries if e["backbone"] == backbone]
-    xs = range(len(mine))
-    for row, (metric, label) in enumerate((("auc", "AUC"), ("jaccard", "JA"))):
-      ax = axes[row, col]
-      for k, (key, name) in enumerate((("step4", "network"),
-                                       ("rankopt", "+ RankOpt"))):
-        if metric == "jaccard" and key == "rankopt":
-          continue
-        stats = [aggregate.mean_std(e[key][metric]) if e[key] else
-                 (float("nan"), 0.0, 0) for e in mine]
-        ax.bar([x + (k - 0.5) * 0.4 for x in xs], [s[0] for s in stats], 0.4,
-               yerr=[s[1] for s in stats], capsize=3, label=name)
-      ax.set_ylabel(label)
-      ax.set_ylim(0, 1)
-      ax.set_xticks(list(xs))
-      ax.set_xticklabels([e["variant"] for e in mine] if row else [],
-                         rotation=45, ha="right", fontsize=7)
-      if row == 0:
-        ax.set_title(backbone)
-        ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with common.figure(path, 2, len(backbones), squeeze=False,
+                     figsize=(max(4, 0.9 * len(entries)), 6)) as (_, axes):
+    for col, backbone in enumerate(backbones):
+      mine = [e for e in entries if e["backbone"] == backbone]
+      for row, (metric, label) in enumerate((("auc", "AUC"),
+                                             ("jaccard", "JA"))):
+        _bars(axes[row, col], mine, metric, label, row == 0 and backbone)
+
+
+def _bars(ax, mine, metric: str, label: str, title) -> None:
+  """Network and RankOpt bars (mean ± std) of one metric per variant."""
+  xs = range(len(mine))
+  for k, (key, name) in enumerate((("step4", "network"),
+                                   ("rankopt", "+ RankOpt"))):
+    if metric == "jaccard" and key == "rankopt":
+      continue
+    stats = [aggregate.mean_std(e[key][metric]) if e[key] else
+             (float("nan"), 0.0, 0) for e in mine]
+    ax.bar([x + (k - 0.5) * 0.4 for x in xs], [s[0] for s in stats], 0.4,
+           yerr=[s[1] for s in stats], capsize=3, label=name)
+  ax.set_ylabel(label)
+  ax.set_ylim(0, 1)
+  ax.set_xticks(list(xs))
+  ax.set_xticklabels([] if title else [e["variant"] for e in mine],
+                     rotation=45, ha="right", fontsize=7)
+  if title:
+    ax.set_title(title)
+    ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  argv, overrides = fanout.split_overrides(argv)
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       usage="%(prog)s --config C --workdir OUT [options] [-- --config.a=b ...]")
@@ -281,8 +262,7 @@ def main(argv=None) -> int:
                       help="evaluation split (default: the config's)")
   parser.add_argument("--smoke", action="store_true",
                       help=f"{common.TINY_CONFIG}, variants gap,region, seed 0")
-  fanout.add_runner_args(parser)
-  args = parser.parse_args(argv)
+  args, overrides = common.parse_args(parser, argv)
   config = common.resolve_config(args.config, args.smoke)
   backbones = args.backbones.split(",")
   variants = ["gap", "region"] if args.smoke else args.variants.split(",")

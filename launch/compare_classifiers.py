@@ -1,44 +1,38 @@
 """Table 3: classifiers on the same pooled features of a finished run.
 
-    python launch/compare_classifiers.py --run RUN [--workdir OUT] [--sklearn]
+    python -m launch.compare_classifiers --run RUN [--workdir OUT] [--sklearn]
 
-Computes the pooled features of RUN's final network (the RankOpt stage,
-Step 4) on the training, validation and evaluation splits, then compares on
-the evaluation split:
-
-* the network's own softmax head, at 0.5 (the paper's "ResNet50+RAPooling"
-  row) and at the Youden threshold on validation;
-* RankOpt as the run fitted it (``RUN/rankopt.npz``; refitted if absent),
-  at its own threshold (Youden on ``rankopt.threshold_split``);
-* class-weighted ("balanced") L2 logistic regression
-  (``rapool_jax.linear_baselines``, L2 chosen by validation AUC), at 0.5 and
-  at the Youden threshold on validation; ``--sklearn`` adds sklearn's.
-
-For each: AUC, and sensitivity / specificity / accuracy at its threshold and
-at the threshold reaching specificity >= 0.884 (the paper's RankOpt operating
-point) read off the evaluation ROC itself, which compares the curves at one
-specificity and is not a threshold one could have chosen beforehand.
-Writes ``OUT/table3.md``, ``table3.json`` and ``table3_roc.png`` (OUT defaults
-to ``RUN/table3``). ``--smoke`` without ``--run``: trains ``configs/tiny.py``
-into ``OUT/run`` first (skipped once finished) and compares on it.
+On the evaluation split, from RUN's final pooled features: the network's
+softmax head (at 0.5, the paper's "ResNet50+RAPooling" row, and at the Youden
+threshold on validation); RankOpt as the run fitted it (refitted without
+``RUN/rankopt.npz``) at its own threshold; class-weighted L2 logistic
+regression (``rapool_jax.linear_baselines``, L2 by validation AUC) at 0.5 and
+at Youden; ``--sklearn`` adds sklearn's. Each at its threshold and at the
+threshold reaching specificity 0.884 (the paper's RankOpt point) read off the
+evaluation ROC itself: the curves compared at one specificity, not a
+threshold one could have chosen beforehand. Writes ``OUT/table3.md``,
+``.json`` and ``table3_roc.png`` (OUT: ``RUN/table3``). ``--smoke`` without
+``--run`` first trains ``configs/tiny.py`` into ``OUT/run``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
-if __package__ in (None, ""):  # run as `python launch/compare_classifiers.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
+from launch import aggregate
+from launch import common
+from launch import fanout
+from rapool_jax import config_lib
+from rapool_jax import linear_baselines
+from rapool_jax import metrics
+from rapool_jax import rankopt
+from rapool_jax import run as run_lib
+from rapool_jax.data import pipeline
 
 PAPER_SPECIFICITY = 0.884
 # Table 3 of Yang et al. 2018 (ISIC 2017 test): Sen, Spe, Acc, AUC.
@@ -53,9 +47,9 @@ def run_features(run: str, data_dir: str = "") -> dict:
   for the roles train, val, eval, plus ``config`` and ``rankopt`` (the fitted
   ``(result, extra)`` or None).
   """
-  from rapool_jax import config_lib
-  from rapool_jax import predict
-  from rapool_jax import run as run_lib
+  # predict defines absl flags that clash with main's, which the docs' dry
+  # parse (tests/test_commands.py) imports beside this module.
+  from rapool_jax import predict  # pylint: disable=g-import-not-at-top
   config, _, variables, pooling, fitted = predict.load_run(run)
   # A run made before a config key existed: the key's default.
   _fill_missing(config, config_lib.base_config())
@@ -77,7 +71,6 @@ def run_features(run: str, data_dir: str = "") -> dict:
     name = config.rankopt.threshold_split
     split = job.splits.get(name)
     if split is None:
-      from rapool_jax.data import pipeline
       split = pipeline.load_split(pipeline.make_builder(config.data), name,
                                   config.data.task)
     pred = job.predict(variables, split, pooling)
@@ -96,7 +89,6 @@ def _fill_missing(config, defaults) -> None:
 
 
 def _fit_rankopt(feats):
-  from rapool_jax import rankopt
   config = feats["config"]
   kwargs = {}
   if "threshold" in feats:
@@ -112,9 +104,6 @@ def _fit_rankopt(feats):
 def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
                       use_sklearn: bool = False) -> list[dict]:
   """[{name, scores [N_eval], threshold, note}] of every compared classifier."""
-  from rapool_jax import linear_baselines
-  from rapool_jax import metrics
-  from rapool_jax import rankopt
   ev, tr = feats["eval"], feats["train"]
   val = feats.get("val")
   val_name = val["split"] if val else "train"
@@ -149,7 +138,6 @@ def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
               "threshold": metrics.youden_threshold(val["labels"], lr_val),
               "note": note})
   if use_sklearn:
-    from sklearn.linear_model import LogisticRegression
     x_mean, x_std = np.asarray(model.mean), np.asarray(model.std)
     sk = LogisticRegression(C=1.0 / (model.l2 * len(tr["labels"])),
                             class_weight="balanced", max_iter=5000).fit(
@@ -163,7 +151,6 @@ def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
 
 def evaluate(classifiers, labels, specificity: float = PAPER_SPECIFICITY):
   """Metric rows: at each classifier's threshold and at ``specificity``."""
-  from rapool_jax import metrics
   rows = []
   for c in classifiers:
     at = metrics.classification_metrics(labels, c["scores"], c["threshold"])
@@ -203,58 +190,42 @@ def write_table(out_dir: str, run: str, feats, classifiers, rows,
           "columns use the threshold read off this evaluation ROC.\n\n" +
           aggregate.markdown_table(header, body) + "\n" + notes + "\n\n" +
           paper)
-  with open(os.path.join(out_dir, "table3.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(out_dir, "table3.json"), "w") as f:
-    json.dump({"run": run, "eval_split": ev["split"], "rows": rows}, f,
-              indent=1)
+  common.write_table(out_dir, "table3", text,
+                     {"run": run, "eval_split": ev["split"], "rows": rows})
   plot_roc(os.path.join(out_dir, "table3_roc.png"), classifiers, rows,
            ev["labels"])
   return text
 
 
 def plot_roc(path, classifiers, rows, labels):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from rapool_jax import metrics
-  fig, ax = plt.subplots(figsize=(5.5, 5))
-  seen = {}
-  for c, r in zip(classifiers, rows):
-    key = id(c["scores"])  # one curve per score vector, one dot per threshold
-    if key not in seen:
-      fpr, tpr, _ = metrics.roc_curve(labels, c["scores"])
-      seen[key] = ax.plot(fpr, tpr, label=f"{c['name'].split(' @')[0]} "
-                          f"(AUC {r['auc']:.3f})")[0].get_color()
-    ax.plot(1 - r["specificity"], r["sensitivity"], "o", color=seen[key])
-  ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-  ax.set_xlabel("1 - specificity")
-  ax.set_ylabel("sensitivity")
-  ax.set_title("ROC on pooled features (dots: chosen thresholds)")
-  ax.legend(loc="lower right", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with common.figure(path, figsize=(5.5, 5)) as (_, ax):
+    seen = {}
+    for c, r in zip(classifiers, rows):
+      key = id(c["scores"])  # a curve per score vector, a dot per threshold
+      if key not in seen:
+        fpr, tpr, _ = metrics.roc_curve(labels, c["scores"])
+        seen[key] = ax.plot(fpr, tpr, label=f"{c['name'].split(' @')[0]} "
+                            f"(AUC {r['auc']:.3f})")[0].get_color()
+      ax.plot(1 - r["specificity"], r["sensitivity"], "o", color=seen[key])
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC on pooled features (dots: chosen thresholds)")
+    ax.legend(loc="lower right", fontsize=7)
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  argv, overrides = fanout.split_overrides(argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--run", default="", help="workdir of a finished run")
   parser.add_argument("--workdir", default="",
                       help="where the table goes (default RUN/table3)")
   parser.add_argument("--data-dir", default="",
                       help="TFDS data_dir, if not the run's")
-  parser.add_argument("--specificity", type=float, default=PAPER_SPECIFICITY)
-  parser.add_argument("--l2", default="1e-4,1e-3,1e-2,1e-1,1",
-                      help="logistic regression L2 grid (validation AUC picks)")
   parser.add_argument("--sklearn", action="store_true",
                       help="add sklearn's logistic regression as a cross-check")
   parser.add_argument("--smoke", action="store_true",
                       help="without --run: train configs/tiny.py into OUT/run")
-  fanout.add_runner_args(parser)
-  args = parser.parse_args(argv)
+  args, overrides = common.parse_args(parser, argv)
   run = args.run
   if not run:
     if not (args.smoke and args.workdir):
@@ -273,11 +244,9 @@ def main(argv=None) -> int:
   out_dir = os.path.abspath(args.workdir or os.path.join(run, "table3"))
   os.makedirs(out_dir, exist_ok=True)
   feats = run_features(run, args.data_dir)
-  classifiers = score_classifiers(
-      feats, [float(v) for v in args.l2.split(",")], args.sklearn)
-  rows = evaluate(classifiers, feats["eval"]["labels"], args.specificity)
-  print(write_table(out_dir, run, feats, classifiers, rows, args.specificity),
-        flush=True)
+  classifiers = score_classifiers(feats, use_sklearn=args.sklearn)
+  rows = evaluate(classifiers, feats["eval"]["labels"])
+  write_table(out_dir, run, feats, classifiers, rows, PAPER_SPECIFICITY)
   return 0
 
 

@@ -1,37 +1,25 @@
 """Stratified k-fold cross-validation of every Step-4 arm, scored out of fold.
 
-    python launch/crossval.py --workdir runs/crossval [--folds 0,1,2,3,4]
+    python -m launch.crossval --workdir runs/crossval [--folds 0,1,2,3,4]
         [--seeds 0,1,2 | --num-seeds 3] [--population]
         [--out results/crossval_isic2017]
         [--exclude-images FILE | --near-copies-from RUN_DIR]
         [-- --config.data.manual_dir=PATH --config.data.data_dir=DIR ...]
 
-Runs ``configs/isic2017.py:crossval`` (or ``--config``) once per fold and seed
-into ``WORKDIR/fold<F>_seed<S>/``: each run trains Steps 2-3 once and every
-Step-4 arm from the same state, then writes per-image predictions of every arm
-on its held-out fold (``cv_test``) and on its inner validation split
-(``cv_val``, where thresholds are set), and, when the config lists it in
-``data.report_splits``, on the official test split. Seeds run one after
-another. Running the command again resumes: a finished fold is skipped and an
-interrupted one continues from its last checkpoint. The out-of-fold and
-test-split tables are then written to ``--out`` (see
-``launch/crossval_report.py``; a partial banner names the fold runs still
-missing); ``--report-only`` rebuilds them without running.
-``--exclude-images FILE`` lists the test images with a near-copy in train +
-validation, reported with and without them (``--near-copies-from RUN_DIR``
-finds them on that fold run's data with ``folds.near_copies``).
-``--smoke``: ``configs/tiny.py`` with 3 folds on the synthetic data.
-
-``--population``: every fold x seed trains as one population, one main job
-(``main --seeds --folds``, ``rapool_jax/run_population.py``) on one device,
-into ``WORKDIR/population/``; its ``members.json`` says which
-``population/member<p>/`` is which (fold, seed), and the report reads the
-members that have their ``results.json`` (the rest are missing runs). Its
-tables are the sequential runs' within the population's float tolerance
-(per-image scores within 1e-4). Sequential runs stay the default: on the
-2-core CPU no population form was faster
-(``benchmarks/results/population_cpu*.json``); on a GPU, where one small run
-leaves the device idle, the population is the point.
+Runs ``configs/isic2017.py:crossval`` (or ``--config``) once per fold and
+seed into ``WORKDIR/fold<F>_seed<S>/``: Steps 2-3 once, then every Step-4
+arm from that state, each scored on its held-out fold (``cv_test``), its
+inner validation split (``cv_val``, where thresholds are set) and the test
+split where ``data.report_splits`` lists it. The same command resumes. Then
+the tables go to ``--out`` (``launch/crossval_report.py``; a banner names the
+runs still missing); ``--report-only`` rebuilds them. ``--exclude-images`` /
+``--near-copies-from``: the test images with a near-copy in train +
+validation, reported with and without them. ``--population``: every fold x
+seed as one population, one main job (``main --seeds --folds``) into
+``WORKDIR/population/`` (``members.json`` says which member is which); on
+the 2-core CPU it was no faster (``benchmarks/results/population_cpu*.json``),
+on a GPU it is the point. ``--smoke``: ``configs/tiny.py``, 3 folds,
+synthetic data.
 """
 
 from __future__ import annotations
@@ -40,16 +28,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/crossval.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import common  # noqa: E402
-from launch import crossval_report  # noqa: E402
-from launch import fanout  # noqa: E402
-from rapool_jax import population  # noqa: E402
-from rapool_jax import run_population  # noqa: E402
+from launch import common
+from launch import crossval_report
+from launch import fanout
+from rapool_jax import population
+from rapool_jax import run_population
 
 DEFAULT_CONFIG = "configs/isic2017.py:crossval"
 POPULATION = "population"  # the --population job's name and folder
@@ -129,7 +114,7 @@ def finished_runs(jobs) -> tuple[list[str], list[tuple[int, int]]]:
       os.path.join(members[k], "results.json"))], expected)
 
 
-def parse_args(argv) -> argparse.Namespace:
+def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="")
   parser.add_argument("--workdir", required=True, help="root of the fold runs")
@@ -141,17 +126,12 @@ def parse_args(argv) -> argparse.Namespace:
                       help="seeds 0 .. N-1 (instead of --seeds)")
   parser.add_argument("--population", action="store_true",
                       help="train every fold x seed as one population, one "
-                           "job on one device, in WORKDIR/population/ "
-                           "(default: one run per fold and seed, since on the "
-                           "2-core CPU no population was faster, "
-                           "benchmarks/results/population_cpu*.json; on a GPU "
-                           "the population is the point)")
+                           "job on one device, in WORKDIR/population/")
   crossval_report.add_near_copy_args(parser)
   parser.add_argument("--out", default="",
                       help="folder of the pooled table (default WORKDIR/report)")
   parser.add_argument("--smoke", action="store_true")
-  fanout.add_runner_args(parser)
-  return parser.parse_args(argv)
+  return common.parse_args(parser, argv)
 
 
 def report(args, jobs) -> int:
@@ -167,9 +147,7 @@ def report(args, jobs) -> int:
 
 
 def main(argv=None) -> int:
-  argv, overrides = fanout.split_overrides(
-      sys.argv[1:] if argv is None else argv)
-  args = parse_args(argv)
+  args, overrides = parse_args(argv)
   config = common.resolve_config(args.config or (None if args.smoke
                                                  else DEFAULT_CONFIG),
                                  args.smoke)

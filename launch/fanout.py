@@ -1,22 +1,14 @@
 """Runs a list of main-job invocations: locally in parallel, or as SLURM arrays.
 
-A job is one ``python -m rapool_jax.main --config C --workdir W OVERRIDES`` run.
-Jobs carry a ``phase``: every job of phase p may start only after all of phase
-p - 1 ended (a sweep trains its shared Steps 2-3 in phase 0, the Step-4 runs
-that reuse them in phase 1). A job with ``stages_from`` gets that finished
-run's stage checkpoints hard-linked into its workdir before it starts, so the
-main job's resume logic skips those stages. Phase -1 holds an optional
-``prepare`` job that builds the TFDS data once, so parallel jobs never build
-the same data set concurrently.
+A job is one ``python -m rapool_jax.main --config C --workdir W OVERRIDES``
+run. Phase p starts once every job of phase p - 1 ended (-1: building the
+data once; 0: shared bases; 1: the runs that link a base's finished stage
+checkpoints, ``stages_from``, and so train only the rest). Each job records
+``WORKDIR/fanout_status.json`` and appends its output to ``fanout.log``
+(``launch/aggregate.py`` reads both); a finished job is skipped, so running
+a sweep again resumes it. A SLURM array task runs one job of the
+``ROOT/jobs.json`` a launch script wrote:
 
-Each job records ``WORKDIR/fanout_status.json`` (state, exit status, times,
-host, command) and appends its output to ``WORKDIR/fanout.log``;
-``launch/aggregate.py`` reads both. A job whose workdir already holds its
-results with exit status 0 is skipped, so running a sweep again resumes it.
-JOBS is the ``ROOT/jobs.json`` a launch script writes:
-
-    python -m launch.fanout local --jobs JOBS [--parallel N | --gpus 0,1]
-    python -m launch.fanout slurm --jobs JOBS [--submit] [--sbatch ARGS]
     python -m launch.fanout run-one --jobs JOBS --phase P --index I
 """
 
@@ -162,6 +154,26 @@ def link_stages(src_workdir: str, dst_workdir: str,
     json.dump({"from": os.path.abspath(src_workdir), "stages": list(stages)}, f)
 
 
+def _link_base(job: Job) -> str | None:
+  """Links the stages of ``job.stages_from`` into its workdir; the reason
+  where that cannot be done."""
+  if not is_finished(Job(name="base", workdir=job.stages_from,
+                         config=job.config)):
+    return f"base run {job.stages_from} did not finish (see its {LOG_FILE})"
+  try:
+    link_stages(job.stages_from, job.workdir, job.stages)
+  except OSError as e:
+    return f"linking stages from {job.stages_from}: {e}"
+  return None
+
+
+def _start_status(job: Job, env: dict | None) -> dict:
+  return {"name": job.name, "state": "running", "returncode": None,
+          "error": None, "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": shlex.join(job.command()), "devices": dict(env or {})}
+
+
 def run_one(job: Job, env: dict | None = None, force: bool = False,
             quiet: bool = False) -> int:
   """Runs ``job`` and records its status; returns its exit status."""
@@ -170,28 +182,13 @@ def run_one(job: Job, env: dict | None = None, force: bool = False,
     say(f"[fanout] {job.name}: already finished, skipped")
     return 0
   os.makedirs(job.workdir, exist_ok=True)
-  status = {"name": job.name, "state": "running", "returncode": None,
-            "error": None, "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": shlex.join(job.command()),
-            "devices": {k: v for k, v in (env or {}).items()}}
-  if job.stages_from:
-    base = Job(name="base", workdir=job.stages_from, config=job.config)
-    if not is_finished(base):
-      status.update(state="failed", returncode=1,
-                    error=f"base run {job.stages_from} did not finish "
-                          f"(see its {LOG_FILE})")
-      _write_status(job.workdir, status)
-      say(f"[fanout] {job.name}: FAILED, {status['error']}")
-      return 1
-    try:
-      link_stages(job.stages_from, job.workdir, job.stages)
-    except OSError as e:
-      status.update(state="failed", returncode=1,
-                    error=f"linking stages from {job.stages_from}: {e}")
-      _write_status(job.workdir, status)
-      say(f"[fanout] {job.name}: FAILED, {status['error']}")
-      return 1
+  status = _start_status(job, env)
+  error = _link_base(job) if job.stages_from else None
+  if error:
+    _write_status(job.workdir, {**status, "state": "failed", "returncode": 1,
+                                "error": error})
+    say(f"[fanout] {job.name}: FAILED, {error}")
+    return 1
   _write_status(job.workdir, status)
   t0 = time.time()
   with open(os.path.join(job.workdir, LOG_FILE), "a") as log:
@@ -344,6 +341,8 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
                  help="with --slurm: array tasks running at once (0 = no cap)")
   g.add_argument("--python", default=sys.executable,
                  help="with --slurm: interpreter on the compute nodes")
+  g.add_argument("--slurm-template", default=str(SLURM_TEMPLATE),
+                 help="with --slurm: your copy of launch/slurm_array.sh")
   g.add_argument("--dry-run", action="store_true",
                  help="write ROOT/jobs.json, print the commands, run nothing")
   g.add_argument("--force", action="store_true",
@@ -380,7 +379,8 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
     scripts = slurm_scripts(path, os.path.join(root, "slurm"),
                             name=Path(root).name,
                             sbatch_extra=args.sbatch, setup=args.setup,
-                            max_parallel=args.max_parallel, python=args.python)
+                            max_parallel=args.max_parallel, python=args.python,
+                            template=args.slurm_template)
     for _, s in scripts:
       print(f"wrote {s}")
     if args.submit:
@@ -389,7 +389,7 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
       print("submit them in order, each with --dependency=afterany:<previous "
             "job id>, or rerun with --submit")
     print(f"when they have ended: rerun this command with --report-only, or "
-          f"python launch/aggregate.py {root}")
+          f"python -m launch.aggregate {root}")
     return False
   gpus = [g for g in args.gpus.split(",") if g]
   results = run_local(jobs, parallel=args.parallel, gpus=gpus,
@@ -423,46 +423,12 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  p_local = sub.add_parser("local", help="run a job list here")
-  p_local.add_argument("--jobs", required=True)
-  p_local.add_argument("--parallel", type=int, default=1)
-  p_local.add_argument("--gpus", default="")
-  p_local.add_argument("--device-env", default="CUDA_VISIBLE_DEVICES")
-  p_local.add_argument("--force", action="store_true")
-  p_slurm = sub.add_parser("slurm",
-                           help="write (and submit) SLURM array scripts")
-  p_slurm.add_argument("--jobs", required=True)
-  p_slurm.add_argument("--out", default="", help="default: JOBS' folder/slurm")
-  p_slurm.add_argument("--submit", action="store_true")
-  p_slurm.add_argument("--sbatch", default="")
-  p_slurm.add_argument("--setup", default="")
-  p_slurm.add_argument("--max-parallel", type=int, default=0)
-  p_slurm.add_argument("--template", default=str(SLURM_TEMPLATE))
-  p_slurm.add_argument("--python", default=sys.executable,
-                       help="interpreter on the compute nodes")
   p_one = sub.add_parser("run-one", help="run job INDEX of PHASE (array task)")
   p_one.add_argument("--jobs", required=True)
   p_one.add_argument("--phase", type=int, required=True)
   p_one.add_argument("--index", type=int, required=True)
   p_one.add_argument("--force", action="store_true")
   args = parser.parse_args(argv)
-
-  if args.command == "local":
-    results = run_local(read_jobs(args.jobs), parallel=args.parallel,
-                        gpus=[g for g in args.gpus.split(",") if g],
-                        device_env=args.device_env, force=args.force)
-    return int(any(results.values()))
-  if args.command == "slurm":
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.jobs)),
-                                   "slurm")
-    scripts = slurm_scripts(args.jobs, out, sbatch_extra=args.sbatch,
-                            setup=args.setup, max_parallel=args.max_parallel,
-                            python=args.python, template=args.template)
-    for _, s in scripts:
-      print(f"wrote {s}")
-    if args.submit:
-      submit_slurm(scripts)
-    return 0
   jobs = phase_jobs(read_jobs(args.jobs), args.phase)
   if not 0 <= args.index < len(jobs):
     print(f"--index {args.index}: phase {args.phase} has {len(jobs)} jobs",

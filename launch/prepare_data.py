@@ -18,13 +18,13 @@ from absl import logging
 
 from rapool_jax import errors
 from rapool_jax import main as main_lib  # defines --config and --workdir
+from rapool_jax.data import pipeline
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors():
-    from rapool_jax.data import pipeline
     config = main_lib.FLAGS.config
     builder = pipeline.make_builder(config.data)
     splits = {name: info.num_examples

@@ -1,37 +1,28 @@
 """Table 1 of the paper: the segmentation weight lambda of Step 4 (validation).
 
-    python launch/sweep_lambda.py --config configs/isic2017.py --workdir BASE \
+    python -m launch.sweep_lambda --config configs/isic2017.py --workdir BASE \
         [--lambdas 0.01,0.1,1,5,7.5,10,12.5,15,20] [--gpus 0,1,2,3] \
         [-- --config.data.manual_dir=... --config.model.pretrained=...]
 
-Steps 2-3 do not depend on lambda, so they are trained once, in
-``BASE/shared`` (``stage_order`` cut before the swept stage, RankOpt off).
-Each ``BASE/lambda_<v>/`` then gets hard links to those stage checkpoints and
-runs the full config with ``--config.stages.joint.lambda_seg=<v>``; the main
-job finds Steps 2-3 finished and trains Step 4 only. Every run evaluates on
-the validation split (``--config.data.eval_split=validation``), as the paper's
-Table 1 does. Writes ``BASE/table1.md``, ``table1.json`` and ``table1.png``
-(validation JA and AUC per lambda, next to the paper's numbers).
-
-``--smoke``: ``configs/tiny.py`` and two lambdas. ``--slurm``/``--dry-run``/
-``--report-only`` and the other runner flags: see ``launch/fanout.py``.
+Steps 2-3 are trained once, in ``BASE/shared``; each ``BASE/lambda_<v>/``
+links them and trains Step 4 with ``lambda_seg=<v>`` (launch/README.md,
+"Shared stages"). Every run evaluates on the validation split, as the
+paper's Table 1 does. Writes ``BASE/table1.md``, ``.json`` and ``.png``
+(validation JA and AUC per lambda, beside the paper's). ``--smoke``:
+``configs/tiny.py`` and two lambdas.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python launch/sweep_lambda.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from launch import aggregate
+from launch import common
+from launch import fanout
 
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import fanout  # noqa: E402
-
+STAGE = "joint"  # the stage whose lambda_seg is swept; those before are shared
 PAPER_GRID = (0.01, 0.1, 1, 5, 7.5, 10, 12.5, 15, 20)
 SMOKE_GRID = (0.1, 7.5)
 # Table 1 of Yang et al. 2018 (ISIC 2017 validation).
@@ -41,34 +32,27 @@ PAPER_AUC = dict(zip(PAPER_GRID, (0.775, 0.818, 0.813, 0.860, 0.863, 0.859,
                                   0.851, 0.807, 0.806)))
 
 
-def make_jobs(config: str, root: str, lambdas, overrides, stage: str = "joint",
-              eval_split: str = "validation") -> list[fanout.Job]:
+def make_jobs(config: str, root: str, lambdas, overrides) -> list[fanout.Job]:
   """Prepare, the shared base and one Step-4 job per lambda."""
   cfg = common.load_config(config)
-  shared = common.shared_stages(cfg, stage, overrides)
-  common_overrides = list(overrides) + common.report_split_overrides(
-      cfg, eval_split)
+  shared = common.shared_stages(cfg, STAGE, overrides)
+  run_overrides = list(overrides) + common.report_split_overrides(
+      cfg, "validation")
   jobs = [fanout.prepare_job(root, config, overrides)]
   base = os.path.join(root, "shared")
   if shared:
-    jobs.append(fanout.Job(
-        name="shared", workdir=base, config=config, phase=0,
-        overrides=common_overrides + common.base_overrides(shared),
-        meta={"role": "base", "stages": shared}))
+    jobs.append(common.base_job("shared", base, config, run_overrides, shared,
+                                {"role": "base", "stages": shared}))
   for v in lambdas:
     tag = common.value_tag(v)
-    jobs.append(fanout.Job(
-        name=f"lambda_{tag}", workdir=os.path.join(root, f"lambda_{tag}"),
-        config=config, phase=1 if shared else 0,
-        overrides=common_overrides + [
-            f"--config.stages.{stage}.lambda_seg={tag}"],
-        stages_from=base if shared else "", stages=shared,
-        meta={"lambda": float(v)}))
+    jobs.append(common.stage_job(
+        f"lambda_{tag}", os.path.join(root, f"lambda_{tag}"), config,
+        run_overrides + [f"--config.stages.{STAGE}.lambda_seg={tag}"], base,
+        shared, {"lambda": float(v)}))
   return jobs
 
 
-def build_table(root: str, jobs, stage: str = "joint",
-                rankopt_name: str = "") -> dict:
+def build_table(root: str, jobs, rankopt_name: str = "") -> dict:
   """Reads the lambda runs; writes table1.md / .json / .png under ``root``."""
   runs = [aggregate.load_run(j.workdir, j.name, j.meta) for j in jobs
           if j.phase != fanout.PREPARE_PHASE]
@@ -76,7 +60,7 @@ def build_table(root: str, jobs, stage: str = "joint",
   entries = []
   for run in lam_runs:
     lam = run.meta["lambda"]
-    step4 = run.row(stage) if run.state == "ok" else None
+    step4 = run.row(STAGE) if run.state == "ok" else None
     ranked = (run.row(rankopt_name) if run.state == "ok" and rankopt_name
               else None)
     entries.append({
@@ -85,11 +69,7 @@ def build_table(root: str, jobs, stage: str = "joint",
         "auc": step4.get("auc") if step4 else None,
         "auc_rankopt": ranked.get("auc") if ranked else None,
         "paper_jaccard": PAPER_JA.get(lam), "paper_auc": PAPER_AUC.get(lam)})
-  split, n = "validation", None
-  for run in lam_runs:
-    if run.state == "ok":
-      split, n = run.results["eval_split"], run.results["num_eval_examples"]
-      break
+  split, n = common.eval_split_of(lam_runs, "validation")
   header = ["λ"] + [common.value_tag(e["lambda"]) for e in entries]
   line = lambda label, key: [label] + [aggregate.fmt(e[key]) for e in entries]
   table = aggregate.markdown_table(header, [
@@ -102,46 +82,35 @@ def build_table(root: str, jobs, stage: str = "joint",
           "RankOpt on its pooled features. Paper: Yang et al. 2018, Table 1 "
           "(ISIC 2017 validation).\n\n" + table + "\n" +
           aggregate.status_section(runs))
-  with open(os.path.join(root, "table1.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(root, "table1.json"), "w") as f:
-    json.dump({"eval_split": split, "num_eval_examples": n, "rows": entries},
-              f, indent=1)
+  common.write_table(root, "table1", text, {
+      "eval_split": split, "num_eval_examples": n, "rows": entries})
   plot(os.path.join(root, "table1.png"), entries)
-  print(text, flush=True)
   return {"rows": entries, "markdown": text}
 
 
 def plot(path: str, entries) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.8))
-  xs = range(len(entries))  # the grid as categories: it spans 0.01 .. 20
-  for key, paper_key, label, color in (
-      ("jaccard", "paper_jaccard", "JA", "tab:blue"),
-      ("auc", "paper_auc", "AUC", "tab:orange"),
-      ("auc_rankopt", None, "AUC + RankOpt", "tab:green")):
-    ys = [e[key] if e[key] is not None else float("nan") for e in entries]
-    ax.plot(xs, ys, "o-", color=color, label=label)
-    if paper_key:
-      ps = [e[paper_key] if e[paper_key] is not None else float("nan")
-            for e in entries]
-      ax.plot(xs, ps, "x--", color=color, alpha=0.6, label=f"paper {label}")
-  ax.set_xticks(list(xs))
-  ax.set_xticklabels([common.value_tag(e["lambda"]) for e in entries])
-  ax.set_xlabel("λ (Step 4 segmentation weight)")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  tags = [common.value_tag(e["lambda"]) for e in entries]
+  nan = lambda v: float("nan") if v is None else v  # noqa: E731
+  with common.figure(path, figsize=(6, 3.8)) as (_, ax):
+    xs = range(len(entries))  # the grid as categories: it spans 0.01 .. 20
+    for key, paper_key, label, color in (
+        ("jaccard", "paper_jaccard", "JA", "tab:blue"),
+        ("auc", "paper_auc", "AUC", "tab:orange"),
+        ("auc_rankopt", None, "AUC + RankOpt", "tab:green")):
+      ax.plot(xs, [nan(e[key]) for e in entries], "o-", color=color,
+              label=label)
+      if paper_key:
+        ax.plot(xs, [nan(e[paper_key]) for e in entries], "x--", color=color,
+                alpha=0.6, label=f"paper {label}")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(tags)
+    ax.set_xlabel("λ (Step 4 segmentation weight)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  argv, overrides = fanout.split_overrides(argv)
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       usage="%(prog)s --config C --workdir BASE [options] "
@@ -151,24 +120,19 @@ def main(argv=None) -> int:
                       help="BASE folder of the sweep")
   parser.add_argument("--lambdas", default="",
                       help="comma-separated (default: the paper's 9 values)")
-  parser.add_argument("--stage", default="joint", help="stage whose lambda_seg "
-                      "is swept; the stages before it are shared")
-  parser.add_argument("--eval-split", default="validation")
   parser.add_argument("--smoke", action="store_true",
                       help=f"{common.TINY_CONFIG}, lambdas {SMOKE_GRID}")
-  fanout.add_runner_args(parser)
-  args = parser.parse_args(argv)
+  args, overrides = common.parse_args(parser, argv)
   config = common.resolve_config(args.config, args.smoke)
   if args.lambdas:
     lambdas = [float(v) for v in args.lambdas.split(",")]
   else:
     lambdas = SMOKE_GRID if args.smoke else PAPER_GRID
   root = os.path.abspath(args.workdir)
-  jobs = make_jobs(config, root, lambdas, overrides, args.stage,
-                   args.eval_split)
+  jobs = make_jobs(config, root, lambdas, overrides)
   if fanout.execute(args, jobs, root):
     rankopt_name = common.load_config(config).rankopt.report_as
-    table = build_table(root, jobs, args.stage, rankopt_name)
+    table = build_table(root, jobs, rankopt_name)
     return int(any(e["state"] != "ok" for e in table["rows"]))
   return 0
 

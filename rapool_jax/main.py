@@ -11,7 +11,6 @@ Set ``RAPOOL_DEBUG=1`` to see full tracebacks instead of one-line errors, and
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import pathlib
 import re
@@ -21,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rapool_jax import config_files
 from rapool_jax import config_lib
 from rapool_jax import errors
 
@@ -100,33 +100,6 @@ flags.DEFINE_list("folds", [], "Members' cross-validation folds, "
                   "comma-separated (with --seeds; default: the config's).")
 
 
-def check_config_file(spec: str) -> None:
-  """Runs ``PATH[:ARG]``'s ``get_config`` once as ml_collections will, so
-  that a file that does not parse, lacks ``get_config`` or rejects ``ARG``
-  stops with one line that keeps the file's own message."""
-  path, has_arg, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise errors.UserError(f"config file {path} not found")
-  module_spec = importlib.util.spec_from_file_location("rapool_config_check",
-                                                       path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except SyntaxError as e:
-    raise errors.UserError(f"config file {path}, line {e.lineno}: "
-                           f"SyntaxError: {e.msg}") from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.UserError(f"config file {path} fails to load: "
-                           f"{errors.one_line(e)}") from None
-  if not callable(getattr(module, "get_config", None)):
-    raise errors.UserError(f"config file {path} defines no get_config() "
-                           "function")
-  try:
-    module.get_config(arg) if has_arg else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.UserError(f"config {spec}: {errors.one_line(e)}") from None
-
-
 def member_lists() -> tuple[list[int], list[int]]:
   """``(seeds, folds)`` of a population (both empty: a single run); one
   line naming a value that is not an integer."""
@@ -149,7 +122,7 @@ def parse_flags(argv):
       spec = (arg.split("=", 1)[1] if arg.startswith("--config=") else
               argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
       if spec is not None:
-        check_config_file(spec)
+        config_files.load(spec)  # one line for a bad file, before absl
     try:
       rest = FLAGS(argv)
     except flags.Error as e:

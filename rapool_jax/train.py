@@ -52,12 +52,14 @@ def augmented_inputs(key, batch, data, mean, std):
   return pipeline.normalize(images, mean, std), masks
 
 
-def train_step(state: TrainState, batch, key, *, stage, data, mean, std):
+def train_step(state: TrainState, batch, key, *, stage, data, mean, std,
+               segmentation_loss=losses.segmentation_loss):
   """One SGD step on a batch, augmented on device (Eq. 3's loss).
 
   ``batch`` holds uint8 ``images [B, S, S, 3]``, ``masks [B, S, S]``,
   ``labels [B]`` and ``has_mask [B]``. Returns the new state and scalar
-  metrics."""
+  metrics. ``segmentation_loss`` is there for the benchmarks' variants of
+  the step (``benchmarks/analyses.py``)."""
   aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
   x, masks = augmented_inputs(aug_key, batch, data, mean, std)
   labels = batch["labels"]
@@ -74,8 +76,7 @@ def train_step(state: TrainState, batch, key, *, stage, data, mean, std):
       out = state.apply_fn(variables, x, bn_train=False, **kwargs)
       new_stats = state.batch_stats
     l_class = losses.classification_loss(out["logits"], labels)
-    l_seg = losses.segmentation_loss(out["seg_logits"], masks,
-                                     batch["has_mask"])
+    l_seg = segmentation_loss(out["seg_logits"], masks, batch["has_mask"])
     loss = stage.lambda_class * l_class + stage.lambda_seg * l_seg
     return loss, (new_stats, l_class, l_seg, out["logits"])
 

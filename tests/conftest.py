@@ -17,6 +17,7 @@ if os.environ.get("RAPOOL_TEST_XLA_OPT") != "1":
 # Tests compile as ``python -m rapool_jax.main`` does (XLA:CPU convolution flag),
 # so in-process runs and the main job agree to the bit.
 from rapool_jax import xla_flags  # noqa: E402  (imports jax, starts no backend)
+from rapool_jax import config_files  # noqa: E402
 
 xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
 
@@ -36,7 +37,7 @@ def load_module(relative_path: str):
 
 
 def load_config(name: str):
-  return load_module(f"configs/{name}.py").get_config()
+  return config_files.load(config_files.resolve(f"configs/{name}.py"))
 
 
 @pytest.fixture(scope="session")

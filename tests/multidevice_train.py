@@ -7,24 +7,26 @@ with RAPOOL_DISTRIBUTED=1), so tests can compare 1 device, 8 devices and
 2 processes on the same data and seed.
 """
 
-import os
 import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from conftest import load_config  # noqa: E402
-from rapool_jax import distributed  # noqa: E402
-from rapool_jax import optim  # noqa: E402
-from rapool_jax import run  # noqa: E402
-from rapool_jax import sharding  # noqa: E402
-from rapool_jax import train  # noqa: E402
+from rapool_jax import config_files
+from rapool_jax import distributed
+from rapool_jax import optim
+from rapool_jax import run
+from rapool_jax import sharding
+from rapool_jax import train
+from rapool_jax import xla_flags
+
+# As tests/conftest.py does, so that this script and the tests compile alike.
+xla_flags.apply_xla_flags(xla_flags.cpu_xla_flags())
 
 
 def main(out, data_dir, workdir):
   distributed.maybe_initialize()
-  config = load_config("tiny")
+  config = config_files.load(config_files.resolve("configs/tiny.py"))
   config.data.data_dir = data_dir
   config.train.eval_batch_size = 8
   config.model.dropout_rate = 0.0  # dropout masks depend on the partitioning

@@ -24,7 +24,9 @@ from conftest import REPO
 DOCS = ("README.md", "launch/README.md") + tuple(
     f"docs/{name}" for name in sorted(os.listdir(REPO / "docs"))
     if name.endswith(".md"))
-COMMAND = re.compile(r"^python (-m (rapool_jax|launch)\.\w+|launch/\w+\.py)\s")
+COMMAND = re.compile(r"^python -m (rapool_jax|launch)\.\w+\s")
+# launch/ and benchmarks/ are packages, run with -m.
+BY_PATH = re.compile(r"\bpython3? (launch|benchmarks)/\w+\.py")
 ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
 FOR_LOOP = re.compile(r"^for (\w+) in (\S+)")
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
@@ -136,9 +138,8 @@ def documented_commands():
 
 def target_of(argv: list[str]) -> tuple[str, list[str]]:
   """The importable module a command runs, and its arguments."""
-  if argv[1] == "-m":
-    return argv[2], argv[3:]
-  return argv[1][:-len(".py")].replace("/", "."), argv[2:]
+  assert argv[1] == "-m", argv
+  return argv[2], argv[3:]
 
 
 def dry_parse(argv: list[str]) -> subprocess.CompletedProcess:
@@ -160,6 +161,14 @@ def test_the_docs_commands_are_all_found():
   assert any("--slurm" in argv for _, argv in COMMANDS)
 
 
+def test_no_doc_runs_a_launch_or_benchmark_script_by_path():
+  docs = [*DOCS, "benchmarks/README.md",
+          *(str(p.relative_to(REPO)) for p in REPO.glob("results/*/COMMAND.md"))]
+  by_path = [f"{doc}: {m[0]}" for doc in docs
+             for m in BY_PATH.finditer((REPO / doc).read_text())]
+  assert not by_path, by_path
+
+
 @pytest.mark.parametrize("where,argv", COMMANDS,
                          ids=[where for where, _ in COMMANDS])
 def test_documented_command_parses(where, argv):
@@ -172,8 +181,8 @@ def test_documented_command_parses(where, argv):
     ["python", "-m", "rapool_jax.predict", "--workdir", "w", "--no-such-flag"],
     ["python", "-m", "rapool_jax.main", "--config", "configs/tiny.py",
      "--workdir", "w", "--config.train.no_such_key=1"],
-    ["python", "launch/aggregate.py", "runs/t1", "--no-such-flag"],
-    ["python", "launch/crossval.py", "--workdir", "w", "--",
+    ["python", "-m", "launch.aggregate", "runs/t1", "--no-such-flag"],
+    ["python", "-m", "launch.crossval", "--workdir", "w", "--",
      "--config.data.no_such_key=1"],
 ])
 def test_a_bad_flag_fails_the_dry_parse(argv):

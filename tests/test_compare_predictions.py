@@ -10,11 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import REPO
 
-if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
-  sys.path.insert(0, str(REPO))
 
-from launch import compare_predictions  # noqa: E402
-from rapool_jax import stats  # noqa: E402
+from launch import compare_predictions
+from rapool_jax import stats
 
 N = 60
 
@@ -85,7 +83,7 @@ def test_plain_labels_csv_from_the_command_line(problem):
   lab = _write(tmp / "labels.csv", ["image", "melanoma"],
                [(i, y) for i, y in zip(ids, labels)])
   proc = subprocess.run(
-      [sys.executable, "launch/compare_predictions.py", "--labels", lab,
+      [sys.executable, "-m", "launch.compare_predictions", "--labels", lab,
        paths["a"], paths["b"], "--n-resamples", "200"],
       cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr

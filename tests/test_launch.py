@@ -20,19 +20,17 @@ import pytest
 from conftest import REPO
 from rapool_jax import evaluate
 
-if str(REPO) not in sys.path:  # `launch` is a folder of scripts, not installed
-  sys.path.insert(0, str(REPO))
 
-from launch import ablate_pooling  # noqa: E402
-from launch import aggregate  # noqa: E402
-from launch import common  # noqa: E402
-from launch import crossval_report  # noqa: E402
-from launch import fanout  # noqa: E402
-from launch import sweep_lambda  # noqa: E402
+from launch import ablate_pooling
+from launch import aggregate
+from launch import common
+from launch import crossval_report
+from launch import fanout
+from launch import sweep_lambda
 
 
 def _script(name, *args, env=None):
-  proc = subprocess.run([sys.executable, f"launch/{name}.py", *args], cwd=REPO,
+  proc = subprocess.run([sys.executable, "-m", f"launch.{name}", *args], cwd=REPO,
                         capture_output=True, text=True, env=env)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   return proc.stdout
@@ -160,7 +158,7 @@ def test_aggregate_collects_a_sweep(sweep):
   assert sorted(r.name for r in runs) == ["lambda_0.1", "lambda_7.5", "shared"]
   assert all(r.state == "ok" for r in runs)
   out = subprocess.run(
-      [sys.executable, "launch/aggregate.py", root, "--model",
+      [sys.executable, "-m", "launch.aggregate", root, "--model",
        "Step 4 + RankOpt", "--plot", os.path.join(root, "a.png")],
       cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert "3 of 3 runs finished" in out
@@ -301,7 +299,7 @@ def test_dry_run_job_lists(tmp_path, capsys):
   assert not mask.stages_from.endswith("os16_seed0")
 
 
-def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
+def test_vgg16_ablation_sets_the_backbone(tmp_path):
   root = str(tmp_path / "vgg")
   ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
                        "--backbones", "vgg16", "--dry-run"])
@@ -309,18 +307,9 @@ def test_vgg16_ablation_needs_the_backbone_key(tmp_path):
   assert [j for j in jobs if j.phase == 1] and all(
       "--config.model.backbone=vgg16" in j.overrides
       for j in jobs if j.meta.get("backbone") == "vgg16")
-  # A config without model.backbone cannot build a VGG: named before any job.
-  legacy = tmp_path / "legacy.py"
-  legacy.write_text(
-      "from rapool_jax import config_lib\n"
-      "def get_config():\n"
-      "  c = config_lib.base_config()\n"
-      "  del c.model['backbone']\n"
-      "  return c\n")
-  with pytest.raises(SystemExit, match="model.backbone"):
-    ablate_pooling.main(["--config", str(legacy), "--workdir",
-                         str(tmp_path / "legacy"), "--backbones", "vgg16",
-                         "--dry-run"])
+  with pytest.raises(SystemExit, match="unknown backbone 'vgg15'"):
+    ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
+                         "--backbones", "vgg15", "--dry-run"])
 
 
 # ----------------------------------------------------------------------------

@@ -259,10 +259,6 @@ def test_killed_population_resumes_identically_and_writes_out_members(
 
 
 def _benchmark():
-  import sys  # pylint: disable=g-import-not-at-top
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
-  if str(REPO) not in sys.path:  # `benchmarks` is a folder of scripts
-    sys.path.insert(0, str(REPO))
   from benchmarks import population_benchmark as module  # pylint: disable=g-import-not-at-top
   return module
 

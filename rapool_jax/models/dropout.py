@@ -1,10 +1,10 @@
 """Dropout that draws fewer, or cheaper, random bits per element (opt-in:
 ``config.systems.dropout_rng`` / ``dropout_bits``; the default is ``nn.Dropout``).
 
-Random bits are a visible share of the train step
-(``benchmarks/step_profile.py``). ``bits=32`` is flax's ``nn.Dropout``, bit for
-bit. With 16 or 8, each 32-bit random word decides 2 or 4 elements; the rate
-is then quantised to a multiple of ``2**-bits`` and kept activations are
+Random bits are a visible share of the train step (``benchmarks/README.md``,
+the H200 profile). ``bits=32`` is flax's ``nn.Dropout``, bit for bit. With
+16 or 8, each 32-bit random word decides 2 or 4 elements; the rate is then
+quantised to a multiple of ``2**-bits`` and kept activations are
 scaled by the realised keep probability, so the expected output is the input.
 
 ``rng="hash"`` replaces threefry's 20 rounds per word by a keyed integer hash
