@@ -122,19 +122,18 @@ def per_image_jaccard(out: dict, split: pipeline.Split, crop_size: int):
   return ja
 
 
-def validation_metric(out: dict, split: pipeline.Split, metric: str,
-                      crop_size: int) -> float:
-  """``metric`` (one of ``train.PLATEAU_METRICS``) of ``predict`` outputs on
-  ``split``, signed so that higher is better (``val_loss`` is negated)."""
-  if metric == "val_loss":
-    p_true = out["probs"][np.arange(len(split)), split.labels]
-    return -float(np.mean(-np.log(np.maximum(p_true, 1e-12))))
-  if metric == "val_auc":
-    return metrics_lib.roc_auc(split.labels, out["probs"][:, POSITIVE])
-  if metric == "val_jaccard":
-    return float(np.nanmean(per_image_jaccard(out, split, crop_size)))
-  raise ValueError(f"plateau metric {metric!r}: choose one of "
-                   f"{train.PLATEAU_METRICS}")
+def validation_metrics(out: dict, split: pipeline.Split,
+                       crop_size: int) -> dict:
+  """``val_auc``, ``val_loss`` (cross-entropy) and ``val_jaccard`` (NaN
+  without masks) of ``predict`` outputs on ``split``: what TensorBoard shows
+  and the plateau rules (``train.PLATEAU_METRICS``) read."""
+  p_true = out["probs"][np.arange(len(split)), split.labels]
+  jaccards = per_image_jaccard(out, split, crop_size)
+  return {"val_auc": metrics_lib.roc_auc(split.labels,
+                                         out["probs"][:, POSITIVE]),
+          "val_loss": float(np.mean(-np.log(np.maximum(p_true, 1e-12)))),
+          "val_jaccard": (float("nan") if np.isnan(jaccards).all()
+                          else float(np.nanmean(jaccards)))}
 
 
 def _write_rows(name: str, threshold: float, scores: dict, outs: dict,

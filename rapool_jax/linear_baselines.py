@@ -1,28 +1,24 @@
 """Linear classifiers on pooled features: the baselines RankOpt is compared to.
 
-``fit_logistic_regression``: L2-regularised logistic regression with
-"balanced" class weights (each class carries half the loss, as sklearn's
-``class_weight="balanced"``), fitted by L-BFGS (optax) in one jitted loop on
-features standardised with training statistics, like ``rankopt.fit``. The
-objective is
+``fit_logistic_regression``: scikit-learn's ``LogisticRegression`` with
+``class_weight="balanced"`` (each class carries half the loss), on features
+standardised with training statistics as ``rankopt.fit`` standardises them.
+sklearn minimises ``1/2 ||w||^2 + C sum_i c_i log(1 + exp(-y_i (x_i . w +
+b)))`` with ``sum_i c_i = N`` and the bias unpenalised; with ``C = 1 / (l2
+N)`` that is ``C N`` times
 
-    sum_i c_i log(1 + exp(-y_i (x_i . w + b))) / sum_i c_i + l2/2 ||w||^2,
+    sum_i c_i log(1 + exp(-y_i (x_i . w + b))) / N + l2/2 ||w||^2,
 
-y in {-1, +1}, the bias unpenalised; it equals sklearn's
-``LogisticRegression(C=1 / (l2 * N), class_weight="balanced")`` up to a
-constant factor, so the two give the same weights (tested).
+so ``l2`` is a penalty per example: one grid serves any training-set size.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import optax.tree_utils as otu
+from scipy import special
+from sklearn import linear_model
 
 from rapool_jax import metrics
 from rapool_jax import rankopt
@@ -30,81 +26,46 @@ from rapool_jax import rankopt
 
 class LogisticModel(NamedTuple):
   """``w [D]``, ``b`` in standardised feature space; ``mean, std [D]``."""
-  w: jax.Array
-  b: jax.Array
-  mean: jax.Array
-  std: jax.Array
+  w: np.ndarray
+  b: float
+  mean: np.ndarray
+  std: np.ndarray
   l2: float
   num_steps: int
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps",))
-def _fit_core(x, y, c, l2, *, max_steps, tol):
-  """L-BFGS on the objective of the module docstring; returns (w, b, steps)."""
-  sign = 2.0 * y - 1.0
-  c = c / jnp.sum(c)
-
-  def loss(params):
-    z = x @ params["w"] + params["b"]
-    return (jnp.sum(c * jax.nn.softplus(-sign * z)) +
-            0.5 * l2 * jnp.sum(jnp.square(params["w"])))
-
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(loss)
-
-  def step(carry):
-    params, state = carry
-    value, grad = value_and_grad(params, state=state)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                value_fn=loss)
-    return optax.apply_updates(params, updates), state
-
-  def keep_going(carry):
-    _, state = carry
-    count = otu.tree_get(state, "count")
-    grad_norm = otu.tree_norm(otu.tree_get(state, "grad"))
-    return (count == 0) | ((count < max_steps) & (grad_norm >= tol))
-
-  params = {"w": jnp.zeros(x.shape[1], jnp.float32),
-            "b": jnp.zeros((), jnp.float32)}
-  params, state = jax.lax.while_loop(keep_going, step,
-                                     (params, opt.init(params)))
-  return params["w"], params["b"], otu.tree_get(state, "count")
-
-
 def fit_logistic_regression(features, labels, *, l2: float = 1e-2,
-                            max_steps: int = 500,
+                            max_iter: int = 1000,
                             tol: float = 1e-6) -> LogisticModel:
   """Fits ``features [N, D]``, ``labels [N]`` in {0, 1}. Deterministic."""
-  x = jnp.asarray(features, jnp.float32)
+  x = np.asarray(features, np.float64)
   labels = np.asarray(labels)
   if x.ndim != 2 or labels.shape != (x.shape[0],):
     raise ValueError(f"Expected features [N, D] and labels [N], got {x.shape} "
                      f"and {labels.shape}.")
   if not np.all((labels == 0) | (labels == 1)) or labels.min() == labels.max():
     raise ValueError("labels must be 0/1 with both classes present.")
-  mean = jnp.mean(x, axis=0)
-  std = jnp.std(x, axis=0)
+  mean, std = x.mean(axis=0), x.std(axis=0)
   # rankopt's floor: constant features get a finite standardisation.
-  std = jnp.maximum(std, rankopt.STD_FLOOR * jnp.maximum(jnp.mean(std), 1e-30))
-  # Balanced: N / (2 * the example's class count).
-  counts = np.where(labels == 1, labels.sum(), labels.size - labels.sum())
-  w, b, steps = _fit_core(
-      (x - mean) / std, jnp.asarray(labels, jnp.float32),
-      jnp.asarray((labels.size / (2.0 * counts)).astype(np.float32)),
-      jnp.float32(l2), max_steps=int(max_steps), tol=float(tol))
-  return LogisticModel(w, b, mean, std, float(l2), int(steps))
+  std = np.maximum(std, rankopt.STD_FLOOR * max(std.mean(), 1e-30))
+  # tol bounds the gradient of the per-example objective (sklearn divides
+  # the loss by sum_i c_i = N before L-BFGS), as the jax fit this replaced.
+  sk = linear_model.LogisticRegression(
+      C=1.0 / (l2 * len(labels)), class_weight="balanced", solver="lbfgs",
+      max_iter=max_iter, tol=tol).fit((x - mean) / std, labels)
+  return LogisticModel(sk.coef_[0], float(sk.intercept_[0]), mean, std,
+                       float(l2), int(sk.n_iter_[0]))
 
 
-def decision_function(model: LogisticModel, features) -> jax.Array:
+def decision_function(model: LogisticModel, features) -> np.ndarray:
   """Logits ``[N]`` (monotone in the probability, so same AUC)."""
-  x = (jnp.asarray(features, jnp.float32) - model.mean) / model.std
+  x = (np.asarray(features, np.float64) - model.mean) / model.std
   return x @ model.w + model.b
 
 
-def predict_proba(model: LogisticModel, features) -> jax.Array:
+def predict_proba(model: LogisticModel, features) -> np.ndarray:
   """P(positive) ``[N]``."""
-  return jax.nn.sigmoid(decision_function(model, features))
+  return special.expit(decision_function(model, features))
 
 
 def select_l2(train_features, train_labels, val_features, val_labels,
@@ -118,8 +79,7 @@ def select_l2(train_features, train_labels, val_features, val_labels,
   best, table = None, {}
   for l2 in sorted(grid, reverse=True):
     model = fit_logistic_regression(train_features, train_labels, l2=l2)
-    auc = metrics.roc_auc(val_labels,
-                          np.asarray(decision_function(model, val_features)))
+    auc = metrics.roc_auc(val_labels, decision_function(model, val_features))
     table[float(l2)] = auc
     if best is None or auc > table[best.l2]:
       best = model

@@ -3,6 +3,7 @@ ETA) and TensorBoard scalars (tensorboardX; no TensorFlow needed)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -51,12 +52,25 @@ class MetricWriter:
   def __init__(self, logdir: str):
     self.logdir = logdir
     self._writer = None
+    self._files = 0
 
   def scalars(self, prefix: str, step: int, values: dict):
     if jax.process_index() != 0:
       return
     if self._writer is None:
-      self._writer = SummaryWriter(self.logdir)
+      # File names carry seconds only: a file reopened within the same
+      # second would be overwritten without the suffix.
+      self._files += 1
+      self._writer = SummaryWriter(
+          self.logdir, filename_suffix=f".{os.getpid()}.{self._files}")
     for k, v in values.items():
       self._writer.add_scalar(f"{prefix}/{k}", float(v), step)
     self._writer.flush()
+
+  def close(self):
+    """Writes the queued events: tensorboardX's ``flush`` leaves them to a
+    daemon thread, which loses them when the process ends first. The next
+    ``scalars`` opens a new file."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None

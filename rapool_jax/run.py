@@ -194,11 +194,11 @@ def run_stage(job: Job, config, workdir: str, index: int, variables,
       stage=stage, data=config.data, mean=tuple(config.data.mean),
       std=tuple(config.data.std))
   validate = None
-  if stage.plateau.metric:
+  if config.data.val_split and (config.train.eval_every
+                                or stage.plateau.metric):
     val = job.splits[config.data.val_split]
-    validate = lambda v: evaluate.validation_metric(  # noqa: E731
-        job.predict(v, val, stage.pooling), val, stage.plateau.metric,
-        config.data.crop_size)
+    validate = lambda v: evaluate.validation_metrics(  # noqa: E731
+        job.predict(v, val, stage.pooling), val, config.data.crop_size)
   batches = functools.partial(step_args, job, config, batch_stream(config, index))
   return train.train_stage(state, step_fn, batches, name=name, config=config,
                            workdir=workdir, mesh=job.mesh, finished=finished,

@@ -16,6 +16,7 @@ from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import config_lib
 from rapool_jax import errors
 from rapool_jax import losses
+from rapool_jax import optim
 from rapool_jax import pooling as pooling_lib
 from rapool_jax import pretrained
 from rapool_jax import progress as progress_lib
@@ -142,6 +143,7 @@ def check_train_settings(config) -> None:
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints"):
     errors.check_range(f"config.train.{key}", config.train[key], low=1)
+  errors.check_range("config.train.eval_every", config.train.eval_every, low=0)
   errors.check_choice("config.systems.prng_impl", config.systems.prng_impl,
                       PRNG_IMPLS)
 
@@ -198,9 +200,10 @@ def train_stage(state: TrainState, step_fn: Callable, batches: Callable, *,
   """Trains stage ``name`` from ``state`` (or from its last checkpoint).
 
   ``step_fn(state, *args) -> (state, scalars)`` is pure; ``batches(start,
-  stop)`` yields each step's ``args``; ``validate(variables) -> float``
-  (higher is better) serves the stage's plateau rule. Returns the final
-  variables and the stage's meta (``step``, ``done``, plateau history)."""
+  stop)`` yields each step's ``args``; ``validate(variables) -> {metric:
+  value}`` (``evaluate.validation_metrics``) serves the TensorBoard curves
+  and the stage's plateau rule. Returns the final variables and the stage's
+  meta (``step``, ``done``, plateau history)."""
   with ckpt_lib.manager(workdir, name, config.train.keep_checkpoints) as mngr:
     meta = {"stage": name, "step": 0, "done": False,
             "plateau": {"best": None, "bad": 0, "history": []},
@@ -211,9 +214,13 @@ def train_stage(state: TrainState, step_fn: Callable, batches: Callable, *,
       state = restore_train_state(mngr, step, state)
       meta = saved_meta
     if not meta["done"]:
-      state = _run_steps(state, step_fn, batches, mngr, meta, name=name,
-                         config=config, mesh=mesh, validate=validate,
-                         writer=writer)
+      try:
+        state = _run_steps(state, step_fn, batches, mngr, meta, name=name,
+                           config=config, mesh=mesh, validate=validate,
+                           writer=writer)
+      finally:  # the stage's curves on disk, a diverged one's too
+        if writer is not None:
+          writer.close()
       meta["done"] = True
       save_train_state(mngr, int(meta["step"]) + 1, state, meta)
   return state.variables, meta
@@ -224,6 +231,7 @@ def _run_steps(state, step_fn, batches, mngr, meta, *, name, config, mesh,
   """Steps ``meta["step"]``..``max_steps - 1`` (or to a plateau); logs and
   checkpoints on the way. Returns the state (``meta`` is updated)."""
   stage = config.stages[name]
+  lr_at = optim.learning_rate_schedule(stage)
   progress = progress_lib.Progress(name, stage.max_steps,
                                    config.train.batch_size)
   start = int(meta["step"])
@@ -241,16 +249,18 @@ def _run_steps(state, step_fn, batches, mngr, meta, *, name, config, mesh,
       progress.compiled(t + 1)
     meta["step"] = t + 1
     if (t + 1) % config.train.log_every == 0 or t + 1 == stage.max_steps:
-      _log(name, t + 1, scalars, progress, writer, stage.lr)
-    if validate and _plateau_reached(name, stage.plateau, state, meta, t + 1,
-                                     validate, writer):
+      # Step t updated with the rate at optax's count t.
+      _log(name, t + 1, scalars, progress, writer, stage.lr, float(lr_at(t)))
+    if validate and _validated(name, stage, config.train.eval_every, state,
+                               meta, t + 1, validate, writer):
       break
     if (t + 1) % config.train.checkpoint_every == 0:
       save_train_state(mngr, t + 1, state, meta)
   return state
 
 
-def _log(name: str, step: int, scalars: dict, progress, writer, lr) -> None:
+def _log(name: str, step: int, scalars: dict, progress, writer, lr,
+         lr_now: float) -> None:
   scalars = jax.tree.map(sharding.to_host, scalars)
   if not np.isfinite(scalars["loss"]):
     raise FloatingPointError(
@@ -258,16 +268,26 @@ def _log(name: str, step: int, scalars: dict, progress, writer, lr) -> None:
         f"config.stages.{name}.lr (now {lr})")
   progress.log(step, scalars)
   if writer is not None:
-    writer.scalars(f"{name}/train", step, scalars)
+    writer.scalars(f"{name}/train", step, {**scalars, "lr": lr_now})
 
 
-def _plateau_reached(name, rule, state, meta, step, validate, writer) -> bool:
-  """At the plateau rule's evaluations: True when it says stop."""
-  if not rule.metric or step % rule.eval_every:
+def _validated(name, stage, eval_every: int, state, meta, step, validate,
+               writer) -> bool:
+  """Every ``eval_every`` steps, at the stage's last step and at its plateau
+  rule's evaluations: the validation metrics to TensorBoard. True when the
+  plateau rule says stop."""
+  rule = stage.plateau
+  at_rule = bool(rule.metric) and step % rule.eval_every == 0
+  if not (at_rule or (eval_every and (step % eval_every == 0
+                                      or step == stage.max_steps))):
     return False
-  value = validate(state.variables)
+  values = validate(state.variables)
   if writer is not None:
-    writer.scalars(f"{name}/val", step, {rule.metric: abs(value)})
+    writer.scalars(f"{name}/val", step,
+                   {k: v for k, v in values.items() if np.isfinite(v)})
+  if not at_rule:
+    return False
+  value = values[rule.metric] * (-1 if rule.metric == "val_loss" else 1)
   if plateau_update(meta["plateau"], step, value, rule.min_delta) < rule.patience:
     return False
   print(f"[{name}] {rule.metric} has not improved for {rule.patience} "

@@ -311,39 +311,3 @@ def test_vgg16_ablation_sets_the_backbone(tmp_path):
     ablate_pooling.main(["--config", "configs/default.py", "--workdir", root,
                          "--backbones", "vgg15", "--dry-run"])
 
-
-# ----------------------------------------------------------------------------
-# Linear baselines.
-
-
-def _toy(n=300, d=20, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=d) + rng.normal(size=d)
-  y = (x[:, 0] + 0.5 * x[:, 1] + 1.5 * rng.normal(size=n) > 2.5).astype(int)
-  return x.astype(np.float32), y
-
-
-@pytest.mark.parametrize("l2", [1e-3, 1e-1])
-def test_logistic_regression_matches_sklearn(l2):
-  from sklearn.linear_model import LogisticRegression
-  from rapool_jax import linear_baselines
-  x, y = _toy()
-  model = linear_baselines.fit_logistic_regression(x, y, l2=l2)
-  xs = ((x - np.asarray(model.mean)) / np.asarray(model.std)).astype(np.float64)
-  sk = LogisticRegression(C=1.0 / (l2 * len(y)), class_weight="balanced",
-                          tol=1e-10, max_iter=10_000).fit(xs, y)
-  np.testing.assert_allclose(model.w, sk.coef_[0], atol=1e-4)
-  np.testing.assert_allclose(model.b, sk.intercept_[0], atol=1e-4)
-  np.testing.assert_allclose(linear_baselines.predict_proba(model, x),
-                             sk.predict_proba(xs)[:, 1], atol=1e-4)
-
-
-def test_select_l2_picks_by_validation_auc():
-  from rapool_jax import linear_baselines
-  x, y = _toy(seed=1)
-  model, aucs = linear_baselines.select_l2(x[:200], y[:200], x[200:], y[200:],
-                                           (1e-3, 10.0))
-  assert set(aucs) == {1e-3, 10.0}
-  assert aucs[model.l2] == max(aucs.values())
-  with pytest.raises(ValueError, match="both classes"):
-    linear_baselines.fit_logistic_regression(x, np.zeros(len(x)))

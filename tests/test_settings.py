@@ -25,6 +25,7 @@ OUT_OF_RANGE = [
     ("train.batch_size", 0, ">= 1"),
     ("train.eval_batch_size", 0, ">= 1"),
     ("train.log_every", 0, ">= 1"),
+    ("train.eval_every", -1, ">= 0"),
     ("train.checkpoint_every", 0, ">= 1"),
     ("train.keep_checkpoints", 0, ">= 1"),
     ("optimizer.momentum", 1.0, ">= 0 and < 1"),

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +118,59 @@ def test_whole_pipeline_tiny(tiny_config, tiny_run):
   # Running again is a no-op resume with identical results.
   again = run.train_and_evaluate(tiny_config, workdir)
   assert again == results
+
+
+def test_tensorboard_shows_lr_and_validation_per_stage(tiny_config, tiny_run):
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(
+      os.path.join(tiny_run[0], "tensorboard"), size_guidance={"scalars": 0})
+  events.Reload()
+  tags = set(events.Tags()["scalars"])
+  for name in tiny_config.stage_order:
+    for tag in ("train/lr", "train/loss", "val/val_auc", "val/val_jaccard",
+                "val/val_loss"):
+      assert f"{name}/{tag}" in tags, (name, tag, sorted(tags))
+    # eval_every is longer than the tiny stages: each evaluates at its end.
+    auc = events.Scalars(f"{name}/val/val_auc")
+    assert [e.step for e in auc] == [tiny_config.stages[name].max_steps]
+    assert 0 <= auc[0].value <= 1
+    assert events.Scalars(f"{name}/val/val_loss")[0].value > 0
+  # Segmentation: lr 0.05, divided by 10 every 2 steps, logged at steps 2
+  # and 3; step t (from 1) ran at the rate of count t - 1.
+  lr = [(e.step, e.value) for e in events.Scalars("segmentation/train/lr")]
+  assert [s for s, _ in lr] == [2, 3]
+  np.testing.assert_allclose([v for _, v in lr], [0.05, 0.005], rtol=1e-6)
+
+
+class _Writer:
+  def __init__(self):
+    self.rows = []
+
+  def scalars(self, prefix, step, values):
+    self.rows.append((prefix, step, dict(values)))
+
+
+def test_validation_every_eval_every_steps_and_for_the_plateau_rule(
+    tiny_config):
+  stage = tiny_config.stages.joint
+  stage.max_steps = 7
+  stage.plateau.update(metric="val_loss", eval_every=2, patience=2)
+  losses = iter([0.4, 0.3, 0.45, 0.5, 0.6])
+  validate = lambda _: {"val_auc": 0.6, "val_loss": next(losses),  # noqa: E731
+                        "val_jaccard": float("nan")}
+  writer, meta = _Writer(), {"plateau": {"best": None, "bad": 0,
+                                         "history": []}}
+  state = types.SimpleNamespace(variables={})
+  stops = [train._validated("joint", stage, 3, state, meta, step, validate,
+                            writer) for step in range(1, 8)]
+  # One evaluation at step 6 serves both the interval and the rule.
+  assert [s for _, s, _ in writer.rows] == [2, 3, 4, 6, 7]
+  # A NaN (no masks) is left out.
+  assert writer.rows[0] == ("joint/val", 2, {"val_auc": 0.6, "val_loss": 0.4})
+  # The rule reads -loss at its steps 2, 4, 6 only (step 3's lower loss is
+  # not its); two evaluations without a gain stop it.
+  assert meta["plateau"]["history"] == [[2, -0.4], [4, -0.45], [6, -0.5]]
+  assert stops == [False] * 5 + [True, False]
 
 
 # What the default config gives (README's table), per XLA:CPU build: the
