@@ -136,7 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=10, eval_batch_size=64, log_every=50, checkpoint_every=500,
       keep_checkpoints=2))
-  c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
+  # Paired comparisons by arm name, for the CV and test-split reports
+  # (rapool_jax/analysis/design.py; configs/isic2017.py declares them).
+  c.report = ml_collections.ConfigDict(dict(
+      num_cam_images=6, comparisons=(), sensitivity_comparisons=()))
   c.systems = systems_config()
   return c
 
