@@ -18,7 +18,9 @@ import sys
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "rapool_jax"
 # Issue 27 asks for 4,500; the package's code and blank lines alone are more
 # (README says how much), so this budget only stops it growing.
-MAX_PACKAGE_LINES = 6872
+# rapool_jax/analysis/ (issue 35): the reports' library, moved in from
+# launch/ (about 2,000 lines).
+MAX_PACKAGE_LINES = 8900
 MAX_FUNCTION_LINES = 50
 MAX_CLASS_LINES = 100
 # Modules that import inside a function, and why (never to dodge a cycle).
@@ -43,6 +45,11 @@ LAYERS = (
     ("population",),
     ("evaluate",),
     ("report",),
+    ("analysis", "analysis.frames", "analysis.tables", "analysis.recompute",
+     "analysis.paired", "analysis.power", "analysis.prediction_csvs",
+     "analysis.run_tables", "analysis.near_copies", "analysis.design"),
+    ("analysis.crossval", "analysis.crossval_text", "analysis.testsplit",
+     "analysis.commands"),
     ("run",),
     ("run_population",),
     ("main", "predict"),

@@ -10,6 +10,7 @@ resampling of the images across arms and strata.
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -187,3 +188,21 @@ def interaction(frame: pd.DataFrame, a: str, b: str, stratum: str,
   return {"diff": diffs[0] - diffs[1], "diffs": dict(zip(levels, diffs)),
           "lo": float(lo), "hi": float(hi), "p": float(p_value),
           "n_resamples": int(delta.size)}
+
+
+def compare_models(labels, scores: dict, n_resamples: int = N_RESAMPLES,
+                   seed: int = 0) -> dict:
+  """Per-model AUC with its DeLong CI (``scores``: name -> [N] on the same
+  images as ``labels`` [N]), and every pair's DeLong and bootstrap
+  difference, in ``scores``' order."""
+  models = [{"name": n, **stats.auc_ci(labels, s)} for n, s in scores.items()]
+  pairs = []
+  for a, b in itertools.combinations(scores, 2):
+    boot = stats.paired_bootstrap_auc_diff(labels, scores[a], scores[b],
+                                           n_resamples=n_resamples, seed=seed)
+    pairs.append({"a": a, "b": b,
+                  **stats.paired_delong(labels, scores[a], scores[b]),
+                  "boot_lo": boot["lo"], "boot_hi": boot["hi"]})
+  return {"num_images": int(labels.size), "num_positives": int(labels.sum()),
+          "models": models, "comparisons": pairs, "n_resamples": n_resamples,
+          "seed": seed}
