@@ -85,7 +85,7 @@ def test_plain_labels_csv_from_the_command_line(problem):
   lab = _write(tmp / "labels.csv", ["image", "melanoma"],
                [(i, y) for i, y in zip(ids, labels)])
   proc = subprocess.run(
-      [sys.executable, "launch/compare_predictions.py", "--labels", lab,
+      [sys.executable, "-m", "launch.compare_predictions", "--labels", lab,
        paths["a"], paths["b"], "--n-resamples", "200"],
       cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
