@@ -11,9 +11,11 @@ import pytest
 
 from rapool_jax import metrics
 from rapool_jax import stats
+from rapool_jax.analysis import crossval
 from rapool_jax.analysis import design
 from rapool_jax.analysis import frames
 from rapool_jax.analysis import paired
+from rapool_jax.analysis import runs
 from rapool_jax.analysis import tables
 
 
@@ -170,6 +172,12 @@ def test_resamples_keep_each_folds_positives_and_negatives():
   y = np.array([1, 0, 0, 1, 1, 0, 0, 0])
   fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
   idx = paired.resample_indices(y, fold, 50, seed=0)
+  reps = paired.bootstrap_differences(
+      pd.DataFrame({"image": np.repeat(np.arange(8), 2),
+                    "label": np.repeat(y, 2), "arm": ["a", "b"] * 8,
+                    "score": np.arange(16.0)}), "a", "b", within=None,
+      n_resamples=5)
+  assert list(reps.columns) == ["all"] and len(reps) == 5
   assert idx.shape == (50, 8)
   for row in idx:
     for f in (0, 1):
@@ -227,22 +235,46 @@ def test_design_files_round_trip(tmp_path):
   assert design.read(str(tmp_path)) == (arms, kept)
 
 
-def test_split_frame_reads_runs_into_one_tidy_frame(tmp_path):
-  for fold, seed in ((0, 0), (1, 0)):
+def test_split_frame_reads_runs_into_one_tidy_frame_with_arms_by_name(
+    tmp_path):
+  config = _config()
+  for fold in (0, 1):
     run = tmp_path / f"r{fold}"
     os.makedirs(run / "predictions" / "test")
     (run / "config.json").write_text(json.dumps(
-        {"seed": seed, "data": {"crossval": {"fold": fold}}}))
-    for arm, score in (("a", 0.25), ("b", 0.5)):
-      (run / "predictions" / "test" / f"{arm}.csv").write_text(
+        {**config, "seed": 0, "data": {"crossval": {"fold": fold}}}))
+    (run / "results.json").write_text(json.dumps({"rows": [
+        {"model": "RAP (lambda 7.5)"}, {"model": "GAP control"}]}))
+    for column, score in (("rap_lambda_7.5", 0.25), ("gap_control", 0.5)):
+      (run / "predictions" / "test" / f"{column}.csv").write_text(
           "image,label,score\nI2,1,%r\nI1,0,%r\n" % (score, score + fold))
-  frame = frames.split_frame([str(tmp_path / "r0"), str(tmp_path / "r1")],
-                             "test", ["a", "b"])
+  frame = runs.split_frame([str(tmp_path / "r0"), str(tmp_path / "r1")],
+                           "test")
   assert list(frame.columns) == ["image", "label", "fold", "seed", "arm",
                                  "score"]
   assert len(frame) == 8 and frame["image"].tolist()[:2] == ["I1", "I2"]
-  r1 = frame[(frame["fold"] == 1) & (frame["arm"] == "b")]
+  assert set(frame["arm"]) == {"joint", "gap_control"}
+  r1 = frame[(frame["fold"] == 1) & (frame["arm"] == "gap_control")]
   assert r1["score"].tolist() == [1.5, 0.5]
+
+
+def test_committed_cv_verdict_recomputes_from_the_tidy_frame():
+  from conftest import REPO
+  out = str(REPO / "results" / "crossval_isic2017")
+  with open(os.path.join(out, "results.json")) as f:
+    saved = json.load(f)
+  avg = crossval.seed_averaged_scores(out)
+  assert set(avg["n"]) == {5} and avg["image"].nunique() == 2150
+  primary = paired.compare(avg, "joint", "gap_control")
+  want = saved["seed_averaged"]["comparisons"][0]["stratified"]
+  for key in ("diff", "lo", "hi", "p", "boot_lo", "boot_hi"):
+    assert primary[key] == pytest.approx(want[key], rel=1e-9), key
+  test = crossval.seed_averaged_scores(out, "test")
+  assert set(test["n"]) == {25} and "joint_mask_oracle" not in set(test["arm"])
+  pooled = paired.compare(test, "joint", "gap_control", within=None,
+                          n_resamples=10)
+  assert pooled["diff"] == pytest.approx(
+      saved["test"]["comparisons"][0]["all"]["diff"], rel=1e-9)
 
 
 def test_markdown_table_is_the_compact_pipe_table():

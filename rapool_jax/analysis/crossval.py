@@ -16,7 +16,6 @@ import os
 import numpy as np
 import pandas as pd
 
-from rapool_jax import evaluate
 from rapool_jax import metrics
 from rapool_jax import stats
 from rapool_jax.analysis import design
@@ -24,29 +23,12 @@ from rapool_jax.analysis import frames
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import paired
 from rapool_jax.analysis import power
+from rapool_jax.analysis import runs
 
 SPECIFICITIES = (0.884, 0.923)  # the paper's RankOpt and softmax operating points
 KEYS = ("image", "label", "fold", "seed")
 TEST_KEYS = ("image", "label", "seed", "fold")
 TEST_SPLIT = near_copies.TEST_SPLIT
-
-
-def run_columns(run_dir: str) -> list[str]:
-  """CSV columns (file stems) in the order of the run's results rows."""
-  with open(os.path.join(run_dir, "results.json")) as f:
-    return [evaluate.row_slug(r["model"]) for r in json.load(f)["rows"]]
-
-
-def run_arms(run_dir: str, config: dict) -> dict[str, str]:
-  """Arm -> column of a run, in its results rows' order; ValueError for a
-  row that is no arm its config trains."""
-  by_column = {c: a for a, c in design.trained_arms(config).items()}
-  columns = run_columns(run_dir)
-  for c in columns:
-    if c not in by_column:
-      raise ValueError(f"{run_dir}: results row {c} is no arm its "
-                       f"config.json trains ({', '.join(by_column)})")
-  return {by_column[c]: c for c in columns}
 
 
 def thresholds(val: pd.DataFrame, columns, key: dict) -> list[dict]:
@@ -81,7 +63,8 @@ def collect(run_dirs) -> dict:
   arms, test_cols, with_test = None, None, []
   for run in sorted(run_dirs, key=lambda r: (keys[r]["fold"],
                                              keys[r]["seed"], r)):
-    config, key, these = configs[run], keys[run], run_arms(run, configs[run])
+    config, key = configs[run], keys[run]
+    these = runs.run_arms(run, config)
     if arms is not None and these != arms:
       raise ValueError(f"{run}: arms {list(these.values())} differ from "
                        f"{list(arms.values())}")
@@ -110,6 +93,30 @@ def collect(run_dirs) -> dict:
           "test": (cat(tables["test"], [*TEST_KEYS, *test_cols])
                    if with_test else None),
           "arms": arms, "comparisons": comparisons}
+
+
+def tidy_scores(out: str, split: str = "oof") -> pd.DataFrame:
+  """OUT's ``oof`` (or ``test``) scores as a tidy frame [rows * arms]:
+  ``image, label, fold, seed, arm, score``, arms by name (arms.csv)."""
+  name, keys = {"oof": ("oof_scores.csv", KEYS),
+                "test": ("test_scores.csv", TEST_KEYS)}[split]
+  path = os.path.join(out, name)
+  wide = frames.score_frame(frames.read_csv(path), keys, path)
+  arms, _ = design.read(out)
+  return frames.tidy(wide.rename(columns={c: a for a, c in arms.items()}),
+                     KEYS)
+
+
+def seed_averaged_scores(out: str, split: str = "oof") -> pd.DataFrame:
+  """Each image's score per arm averaged as the report averages it [images *
+  arms]: ``image, label, fold, arm, score, n``; out of fold over the seeds
+  (its fold's model of each), on the test split over every fold and seed
+  model (``fold`` -1 there: one stratum). Join strata with
+  ``frames.join_strata``; compare with ``paired``."""
+  long = tidy_scores(out, split)
+  if split == "test":
+    long = long.assign(fold=-1)
+  return frames.average_scores(long, keep=("label", "fold"))
 
 
 def write_csvs(out: str, c: dict, expected=None) -> None:
@@ -354,11 +361,12 @@ def test_split(t: dict, auc) -> dict:
           "arms": rows, "comparisons": comparisons}
 
 
-def runs_summary(runs: pd.DataFrame) -> dict:
-  missing = runs.loc[runs["finished"] == 0, ["fold", "seed"]].values.tolist()
-  return {"expected": len(runs), "finished": len(runs) - len(missing),
-          "missing": missing, "folds": sorted(set(runs["fold"].tolist())),
-          "seeds": sorted(set(runs["seed"].tolist()))}
+def runs_summary(table: pd.DataFrame) -> dict:
+  """runs.csv in results.json: expected, finished, missing (fold, seed)."""
+  missing = table.loc[table["finished"] == 0, ["fold", "seed"]].values.tolist()
+  return {"expected": len(table), "finished": len(table) - len(missing),
+          "missing": missing, "folds": sorted(set(table["fold"].tolist())),
+          "seeds": sorted(set(table["seed"].tolist()))}
 
 
 def compute_all(out: str) -> dict:

@@ -149,20 +149,6 @@ def run_scores(run: str, split: str, columns: Sequence[str], key: dict,
   return pd.DataFrame(out)
 
 
-def split_frame(runs: Sequence[str], split: str,
-                columns: Sequence[str]) -> pd.DataFrame:
-  """The tidy frame of ``split`` over ``runs``: ``image, label, fold, seed,
-  arm, score`` (fold -1 for a run without folds)."""
-  parts = []
-  for run in runs:
-    config = run_config(run)
-    fold = config["data"].get("crossval", {}).get("fold", -1)
-    parts.append(run_scores(run, split, columns,
-                            {"fold": fold, "seed": config["seed"]}))
-  return tidy(pd.concat(parts, ignore_index=True),
-              ("image", "label", "fold", "seed"))
-
-
 def duplicates(frame: pd.DataFrame, keys: Sequence[str],
                name: str) -> list[str]:
   """A line per key tuple (e.g. image and seed) appearing more than once."""

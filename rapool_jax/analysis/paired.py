@@ -141,18 +141,20 @@ def resample_indices(y, within, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_differences(frame: pd.DataFrame, a: str, b: str,
-                          stratum: str | None = None, within: str = "fold",
+                          stratum: str | None = None,
+                          within: str | None = "fold",
                           n_resamples: int = N_RESAMPLES,
                           seed: int = 0) -> pd.DataFrame:
   """[R, strata]: per bootstrap replicate, the ``within``-stratified AUC
   difference a - b in each value of ``stratum`` (one column ``"all"``
   without). Images are resampled within ``within`` (positives and negatives
-  apart) once per replicate, paired across arms and shared by every
-  stratum, so differences of columns (interactions) bootstrap correctly.
-  Rows where ``stratum`` is NaN are left out first."""
+  apart; ``within`` None: one stratum) once per replicate, paired across
+  arms and shared by every stratum, so differences of columns
+  (interactions) bootstrap correctly. Rows where ``stratum`` is NaN are
+  left out first."""
   p = pair(frame if stratum is None else frame.dropna(subset=[stratum]), a, b)
   y, sa, sb = (p[c].to_numpy() for c in ("label", a, b))
-  w = p[within].to_numpy()
+  w = np.zeros(len(p)) if within is None else p[within].to_numpy()
   levels = ["all"] if stratum is None else sorted(p[stratum].unique())
   member = {v: (np.ones(len(p), bool) if stratum is None
                 else (p[stratum] == v).to_numpy()) for v in levels}
@@ -167,7 +169,7 @@ def bootstrap_differences(frame: pd.DataFrame, a: str, b: str,
 
 
 def interaction(frame: pd.DataFrame, a: str, b: str, stratum: str,
-                levels: Sequence = (1, 0), within: str = "fold",
+                levels: Sequence = (1, 0), within: str | None = "fold",
                 n_resamples: int = N_RESAMPLES, seed: int = 0,
                 alpha: float = 0.05) -> dict:
   """(a - b in ``stratum == levels[0]``) - (a - b in ``levels[1]``): the
@@ -175,7 +177,8 @@ def interaction(frame: pd.DataFrame, a: str, b: str, stratum: str,
   bootstrap CI and a two-sided bootstrap p (twice the smaller share of
   replicates on either side of 0), from ``bootstrap_differences``."""
   p = pair(frame.dropna(subset=[stratum]), a, b)
-  y, w = p["label"].to_numpy(), p[within].to_numpy()
+  y = p["label"].to_numpy()
+  w = np.zeros(len(p)) if within is None else p[within].to_numpy()
   diffs = [stratified_difference(
       y[k], p[a].to_numpy()[k], p[b].to_numpy()[k], w[k])
            for k in ((p[stratum] == v).to_numpy() for v in levels)]

@@ -20,6 +20,7 @@ from rapool_jax.analysis import design
 from rapool_jax.analysis import frames
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import paired
+from rapool_jax.analysis import runs
 from rapool_jax.analysis import tables as tb
 
 KEYS = ("image", "label", "seed")
@@ -32,7 +33,7 @@ def collect(run_dirs) -> dict:
   parts, arms = {"test": [], "val": []}, None
   for run in sorted(run_dirs):
     config = frames.run_config(run)
-    these = crossval.run_arms(run, config)
+    these = runs.run_arms(run, config)
     if arms is not None and these != arms:
       raise ValueError(f"{run}: arms {list(these.values())} differ from "
                        f"{list(arms.values())}")
