@@ -75,9 +75,10 @@ def per_fold_thresholds(y, s, folds, spe: float) -> np.ndarray:
 
 
 def pair(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-  """Arms ``a`` and ``b`` of a long frame side by side [N images]: the
-  columns but ``arm``/``score``/``n``, then ``a`` and ``b``; ValueError
-  naming an arm the frame lacks or an image only one arm scores."""
+  """Arms ``a`` and ``b`` of a long frame [N * arms] side by side [N]: its
+  columns but ``arm``/``score``/``n``, then ``a`` and ``b``, sorted; a
+  ValueError names an arm the frame lacks or says one arm scores other
+  images."""
   for arm in (a, b):
     if not (frame["arm"] == arm).any():
       raise ValueError(f"no arm {arm!r} in the frame (arms: "
@@ -92,9 +93,9 @@ def pair(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
 
 def compare(frame: pd.DataFrame, a: str, b: str, within: str | None = "fold",
             seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
-  """``paired_auc`` of arms ``a`` - ``b`` of a seed-averaged long frame:
-  stratified by the ``within`` column (None: pooled), plus ``n`` and
-  ``positives``."""
+  """``paired_auc`` of arms ``a`` - ``b`` of a seed-averaged long frame
+  [N * arms] (``frames.average_scores``): DeLong and bootstrap stratified by
+  the ``within`` column (None: pooled), plus ``n`` and ``positives``."""
   p = pair(frame, a, b)
   y = p["label"].to_numpy()
   out = paired_auc(y, p[a].to_numpy(), p[b].to_numpy(),
@@ -106,8 +107,9 @@ def compare(frame: pd.DataFrame, a: str, b: str, within: str | None = "fold",
 def compare_by_stratum(frame: pd.DataFrame, a: str, b: str, stratum: str,
                        within: str | None = "fold", seed: int = 0,
                        n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
-  """``compare`` within each value of the ``stratum`` column (rows where it
-  is NaN, e.g. unannotated images, left out): one row per value."""
+  """``compare`` within each value of the ``stratum`` column [strata rows]:
+  ``stratum``, ``n``, ``positives``, diff, DeLong lo/hi/p, boot_lo/hi.
+  Rows where it is NaN (unannotated images) are left out: count them."""
   rows = [{stratum: value, **compare(group, a, b, within, seed, n_resamples)}
           for value, group in frame.dropna(subset=[stratum]).groupby(stratum)]
   return pd.DataFrame(rows)
