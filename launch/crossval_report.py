@@ -105,15 +105,11 @@ def main(argv=None) -> int:
   parser = commands.report_parser(__doc__, "fold run workdirs",
                                   "--expected-runs",
                                   "fold:seed pairs the CV was meant to have")
-  args = parser.parse_args(argv)
-  status = commands.check_or_rebuild(args, cv.compute_all, markdown_of)
-  if status is not None:
-    return status
-  if not args.runs or not args.out:
-    parser.error("give fold run workdirs and --out (or --check/--rebuild OUT)")
-  write_report(args.runs, args.out, parse_expected(args.expected_runs),
-               near_copy_choice(args))
-  return 0
+  return commands.main(
+      parser, argv, cv.compute_all, markdown_of,
+      lambda args: write_report(args.runs, args.out,
+                                parse_expected(args.expected_runs),
+                                near_copy_choice(args)), "fold run workdirs")
 
 
 if __name__ == "__main__":

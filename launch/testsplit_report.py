@@ -63,16 +63,12 @@ def main(argv=None) -> int:
   parser = commands.report_parser(__doc__, "one run workdir per seed",
                                   "--expected-seeds",
                                   "comma-separated seeds meant to run")
-  args = parser.parse_args(argv)
-  status = commands.check_or_rebuild(args, testsplit.compute_all, markdown_of)
-  if status is not None:
-    return status
-  if not args.runs or not args.out:
-    parser.error("give run workdirs and --out (or --check/--rebuild OUT)")
-  write_report(args.runs, args.out,
-               [int(s) for s in args.expected_seeds.split(",") if s],
-               commands.near_copy_choice(args))
-  return 0
+  return commands.main(
+      parser, argv, testsplit.compute_all, markdown_of,
+      lambda args: write_report(
+          args.runs, args.out,
+          [int(s) for s in args.expected_seeds.split(",") if s],
+          commands.near_copy_choice(args)), "run workdirs")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,17 @@ def check_or_rebuild(args, compute: recompute.Compute,
     recompute.write_tables(args.rebuild, compute, markdown_of(args.rebuild))
     return 0
   return None
+
+
+def main(parser: argparse.ArgumentParser, argv, compute: recompute.Compute,
+         markdown_of, write, runs_are: str) -> int:
+  """A report command: --check or --rebuild OUT, else ``write(args)`` from
+  the run dirs (``runs_are`` names them in the usage error) to --out."""
+  args = parser.parse_args(argv)
+  status = check_or_rebuild(args, compute, markdown_of)
+  if status is not None:
+    return status
+  if not args.runs or not args.out:
+    parser.error(f"give {runs_are} and --out (or --check/--rebuild OUT)")
+  write(args)
+  return 0

@@ -23,6 +23,7 @@ from rapool_jax.analysis import frames
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import paired
 from rapool_jax.analysis import power
+from rapool_jax.analysis import recompute
 from rapool_jax.analysis import runs
 
 SPECIFICITIES = (0.884, 0.923)  # the paper's RankOpt and softmax operating points
@@ -371,13 +372,8 @@ def runs_summary(table: pd.DataFrame) -> dict:
 
 def compute_all(out: str) -> dict:
   """Every figure of results.json from OUT's CSVs (ValueError on bad CSVs)."""
-  t = read_tables(out)
-  problems = validate(t)
-  if problems:
-    raise ValueError("; ".join(problems))
-  arms, comparisons = t["design"]
-  auc = design.resolve(comparisons, arms, design.AUC)
-  sens = design.resolve(comparisons, arms, design.SENSITIVITY)
+  t = recompute.valid_tables(out, read_tables, validate)
+  auc, sens = design.resolve_both(*t["design"])
   results = {"arms": t["arms"], "runs": runs_summary(t["runs"]),
              "match_tolerance": paired.MATCH_TOLERANCE,
              "by_seed": [compute_seed(t, s, auc, sens)

@@ -121,6 +121,13 @@ def resolve(comparisons: Sequence[Comparison], arms: dict[str, str],
   return out
 
 
+def resolve_both(arms: dict[str, str], comparisons: Sequence[Comparison]
+                 ) -> tuple[list[Comparison], list[Comparison]]:
+  """``resolve``'s AUC and sensitivity comparisons."""
+  return (resolve(comparisons, arms, AUC),
+          resolve(comparisons, arms, SENSITIVITY))
+
+
 def check_columns(arms: dict[str, str], columns: Sequence[str],
                   where: str) -> list[str]:
   """Lines naming each arm of arms.csv whose column ``where`` lacks, and

@@ -12,6 +12,16 @@ Compute = Callable[[str], dict]
 Markdown = Callable[[dict], str]
 
 
+def valid_tables(out: str, read: Callable[[str], dict],
+                 validate: Callable[[dict], list]) -> dict:
+  """``read(out)``; ValueError listing every problem ``validate`` finds."""
+  t = read(out)
+  problems = validate(t)
+  if problems:
+    raise ValueError("; ".join(problems))
+  return t
+
+
 def write_tables(out: str, compute: Compute, markdown: Markdown) -> dict:
   """results.json and results.md of OUT, from its CSVs."""
   results = compute(out)

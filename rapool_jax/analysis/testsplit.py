@@ -20,6 +20,7 @@ from rapool_jax.analysis import design
 from rapool_jax.analysis import frames
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import paired
+from rapool_jax.analysis import recompute
 from rapool_jax.analysis import runs
 from rapool_jax.analysis import tables as tb
 
@@ -149,17 +150,13 @@ def comparison_rows(auc, m, keep) -> list[dict]:
 
 def compute_all(out: str) -> dict:
   """Every figure of results.json from OUT's CSVs (ValueError on bad CSVs)."""
-  t = read_tables(out)
-  problems = validate(t)
-  if problems:
-    raise ValueError("; ".join(problems))
-  arms, comparisons = t["design"]
+  t = recompute.valid_tables(out, read_tables, validate)
+  auc, sens = design.resolve_both(*t["design"])
   m = frames.average_wide(t["test"], KEYS)
   v = frames.average_wide(t["val"], KEYS)
   keep = ~np.isin(m["image"].to_numpy(), sorted(t["near_copies"] or ()))
   y = m["label"].to_numpy()
-  at_val, at_roc = sensitivities(
-      design.resolve(comparisons, arms, design.SENSITIVITY), m, v)
+  at_val, at_roc = sensitivities(sens, m, v)
   missing = t["runs"].loc[t["runs"]["finished"] == 0, "seed"].tolist()
   results = {
       "arms": t["arms"], "match_tolerance": paired.MATCH_TOLERANCE,
@@ -171,8 +168,7 @@ def compute_all(out: str) -> dict:
       "near_copies": int((~keep).sum()),
       "near_copy_melanomas": int(y[~keep].sum()),
       "arm_rows": arm_rows(t, m, v, keep),
-      "comparisons": comparison_rows(
-          design.resolve(comparisons, arms, design.AUC), m, keep),
+      "comparisons": comparison_rows(auc, m, keep),
       "sensitivity_at_validation_thresholds": at_val,
       "sensitivity_at_test_roc_point": at_roc}
   return json.loads(json.dumps(results))
