@@ -25,6 +25,9 @@ Variants (``--config configs/isic2017.py:NAME``):
              long as Step 2 + Step 4; RankOpt and a balanced logistic
              regression on the RAP features. Run all folds with
              ``launch/crossval.py``.
+  runlocal,testsplit  recipe 2 of the robustness study: runlocal's recipe
+             with testsplit's arms (GAP control 800 steps) on the official
+             splits.
   testsplit  the crossval recipe and its primary arms (RAP at lambda 7.5, GAP
              + segmentation loss, the GAP control; RankOpt and logistic
              regression on RAP) trained on the official training split,
@@ -89,10 +92,13 @@ def get_config(arg: str = "paper"):
         classification_steps=1000, segmentation_steps=200, joint_steps=800,
         lr=0.05, lambda_seg=7.5, schedule="cosine")
     c.stages.joint.lr = 0.01
-  if variants & {"crossval", "testsplit"}:
-    crossval(c)
-  if "testsplit" in variants:
+  if "runlocal" in variants and "testsplit" in variants:
+    add_arms(c, ("joint", "joint_gap_seg"), c.stages.joint.max_steps)
     official_splits(c)
+  elif variants & {"crossval", "testsplit"}:
+    crossval(c)
+    if "testsplit" in variants:
+      official_splits(c)
   if "fullsize" in variants:
     c.data.image_size, c.data.crop_size = 256, 224
     c.model.depth, c.model.width = "50", 1.0
@@ -111,6 +117,7 @@ CROSSVAL_ARMS = {
     "joint_mask_oracle": ("mask oracle (lambda 7.5)",
                           dict(pooling="mask_oracle")),
 }
+
 
 # The CV's paired comparisons by arm (a stage above, "classification",
 # "gap_control", or the heads "rankopt" and "logistic_regression"):
@@ -154,22 +161,11 @@ def crossval(c):
   c.model.output_stride, c.model.dropout_rate = 16, 0.1
   c.train.batch_size, c.train.eval_batch_size = 32, 64
   c.train.log_every, c.train.checkpoint_every = 50, 100
-  step4_steps = 250
   c.stages = config_lib.paper_stages(
-      classification_steps=800, segmentation_steps=100,
-      joint_steps=step4_steps, lr=0.05, lambda_seg=7.5, schedule="cosine")
+      classification_steps=800, segmentation_steps=100, joint_steps=250,
+      lr=0.05, lambda_seg=7.5, schedule="cosine")
   c.stages.classification.warmup_steps = 40
-  for name, (report_as, changes) in CROSSVAL_ARMS.items():
-    arm = c.stages.joint.copy_and_resolve_references()
-    arm.update(dict(lr=0.01, report_as=report_as, init_from="segmentation",
-                    **changes))
-    c.stages[name] = arm
-  control = c.stages.classification.copy_and_resolve_references()
-  control.update(dict(lr=0.01, warmup_steps=0, max_steps=step4_steps,
-                      report_as="GAP control", init_from="classification"))
-  c.stages.gap_control = control
-  c.stage_order = ("classification", "segmentation", *CROSSVAL_ARMS,
-                   "gap_control")
+  add_arms(c, CROSSVAL_ARMS, 250)
   c.rankopt.threshold_split = "cv_val"
   # Every fold x seed x arm model also scores the official test split.
   c.data.report_splits = ("test",)
@@ -178,6 +174,22 @@ def crossval(c):
   c.rankopt.logistic_regression_report_as = "RAP + logistic regression"
   c.report.comparisons = CROSSVAL_COMPARISONS
   c.report.sensitivity_comparisons = SENSITIVITY_COMPARISONS
+
+
+def add_arms(c, arms, step4_steps: int):
+  """Step-4 ``arms`` (of ``CROSSVAL_ARMS``) branching from Step 3, and the
+  GAP control: Step 2 trained ``step4_steps`` more with GAP."""
+  for name in arms:
+    report_as, changes = CROSSVAL_ARMS[name]
+    arm = c.stages.joint.copy_and_resolve_references()
+    arm.update(dict(lr=0.01, report_as=report_as, init_from="segmentation",
+                    **changes))
+    c.stages[name] = arm
+  control = c.stages.classification.copy_and_resolve_references()
+  control.update(dict(lr=0.01, warmup_steps=0, max_steps=step4_steps,
+                      report_as="GAP control", init_from="classification"))
+  c.stages.gap_control = control
+  c.stage_order = ("classification", "segmentation", *arms, "gap_control")
 
 
 # The test split has no masks: the oracle arm cannot be scored there.
@@ -198,3 +210,4 @@ def official_splits(c):
   c.rankopt.threshold_split = "validation"
   c.stage_order = ("classification", "segmentation", *TESTSPLIT_ARMS)
   c.report.comparisons = TESTSPLIT_COMPARISONS
+  c.report.sensitivity_comparisons = SENSITIVITY_COMPARISONS

@@ -178,6 +178,10 @@ def data_config() -> ml_collections.ConfigDict:
           # Images whose 24 px grayscale correlation reaches this are one
           # lesion and stay in one fold (data/folds.py says why 0.97).
           near_duplicate_threshold=0.97)),
+      # Trap set (data/trap.py): an artefact outside the lesion on a share of
+      # images that goes with the label at `bias` in the training and
+      # validation splits and against it elsewhere; kind "" = off.
+      trap=ml_collections.ConfigDict(dict(kind="", bias=0.0, seed=0)),
   ))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -157,3 +158,25 @@ def jaccard_per_image(pred_masks, true_masks) -> np.ndarray:
   inter = np.sum(pred & true, axis=(1, 2), dtype=np.int64)
   union = np.sum(pred | true, axis=(1, 2), dtype=np.int64)
   return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def cam_energy_inside(cams, masks) -> np.ndarray:
+  """``[B]``: the share of positive CAM energy that lies inside the lesion
+  (the energy-based pointing game), NaN where a CAM has no positive part.
+
+  ``cams [B, h, w]``, ``masks [B, H, W]`` (> 0 inside): each CAM cell's
+  energy is spread evenly over the pixels it covers, i.e. the mask is
+  area-averaged down to the CAM's grid, so no interpolation is chosen.
+  """
+  cams = np.maximum(np.asarray(cams, np.float64), 0)
+  masks = np.asarray(masks) > 0
+  if cams.ndim != 3 or masks.ndim != 3 or len(cams) != len(masks):
+    raise ValueError(f"cams [B, h, w] and masks [B, H, W] must match, got "
+                     f"{cams.shape} and {masks.shape}")
+  h, w = cams.shape[1:]
+  share = np.stack([cv2.resize(m.astype(np.float32), (w, h),
+                               interpolation=cv2.INTER_AREA) for m in masks])
+  total = cams.sum((1, 2))
+  inside = (cams * share).sum((1, 2))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(total > 0, inside / total, np.nan)

@@ -1,7 +1,8 @@
 r"""Inference with a finished run: challenge-format CSV and lesion masks.
 
     python -m rapool_jax.predict --workdir DIR --images PATH --out preds.csv \
-        [--masks-out MASKDIR] [--stage NAME] [--norankopt]
+        [--masks-out MASKDIR] [--stage NAME] [--norankopt] \
+        [--masks DIR [--disrupt lesion_only|background_only|bbox]]
 
 ``PATH`` is a folder or a zip of images of any size, preprocessed as in
 training (squashed to ``data.image_size``, centre crop for classification).
@@ -9,6 +10,11 @@ The CSV (``image``, a probability per class) and the masks (0/255 PNGs at each
 image's size) are the ISIC challenge's; where the run fitted RankOpt, the
 melanoma column is its score mapped monotonically to [0, 1], the threshold at
 0.5 (AUC unchanged).
+With ``--masks DIR`` (true lesion masks, ``<image id>_segmentation.png`` as
+ISIC's ground truth or ``<image id>.png``, each the size of its image) the CSV
+gains ``cam_energy_inside``: the share of the melanoma CAM's positive energy
+inside the mask (``metrics.cam_energy_inside``); ``--disrupt`` scores the
+image with its lesion or background taken away first (``disrupt.py``).
 A workdir that a run is writing (it holds ``writer.lock``) is refused: its
 checkpoints, ``config.json`` and ``rankopt.npz`` may change under the reader.
 """
@@ -33,8 +39,11 @@ import numpy as np
 from PIL import Image
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import disrupt as disrupt_lib
 from rapool_jax import errors
+from rapool_jax import metrics
 from rapool_jax import rankopt
+from rapool_jax import report
 from rapool_jax.data import pipeline
 from rapool_jax.models import rapool_net
 
@@ -134,72 +143,168 @@ def rankopt_probability(scores, threshold: float, scale: float) -> np.ndarray:
   return 1.0 / (1.0 + np.exp(-(np.asarray(scores) - threshold) / scale))
 
 
+def list_masks(path: str) -> dict[str, str]:
+  """``{image id: file}`` of the masks in folder ``path``."""
+  if not os.path.isdir(path):
+    raise errors.UserError(f"--masks={path}: no such folder of masks")
+  found = {}
+  for name in sorted(os.listdir(path)):
+    m = _IMAGE.match(name)
+    if m:
+      found[m.group(1).removesuffix("_segmentation")] = name
+  return found
+
+
+def read_mask(path: str, name: str, image: Image.Image, size: int):
+  """``[size, size]`` uint8 0/1 mask resized as its ``image`` is; a mask of
+  another size than its image is a one-line error naming it."""
+  where = os.path.join(path, name)
+  try:
+    mask = Image.open(where).convert("L")
+  except (OSError, SyntaxError, ValueError) as e:
+    raise errors.UserError(f"{where}: unreadable or corrupt mask ({e})") from None
+  if mask.size != image.size:
+    raise errors.UserError(f"{where}: mask is {mask.size[0]}x{mask.size[1]} "
+                           f"but its image is {image.size[0]}x{image.size[1]}")
+  return (np.asarray(mask.resize((size, size), Image.NEAREST)) > 127).astype(
+      np.uint8)
+
+
 def forward_fn(config, model, variables, pooling):
-  """A jitted ``[B, S, S, 3]`` uint8 images (S = ``data.image_size``) ->
-  class probabilities ``[B, K]`` and pooled features of the centre crop, and
-  the ``[B, S, S]`` 0/1 lesion mask of the whole image."""
+  """A jitted ``[B, S, S, 3]`` uint8 images and ``[B, S, S]`` masks (S =
+  ``data.image_size``) -> class probabilities ``[B, K]``, pooled features
+  and the melanoma CAM ``[B, h, w]`` of the centre crop, and the ``[B, S, S]``
+  0/1 predicted lesion mask of the whole image."""
   size, crop = config.data.image_size, config.data.crop_size
   mean, std = tuple(config.data.mean), tuple(config.data.std)
+  lo = (size - crop) // 2
 
   @jax.jit
-  def forward(images):
+  def forward(images, masks):
     x = pipeline.normalize(images, mean, std)
-    lo = (size - crop) // 2
+    m = masks[:, lo:lo + crop, lo:lo + crop]
     cls = model.apply(variables, x[:, lo:lo + crop, lo:lo + crop], train=False,
-                      pooling=pooling)
+                      pooling=pooling, mask=m)
+    cam = report.cam_of_outputs(cls, variables, pooling, 1, m)
     seg = model.apply(variables, x, train=False, pooling=pooling)
-    return (jax.nn.softmax(cls["logits"], -1), cls["pooled"],
+    return (jax.nn.softmax(cls["logits"], -1), cls["pooled"], cam,
             jnp.argmax(seg["seg_logits"], -1))
 
   return forward
 
 
+def read_batch(images_path: str, chunk, size: int, batch_size: int,
+               masks_path: str | None, masks: dict, disrupt: str):
+  """``(originals, images [B, S, S, 3], masks [B, S, S])`` of ``chunk``'s
+  images, padded to ``batch_size`` (one compiled shape), disrupted."""
+  originals = [read_image(images_path, member) for _, member in chunk]
+  images = np.zeros((batch_size, size, size, 3), np.uint8)
+  images[:len(chunk)] = [np.asarray(im.resize((size, size), Image.BICUBIC))
+                         for im in originals]
+  mask_batch = np.zeros((batch_size, size, size), np.uint8)
+  for i, (image_id, _) in enumerate(chunk):
+    if image_id in masks:
+      mask_batch[i] = read_mask(masks_path, masks[image_id], originals[i],
+                                size)
+    elif disrupt != "whole":
+      raise errors.UserError(f"{image_id}: no mask in --masks={masks_path} "
+                             f"(--disrupt={disrupt} needs one per image)")
+  if disrupt != "whole":
+    images[:len(chunk)] = disrupt_lib.disrupt(
+        images[:len(chunk)], mask_batch[:len(chunk)], disrupt)
+  return originals, images, mask_batch
+
+
 def predict(workdir: str, images_path: str, out_csv: str,
             masks_out: str | None = None, batch_size: int = 16,
-            stage: str = "", use_rankopt: bool = True) -> list[dict]:
+            stage: str = "", use_rankopt: bool = True,
+            masks_path: str | None = None, disrupt: str = "whole") -> list[dict]:
   """Writes the CSV (and masks) of ``stage``'s model ("" = the final one;
   ``use_rankopt=False``: its softmax, not RankOpt); returns the rows."""
+  disrupt_lib.check_version(disrupt, masks_path)
   config, model, variables, pooling, fitted = load_run(workdir, stage,
                                                        use_rankopt)
-  size = config.data.image_size
   forward = forward_fn(config, model, variables, pooling)
   entries = list_images(images_path)
-  if masks_out:
-    os.makedirs(masks_out, exist_ok=True)
+  masks = list_masks(masks_path) if masks_path else {}
   rows = []
   for lo in range(0, len(entries), batch_size):
     chunk = entries[lo:lo + batch_size]
-    originals = [read_image(images_path, member) for _, member in chunk]
-    n = len(chunk)
-    batch = np.zeros((batch_size, size, size, 3), np.uint8)  # one compiled shape
-    batch[:n] = [np.asarray(im.resize((size, size), Image.BICUBIC))
-                 for im in originals]
-    probs, pooled, seg = (np.asarray(a)[:n] for a in forward(jnp.asarray(batch)))
-    melanoma = probs[:, 1]
-    if fitted is not None:
-      result, extra = fitted
-      melanoma = rankopt_probability(rankopt.decision_function(result, pooled),
-                                     float(result.threshold),
-                                     float(extra["score_scale"]))
-    for i, (image_id, _) in enumerate(chunk):
-      row = {"image": image_id, "melanoma": float(melanoma[i])}
-      if config.data.task == "three_class":
-        row["seborrheic_keratosis"] = float(probs[i, 2])
-      rows.append(row)
-      if masks_out:
-        mask = Image.fromarray((seg[i] * 255).astype(np.uint8))  # 0/255 PNG
-        mask.resize(originals[i].size, Image.NEAREST).save(
-            os.path.join(masks_out, f"{image_id}_segmentation.png"))
+    originals, images, mask_batch = read_batch(
+        images_path, chunk, config.data.image_size, batch_size, masks_path,
+        masks, disrupt)
+    out = forward(jnp.asarray(images), jnp.asarray(mask_batch))
+    probs, pooled, cam, seg = (np.asarray(a)[:len(chunk)] for a in out)
+    crop = report_crop(mask_batch[:len(chunk)], config.data)
+    rows += score_rows(chunk, probs, pooled, fitted, config.data.task,
+                       metrics.cam_energy_inside(cam, crop) if masks else None)
+    if masks_out:
+      save_masks(masks_out, chunk, seg, originals)
     print(f"predicted {min(lo + batch_size, len(entries))}/{len(entries)}",
           flush=True)
-  write_csv(out_csv, rows, config.data.task)
+  write_csv(out_csv, rows, config.data.task, with_cam=bool(masks))
   return rows
 
 
-def write_csv(out_csv: str, rows: list[dict], task: str) -> None:
-  """The challenge CSV: ``image``, ``melanoma`` (and ``seborrheic_keratosis``)."""
+def score_arrays(workdir: str, stage: str, images, masks,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """``(melanoma [N], cam_energy_inside [N])``: ``stage``'s softmax and CAM
+  energy on ``images [N, S, S, 3]`` uint8 and ``masks [N, S, S]`` at the
+  run's stored size, centre-cropped as in its evaluation."""
+  config, model, variables, pooling, _ = load_run(workdir, stage, False)
+  forward = forward_fn(config, model, variables, pooling)
+  scores, inside = [], []
+  for lo in range(0, len(images), batch_size):
+    n = len(images[lo:lo + batch_size])
+    x, m = (np.concatenate([a[lo:lo + n], np.zeros(
+        (batch_size - n,) + a.shape[1:], a.dtype)]) for a in (images, masks))
+    probs, _, cam, _ = forward(jnp.asarray(x), jnp.asarray(m))
+    scores.append(np.asarray(probs)[:n, 1])
+    inside.append(metrics.cam_energy_inside(
+        np.asarray(cam)[:n], report_crop(m[:n], config.data)))
+  return np.concatenate(scores), np.concatenate(inside)
+
+
+def report_crop(masks, data) -> np.ndarray:
+  """The centre crop that the classifier (and so the CAM) sees."""
+  return np.asarray(pipeline.center_crop(masks, data.crop_size))
+
+
+def score_rows(chunk, probs, pooled, fitted, task: str, cam_inside) -> list:
+  """One CSV row per image: the melanoma score (RankOpt's where fitted)."""
+  melanoma = probs[:, 1]
+  if fitted is not None:
+    result, extra = fitted
+    melanoma = rankopt_probability(rankopt.decision_function(result, pooled),
+                                   float(result.threshold),
+                                   float(extra["score_scale"]))
+  rows = []
+  for i, (image_id, _) in enumerate(chunk):
+    row = {"image": image_id, "melanoma": float(melanoma[i])}
+    if task == "three_class":
+      row["seborrheic_keratosis"] = float(probs[i, 2])
+    if cam_inside is not None:
+      row["cam_energy_inside"] = float(cam_inside[i])
+    rows.append(row)
+  return rows
+
+
+def save_masks(masks_out: str, chunk, seg, originals) -> None:
+  """0/255 PNGs of the predicted lesion, each at its image's size."""
+  os.makedirs(masks_out, exist_ok=True)
+  for i, (image_id, _) in enumerate(chunk):
+    mask = Image.fromarray((seg[i] * 255).astype(np.uint8))
+    mask.resize(originals[i].size, Image.NEAREST).save(
+        os.path.join(masks_out, f"{image_id}_segmentation.png"))
+
+
+def write_csv(out_csv: str, rows: list[dict], task: str,
+              with_cam: bool = False) -> None:
+  """The challenge CSV: ``image``, ``melanoma`` (and ``seborrheic_keratosis``;
+  ``cam_energy_inside`` with masks)."""
   columns = ["image", "melanoma"] + (
-      ["seborrheic_keratosis"] if task == "three_class" else [])
+      ["seborrheic_keratosis"] if task == "three_class" else []) + (
+          ["cam_energy_inside"] if with_cam else [])
   os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
   with open(out_csv, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
@@ -213,6 +318,12 @@ flags.DEFINE_string("images", None, "Folder or zip of images.")
 flags.DEFINE_string("out", None, "Output CSV path.")
 flags.DEFINE_string("masks-out", None, "Folder for lesion mask PNGs.")
 flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+flags.DEFINE_string("masks", None, "Folder of true lesion masks "
+                    "(<id>_segmentation.png or <id>.png): adds the column "
+                    "cam_energy_inside.")
+flags.DEFINE_enum("disrupt", "whole", disrupt_lib.VERSIONS,
+                  "Score each image with its lesion or background taken "
+                  "away (needs --masks).")
 flags.DEFINE_string("stage", "", "Score with this stage's model, e.g. "
                     "'classification' (Step 2, GAP); default: the final model.")
 flags.DEFINE_bool("rankopt", True, "Use the run's RankOpt scores where it has "
@@ -245,7 +356,8 @@ def main(argv):
     if missing:
       raise errors.UserError(f"missing required flag(s): {' '.join(missing)}")
     predict(FLAGS.workdir, FLAGS.images, FLAGS.out, FLAGS["masks-out"].value,
-            FLAGS.batch_size, stage=FLAGS.stage, use_rankopt=FLAGS.rankopt)
+            FLAGS.batch_size, stage=FLAGS.stage, use_rankopt=FLAGS.rankopt,
+            masks_path=FLAGS.masks, disrupt=FLAGS.disrupt)
     print(f"wrote {FLAGS.out}", file=sys.stderr)
 
 

@@ -65,13 +65,21 @@ def class_activation_maps(model, variables, images, pooling: str, cls: int,
   ``mask_oracle``). Returns the CAM and S, each ``[B, h, w]``."""
   out = model.apply(variables, images, train=False, pooling=pooling,
                     mask=masks)
+  cam = cam_of_outputs(out, variables, pooling, cls, masks)
+  return np.asarray(cam), np.asarray(out["score_map"])
+
+
+def cam_of_outputs(out: dict, variables, pooling: str, cls: int, masks=None):
+  """``[B, h, w]`` CAM of class ``cls`` from a forward pass's ``out``: the
+  classifier's weights on the last features, weighted as the pooling weighs
+  them (jit-able)."""
   w = variables["params"]["classifier"]["kernel"][:, cls]
   cam = jnp.einsum("bhwc,c->bhw", out["features"].astype(jnp.float32), w)
   if pooling.startswith("region"):
-    cam = cam * out["score_map"]
-  elif pooling == "mask_oracle":
-    cam = cam * pooling_lib.resize_mask_to_features(masks, cam.shape[1:3])
-  return np.asarray(cam), np.asarray(out["score_map"])
+    return cam * out["score_map"]
+  if pooling == "mask_oracle":
+    return cam * pooling_lib.resize_mask_to_features(masks, cam.shape[1:3])
+  return cam
 
 
 def plot_cams(path: str, model, columns: list[tuple[str, Any, str]],

@@ -21,12 +21,14 @@ import numpy as np
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import population
 from rapool_jax import run
 from rapool_jax import sharding
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
+from rapool_jax.data import trap
 
 
 def member_dir(workdir: str, index: int) -> str:
@@ -58,7 +60,14 @@ def load_data(config, members):
   stored = {n: pipeline.load_split(builder, n, data.task)
             for n in sorted(names - set(pipeline.CV_SPLITS))}
   if not names & set(pipeline.CV_SPLITS):
+    stored = trap.apply_to_splits(stored, data)
     splits, pooled = [stored] * len(members), None
+  elif data.trap.kind:
+    # Members share the pooled training images; a trap reverses the link
+    # on each member's own held-out fold, so those cannot be shared.
+    raise errors.UserError(
+        "config.data.trap.kind: a trap set on cross-validation splits runs "
+        "one fold per main job, not as a population (--seeds/--folds)")
   else:
     folds.check_crossval(data)
     pooled = folds.concat([stored.get(s) or pipeline.load_split(

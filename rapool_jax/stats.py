@@ -247,15 +247,67 @@ def paired_bootstrap_auc_diff(labels, scores_a, scores_b, n_resamples=2000,
       raise ValueError(f"stratum {name!r}: the bootstrap needs at least 2 "
                        f"positives and 2 negatives, got {n_pos} and "
                        f"{idx.size - n_pos}")
+  diff, res = _bootstrap(y, a, b, groups, n_resamples, seed, alpha)
+  return {"diff": diff, "lo": float(res.confidence_interval.low),
+          "hi": float(res.confidence_interval.high)}
+
+
+def _bootstrap(y, a, b, groups, n_resamples, seed, alpha=0.05):
+  """``(diff, scipy's BootstrapResult)`` of ``paired_bootstrap_auc_diff``."""
   samples, statistic, diff = _bootstrap_problem(y, a, b, groups)
   # Bound the per-call working set (B x N floats) for large test sets.
   batch = int(max(1, min(int(n_resamples), 20_000_000 // y.size)))
-  res = _st.bootstrap(samples, statistic, n_resamples=int(n_resamples),
-                      batch=batch, vectorized=True, paired=False, axis=-1,
-                      confidence_level=1.0 - alpha, method="percentile",
-                      rng=np.random.default_rng(seed))
-  return {"diff": diff, "lo": float(res.confidence_interval.low),
-          "hi": float(res.confidence_interval.high)}
+  return diff, _st.bootstrap(
+      samples, statistic, n_resamples=int(n_resamples), batch=batch,
+      vectorized=True, paired=False, axis=-1, confidence_level=1.0 - alpha,
+      method="percentile", rng=np.random.default_rng(seed))
+
+
+def interaction_bootstrap(labels, scores_a, scores_b, in_group, strata=None,
+                          n_resamples: int = 2000, seed: int = 0,
+                          alpha: float = 0.05) -> dict:
+  """Whether ``auc_a - auc_b`` differs between two groups of images: the
+  interaction I = D(in group) - D(rest), each D the stratum-weighted paired
+  difference of ``stratified_delong``.
+
+  ``labels, scores_a, scores_b, in_group`` (bool), ``strata`` [N]. Images are
+  resampled within group x stratum x label, the same images for both models
+  (paired); the groups hold different images, so their replicates are
+  independent. Returns dict(diff, lo, hi, se, p, diff_in, diff_out,
+  se_delong, p_delong): percentile CI, two-sided p from the bootstrap SE
+  (normal reference), and the DeLong cross-check (the two variances added).
+  """
+  y, a, b = _validated_pair(labels, scores_a, scores_b)
+  g = np.asarray(in_group, bool)
+  strata = np.zeros(y.size) if strata is None else np.asarray(strata)
+  parts, delong = [], []
+  for k, rows in enumerate((g, ~g)):
+    groups = _strata(strata[rows], int(rows.sum()))
+    parts.append(_bootstrap(y[rows], a[rows], b[rows], groups, n_resamples,
+                            seed + k, alpha))
+    delong.append(stratified_delong(y[rows], a[rows], b[rows], strata[rows]))
+  reps = (parts[0][1].bootstrap_distribution
+          - parts[1][1].bootstrap_distribution)
+  diff = parts[0][0] - parts[1][0]
+  lo, hi = np.percentile(reps, [50 * _alpha(alpha), 100 - 50 * _alpha(alpha)])
+  se = float(np.std(reps, ddof=1))
+  se_delong = math.hypot(delong[0]["se"], delong[1]["se"])
+  return {"diff": diff, "lo": float(lo), "hi": float(hi), "se": se,
+          "p": _normal(diff, se, alpha, -2, 2)["p"],
+          "diff_in": parts[0][0], "diff_out": parts[1][0],
+          "se_delong": se_delong,
+          "p_delong": _normal(diff, se_delong, alpha, -2, 2)["p"]}
+
+
+def holm(p_values) -> np.ndarray:
+  """Holm's step-down adjusted p values ``[K]`` of ``p_values [K]``."""
+  p = np.asarray(p_values, np.float64)
+  order = np.argsort(p)
+  adjusted = np.maximum.accumulate(
+      np.minimum(1.0, (p.size - np.arange(p.size)) * p[order]))
+  out = np.empty_like(p)
+  out[order] = adjusted
+  return out
 
 
 # ---------------------------------------------------------------- sensitivity

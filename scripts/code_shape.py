@@ -19,8 +19,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "rapool_jax"
 # Issue 27 asks for 4,500; the package's code and blank lines alone are more
 # (README says how much), so this budget only stops it growing.
 # rapool_jax/analysis/ (issue 35): the reports' library, moved in from
-# launch/ (about 2,100 lines).
-MAX_PACKAGE_LINES = 9000
+# launch/ (about 2,100 lines), and the robustness analysis.
+MAX_PACKAGE_LINES = 9900
 MAX_FUNCTION_LINES = 50
 MAX_CLASS_LINES = 100
 # Modules that import inside a function, and why (never to dodge a cycle).
@@ -35,17 +35,18 @@ LAYERS = (
     ("errors", "config_lib", "xla_flags", "distributed", "provenance",
      "weight_files"),
     ("data", "data.pipeline", "data.folds", "data.isic2017",
-     "data.synthetic_derm", "sharding"),
+     "data.synthetic_derm", "data.trap", "disrupt", "sharding"),
     ("models", "models.resnet", "models.vgg", "models.dropout",
      "models.rapool_net", "pooling"),
     ("pretrained",),
     ("losses", "optim", "metrics", "stats", "rankopt", "linear_baselines",
+     "analysis", "analysis.robustness", "analysis.robustness_report",
      "checkpoint", "checks", "progress"),
     ("train",),
     ("population",),
     ("evaluate",),
     ("report",),
-    ("analysis", "analysis.frames", "analysis.tables", "analysis.recompute",
+    ("analysis.frames", "analysis.tables", "analysis.recompute",
      "analysis.paired", "analysis.power", "analysis.prediction_csvs",
      "analysis.run_tables", "analysis.near_copies", "analysis.design",
      "analysis.runs"),

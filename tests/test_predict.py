@@ -198,3 +198,79 @@ def test_predict_refuses_a_workdir_being_written(tiny_run, tmp_path):
       proc.stderr)
   assert f"pid {os.getpid()}" in lines[0] and not os.path.exists(
       tmp_path / "p.csv")
+
+
+def _write_images_and_masks(folder, masks_folder, n=3, size=32):
+  """Synthetic images with their true masks, ISIC's mask names."""
+  os.makedirs(folder, exist_ok=True)
+  os.makedirs(masks_folder, exist_ok=True)
+  ids = []
+  for i in range(n):
+    example = synthetic_derm.generate_example("test", i, image_size=size)
+    image_id = f"ISIC_{9100000 + i:07d}"
+    Image.fromarray(example["image"]).save(os.path.join(folder, f"{image_id}.png"))
+    Image.fromarray(example["mask"][..., 0]).save(
+        os.path.join(masks_folder, f"{image_id}_segmentation.png"))
+    ids.append(image_id)
+  return ids
+
+
+def test_predict_with_masks_adds_cam_energy_and_disrupts(tiny_run, tmp_path):
+  from rapool_jax import disrupt
+  workdir, _ = tiny_run
+  images, masks = str(tmp_path / "images"), str(tmp_path / "masks")
+  ids = _write_images_and_masks(images, masks)
+  plain = predict.predict(workdir, images, str(tmp_path / "p.csv"),
+                          use_rankopt=False)
+  whole = predict.predict(workdir, images, str(tmp_path / "w.csv"),
+                          use_rankopt=False, masks_path=masks)
+  assert list(_read_csv(tmp_path / "w.csv")[0]) == [
+      "image", "melanoma", "cam_energy_inside"]
+  # Masks change nothing but the added column (RAP pools over S, not the mask).
+  np.testing.assert_allclose([r["melanoma"] for r in whole],
+                             [r["melanoma"] for r in plain], rtol=1e-6)
+  energy = np.array([r["cam_energy_inside"] for r in whole])
+  assert np.all((energy >= 0) & (energy <= 1) | np.isnan(energy))
+  # --disrupt scores exactly the disrupted image.
+  bg = predict.predict(workdir, images, str(tmp_path / "b.csv"),
+                       use_rankopt=False, masks_path=masks,
+                       disrupt="background_only")
+  assert [r["image"] for r in bg] == ids
+  by_hand = tmp_path / "by_hand"
+  os.makedirs(by_hand)
+  for image_id in ids:
+    im = np.asarray(Image.open(os.path.join(images, f"{image_id}.png")))
+    m = np.asarray(Image.open(os.path.join(masks, f"{image_id}_segmentation.png")))
+    Image.fromarray(disrupt.disrupt(im[None], m[None] > 127,
+                                    "background_only")[0]).save(
+        by_hand / f"{image_id}.png")
+  want = predict.predict(workdir, str(by_hand), str(tmp_path / "h.csv"),
+                         use_rankopt=False)
+  np.testing.assert_allclose([r["melanoma"] for r in bg],
+                             [r["melanoma"] for r in want], rtol=1e-5)
+  assert not np.allclose([r["melanoma"] for r in bg],
+                         [r["melanoma"] for r in whole])
+
+
+@pytest.mark.parametrize("case", ["no_mask", "other_size", "no_masks_flag"])
+def test_predict_bad_masks_are_one_line_errors(tiny_run, tmp_path, case):
+  workdir, _ = tiny_run
+  images, masks = str(tmp_path / "images"), str(tmp_path / "masks")
+  ids = _write_images_and_masks(images, masks, n=2)
+  args = ["--masks", masks, "--disrupt", "bbox"]
+  if case == "no_mask":
+    os.remove(os.path.join(masks, f"{ids[1]}_segmentation.png"))
+    want = f"{ids[1]}: no mask in --masks={masks}"
+  elif case == "other_size":
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(
+        os.path.join(masks, f"{ids[0]}_segmentation.png"))
+    want = "mask is 30x20 but its image is 32x32"
+  else:
+    args, want = ["--disrupt", "bbox"], "--disrupt=bbox needs --masks DIR"
+  proc = subprocess.run(
+      [sys.executable, "-m", "rapool_jax.predict", "--workdir", workdir,
+       "--images", images, "--out", str(tmp_path / "p.csv"), *args],
+      cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and want in lines[0], proc.stderr

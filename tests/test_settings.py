@@ -36,6 +36,8 @@ OUT_OF_RANGE = [
     ("data.device_memory_budget_mb", -1, ">= 0"),
     ("data.num_train", 0, ">= 1"),
     ("data.crossval.val_fraction", 1.0, "must be in (0, 1)"),
+    ("data.trap.bias", 1.5, ">= 0 and <= 1"),
+    ("data.trap.kind", "ink", "choose one of ('', 'square', 'ruler')"),
     ("rankopt.radius", -1.0, ">= 0"),
     ("rankopt.radius_scale", 0.0, "> 0"),
     ("rankopt.max_steps", 0, ">= 1"),

@@ -8,7 +8,9 @@
   fold-stratified, by stratum, and bootstrap replicates for interactions;
 * ``tables`` and ``recompute``: markdown, figures, and ``--check``;
 * ``crossval`` / ``crossval_text``, ``testsplit``, ``power``: the reports
-  behind ``launch/crossval_report.py`` and ``launch/testsplit_report.py``.
+  behind ``launch/crossval_report.py`` and ``launch/testsplit_report.py``;
+* ``robustness`` / ``robustness_report``: where region pooling matters
+  (``launch/robustness.py``).
 
 For example, RAP - GAP control out of fold on images with a ruler::
 

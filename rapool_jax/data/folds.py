@@ -42,6 +42,7 @@ from PIL import Image
 from scipy import sparse
 
 from rapool_jax.data import pipeline
+from rapool_jax.data import trap
 
 SCREEN_SIZE = 24
 # Default of ``config.data.crossval.near_duplicate_threshold``; see above.
@@ -202,7 +203,7 @@ def load_splits(builder, data_config) -> dict:
     pooled = concat([out.get(s) or load(s)
                      for s in data_config.crossval.source_splits])
     out.update(crossval_splits(pooled, data_config.crossval))
-  return out
+  return trap.apply_to_splits(out, data_config)
 
 
 def check_crossval(data_config) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from rapool_jax import errors
 from rapool_jax.data import isic2017
 from rapool_jax.data import synthetic_derm
+from rapool_jax.data import trap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,7 @@ def check_data_settings(data_config) -> None:
                        "expected 3 values (R, G, B)")
   for value in data_config.std:
     errors.check_range("config.data.std", value, low=0, low_open=True)
+  trap.check_settings(data_config)
   if data_config.name == "synthetic_derm":
     for key in ("num_train", "num_validation", "num_test"):
       errors.check_range(f"config.data.{key}", data_config[key], low=1)

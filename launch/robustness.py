@@ -1,0 +1,181 @@
+"""Where region pooling matters: RAP against the GAP control by artefact
+stratum, on images with the lesion taken away, by CAM energy inside the
+lesion, and on trap sets (``results/robustness_isic2017/HYPOTHESES.md``).
+
+    python -m launch.robustness --out results/robustness_isic2017 \\
+        --cv-workdir runs/cv_r1 --trap-workdir runs/trap [--train]
+    python -m launch.robustness --check results/robustness_isic2017
+
+The strata use the CV's committed per-image scores (``--cv-scores``). Every
+finished fold run under ``--cv-workdir`` scores its held-out fold in the four
+versions of ``disrupt.py`` with each arm, with the CAM energy inside the true
+mask; runs already in ``versions.csv`` are skipped, so the command resumes.
+``--train`` first runs the CV's own command for missing fold runs. Trap runs
+(``--trap-workdir``, one ``main`` run per bias and seed, ``COMMAND.md``) are
+read from their held-out predictions. Tables and figures are then computed
+from the CSVs in ``--out`` alone; ``--check`` recomputes them and fails where
+a figure differs (a tampered CSV or table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from launch import common
+from launch import crossval
+from rapool_jax import disrupt
+from rapool_jax import evaluate
+from rapool_jax import predict
+from rapool_jax.analysis import robustness as rb
+from rapool_jax.analysis import robustness_report as report
+from rapool_jax.data import folds
+from rapool_jax.data import pipeline
+
+ARMS = {"joint": "RAP", "gap_control": "GAP control"}
+A, B = ARMS.values()
+CV_CONFIG = "configs/isic2017.py:crossval"
+ARTEFACTS = "../shared/data/isic2017-artefacts/artefacts.csv"
+
+
+def arm_columns(config) -> dict[str, str]:
+  """``{prediction CSV column: arm}`` for the arms in ``config``."""
+  return {evaluate.row_slug(config.stages[arm].report_as): name
+          for arm, name in ARMS.items()}
+
+
+def finished_runs(root: str, pattern: str) -> list[str]:
+  return sorted(os.path.dirname(p) for p in glob.glob(
+      os.path.join(root, pattern, "results.json")))
+
+
+def run_config(run_dir: str, data_dir: str):
+  """A fold run's saved config, its data read from ``data_dir`` if given."""
+  with open(os.path.join(run_dir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.data.data_dir = data_dir or config.data.data_dir
+  return config
+
+
+def score_run(run_dir: str, data_dir: str, cache: dict) -> pd.DataFrame:
+  """A row per held-out image x version: each arm's softmax and CAM energy;
+  the whole version checked against the run's own predictions."""
+  config = run_config(run_dir, data_dir)
+  fold, seed = config.data.crossval.fold, config.seed
+  split = held_out(config, cache)
+  frames = []
+  for version in disrupt.VERSIONS:
+    images = disrupt.disrupt(split.images, split.masks, version)
+    frame = pd.DataFrame({"image": split.ids, "label": split.labels,
+                          "fold": fold, "seed": seed, "version": version})
+    for arm, name in ARMS.items():
+      frame[name], frame[f"cam {name}"] = predict.score_arrays(
+          run_dir, arm, images, split.masks)
+      if version == "whole":
+        own = pd.read_csv(evaluate.predictions_path(
+            run_dir, "cv_test", config.stages[arm].report_as))
+        gap = np.abs(own.score.to_numpy() - frame[name].to_numpy()).max()
+        if gap > 1e-4:
+          raise RuntimeError(f"{run_dir}: {arm} rescored {gap:.2g} away "
+                             "from its own predictions")
+    frames.append(frame)
+  return pd.concat(frames)
+
+
+def update_versions(root: str, out: str, data_dir: str) -> None:
+  """Appends the fold runs not yet in ``out/versions.csv``."""
+  path = os.path.join(out, "versions.csv")
+  done = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
+  have = set(zip(done.get("fold", []), done.get("seed", [])))
+  cache = {}
+  for run_dir in finished_runs(root, "fold*_seed*"):
+    config = run_config(run_dir, data_dir)
+    if (config.data.crossval.fold, config.seed) in have:
+      continue
+    print(f"scoring {run_dir} in {len(disrupt.VERSIONS)} versions", flush=True)
+    done = pd.concat([done, score_run(run_dir, data_dir, cache)])
+    done.to_csv(path, index=False, float_format="%.7g")
+
+
+def held_out(config, cache: dict):
+  """The run's held-out fold, as stored (no trap drawn in), cached by fold."""
+  fold = config.data.crossval.fold
+  if fold not in cache:
+    data = config.data.copy_and_resolve_references()
+    data.trap = ml_collections.ConfigDict(dict(kind="", bias=0.0, seed=0))
+    cache[fold] = folds.load_splits(pipeline.make_builder(data),
+                                    data)["cv_test"]
+  return cache[fold]
+
+
+def trap_scores(root: str, data_dir: str) -> pd.DataFrame:
+  """A row per held-out image x trap run: bias, seed, each arm's softmax on
+  its held-out images (link reversed) and on the same images clean."""
+  frames, cache = [], {}
+  for run_dir in finished_runs(root, "bias*_seed*"):
+    config = run_config(run_dir, data_dir)
+    split = held_out(config, cache)
+    frame = pd.DataFrame({"image": split.ids, "label": split.labels,
+                          "fold": config.data.crossval.fold,
+                          "seed": config.seed, "bias": config.data.trap.bias})
+    for arm, name in ARMS.items():
+      own = pd.read_csv(evaluate.predictions_path(
+          run_dir, "cv_test", config.stages[arm].report_as))
+      if list(own.image) != list(split.ids):
+        raise RuntimeError(f"{run_dir}: held-out images differ from its fold")
+      frame[name] = own.score.to_numpy()
+      frame[f"clean {name}"] = predict.score_arrays(
+          run_dir, arm, split.images, split.masks)[0]
+    frames.append(frame)
+  return pd.concat(frames) if frames else pd.DataFrame()
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", default="results/robustness_isic2017")
+  p.add_argument("--cv-scores", default="results/crossval_isic2017",
+                 help="folder of the CV's oof_scores.csv and test_scores.csv")
+  p.add_argument("--cv-workdir", default="", help="root of the CV fold runs")
+  p.add_argument("--trap-workdir", default="", help="root of the trap runs")
+  p.add_argument("--data-dir", default="", help="TFDS data_dir of the runs")
+  p.add_argument("--artefacts", default=ARTEFACTS)
+  p.add_argument("--train", action="store_true",
+                 help="first run the CV command for missing fold runs")
+  p.add_argument("--check", default="", metavar="DIR",
+                 help="recompute every figure of DIR from its CSVs")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.check:
+    return report.check(args.check, args.artefacts)
+  os.makedirs(args.out, exist_ok=True)
+  if args.train:
+    crossval.main(["--workdir", args.cv_workdir, "--seeds", "0,1,2", "--",
+                   "--config.data.manual_dir=../shared/data/isic2017-256",
+                   f"--config.data.data_dir={args.data_dir}",
+                   "--config.stage_order=('classification','segmentation',"
+                   "'joint','gap_control')"])
+  columns = arm_columns(common.load_config(CV_CONFIG))
+  report.write_strata_scores(args.cv_scores, columns, args.out)
+  if args.cv_workdir:
+    update_versions(args.cv_workdir, args.out, args.data_dir)
+  if args.trap_workdir:
+    trap = trap_scores(args.trap_workdir, args.data_dir)
+    if len(trap):
+      trap.to_csv(os.path.join(args.out, "trap.csv"), index=False,
+                  float_format="%.7g")
+  report.write(args.out, args.artefacts)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,236 @@
+"""Where region pooling matters: RAP against the GAP control by artefact
+stratum, on images with the lesion taken away, by CAM energy inside the
+lesion, and on trap sets (``results/robustness_isic2017/HYPOTHESES.md``).
+
+Frames are pandas, one row per image and seed-averaged score columns per arm
+(``wide``: ``image`` index, ``label``, ``fold``, then one column per arm);
+statistics come from ``stats.py``. Every function is pure: the command
+(``launch/robustness.py``) reads the CSVs and writes what these return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from rapool_jax import errors
+from rapool_jax import stats
+
+FLAGS = ("dark_corner", "hair", "gel_border", "gel_bubble", "ruler", "ink",
+         "patches")
+# Artefacts that lie outside the lesion (the primary hypothesis's); hair and
+# gel bubbles lie on it as often as off it.
+OUTSIDE = ("ruler", "dark_corner", "ink", "gel_border", "patches")
+N_RESAMPLES = 2000
+
+
+def read_artefacts(path: str, known_ids=None) -> pd.DataFrame:
+  """The artefact flags, ``image_id`` index, a 0/1 column per ``FLAGS``;
+  missing columns or ids outside ``known_ids`` are one-line errors."""
+  flags = pd.read_csv(path, dtype={"image_id": str})
+  missing = [c for c in ("image_id", *FLAGS) if c not in flags.columns]
+  if missing:
+    raise errors.UserError(f"{path}: missing column(s) {', '.join(missing)}")
+  if flags.image_id.duplicated().any():
+    raise errors.UserError(f"{path}: image_id "
+                           f"{flags.image_id[flags.image_id.duplicated()].iloc[0]}"
+                           " appears twice")
+  if known_ids is not None:
+    unknown = sorted(set(flags.image_id) - set(known_ids))
+    if unknown:
+      raise errors.UserError(f"{path}: {len(unknown)} image id(s) not in the "
+                             f"scored images, e.g. {unknown[0]}")
+  return flags.set_index("image_id")[list(FLAGS)].astype(int)
+
+
+def seed_average(scores: pd.DataFrame, arms: dict, by_fold: bool) -> pd.DataFrame:
+  """``scores`` (a row per image x model: ``image, label, fold, seed`` and a
+  column per arm) -> ``wide``: arms renamed ``{column: name}`` and averaged
+  over an image's models; ``fold`` kept out of fold, 0 on the test split."""
+  missing = [c for c in arms if c not in scores.columns]
+  if missing:
+    raise errors.UserError(f"scores have no column {missing[0]!r} for arm "
+                           f"{arms[missing[0]]!r}")
+  keys = ["image", "label"] + (["fold"] if by_fold else [])
+  wide = scores.groupby(keys)[list(arms)].mean().rename(columns=arms)
+  wide = wide.reset_index().set_index("image")
+  if not by_fold:
+    wide["fold"] = 0
+  if wide.index.duplicated().any():
+    raise errors.UserError("an image has scores in two folds: "
+                           f"{wide.index[wide.index.duplicated()][0]}")
+  return wide
+
+
+def strata(flags: pd.DataFrame) -> dict[str, tuple[pd.Series, pd.Series]]:
+  """The hypotheses' groups: ``{name: (with, reference)}`` boolean Series on
+  the annotated images; the reference is always "none of ``OUTSIDE``"."""
+  count = flags[list(OUTSIDE)].sum(axis=1)
+  none = count == 0
+  out = {"any outside-lesion artefact": (count >= 1, none)}
+  out.update({a: (flags[a] == 1, none) for a in OUTSIDE})
+  out["two or more"] = (count >= 2, none)
+  out.update({f"{a} (descriptive)": (flags[a] == 1, flags[a] == 0)
+              for a in ("hair", "gel_bubble")})
+  return out
+
+
+def usable_folds(wide: pd.DataFrame) -> pd.Series:
+  """``[N]`` bool: images whose fold has >= 2 melanomas and >= 2 others in
+  ``wide`` (a stratified AUC needs both in every fold)."""
+  counts = wide.groupby("fold").label.agg(["sum", "count"])
+  ok = (counts["sum"] >= 2) & (counts["count"] - counts["sum"] >= 2)
+  return wide.fold.map(ok).astype(bool)
+
+
+def paired_difference(wide: pd.DataFrame, a: str, b: str) -> dict:
+  """Fold-stratified paired ``auc_a - auc_b`` (DeLong) on ``wide``'s usable
+  folds, with the image and melanoma counts used and left out."""
+  use = usable_folds(wide)
+  w = wide[use]
+  row = {"images": int(use.sum()), "melanomas": int(w.label.sum()),
+         "left_out": int((~use).sum())}
+  if not len(w):
+    return {**row, "auc_a": np.nan, "auc_b": np.nan, "diff": np.nan,
+            "lo": np.nan, "hi": np.nan, "p": np.nan}
+  r = stats.stratified_delong(w.label, w[a], w[b], w.fold)
+  return {**row, **{k: r[k] for k in ("auc_a", "auc_b", "diff", "lo", "hi",
+                                      "p")}}
+
+
+def interaction(wide: pd.DataFrame, with_: pd.Series, reference: pd.Series,
+                a: str, b: str, seed: int = 0) -> dict:
+  """H1's statistic on one pair of groups: D(with) - D(reference), D =
+  ``paired_difference``; bootstrap within group x fold x label."""
+  flags_known = wide.index.intersection(with_.index)
+  w_in = wide.loc[flags_known[with_.loc[flags_known].to_numpy()]]
+  w_ref = wide.loc[flags_known[reference.loc[flags_known].to_numpy()]]
+  row = {"images": len(w_in), "melanomas": int(w_in.label.sum())}
+  w_in, w_ref = w_in[usable_folds(w_in)], w_ref[usable_folds(w_ref)]
+  row |= {"with": paired_difference(w_in, a, b),
+          "reference": paired_difference(w_ref, a, b)}
+  if not (len(w_in) and len(w_ref)):
+    return {**row, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan,
+            "p_delong": np.nan}
+  both = pd.concat([w_in, w_ref])
+  group = np.r_[np.ones(len(w_in), bool), np.zeros(len(w_ref), bool)]
+  r = stats.interaction_bootstrap(both.label, both[a], both[b], group,
+                                  both.fold, n_resamples=N_RESAMPLES,
+                                  seed=seed)
+  return {**row, **{k: r[k] for k in ("diff", "lo", "hi", "p", "p_delong")}}
+
+
+def strata_table(wide: pd.DataFrame, flags: pd.DataFrame, a: str, b: str,
+                 seed: int = 0) -> pd.DataFrame:
+  """A row per ``strata`` entry: counts, D(with), D(reference), the
+  interaction with its CI and p, and Holm's p over the pre-registered family
+  (the five artefacts and "two or more")."""
+  rows = []
+  for k, (name, (with_, ref)) in enumerate(strata(flags).items()):
+    r = interaction(wide, with_, ref, a, b, seed=seed + 10 * k)
+    rows.append({"stratum": name,
+                 "images with": r["images"],
+                 "melanomas with": r["melanomas"],
+                 "left out": r["images"] - r["with"]["images"],
+                 "images reference": r["reference"]["images"],
+                 "D with": r["with"]["diff"], "D with lo": r["with"]["lo"],
+                 "D with hi": r["with"]["hi"],
+                 "D reference": r["reference"]["diff"],
+                 "interaction": r["diff"], "lo": r["lo"], "hi": r["hi"],
+                 "p": r["p"], "p DeLong": r["p_delong"]})
+  table = pd.DataFrame(rows).set_index("stratum")
+  family = [s for s in table.index if s in OUTSIDE or s == "two or more"]
+  tested = [s for s in family if np.isfinite(table.loc[s, "p"])]
+  table["p Holm"] = np.nan
+  table.loc[tested, "p Holm"] = stats.holm(table.loc[tested, "p"].to_numpy())
+  return table
+
+
+def versions_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+  """A row per image version: each arm's fold-stratified AUC and the paired
+  ``a - b`` difference, scores seed-averaged (``frame``: a row per image x
+  seed x version, ``version`` and a score column per arm)."""
+  rows = []
+  for version, part in frame.groupby("version", sort=False):
+    wide = seed_average(part, {a: a, b: b}, by_fold=True)
+    rows.append({"version": version, **paired_difference(wide, a, b)})
+  return pd.DataFrame(rows).set_index("version").rename(
+      columns={"auc_a": f"AUC {a}", "auc_b": f"AUC {b}"})
+
+
+def placement_values(wide: pd.DataFrame, arm: str) -> pd.Series:
+  """``[N]`` how well each image is ranked within its fold: for a melanoma
+  the share of the fold's other lesions scored below it, for another lesion
+  the share of the fold's melanomas scored above it (ties 1/2). Their mean
+  over a class is the fold's AUC."""
+  out = pd.Series(np.nan, index=wide.index)
+  for _, part in wide.groupby("fold"):
+    s, y = part[arm].to_numpy(), part.label.to_numpy().astype(bool)
+    pos, neg = s[y], s[~y]
+    below = (neg[None, :] < pos[:, None]).mean(1) + 0.5 * (
+        neg[None, :] == pos[:, None]).mean(1)
+    above = (pos[None, :] > neg[:, None]).mean(1) + 0.5 * (
+        pos[None, :] == neg[:, None]).mean(1)
+    out.loc[part.index[y]] = below
+    out.loc[part.index[~y]] = above
+  return out
+
+
+def _bootstrap_mean_ci(x: np.ndarray, seed: int) -> tuple[float, float]:
+  rng = np.random.default_rng(seed)
+  means = x[rng.integers(0, len(x), (N_RESAMPLES, len(x)))].mean(1)
+  return tuple(np.percentile(means, [2.5, 97.5]))
+
+
+def cam_tables(frame: pd.DataFrame, a: str, b: str, seed: int = 0) -> dict:
+  """H3 and H4 on the whole images: each arm's mean share of CAM energy
+  inside the lesion, the paired mean difference with a bootstrap CI, and the
+  Spearman correlation of the control's leak (1 - share) with ``a``'s
+  per-image advantage in placement value (bootstrap CI)."""
+  whole = frame[frame.version == "whole"]
+  scores = seed_average(whole, {a: a, b: b}, by_fold=True)
+  energy = whole.groupby("image")[[f"cam {a}", f"cam {b}"]].mean()
+  energy = energy.loc[scores.index].dropna()
+  diff = (energy[f"cam {a}"] - energy[f"cam {b}"]).to_numpy()
+  lo, hi = _bootstrap_mean_ci(diff, seed)
+  share = {"images": len(energy), f"mean {a}": energy[f"cam {a}"].mean(),
+           f"mean {b}": energy[f"cam {b}"].mean(), "diff": diff.mean(),
+           "lo": lo, "hi": hi, "p Wilcoxon": st.wilcoxon(diff).pvalue}
+  advantage = (placement_values(scores, a) - placement_values(scores, b))
+  leak = 1 - energy[f"cam {b}"]
+  adv = advantage.loc[leak.index].to_numpy()
+  rho = st.spearmanr(leak, adv).statistic
+  rng = np.random.default_rng(seed + 1)
+  boots = [st.spearmanr(leak.to_numpy()[i], adv[i]).statistic
+           for i in rng.integers(0, len(adv), (N_RESAMPLES // 4, len(adv)))]
+  high = leak > leak.median()
+  win = {"images": len(adv), "spearman": rho,
+         "lo": np.percentile(boots, 2.5), "hi": np.percentile(boots, 97.5),
+         "advantage, control leaks most": adv[high.to_numpy()].mean(),
+         "advantage, control leaks least": adv[~high.to_numpy()].mean()}
+  return {"share": share, "leak_vs_win": win}
+
+
+def trap_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+  """A row per bias level: seeds, each arm's AUC on the held-out fold (link
+  reversed) and on the same images clean, seed-averaged, and the paired
+  ``a - b`` (DeLong); ``frame``: a row per image x seed with ``bias``, a
+  score column per arm and ``clean <arm>``."""
+  rows = []
+  for bias, part in frame.groupby("bias"):
+    wide = seed_average(part, {a: a, b: b}, by_fold=True)
+    clean = seed_average(part, {f"clean {a}": a, f"clean {b}": b}, True)
+    per_seed = part.groupby("seed").apply(
+        lambda s: pd.Series({arm: stats.auc_ci(s.label, s[arm])["auc"]
+                             for arm in (a, b)}), include_groups=False)
+    rows.append({"bias": bias, "seeds": part.seed.nunique(),
+                 f"{a} per seed": " / ".join(f"{v:.3f}" for v in per_seed[a]),
+                 f"{b} per seed": " / ".join(f"{v:.3f}" for v in per_seed[b]),
+                 **paired_difference(wide, a, b)})
+    d = paired_difference(clean, a, b)
+    rows[-1].update({f"clean AUC {a}": d["auc_a"], f"clean AUC {b}": d["auc_b"],
+                     "clean diff": d["diff"], "clean lo": d["lo"],
+                     "clean hi": d["hi"]})
+  return pd.DataFrame(rows).set_index("bias").rename(
+      columns={"auc_a": f"AUC {a}", "auc_b": f"AUC {b}"})
