@@ -1,7 +1,7 @@
 """The out-of-fold and test-split tables of a cross-validation (``launch/crossval.py``).
 
     python -m launch.crossval_report RUN_DIR [RUN_DIR ...] --out OUT
-        [--expected-runs 0:0,1:0,...]
+        [--expected-runs 0:0,1:0,...] [--comparisons CONFIG]
         [--exclude-images FILE | --near-copies-from RUN_DIR [--data-root DIR]]
     python -m launch.crossval_report --rebuild OUT
     python -m launch.crossval_report --check OUT
@@ -20,7 +20,8 @@ From each fold run's per-image predictions it writes to OUT:
 * ``runs.csv``: ``fold,seed,finished``, every run the CV was meant to have;
 * ``arms.csv`` (arm name -> column) and ``comparisons.csv``: the comparisons
   the runs' config declares by arm name (``report.comparisons``; those whose
-  arm its stage_order does not train are left out, and printed);
+  arm its stage_order does not train are left out, and printed), or the
+  config ``--comparisons`` names (runs made before configs declared them);
 * ``test_near_copies.csv`` (with ``--exclude-images``, or found by
   ``folds.near_copies`` on a run's data with ``--near-copies-from``): the
   test images with a near-copy in train + validation (``image[,reference]``),
@@ -42,9 +43,11 @@ The work is done by ``rapool_jax/analysis/`` (``crossval``, ``crossval_text``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
+from launch import common
 from rapool_jax.analysis import commands
 from rapool_jax.analysis import crossval as cv
 from rapool_jax.analysis import crossval_text
@@ -78,17 +81,26 @@ def plot_rocs(out: str) -> None:
                     f"Out-of-fold ROC, seed {seed}", cv.SPECIFICITIES)
 
 
-def write_report(run_dirs, out: str, expected=None,
-                 exclude_images="") -> dict:
+def declaring(spec: str) -> dict | None:
+  """The config ``--comparisons`` names (FILE[:ARG]) as JSON; None without."""
+  return (json.loads(common.load_config(spec).to_json_best_effort())
+          if spec else None)
+
+
+def write_report(run_dirs, out: str, expected=None, exclude_images="",
+                 comparisons_from: str = "") -> dict:
   """Collects RUN_DIRS' predictions into OUT's CSVs, then the tables.
 
   ``expected``: every (fold, seed) the CV was meant to have (default: the
   runs given); missing ones put the partial banner on results.md.
   ``exclude_images``: the test images with a near-copy in train +
   validation, as a file of ids or ``near_copies.near_copy_rows``.
+  ``comparisons_from``: a config whose comparisons to use instead of the
+  runs' own (for runs made before configs declared them).
   """
   os.makedirs(out, exist_ok=True)
-  cv.write_csvs(out, cv.collect(run_dirs), expected)
+  cv.write_csvs(out, cv.collect(run_dirs, declaring(comparisons_from)),
+                expected)
   near_copies.write(out, exclude_images)
   results = recompute.write_tables(out, cv.compute_all, markdown_of(out))
   plot_rocs(out)
@@ -109,7 +121,8 @@ def main(argv=None) -> int:
       parser, argv, cv.compute_all, markdown_of,
       lambda args: write_report(args.runs, args.out,
                                 parse_expected(args.expected_runs),
-                                near_copy_choice(args)), "fold run workdirs")
+                                near_copy_choice(args), args.comparisons),
+      "fold run workdirs")
 
 
 if __name__ == "__main__":

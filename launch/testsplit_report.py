@@ -1,7 +1,7 @@
 """The test-split table of the ``configs/isic2017.py:testsplit`` seeds.
 
     python -m launch.testsplit_report RUN_DIR [RUN_DIR ...] --out OUT
-        [--expected-seeds 0,1,2,3,4]
+        [--expected-seeds 0,1,2,3,4] [--comparisons CONFIG]
         [--exclude-images FILE | --near-copies-from RUN_DIR [--data-root DIR]]
     python -m launch.testsplit_report --rebuild OUT
     python -m launch.testsplit_report --check OUT
@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import sys
 
+from launch import crossval_report
 from rapool_jax.analysis import commands
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import recompute
@@ -49,12 +50,15 @@ def check(out: str) -> list[str]:
   return recompute.check(out, testsplit.compute_all, testsplit.markdown)
 
 
-def write_report(run_dirs, out: str, expected_seeds=(),
-                 exclude_images="") -> dict:
+def write_report(run_dirs, out: str, expected_seeds=(), exclude_images="",
+                 comparisons_from: str = "") -> dict:
   """Collects RUN_DIRS' predictions into OUT's CSVs, then the tables;
-  ``exclude_images`` as ``crossval_report.write_report``'s."""
+  ``exclude_images`` and ``comparisons_from`` as
+  ``crossval_report.write_report``'s."""
   os.makedirs(out, exist_ok=True)
-  testsplit.write_csvs(out, testsplit.collect(run_dirs), expected_seeds)
+  collected = testsplit.collect(
+      run_dirs, crossval_report.declaring(comparisons_from))
+  testsplit.write_csvs(out, collected, expected_seeds)
   near_copies.write(out, exclude_images)
   return recompute.write_tables(out, testsplit.compute_all, testsplit.markdown)
 
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
       lambda args: write_report(
           args.runs, args.out,
           [int(s) for s in args.expected_seeds.split(",") if s],
-          commands.near_copy_choice(args)), "run workdirs")
+          commands.near_copy_choice(args), args.comparisons), "run workdirs")
 
 
 if __name__ == "__main__":

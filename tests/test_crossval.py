@@ -627,6 +627,29 @@ def test_an_arm_without_test_scores_is_left_out_of_the_test_split(tmp_path):
     cv_analysis.collect(runs)
 
 
+def test_runs_whose_config_predates_declared_comparisons_are_named(tmp_path):
+  """A config.json without report.comparisons never gives a report without
+  comparisons: it stops, naming the remedy, --comparisons CONFIG."""
+  rng = np.random.default_rng(8)
+  runs = [_cv_run(str(tmp_path), f, 0, rng, ARMS[:3]) for f in range(3)]
+  for run in runs:
+    path = os.path.join(run, "config.json")
+    with open(path) as f:
+      config = json.load(f)
+    del config["report"]["comparisons"]
+    with open(path, "w") as f:
+      json.dump(config, f)
+  out = str(tmp_path / "report")
+  with pytest.raises(ValueError, match="no report.comparisons"):
+    crossval_report.write_report(runs, out)
+  results = crossval_report.write_report(
+      runs, out, comparisons_from="configs/isic2017.py:crossval")
+  assert [c["name"] for c in results["seed_averaged"]["comparisons"]] == [
+      "RAP vs GAP control (primary)", "RAP vs Step 2",
+      "GAP control vs Step 2"]
+  assert crossval_report.check(out) == []
+
+
 def test_partial_report_says_which_runs_are_missing(tmp_path):
   rng = np.random.default_rng(1)
   runs = [_cv_run(str(tmp_path), f, s, rng, ARMS[:3])

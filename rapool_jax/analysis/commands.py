@@ -44,6 +44,9 @@ def report_parser(doc: str, runs_help: str, expected_flag: str,
   parser.add_argument("--out", default="")
   parser.add_argument(expected_flag, default="", help=expected_help)
   add_near_copy_args(parser)
+  parser.add_argument("--comparisons", default="",
+                      help="config FILE[:ARG] whose report.comparisons to "
+                      "use (runs whose config.json predates them)")
   parser.add_argument("--check", default="",
                       help="recompute OUT/results.json and results.md")
   parser.add_argument("--rebuild", default="",

@@ -53,10 +53,11 @@ def test_columns(run: str, columns, test_columns_so_far):
   return present
 
 
-def collect(run_dirs) -> dict:
+def collect(run_dirs, declaring: dict | None = None) -> dict:
   """Frames of every CSV (``oof``, ``jaccard``, ``thresholds``, ``test`` or
-  None), the ``arms`` (arm -> column) and ``comparisons`` of the fold runs,
-  in (fold, seed) order whatever the runs' folder names."""
+  None), the ``arms`` (arm -> column) and ``comparisons`` of the fold runs
+  (those of ``declaring``, a config as JSON, when given), in (fold, seed)
+  order whatever the runs' folder names."""
   tables = collections.defaultdict(list)
   configs = {run: frames.run_config(run) for run in run_dirs}
   keys = {run: {"fold": c["data"]["crossval"]["fold"], "seed": c["seed"]}
@@ -84,7 +85,8 @@ def collect(run_dirs) -> dict:
     missing = sorted(set(run_dirs) - set(with_test))
     raise ValueError(f"{missing[0]}: no predictions/{TEST_SPLIT}/, which "
                      f"{len(with_test)} other runs have")
-  comparisons, notes = design.applicable(configs[sorted(run_dirs)[0]])
+  comparisons, notes = design.applicable(configs[sorted(run_dirs)[0]],
+                                         declaring)
   for line in notes:
     print(line, flush=True)
   cat = lambda parts, cols: pd.concat(parts, ignore_index=True)[cols]  # noqa: E731

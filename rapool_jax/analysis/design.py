@@ -61,19 +61,29 @@ def trained_arms(config: dict) -> dict[str, str]:
 
 
 def declared_comparisons(config: dict) -> list[Comparison]:
+  """A config's ``report.comparisons`` and ``sensitivity_comparisons``;
+  ValueError for a config (a run's config.json) made before they existed,
+  which would otherwise report no comparison at all."""
   report = config.get("report", {})
+  if "comparisons" not in report:
+    raise ValueError(
+        "config.json has no report.comparisons (the run predates comparisons "
+        "declared by arm name): give the config that declares them, e.g. "
+        "--comparisons configs/isic2017.py:crossval")
   return ([Comparison(AUC, *c) for c in report.get("comparisons", ())]
           + [Comparison(SENSITIVITY, *c)
              for c in report.get("sensitivity_comparisons", ())])
 
 
-def applicable(config: dict) -> tuple[list[Comparison], list[str]]:
-  """The declared comparisons whose arms a run of ``config`` trains, and a
-  line for each left out because its ``stage_order`` (or heads) leaves an
-  arm untrained. ValueError naming an arm the config does not have."""
+def applicable(config: dict, declaring: dict | None = None
+               ) -> tuple[list[Comparison], list[str]]:
+  """The comparisons ``declaring`` (default: ``config``) declares whose arms
+  a run of ``config`` trains, and a line for each left out because its
+  ``stage_order`` (or heads) leaves an arm untrained. ValueError naming an
+  arm the config does not have."""
   declared, trained = declared_arms(config), trained_arms(config)
   kept, notes = [], []
-  for c in declared_comparisons(config):
+  for c in declared_comparisons(config if declaring is None else declaring):
     for arm in (c.a, c.b):
       if arm not in declared:
         raise ValueError(f"comparison {c.name!r}: the config has no arm "

@@ -28,9 +28,10 @@ KEYS = ("image", "label", "seed")
 SPECIFICITIES = crossval.SPECIFICITIES
 
 
-def collect(run_dirs) -> dict:
+def collect(run_dirs, declaring: dict | None = None) -> dict:
   """Frames of ``test`` and ``val`` (one row per image and seed), the arms
-  (arm -> column) and the comparisons of the runs' config."""
+  (arm -> column) and the comparisons of the runs' config (or of
+  ``declaring``, a config as JSON)."""
   parts, arms = {"test": [], "val": []}, None
   for run in sorted(run_dirs):
     config = frames.run_config(run)
@@ -42,7 +43,8 @@ def collect(run_dirs) -> dict:
     for name, split in (("test", "eval_split"), ("val", "val_split")):
       parts[name].append(frames.run_scores(run, config["data"][split],
                                            list(arms.values()), key))
-  comparisons, notes = design.applicable(frames.run_config(sorted(run_dirs)[0]))
+  comparisons, notes = design.applicable(
+      frames.run_config(sorted(run_dirs)[0]), declaring)
   for line in notes:
     print(line, flush=True)
   return {**{n: pd.concat(p, ignore_index=True)[[*KEYS, *arms.values()]]
