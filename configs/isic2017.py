@@ -119,6 +119,38 @@ CROSSVAL_ARMS = {
 }
 
 
+# The CV's paired comparisons by arm (a stage above, "classification",
+# "gap_control", or the heads "rankopt" and "logistic_regression"):
+# (name, arm a, arm b, question), the primary first. A report leaves out
+# those whose arm the run's stage_order does not train, saying so.
+CROSSVAL_COMPARISONS = (
+    ("RAP vs GAP control (primary)", "joint", "gap_control",
+     "Does region pooling beat GAP trained as long?"),
+    ("RAP vs Step 2", "joint", "classification",
+     "Does Step 4 keep (or raise) Step 2's AUC?"),
+    ("RAP vs GAP + seg loss", "joint", "joint_gap_seg",
+     "Is the gain the pooling, given the same segmentation loss?"),
+    ("GAP control vs Step 2", "gap_control", "classification",
+     "What do the extra steps alone give?"),
+    ("RAP lambda 1 vs 7.5", "joint_lambda1", "joint", "lambda"),
+    ("RAP lambda 0.1 vs 7.5", "joint_lambda0_1", "joint", "lambda"),
+    ("RAP normalized vs RAP", "joint_region_normalized", "joint",
+     "Eq. 1 divides by WH, not by the lesion area"),
+    ("mask oracle vs RAP", "joint_mask_oracle", "joint",
+     "How much would a perfect lesion map add?"),
+    ("RankOpt vs RAP softmax", "rankopt", "joint",
+     "Does RankOpt raise AUC on the same features?"),
+    ("RankOpt vs logistic regression", "rankopt", "logistic_regression",
+     "RankOpt against a plain linear baseline"),
+)
+# Sensitivities compared at matched specificity: (name, arm a, arm b).
+SENSITIVITY_COMPARISONS = (
+    ("RankOpt vs RAP softmax", "rankopt", "joint"),
+    ("RankOpt vs logistic regression", "rankopt", "logistic_regression"),
+    ("RAP vs GAP control", "joint", "gap_control"),
+)
+
+
 def crossval(c):
   """The ``crossval`` variant (see the module docstring), applied to ``c``."""
   c.data.image_size, c.data.crop_size = 128, 112
@@ -140,6 +172,8 @@ def crossval(c):
   c.rankopt.report_as = "RAP + RankOpt"
   c.rankopt.logistic_regression = True
   c.rankopt.logistic_regression_report_as = "RAP + logistic regression"
+  c.report.comparisons = CROSSVAL_COMPARISONS
+  c.report.sensitivity_comparisons = SENSITIVITY_COMPARISONS
 
 
 def add_arms(c, arms, step4_steps: int):
@@ -160,6 +194,11 @@ def add_arms(c, arms, step4_steps: int):
 
 # The test split has no masks: the oracle arm cannot be scored there.
 TESTSPLIT_ARMS = ("joint", "joint_gap_seg", "gap_control")
+_COMPARISON = {c[0]: c for c in CROSSVAL_COMPARISONS}
+TESTSPLIT_COMPARISONS = tuple(_COMPARISON[name] for name in (
+    "RAP vs GAP control (primary)", "RAP vs GAP + seg loss",
+    "RankOpt vs RAP softmax", "GAP control vs Step 2",
+    "RankOpt vs logistic regression"))
 
 
 def official_splits(c):
@@ -170,3 +209,5 @@ def official_splits(c):
   c.data.report_splits = ()
   c.rankopt.threshold_split = "validation"
   c.stage_order = ("classification", "segmentation", *TESTSPLIT_ARMS)
+  c.report.comparisons = TESTSPLIT_COMPARISONS
+  c.report.sensitivity_comparisons = SENSITIVITY_COMPARISONS

@@ -1,54 +1,33 @@
 """Gathers ``results.json`` of many workdirs into one markdown table and a plot.
 
-    python launch/aggregate.py DIR... [--out table.md] [--plot auc.png]
+    python -m launch.aggregate DIR... [--out table.md] [--plot auc.png]
         [--model "Step 4 + RankOpt"]
 
 Each DIR is a run's workdir or a folder above many (searched recursively); a
 folder holding a fan-out ``jobs.json`` also says which runs were expected, so
 runs that never started show up as missing. Runs without results, and runs
 whose recorded exit status (``fanout_status.json``) is not 0, are listed with
-the reason and the last line of their log.
+the reason and the last line of their log. The tables and the plot: ``rapool_jax/analysis/run_tables.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import sys
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
-if __package__ in (None, ""):  # run as `python launch/aggregate.py`
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from launch import fanout
+from rapool_jax.analysis import run_tables
+from rapool_jax.analysis.run_tables import Run
 
-from launch import fanout  # noqa: E402
-
-METRICS = ("sensitivity", "specificity", "accuracy", "auc", "jaccard")
-SHORT = {"sensitivity": "Sen", "specificity": "Spe", "accuracy": "Acc",
-         "auc": "AUC", "jaccard": "JA"}
+# The names the sweeps' scripts use.
+METRICS, SHORT = run_tables.METRICS, run_tables.SHORT
+fmt, mean_std = run_tables.fmt, run_tables.mean_std
+fmt_mean_std, markdown_table = run_tables.fmt_mean_std, run_tables.markdown_table
+status_section = run_tables.status_section
 _SKIP_DIRS = {"checkpoints", "tensorboard", "figures", "slurm"}
-
-
-@dataclasses.dataclass
-class Run:
-  """A workdir and what it holds. ``state``: ok, failed, incomplete, missing."""
-
-  workdir: str
-  name: str
-  state: str
-  reason: str = ""
-  results: dict | None = None
-  meta: dict = dataclasses.field(default_factory=dict)
-
-  def row(self, model: str) -> dict | None:
-    """The results row named ``model`` (or of stage ``model``), if any."""
-    for r in (self.results or {}).get("rows", []):
-      if model in (r.get("model"), r.get("stage")):
-        return r
-    return None
 
 
 def load_run(workdir: str, name: str = "", meta: dict | None = None,
@@ -115,103 +94,6 @@ def find_runs(dirs: Iterable[str], include_prepare: bool = False) -> list[Run]:
   return sorted(runs.values(), key=lambda r: r.workdir)
 
 
-# ----------------------------------------------------------------------------
-# Formatting.
-
-
-def fmt(value, digits: int = 3) -> str:
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return "-"
-  return f"{value:.{digits}f}"
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-  """Mean, sample std (0 for one value) and count of the finite values."""
-  v = [x for x in values if x is not None and math.isfinite(x)]
-  if not v:
-    return float("nan"), float("nan"), 0
-  m = sum(v) / len(v)
-  s = (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-       if len(v) > 1 else 0.0)
-  return m, s, len(v)
-
-
-def fmt_mean_std(values: Sequence[float], digits: int = 3) -> str:
-  m, s, n = mean_std(values)
-  if n == 0:
-    return "-"
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return "\n".join(lines) + "\n"
-
-
-def status_section(runs: Sequence[Run]) -> str:
-  """Markdown list of the runs that did not finish, with why; "" if none."""
-  bad = [r for r in runs if r.state != "ok"]
-  if not bad:
-    return ""
-  lines = [f"**{len(bad)} of {len(runs)} runs have no results:**", ""]
-  lines += [f"- `{r.workdir}` ({r.name}): **{r.state}**, {r.reason}"
-            for r in bad]
-  return "\n".join(lines) + "\n"
-
-
-def results_table(runs: Sequence[Run], models: Sequence[str] = (),
-                  root: str = "") -> str:
-  """One line per (run, results row); ``models`` filters rows by name/stage."""
-  rows = []
-  for run in runs:
-    if run.state != "ok":
-      continue
-    for r in run.results.get("rows", []):
-      if models and not {r.get("model"), r.get("stage")} & set(models):
-        continue
-      where = os.path.relpath(run.workdir, root) if root else run.workdir
-      rows.append([f"`{where}`", r["model"]] +
-                  [fmt(r.get(m)) for m in METRICS] + [fmt(r.get("threshold"))])
-  header = ["run", "model"] + [SHORT[m] for m in METRICS] + ["threshold"]
-  return markdown_table(header, rows)
-
-
-def plot_runs(path: str, runs: Sequence[Run], models: Sequence[str] = (),
-              metric: str = "auc") -> None:
-  """Grouped bars: ``metric`` per run (x) and results row (colour)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  ok = [r for r in runs if r.state == "ok"]
-  names = []
-  for run in ok:
-    for r in run.results.get("rows", []):
-      if (not models or {r.get("model"), r.get("stage")} & set(models)) and \
-          r["model"] not in names:
-        names.append(r["model"])
-  width_in = max(5, 0.6 * len(ok) * max(1, len(names)))
-  fig, ax = plt.subplots(figsize=(width_in, 4))
-  width = 0.8 / max(1, len(names))
-  for k, model in enumerate(names):
-    xs, ys = [], []
-    for i, run in enumerate(ok):
-      row = run.row(model)
-      if row is not None and row.get(metric) is not None:
-        xs.append(i + (k - (len(names) - 1) / 2) * width)
-        ys.append(row[metric])
-    ax.bar(xs, ys, width, label=model)
-  ax.set_xticks(range(len(ok)))
-  ax.set_xticklabels([r.name for r in ok], rotation=45, ha="right", fontsize=8)
-  ax.set_ylabel(SHORT.get(metric, metric))
-  ax.set_ylim(0, 1)
-  if names:
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -229,13 +111,13 @@ def main(argv=None) -> int:
   root = os.path.commonpath([os.path.abspath(d) for d in args.dirs])
   ok = sum(r.state == "ok" for r in runs)
   text = (f"{ok} of {len(runs)} runs finished.\n\n" +
-          results_table(runs, args.model, root) + "\n" + status_section(runs))
+          run_tables.results_table(runs, args.model, root) + "\n" + status_section(runs))
   print(text)
   if args.out:
     with open(args.out, "w") as f:
       f.write(text)
   if args.plot:
-    plot_runs(args.plot, runs, args.model, args.metric)
+    run_tables.plot_runs(args.plot, runs, args.model, args.metric)
   return 0
 
 

@@ -1,7 +1,7 @@
 """Compare classifiers on any labelled image set from their prediction CSVs.
 
-    python launch/compare_predictions.py --labels labels.csv PRED1.csv PRED2.csv
-    python launch/compare_predictions.py --labels \\
+    python -m launch.compare_predictions --labels labels.csv PRED1.csv PRED2.csv
+    python -m launch.compare_predictions --labels \\
         ISIC-2017_Test_v2_Part3_GroundTruth.csv \\
         gap=gap_seed0.csv,gap_seed1.csv rap=rap_seed0.csv,rap_seed1.csv \\
         --json compare.json
@@ -19,169 +19,55 @@ test. Every CSV must score exactly the labelled images.
 Prints each model's AUC with its 95% DeLong CI and every paired difference
 (a - b on the same images): DeLong CI and p, and a stratified (positives and
 negatives resampled separately) paired bootstrap CI; ``--json`` writes the
-same numbers. Bad input stops with one line naming the file at fault.
+same numbers. Bad input stops with one line naming the file at fault. The
+work is done by ``rapool_jax/analysis/`` (``prediction_csvs``, ``paired``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import json
-import math
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-if __package__ in (None, ""):
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rapool_jax import errors
+from rapool_jax.analysis import paired
+from rapool_jax.analysis import prediction_csvs
+from rapool_jax.analysis import tables
 
-from rapool_jax import errors  # noqa: E402
-from rapool_jax import stats  # noqa: E402
-
-ID_COLUMNS = ("image", "image_id")
-
-
-def _read_column(path: str, column: str) -> dict[str, str]:
-  """{image id: the row's ``column``} of a CSV with an image id column."""
-  if not os.path.isfile(path):
-    raise errors.UserError(f"{path}: no such file")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    header = reader.fieldnames or []
-    id_col = next((c for c in ID_COLUMNS if c in header), None)
-    if id_col is None or column not in header:
-      raise errors.UserError(
-          f"{path}: needs the columns image (or image_id) and {column}, has "
-          f"{', '.join(header) or 'none'}")
-    out = {}
-    for line, row in enumerate(reader, start=2):
-      if row[id_col] in out:
-        raise errors.UserError(f"{path}: line {line}: image {row[id_col]} "
-                               "appears twice")
-      out[row[id_col]] = row[column]
-  if not out:
-    raise errors.UserError(f"{path}: no rows")
-  return out
-
-
-def _numbers(path: str, column: str, values: dict[str, str]) -> dict:
-  out = {}
-  for image, text in values.items():
-    try:
-      out[image] = float(text)
-    except (TypeError, ValueError):
-      out[image] = math.nan
-    if not math.isfinite(out[image]):
-      raise errors.UserError(f"{path}: image {image}: {column}={text!r} is "
-                             "not a finite number")
-  return out
-
-
-def read_labels(path: str, column: str) -> tuple[list[str], np.ndarray]:
-  """(sorted image ids, 0/1 labels [N]) of a labels CSV."""
-  values = _numbers(path, column, _read_column(path, column))
-  bad = [f"{i}={v:g}" for i, v in values.items() if v not in (0.0, 1.0)]
-  if bad:
-    raise errors.UserError(f"{path}: {column} must be 0 or 1, got "
-                           f"{', '.join(bad[:5])}")
-  images = sorted(values)
-  labels = np.array([int(values[i]) for i in images])
-  if min(labels.sum(), labels.size - labels.sum()) < 2:
-    raise errors.UserError(
-        f"{path}: {labels.sum()} image(s) with {column}=1 and "
-        f"{labels.size - labels.sum()} with 0; DeLong's CI needs at least 2 "
-        "of each")
-  return images, labels
-
-
-def _ids(ids, limit: int = 5) -> str:
-  ids = sorted(ids)
-  more = f", ... ({len(ids)} in all)" if len(ids) > limit else ""
-  return ", ".join(ids[:limit]) + more
-
-
-def read_scores(path: str, column: str, images: list[str],
-                labels_path: str) -> np.ndarray:
-  """Scores [N] of a prediction CSV, in the order of ``images``."""
-  values = _numbers(path, column, _read_column(path, column))
-  missing, extra = set(images) - set(values), set(values) - set(images)
-  if missing or extra:
-    what = ([f"missing {len(missing)} image(s) of {labels_path} "
-             f"({_ids(missing)})"] if missing else []) + (
-                 [f"{len(extra)} image(s) not in {labels_path} "
-                  f"({_ids(extra)})"] if extra else [])
-    raise errors.UserError(f"{path}: {'; '.join(what)}")
-  return np.array([values[i] for i in images])
-
-
-def parse_models(specs: list[str]) -> list[tuple[str, list[str]]]:
-  """``PATH`` or ``NAME=PATH[,PATH...]`` -> [(name, paths)]. A bare PATH is
-  named by its file stem, or by the path itself where stems collide."""
-  stems = [Path(s).stem for s in specs if "=" not in s]
-  models = []
-  for spec in specs:
-    name, sep, paths = spec.partition("=")
-    if not sep:
-      stem = Path(spec).stem
-      name, paths = (stem if stems.count(stem) == 1 else spec), spec
-    models.append((name, [p for p in paths.split(",") if p]))
-  names = [n for n, _ in models]
-  for name, paths in models:
-    if not paths or names.count(name) > 1:
-      raise errors.UserError(f"model {name!r}: give NAME=PATH[,PATH...] with "
-                             "a name used once")
-  return models
-
-
-def compare(labels: np.ndarray, scores: dict[str, np.ndarray],
-            n_resamples: int = 2000, seed: int = 0) -> dict:
-  """Per-model AUC with DeLong CI, every pair's DeLong and bootstrap diffs."""
-  models = [{"name": n, **stats.auc_ci(labels, s)} for n, s in scores.items()]
-  pairs = []
-  for a, b in itertools.combinations(scores, 2):
-    boot = stats.paired_bootstrap_auc_diff(labels, scores[a], scores[b],
-                                           n_resamples=n_resamples, seed=seed)
-    pairs.append({"a": a, "b": b,
-                  **stats.paired_delong(labels, scores[a], scores[b]),
-                  "boot_lo": boot["lo"], "boot_hi": boot["hi"]})
-  return {"num_images": int(labels.size), "num_positives": int(labels.sum()),
-          "models": models, "comparisons": pairs, "n_resamples": n_resamples,
-          "seed": seed}
-
-
-def _p(p: float) -> str:
-  return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+parse_models = prediction_csvs.parse_models
 
 
 def markdown(result: dict, labels_path: str, column: str) -> str:
+  """The models' AUCs and, with two or more, their paired differences."""
+  models = pd.DataFrame(
+      [[m["name"], len(m["files"]), f"{m['auc']:.3f} [{m['lo']:.3f}, "
+        f"{m['hi']:.3f}]"] for m in result["models"]],
+      columns=["model", "files", "AUC [95% DeLong CI]"])
   lines = [f"{labels_path}: {result['num_images']} images, "
-           f"{result['num_positives']} with {column}=1", "",
-           "| model | files | AUC [95% DeLong CI] |", "|---|---|---|"]
-  for m in result["models"]:
-    lines.append(f"| {m['name']} | {len(m['files'])} | {m['auc']:.3f} "
-                 f"[{m['lo']:.3f}, {m['hi']:.3f}] |")
+           f"{result['num_positives']} with {column}=1", ""]
+  lines += tables.markdown_table(models)
   if result["comparisons"]:
     lines += ["", "Paired AUC differences (a - b), same images: DeLong 95% CI "
               "and p; stratified paired bootstrap 95% CI "
               f"({result['n_resamples']} resamples, seed {result['seed']}).",
-              "", "| a - b | ΔAUC | DeLong 95% CI | p | bootstrap 95% CI |",
-              "|---|---|---|---|---|"]
-  for c in result["comparisons"]:
-    lines.append(f"| {c['a']} - {c['b']} | {c['diff']:+.3f} | "
-                 f"[{c['lo']:+.3f}, {c['hi']:+.3f}] | {_p(c['p'])} | "
-                 f"[{c['boot_lo']:+.3f}, {c['boot_hi']:+.3f}] |")
+              ""] + tables.markdown_table(pd.DataFrame(
+                  [[f"{c['a']} - {c['b']}", f"{c['diff']:+.3f}", tables.ci(c),
+                    tables.pval(c["p"]), tables.ci(c, "boot_lo", "boot_hi")]
+                   for c in result["comparisons"]],
+                  columns=["a - b", "ΔAUC", "DeLong 95% CI", "p",
+                           "bootstrap 95% CI"]))
   return "\n".join(lines)
 
 
 def run(args) -> dict:
-  images, labels = read_labels(args.labels, args.column)
+  images, labels = prediction_csvs.read_labels(args.labels, args.column)
   scores, files = {}, {}
-  for name, paths in parse_models(args.predictions):
+  for name, paths in prediction_csvs.parse_models(args.predictions):
     # Several CSVs of one model (seeds): one mean score per image.
-    scores[name] = np.mean([read_scores(p, args.score_column or args.column,
+    scores[name] = np.mean([prediction_csvs.read_scores(p, args.score_column or args.column,
                                         images, args.labels)
                             for p in paths], axis=0)
     files[name] = paths
@@ -191,7 +77,7 @@ def run(args) -> dict:
           f"model {name!r}: its scores are the labels themselves (column "
           f"{args.score_column or args.column!r} of {paths[0]}); name the "
           "score column with --score-column")
-  result = compare(labels, scores, args.n_resamples, args.seed)
+  result = paired.compare_models(labels, scores, args.n_resamples, args.seed)
   for m in result["models"]:
     m["files"] = files[m["name"]]
   result.update(labels=args.labels, column=args.column)

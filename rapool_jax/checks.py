@@ -119,6 +119,7 @@ def has_checkpoints(workdir: str) -> bool:
 RESUME_MAY_CHANGE = frozenset({
     "systems.compilation_cache_dir", "data.data_dir", "data.manual_dir",
     "data.device_memory_budget_mb", "report.num_cam_images",
+    "report.comparisons", "report.sensitivity_comparisons",
     "train.checkpoint_every", "systems.donate_state", "train.eval_batch_size",
     "train.keep_checkpoints", "train.log_every", "train.eval_every",
     "systems.state_layout"})

@@ -142,7 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
       # configs/default.py's size one evaluation (300 images) takes as long
       # as about 2 training steps: 1% of an interval of 200.
       eval_every=200))
-  c.report = ml_collections.ConfigDict(dict(num_cam_images=6))
+  # Paired comparisons by arm name, for the CV and test-split reports
+  # (rapool_jax/analysis/design.py; configs/isic2017.py declares them).
+  c.report = ml_collections.ConfigDict(dict(
+      num_cam_images=6, comparisons=(), sensitivity_comparisons=()))
   c.systems = systems_config()
   return c
 

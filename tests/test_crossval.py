@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -21,6 +22,10 @@ from rapool_jax import run
 from rapool_jax import run_population
 from rapool_jax import stats
 from rapool_jax import train
+from rapool_jax.analysis import crossval as cv_analysis
+from rapool_jax.analysis import near_copies
+from rapool_jax.analysis import paired
+from rapool_jax.analysis import power
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline
 
@@ -263,6 +268,35 @@ def _write_predictions(path, ids, labels, scores, jaccards=None):
                  + ([f"{jaccards[i]:.6f}"] if jaccards is not None else []))
 
 
+# The stage (or head) of each report label above.
+STAGE_OF = {"Step 2: GAP": "classification", "RAP (lambda 7.5)": "joint",
+            "GAP control": "gap_control",
+            "GAP + seg loss (lambda 7.5)": "joint_gap_seg"}
+HEADS = {"RAP + RankOpt": "enabled",
+         "RAP + logistic regression": "logistic_regression"}
+
+
+@functools.lru_cache
+def _isic_config(variant):
+  from conftest import load_module
+  config = load_module("configs/isic2017.py").get_config(variant)
+  return config.to_json_best_effort()
+
+
+def _run_config(variant, arms, seed, data):
+  """configs/isic2017.py:VARIANT as a run's config.json, training ``arms``
+  (report labels), with ``seed`` and ``data`` fields set."""
+  config = json.loads(_isic_config(variant))
+  config["stage_order"] = [STAGE_OF[a] for a in arms if a in STAGE_OF]
+  for label, key in HEADS.items():
+    config["rankopt"][key] = label in arms
+  config["seed"] = seed
+  for key, value in data.items():
+    config["data"][key] = ({**config["data"].get(key, {}), **value}
+                           if isinstance(value, dict) else value)
+  return config
+
+
 def _fake_run(run, config, splits, rng, arms=ARMS):
   """A finished run: config.json, results.json rows, per-image predictions
   of every arm on ``splits`` (name -> (ids, labels, with Jaccard))."""
@@ -287,9 +321,9 @@ TEST_IDS = [f"ISIC_9{j:03d}" for j in range(50)]
 
 def _cv_run(root, fold, seed, rng, arms=ARMS, name=""):
   ids = [f"ISIC_{fold}{j:03d}" for j in range(60)]
-  config = {"seed": seed, "data": {"crossval": {"fold": fold},
-                                   "eval_split": "cv_test",
-                                   "val_split": "cv_val"}}
+  config = _run_config("crossval", arms, seed, {
+      "crossval": {"fold": fold}, "eval_split": "cv_test",
+      "val_split": "cv_val"})
   return _fake_run(
       os.path.join(root, name or crossval.run_name(fold, seed)), config,
       {"cv_test": (ids, _labels(60), True),
@@ -371,7 +405,7 @@ def test_power_splits_the_primary_se_into_image_and_seed_noise(cv_report):
   """SE by seeds averaged: k = 1 is the mean of the single seeds' stratified
   SEs, k = 2 the seed-averaged verdict's; the two-point fit is exact."""
   out, results = cv_report
-  oof = crossval_report.read_tables(out)["oof"]
+  oof = cv_analysis.read_tables(out)["oof"]
   single = []
   for s in (0, 1):
     keep = oof["seed"] == s
@@ -389,7 +423,7 @@ def test_power_splits_the_primary_se_into_image_and_seed_noise(cv_report):
   assert se1 > se2 > 0 and 2 * se2**2 > se1**2  # the exact fit is >= 0
   assert fit["floor_se"] ** 2 == pytest.approx(2 * se2**2 - se1**2)
   assert fit["model_se_one_seed"] ** 2 == pytest.approx(2 * (se1**2 - se2**2))
-  target = (crossval_report.HALF_WIDTH_TARGET / 1.959964) ** 2
+  target = (power.HALF_WIDTH_TARGET / 1.959964) ** 2
   want = (None if target <= fit["floor_se"] ** 2 else int(np.ceil(
       fit["model_se_one_seed"] ** 2 / (target - fit["floor_se"] ** 2))))
   assert fit["seeds_for_target"] == want
@@ -414,7 +448,7 @@ def test_averaging_seeds_removes_the_model_noise_only():
     cols["a"].append(base + rng.normal(0, 2, n))
     cols["b"].append(base + rng.normal(0, 2, n))
   cols = {k: np.concatenate(v) for k, v in cols.items()}
-  r = crossval_report.se_by_seed_count(cols, "a", "b", strata="fold")
+  r = power.se_by_seed_count(cols, "a", "b", strata="fold")
   ses = [x["se"] for x in r["by_seeds"]]
   assert [x["subsets"] for x in r["by_seeds"]] == [4, 6, 4, 1]
   assert ses == sorted(ses, reverse=True)
@@ -448,15 +482,15 @@ def test_sensitivities_are_compared_only_at_matched_specificity(cv_report):
   _, results = cv_report
   y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
   s = np.array([0.9, 0.8, 0.2, 0.7, 0.6, 0.5, 0.4, 0.1])
-  far = crossval_report.matched_sensitivity(y, s, s, 0.65, 0.45)
+  far = paired.matched_sensitivity(y, s, s, 0.65, 0.45)
   assert far["p"] is None and "Spe differs by 0.400 > 0.01" in far["why"]
-  same = crossval_report.matched_sensitivity(y, s, s, 0.65, 0.65)
+  same = paired.matched_sensitivity(y, s, s, 0.65, 0.65)
   assert same["p"] == 1.0 and same["why"] is None
   entries = [e for r in results["by_seed"] for e in r["sensitivity"]]
   entries += results["seed_averaged"]["sensitivity"]
   for e in entries:
     gap = abs(e["spe_a"] - e["spe_b"])
-    assert (e["p"] is None) == (gap > crossval_report.MATCH_TOLERANCE + 1e-12)
+    assert (e["p"] is None) == (gap > paired.MATCH_TOLERANCE + 1e-12)
   # Per-fold ROC points: every arm reaches the target on each fold.
   assert all(min(e["spe_a"], e["spe_b"]) >= e["specificity"]
              for e in results["seed_averaged"]["sensitivity"])
@@ -543,7 +577,9 @@ TAMPERING = {
         o, lambda r: r["arms"].append("rap_lambda_1")), "results.json.arms"),
     "arm missing from one CSV": (lambda o: _drop_column(
         os.path.join(o, "oof_jaccard.csv"), "gap_control"), "arms"),
-    "arm missing from every CSV": (_drop_arm_everywhere, "entries saved"),
+    "arm missing from every CSV": (
+        _drop_arm_everywhere,
+        "no column rap_logistic_regression (arm logistic_regression)"),
     "finished run dropped from runs.csv": (lambda o: _replace_line(
         os.path.join(o, "runs.csv"), 1),
         "runs.csv does not list it as finished"),
@@ -588,7 +624,30 @@ def test_an_arm_without_test_scores_is_left_out_of_the_test_split(tmp_path):
                                   "rap_rankopt.csv"), TEST_IDS, _labels(50),
                      np.zeros(50))
   with pytest.raises(ValueError, match="differ from the other runs'"):
-    crossval_report.collect(runs)
+    cv_analysis.collect(runs)
+
+
+def test_runs_whose_config_predates_declared_comparisons_are_named(tmp_path):
+  """A config.json without report.comparisons never gives a report without
+  comparisons: it stops, naming the remedy, --comparisons CONFIG."""
+  rng = np.random.default_rng(8)
+  runs = [_cv_run(str(tmp_path), f, 0, rng, ARMS[:3]) for f in range(3)]
+  for run in runs:
+    path = os.path.join(run, "config.json")
+    with open(path) as f:
+      config = json.load(f)
+    del config["report"]["comparisons"]
+    with open(path, "w") as f:
+      json.dump(config, f)
+  out = str(tmp_path / "report")
+  with pytest.raises(ValueError, match="no report.comparisons"):
+    crossval_report.write_report(runs, out)
+  results = crossval_report.write_report(
+      runs, out, comparisons_from="configs/isic2017.py:crossval")
+  assert [c["name"] for c in results["seed_averaged"]["comparisons"]] == [
+      "RAP vs GAP control (primary)", "RAP vs Step 2",
+      "GAP control vs Step 2"]
+  assert crossval_report.check(out) == []
 
 
 def test_partial_report_says_which_runs_are_missing(tmp_path):
@@ -620,12 +679,12 @@ def test_report_thresholds_come_from_the_validation_split(tmp_path):
   run = _cv_run(str(tmp_path), 0, 0, rng, ["RAP (lambda 7.5)"])
   out = str(tmp_path / "report")
   crossval_report.write_report([run], out)
-  t = crossval_report.read_tables(out)
+  t = cv_analysis.read_tables(out)
   val = _rows(os.path.join(run, "predictions", "cv_val", "rap_lambda_7.5.csv"))
   want = metrics.threshold_at_specificity(
       np.array([int(r["label"]) for r in val]),
       np.array([float(r["score"]) for r in val]), 0.884)
-  positive = crossval_report.predicted_positive(
+  positive = cv_analysis.predicted_positive(
       t["oof"], t["thresholds"], "rap_lambda_7.5", 0.884)
   np.testing.assert_array_equal(positive, t["oof"]["rap_lambda_7.5"] >= want)
 
@@ -699,9 +758,9 @@ def test_crossval_population_is_reported_as_its_fold_runs(tmp_path, capsys):
 
 
 def _seed_run(root, seed, rng):
-  config = {"seed": seed, "data": {"eval_split": "test",
-                                   "val_split": "validation"}}
   arms = ARMS + ["GAP + seg loss (lambda 7.5)"]
+  config = _run_config("testsplit", arms, seed, {"eval_split": "test",
+                                                 "val_split": "validation"})
   return _fake_run(os.path.join(root, f"seed{seed}"), config,
                    {"test": (TEST_IDS, _labels(50), False),
                     "validation": ([f"V{j}" for j in range(40)],
@@ -778,8 +837,7 @@ def test_testsplit_check_fails_naming_what_differs(testsplit_out, tmp_path,
     _drop_arm = lambda p: _drop_column(p, "gap_control")  # noqa: E731
     _drop_arm(test_csv)
     _drop_arm(os.path.join(out, "val_scores.csv"))
-  diffs = crossval_report.check(out, testsplit_report.compute_all,
-                                testsplit_report.markdown)
+  diffs = testsplit_report.check(out)
   assert diffs, tamper
   assert testsplit_report.main(["--check", out]) == 1
 
@@ -843,5 +901,5 @@ def test_near_copy_rows_name_test_images_copied_in_training():
   test.images[:] = rng.integers(0, 256, test.images.shape, np.uint8)
   test.images[2] = ref.images[7]
   test.ids[:] = ["T0", "T1", "T2", "T3"]
-  rows = crossval_report.near_copy_rows(test, ref, 0.97)
+  rows = near_copies.near_copy_rows(test, ref, 0.97)
   assert rows == [{"image": "T2", "reference": str(ref.ids[7])}]

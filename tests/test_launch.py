@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO
 from rapool_jax import evaluate
+from rapool_jax.analysis import crossval as cv_analysis
 
 
 from launch import ablate_pooling
@@ -180,8 +181,8 @@ def test_crossval_smoke_population_matches_the_sequential_runs(
       os.path.join(out["pop"], "runs.csv")) as b:
     assert a.read() == b.read() == ("fold,seed,finished\n0,0,1\n1,0,1\n"
                                     "2,0,1\n")
-  seq, pop = (crossval_report.read_tables(out[n]) for n in ("seq", "pop"))
-  for key in crossval_report.KEYS:  # image by image, in the same order
+  seq, pop = (cv_analysis.read_tables(out[n]) for n in ("seq", "pop"))
+  for key in cv_analysis.KEYS:  # image by image, in the same order
     np.testing.assert_array_equal(pop["oof"][key], seq["oof"][key])
   config = common.load_config(common.TINY_CONFIG)
   networks = {evaluate.row_slug(config.stages[n].report_as)
@@ -193,7 +194,8 @@ def test_crossval_smoke_population_matches_the_sequential_runs(
   for arm, (atol, rtol) in tol.items():
     np.testing.assert_allclose(pop["oof"][arm], seq["oof"][arm], atol=atol,
                                rtol=rtol, err_msg=arm)
-  for a, b in zip(pop["thresholds"], seq["thresholds"], strict=True):
+  for a, b in zip(pop["thresholds"].to_dict("records"),
+                  seq["thresholds"].to_dict("records"), strict=True):
     assert [a[k] for k in ("fold", "seed", "arm")] == [
         b[k] for k in ("fold", "seed", "arm")]
     for k in set(a) - {"fold", "seed", "arm"}:
