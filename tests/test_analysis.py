@@ -99,50 +99,11 @@ def test_compare_by_stratum_compares_within_each_stratum_only():
         paired.compare(sub, "a", "b", n_resamples=100)["diff"])
 
 
-def test_stratified_difference_is_stratified_delongs():
-  rng = np.random.default_rng(3)
-  y = (np.arange(80) % 4 == 0).astype(int)
-  a, b = y + rng.normal(0, 1, 80), rng.normal(0, 1, 80)
-  f = np.arange(80) % 3
-  assert paired.stratified_difference(y, a, b, f) == pytest.approx(
-      stats.stratified_delong(y, a, b, f)["diff"], abs=1e-12)
-
-
-def _brute_auc(y, s):
-  pos, neg = s[y == 1], s[y == 0]
-  return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
-
-
-def _brute_interaction_replicates(y, a, b, fold, stratum, n, seed):
-  """Each replicate drawn as resample_indices documents it, then the
-  P_f Q_f-weighted AUC difference by brute-force pair counting."""
-  rng = np.random.default_rng(seed)
-  groups = [np.flatnonzero((fold == f) & (y == c))
-            for f in np.unique(fold) for c in (1, 0)]
-  draws = [g[rng.integers(0, g.size, (n, g.size))] for g in groups]
-  out = []
-  for r in range(n):
-    idx = np.concatenate([d[r] for d in draws])
-    diffs = {}
-    for level in (1, 0):
-      k = idx[stratum[idx] == level]
-      num = den = 0.0
-      for f in np.unique(fold[k]):
-        kf = k[fold[k] == f]
-        w = y[kf].sum() * (1 - y[kf]).sum()
-        if w:
-          num += w * (_brute_auc(y[kf], a[kf]) - _brute_auc(y[kf], b[kf]))
-          den += w
-      diffs[level] = num / den
-    out.append(diffs[1] - diffs[0])
-  return np.array(out)
-
-
-def test_interaction_matches_a_brute_force_bootstrap():
+def test_interaction_is_the_stats_bootstrap_on_the_paired_frame():
   rng = np.random.default_rng(7)
-  n = 48
+  n = 120
   y = (np.arange(n) % 3 == 0).astype(int)
-  fold = np.arange(n) % 2
+  fold = (np.arange(n) // 6) % 2
   stratum = (np.arange(n) // 3) % 2
   # a beats b where stratum is 1 only: a positive interaction.
   a = y * (0.3 + 2 * stratum) + rng.normal(0, 1, n)
@@ -152,38 +113,10 @@ def test_interaction_matches_a_brute_force_bootstrap():
                         "ruler": np.repeat(stratum, 2),
                         "arm": ["a", "b"] * n,
                         "score": np.stack([a, b], 1).ravel()})
-  reps = paired.bootstrap_differences(frame, "a", "b", "ruler",
-                                      n_resamples=40, seed=5)
-  assert list(reps.columns) == [0, 1] and len(reps) == 40
-  brute = _brute_interaction_replicates(y, a, b, fold, stratum, 40, 5)
-  np.testing.assert_allclose((reps[1] - reps[0]).to_numpy(), brute,
-                             atol=1e-12)
-  result = paired.interaction(frame, "a", "b", "ruler", n_resamples=40, seed=5)
-  lo, hi = np.quantile(brute, [0.025, 0.975])
-  assert (result["lo"], result["hi"]) == pytest.approx((lo, hi))
-  assert result["diff"] > 0.3 and result["p"] == pytest.approx(
-      min(1, 2 * min(np.mean(brute <= 0), np.mean(brute >= 0))))
-  whole = paired.stratified_difference(
-      y[stratum == 1], a[stratum == 1], b[stratum == 1], fold[stratum == 1])
-  assert result["diffs"][1] == pytest.approx(whole)
-
-
-def test_resamples_keep_each_folds_positives_and_negatives():
-  y = np.array([1, 0, 0, 1, 1, 0, 0, 0])
-  fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-  idx = paired.resample_indices(y, fold, 50, seed=0)
-  reps = paired.bootstrap_differences(
-      pd.DataFrame({"image": np.repeat(np.arange(8), 2),
-                    "label": np.repeat(y, 2), "arm": ["a", "b"] * 8,
-                    "score": np.arange(16.0)}), "a", "b", within=None,
-      n_resamples=5)
-  assert list(reps.columns) == ["all"] and len(reps) == 5
-  assert idx.shape == (50, 8)
-  for row in idx:
-    for f in (0, 1):
-      for c in (0, 1):
-        assert np.sum((fold[row] == f) & (y[row] == c)) == np.sum(
-            (fold == f) & (y == c))
+  got = paired.interaction(frame, "a", "b", "ruler", n_resamples=200, seed=5)
+  want = stats.interaction_bootstrap(y, a, b, stratum == 1, fold,
+                                     n_resamples=200, seed=5)
+  assert got == want and got["diff"] > 0
 
 
 def _config(stage_order=("classification", "joint", "gap_control"),

@@ -3,9 +3,8 @@
 On arrays: ``paired_auc`` (DeLong and bootstrap from ``stats.py``, pooled or
 fold-stratified) and ``matched_sensitivity``. On a seed-averaged long frame
 (``frames.average_scores``: ``image, label, fold, arm, score`` and any
-stratum column): ``compare``, ``compare_by_stratum``, and
-``bootstrap_differences`` / ``interaction``, whose replicates share one
-resampling of the images across arms and strata.
+stratum column): ``compare``, ``compare_by_stratum`` and
+``interaction`` (the difference of two strata's differences).
 """
 
 from __future__ import annotations
@@ -115,84 +114,22 @@ def compare_by_stratum(frame: pd.DataFrame, a: str, b: str, stratum: str,
   return pd.DataFrame(rows)
 
 
-def stratified_difference(y, a, b, strata) -> float:
-  """auc(a) - auc(b) [N], the P_s Q_s-weighted mean over strata (folds) as
-  ``stats.stratified_delong``'s; a stratum lacking a class weighs 0."""
-  num = den = 0.0
-  for s in np.unique(strata):
-    k = strata == s
-    w = float(y[k].sum()) * float((1 - y[k]).sum())
-    if w > 0:
-      num += w * (metrics.roc_auc(y[k], a[k]) - metrics.roc_auc(y[k], b[k]))
-      den += w
-  return num / den if den else float("nan")
-
-
-def resample_indices(y, within, n_resamples: int, seed: int) -> np.ndarray:
-  """[R, N] row indices: each replicate draws, within each ``within`` value
-  (fold), its positives from its positives and its negatives from its
-  negatives, with replacement (every replicate keeps each P_f and Q_f)."""
-  rng = np.random.default_rng(seed)
-  parts = []
-  for f in np.unique(within):
-    for cls in (1, 0):
-      idx = np.flatnonzero((within == f) & (y == cls))
-      if idx.size:
-        parts.append(idx[rng.integers(0, idx.size, (n_resamples, idx.size))])
-  return np.concatenate(parts, axis=1)
-
-
-def bootstrap_differences(frame: pd.DataFrame, a: str, b: str,
-                          stratum: str | None = None,
-                          within: str | None = "fold",
-                          n_resamples: int = N_RESAMPLES,
-                          seed: int = 0) -> pd.DataFrame:
-  """[R, strata]: per bootstrap replicate, the ``within``-stratified AUC
-  difference a - b in each value of ``stratum`` (one column ``"all"``
-  without). Images are resampled within ``within`` (positives and negatives
-  apart; ``within`` None: one stratum) once per replicate, paired across
-  arms and shared by every stratum, so differences of columns
-  (interactions) bootstrap correctly. Rows where ``stratum`` is NaN are
-  left out first."""
-  p = pair(frame if stratum is None else frame.dropna(subset=[stratum]), a, b)
-  y, sa, sb = (p[c].to_numpy() for c in ("label", a, b))
-  w = np.zeros(len(p)) if within is None else p[within].to_numpy()
-  levels = ["all"] if stratum is None else sorted(p[stratum].unique())
-  member = {v: (np.ones(len(p), bool) if stratum is None
-                else (p[stratum] == v).to_numpy()) for v in levels}
-  rows = []
-  for idx in resample_indices(y, w, n_resamples, seed):
-    rows.append([stratified_difference(y[idx][member[v][idx]],
-                                       sa[idx][member[v][idx]],
-                                       sb[idx][member[v][idx]],
-                                       w[idx][member[v][idx]])
-                 for v in levels])
-  return pd.DataFrame(rows, columns=levels)
-
-
 def interaction(frame: pd.DataFrame, a: str, b: str, stratum: str,
                 levels: Sequence = (1, 0), within: str | None = "fold",
                 n_resamples: int = N_RESAMPLES, seed: int = 0,
                 alpha: float = 0.05) -> dict:
-  """(a - b in ``stratum == levels[0]``) - (a - b in ``levels[1]``): the
-  difference of two strata's paired AUC differences, with a percentile
-  bootstrap CI and a two-sided bootstrap p (twice the smaller share of
-  replicates on either side of 0), from ``bootstrap_differences``."""
-  p = pair(frame.dropna(subset=[stratum]), a, b)
-  y = p["label"].to_numpy()
+  """(a - b where ``stratum == levels[0]``) - (a - b where ``levels[1]``):
+  the difference of two groups' ``within``-stratified paired AUC
+  differences (``stats.interaction_bootstrap``: images resampled within
+  group x ``within`` x label, paired across arms; percentile CI, p from the
+  bootstrap SE, DeLong cross-check). Rows of other levels, or NaN, are left
+  out."""
+  p = pair(frame[frame[stratum].isin(levels)], a, b)
   w = np.zeros(len(p)) if within is None else p[within].to_numpy()
-  diffs = [stratified_difference(
-      y[k], p[a].to_numpy()[k], p[b].to_numpy()[k], w[k])
-           for k in ((p[stratum] == v).to_numpy() for v in levels)]
-  reps = bootstrap_differences(frame, a, b, stratum, within, n_resamples,
-                               seed)
-  delta = (reps[levels[0]] - reps[levels[1]]).to_numpy()
-  delta = delta[np.isfinite(delta)]
-  p_value = min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))
-  lo, hi = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
-  return {"diff": diffs[0] - diffs[1], "diffs": dict(zip(levels, diffs)),
-          "lo": float(lo), "hi": float(hi), "p": float(p_value),
-          "n_resamples": int(delta.size)}
+  return stats.interaction_bootstrap(
+      p["label"].to_numpy(), p[a].to_numpy(), p[b].to_numpy(),
+      (p[stratum] == levels[0]).to_numpy(), w, n_resamples=n_resamples,
+      seed=seed, alpha=alpha)
 
 
 def compare_models(labels, scores: dict, n_resamples: int = N_RESAMPLES,
