@@ -41,9 +41,10 @@ def check_split_roles(config) -> None:
   roles = {data[r] for r in pipeline.SPLIT_ROLES} - {""}
   threshold = rankopt.threshold_split
   if rankopt.enabled and threshold and threshold not in roles:
-    raise ValueError(f"config.rankopt.threshold_split={threshold!r} is not "
-                     f"one of the run's splits {sorted(roles)} (config.data."
-                     "train_split, val_split, eval_split); '' = train")
+    raise errors.UserError(
+        f"config.rankopt.threshold_split={threshold!r} is not "
+        f"one of the run's splits {sorted(roles)} (config.data."
+        "train_split, val_split, eval_split); '' = train")
   plateau = any(config.stages[s].plateau.metric for s in config.stage_order)
   # The validation split may be the reported one (the paper's Table 1 picks
   # lambda on it) as long as nothing is chosen on it: no plateau rule.
@@ -53,7 +54,7 @@ def check_split_roles(config) -> None:
                       (threshold or data.train_split) if rankopt.enabled
                       else "")):
     if value and value == data.eval_split:
-      raise ValueError(
+      raise errors.UserError(
           f"config.{key}={value!r} is the evaluation split (config.data."
           "eval_split): thresholds, plateau rules and training must not see "
           "the images a run reports on; choose another split")
@@ -70,7 +71,7 @@ def check_splits(config, splits: dict) -> None:
     labels = splits[name].labels
     melanomas = int((labels == 1).sum())
     if melanomas == 0 or melanomas == len(labels):
-      raise ValueError(
+      raise errors.UserError(
           f"config.data.{role}={name!r}: the split has {len(labels)} images, "
           f"{melanomas} of them melanomas; AUC and thresholds need both "
           f"melanomas and other lesions: choose another split "
@@ -89,7 +90,7 @@ def check_masks_for_pooling(config, splits: dict) -> None:
     for role in ("eval_split", "val_split"):
       split = config.data[role]
       if split and not splits[split].has_mask.all():
-        raise ValueError(
+        raise errors.UserError(
             f"config.stages.{stage}.pooling={name!r} reads the true mask, but "
             f"{int((~splits[split].has_mask).sum())} images of "
             f"config.data.{role}={split!r} have none")
@@ -137,7 +138,7 @@ def check_resumed_config(config: ml_collections.ConfigDict,
     # workdir and records where from: those are known.
     if (has_checkpoints(workdir) and not os.path.isfile(
         os.path.join(workdir, "linked_stages.json"))):
-      raise ValueError(
+      raise errors.UserError(
           f"{workdir} holds checkpoints but no config.json saying which "
           "config made them; use a new --workdir (or restore its config.json)")
     return
@@ -147,9 +148,9 @@ def check_resumed_config(config: ml_collections.ConfigDict,
     if not isinstance(saved, dict):
       raise TypeError(f"a JSON {type(saved).__name__}, not an object")
   except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-    raise ValueError(f"{saved_path}: not the JSON of a config "
-                     f"({errors.one_line(e)}); restore it, or use a new "
-                     "--workdir") from None
+    raise errors.UserError(f"{saved_path}: not the JSON of a config "
+                           f"({errors.one_line(e)}); restore it, or use a new "
+                           "--workdir") from None
   saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
   # Resolved as the trainer resolves it before writing config.json.
   now = resolve_config(copy.deepcopy(config)).to_json_best_effort()
@@ -158,7 +159,7 @@ def check_resumed_config(config: ml_collections.ConfigDict,
              for key in sorted(saved.keys() & now.keys())
              if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
   if changed:
-    raise ValueError(
+    raise errors.UserError(
         f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
         "pass the saved values (--config.KEY=VALUE) to resume or re-run it, "
         "or use a new --workdir for the new ones (its results would "
@@ -177,7 +178,7 @@ def check_data_source(workdir: str, source: dict) -> None:
                                          source.get("files", {}))
               or f"now {source['data_set']} {source['splits']}, then "
                  f"{saved.get('data_set')} {saved.get('splits')}")
-      raise ValueError(
+      raise errors.UserError(
           f"{workdir} holds checkpoints trained on other data ({what}); use a "
           f"new --workdir for this data, or the files it was trained on "
           f"(see {path})")

@@ -17,6 +17,7 @@ import ml_collections
 from rapool_jax import checkpoint
 from rapool_jax import checks
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import pretrained
@@ -97,8 +98,9 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
   builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
   splits = folds.load_splits(builder, config.data)
   if needs_masks and not splits[config.data.train_split].has_mask.any():
-    raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
-                     "but a stage has lambda_seg > 0")
+    raise errors.UserError(
+        f"split {config.data.train_split!r} has no lesion masks "
+        "but a stage has lambda_seg > 0")
   return splits
 
 

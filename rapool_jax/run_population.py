@@ -21,6 +21,7 @@ import numpy as np
 
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import population
 from rapool_jax import run
@@ -72,8 +73,9 @@ def load_data(config, members):
     train = (stored[data.train_split],
              [np.arange(n, dtype=np.int32)] * len(members))
   if needs_masks and not train[0].has_mask.any():
-    raise ValueError(f"split {data.train_split!r} has no lesion masks but a "
-                     "stage has lambda_seg > 0")
+    raise errors.UserError(
+        f"split {data.train_split!r} has no lesion masks but a "
+        "stage has lambda_seg > 0")
   return splits, train
 
 

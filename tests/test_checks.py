@@ -27,7 +27,7 @@ from rapool_jax.data import pipeline
 
 
 def _fails_before_training(config, workdir, capsys, *contains):
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     run.train_and_evaluate(config, str(workdir))
   message = str(info.value)
   assert "\n" not in message, message
@@ -115,7 +115,7 @@ def isic_train_only(tmp_path, tiny_config):
 
 
 def test_missing_split_names_the_key_and_the_files(isic_train_only):
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     pipeline.make_builder(isic_train_only)
   message = str(info.value)
   assert message.startswith("config.data.eval_split='test'"), message
@@ -154,7 +154,7 @@ def _workdir_with_checkpoints(path, config=None):
 
 def test_checkpoints_without_config_json_stop(tiny_config, tmp_path):
   _workdir_with_checkpoints(tmp_path)
-  with pytest.raises(ValueError, match="no config.json"):
+  with pytest.raises(errors.UserError, match="no config.json"):
     checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
@@ -164,7 +164,7 @@ def test_three_class_saved_config_matches_a_fresh_one(tiny_config, tmp_path):
   assert tiny_config.model.num_classes == 2   # the fresh, unresolved config
   checks.check_resumed_config(tiny_config, str(tmp_path))
   tiny_config.data.task = "melanoma"
-  with pytest.raises(ValueError, match="data.task='three_class'"):
+  with pytest.raises(errors.UserError, match="data.task='three_class'"):
     checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
@@ -178,8 +178,8 @@ def test_resumed_run_on_other_data_stops(tmp_path):
   checks.check_data_source(str(tmp_path), source)   # same data: resumes
   changed = copy.deepcopy(source)
   changed["files"]["ISIC-2017_Training_Data.zip"]["size"] = 12
-  with pytest.raises(ValueError, match=r"other data \(ISIC-2017_Training_"
-                     r"Data.zip 10 -> 12 bytes\)"):
+  with pytest.raises(errors.UserError, match=r"other data \(ISIC-2017_Training_"
+                           r"Data.zip 10 -> 12 bytes\)"):
     checks.check_data_source(str(tmp_path), changed)
 
 
@@ -366,7 +366,7 @@ def test_the_oracle_needs_every_mask_of_the_splits_it_is_scored_on(
   data = tiny_config.data
   splits = {data.train_split: _split(6, 6), data.val_split: _split(4, 4),
             data.eval_split: _split(4, 3), "extra": _split(4, 0)}
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(errors.UserError, match=(
       "config.stages.joint.pooling='mask_oracle' reads the true mask, but 1 "
       f"images of config.data.eval_split='{data.eval_split}' have none")):
     checks.check_masks_for_pooling(tiny_config, splits)

@@ -133,7 +133,7 @@ def test_a_plateau_rule_is_refused(tiny_config):
 
 
 def test_unknown_form_is_named():
-  with pytest.raises(ValueError, match="member_axis='loop'"):
+  with pytest.raises(errors.UserError, match="member_axis='loop'"):
     population.over_members(lambda *args: args, "loop")
 
 
