@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from rapool_jax import evaluate
 from rapool_jax import predict
 from rapool_jax import provenance
 from rapool_jax import run
+from rapool_jax import train
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
 
@@ -260,6 +262,48 @@ def test_ctrl_c_inside_a_destructor_still_stops_the_run():
   assert result.returncode == errors.INTERRUPTED_EXIT, result
   assert result.stderr == "interrupted; the same command resumes\n"
   assert "went on" not in result.stdout
+
+
+@pytest.mark.parametrize("error,one_line", [
+    (errors.UserError("config.seed='a': not an int"), True),
+    (FileNotFoundError(2, "No such file or directory", "labels.csv"), True),
+    (errors.DivergedError("[joint] loss is nan at step 4"), True),
+    (ValueError("operands could not be broadcast"), False),
+    (KeyError("params"), False),
+    (AttributeError("'NoneType' object has no attribute 'params'"), False),
+])
+def test_only_input_errors_are_one_line(capsys, error, one_line):
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      raise error
+  err = capsys.readouterr().err
+  if one_line:
+    assert info.value.code == 2
+    assert err == f"error: {errors.one_line(error)}\n"
+  else:
+    assert info.value.code == errors.BUG_EXIT
+    assert err.startswith("Traceback (most recent call last)"), err
+    assert err.splitlines()[-1] == errors.bug_line()
+
+
+def test_a_bug_inside_a_stage_keeps_its_traceback(tiny_config, tmp_path,
+                                                  monkeypatch, capsys):
+  def broken_stage(state, *args, **kwargs):
+    return state.variabels  # the kind of slip a change to train.py makes
+
+  monkeypatch.setattr(train, "train_stage", broken_stage)
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      run.train_and_evaluate(tiny_config, str(tmp_path))
+  assert info.value.code == errors.BUG_EXIT
+  err = capsys.readouterr().err
+  assert "Traceback (most recent call last)" in err
+  assert "in run_stage" in err and "in broken_stage" in err, err
+  assert "AttributeError: 'TrainState' object has no attribute 'variabels'" in err
+  bug = err.splitlines()[-1]
+  assert bug.startswith("bug: ") and shlex.join(sys.argv) in bug, bug
+  assert str(provenance.git_commit() or "unknown") in bug, bug
+  assert "error:" not in err
 
 
 def test_truncated_zip_for_predict_is_named(tmp_path):
