@@ -96,11 +96,11 @@ def check_masks_for_pooling(config, splits: dict) -> None:
             f"config.data.{role}={split!r} have none")
 
 
-def data_source(config, require_train_masks: bool) -> dict:
+def data_source(builder) -> dict:
   """What the run's data set was built from: builder, version, split sizes
-  and (ISIC 2017) the source files' names, sizes and fingerprints."""
-  builder = pipeline.make_builder(config.data,
-                                  require_train_masks=require_train_masks)
+  and (ISIC 2017) the source files' names, sizes and fingerprints, as the
+  build recorded them (``pipeline.make_builder`` has checked them against
+  the source folder, rebuilding where they differ)."""
   source = builder.info.metadata.get("source") or {}
   return {"data_set": f"{builder.name}/{builder.builder_config.name}",
           "version": str(builder.version),
@@ -187,13 +187,13 @@ def check_data_source(workdir: str, source: dict) -> None:
       json.dump(source, f, indent=2, sort_keys=True)
 
 
-def check_loaded_data(config, workdir: str, splits: dict) -> None:
+def check_loaded_data(config, workdir: str, splits: dict, builder) -> None:
   """What only the loaded data can tell: both classes in each split, and a
-  resumed run's data unchanged (process 0 reads and writes the record)."""
+  resumed run's data unchanged (process 0 reads and writes the record).
+  ``builder``: the one the splits were loaded from."""
   check_splits(config, splits)
-  source = data_source(config, needs_masks(config))
   if jax.process_index() == 0:
-    check_data_source(workdir, source)
+    check_data_source(workdir, data_source(builder))
 
 
 def needs_masks(config) -> bool:

@@ -123,9 +123,12 @@ def test_a_run_with_a_damaged_stage_stops_then_resumes(tiny_run, tmp_path,
   out = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 2, out.stderr
-  assert out.stderr.count("\n") == 1, out.stderr
-  assert (f"error: UnreadableCheckpoint: {os.path.join(stage, last)}: the "
-          "checkpoint of stage 'classification' at step") in out.stderr
+  # The line ends stderr, with no traceback (TFDS warns above it on
+  # synthetic data).
+  assert "Traceback" not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"error: UnreadableCheckpoint: {os.path.join(stage, last)}: the "
+      "checkpoint of stage 'classification' at step"), out.stderr
   shutil.rmtree(os.path.join(stage, last))   # what the line says to do
   out = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                        timeout=600)

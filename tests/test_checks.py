@@ -142,6 +142,29 @@ def test_missing_masks_hint_names_settable_options(isic_train_only):
   pipeline.make_builder(isic_train_only, require_train_masks=False)
 
 
+def test_a_run_builds_and_fingerprints_its_data_once(isic_train_only,
+                                                     tiny_config, tmp_path,
+                                                     monkeypatch):
+  for folder, first in (("Validation", 200), ("Test_v2", 100)):
+    fx.write_split(isic_train_only.manual_dir,
+                   fx.make_split(folder, fx.default_images(first)))
+  isic_train_only.val_split = "validation"
+  tiny_config.data = isic_train_only
+  run.setup(copy.deepcopy(tiny_config), str(tmp_path / "first"))  # builds
+  calls = []
+  for module, name in ((pipeline, "make_builder"),
+                       (isic2017, "source_files")):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
+                        calls.append(_name) or _real(*a, **k))
+  run.setup(copy.deepcopy(tiny_config), str(tmp_path / "second"))
+  # Once each: the cached build, checked against the files it was built from.
+  assert sorted(calls) == ["make_builder", "source_files"]
+  with open(tmp_path / "second" / checks.DATA_SOURCE_FILE) as f:
+    recorded = json.load(f)["files"]
+  assert recorded == isic2017.source_files(isic_train_only.manual_dir)
+
+
 # ----------------------------------------------------------------------------
 # Workdirs: never results of one config beside another's config.json.
 

@@ -154,7 +154,7 @@ def test_a_workdir_resumes_only_its_own_population(tmp_path):
 
 def _training_data(config, members):
   """The split the members train on and each one's rows of it."""
-  return run_population.load_data(config, members)[1]
+  return run_population.load_data(config, members)[2]
 
 
 def _single_scores(config, member, workdir):
