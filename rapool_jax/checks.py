@@ -101,7 +101,7 @@ def data_source(builder) -> dict:
   and (ISIC 2017) the source files' names, sizes and fingerprints, as the
   build recorded them (``pipeline.make_builder`` has checked them against
   the source folder, rebuilding where they differ)."""
-  source = builder.info.metadata.get("source") or {}
+  source = (builder.info.metadata or {}).get("source") or {}
   return {"data_set": f"{builder.name}/{builder.builder_config.name}",
           "version": str(builder.version),
           "splits": {s: builder.info.splits[s].num_examples

@@ -12,7 +12,9 @@ import sys
 import time
 import zipfile
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import isic_fixtures as fx
@@ -23,6 +25,7 @@ from rapool_jax import evaluate
 from rapool_jax import predict
 from rapool_jax import provenance
 from rapool_jax import run
+from rapool_jax import sharding
 from rapool_jax import train
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
@@ -160,9 +163,13 @@ def test_a_run_builds_and_fingerprints_its_data_once(isic_train_only,
   run.setup(copy.deepcopy(tiny_config), str(tmp_path / "second"))
   # Once each: the cached build, checked against the files it was built from.
   assert sorted(calls) == ["make_builder", "source_files"]
-  with open(tmp_path / "second" / checks.DATA_SOURCE_FILE) as f:
-    recorded = json.load(f)["files"]
-  assert recorded == isic2017.source_files(isic_train_only.manual_dir)
+  records = []
+  for workdir in ("first", "second"):   # a fresh build, then the cached one
+    with open(tmp_path / workdir / checks.DATA_SOURCE_FILE) as f:
+      records.append(json.load(f))
+  assert records[0] == records[1]
+  assert records[1]["files"] == isic2017.source_files(
+      isic_train_only.manual_dir)
 
 
 # ----------------------------------------------------------------------------
@@ -307,6 +314,25 @@ def test_only_input_errors_are_one_line(capsys, error, one_line):
     assert info.value.code == errors.BUG_EXIT
     assert err.startswith("Traceback (most recent call last)"), err
     assert err.splitlines()[-1] == errors.bug_line()
+
+
+def test_a_diverged_loss_is_one_line(tiny_config, tmp_path, capsys):
+  mesh = sharding.make_mesh()
+  state = train.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)},
+                                  tx=optax.sgd(0.1), batch_stats={})
+  state = sharding.put_replicated(state.replace(step=jnp.int32(0)), mesh)
+  diverging = lambda state, x: (state, {"loss": state.params["w"][0] / x})  # noqa: E731
+  batches = lambda start, stop: ((jnp.float32(0.0),)  # noqa: E731
+                                 for _ in range(start, stop))
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      train.train_stage(state, diverging, batches, name="joint",
+                        config=tiny_config, workdir=str(tmp_path), mesh=mesh,
+                        finished={})
+  assert info.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: DivergedError: [joint] loss is inf at step 2: lower "
+      f"config.stages.joint.lr (now {tiny_config.stages.joint.lr})\n")
 
 
 def test_a_bug_inside_a_stage_keeps_its_traceback(tiny_config, tmp_path,

@@ -117,6 +117,7 @@ def test_member_config_is_the_single_runs(tiny_config):
      "stages.joint.pooling='gap': members differ only in lr"),
     (Member(0, stages={"nosuch": {"lr": 0.1}}), "stages.nosuch: not a stage"),
     (Member(0, fold=3), "fold=3 is not a fold of"),
+    (Member(1), "is member 0 again"),   # the same run, trained twice
 ])
 def test_bad_members_are_named_in_one_line(tiny_config, member, message):
   config = _cv_config(tiny_config)
