@@ -142,15 +142,7 @@ def check_resumed_config(config: ml_collections.ConfigDict,
           f"{workdir} holds checkpoints but no config.json saying which "
           "config made them; use a new --workdir (or restore its config.json)")
     return
-  try:
-    with open(saved_path) as f:
-      saved = json.load(f)
-    if not isinstance(saved, dict):
-      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
-  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-    raise errors.UserError(f"{saved_path}: not the JSON of a config "
-                           f"({errors.one_line(e)}); restore it, or use a new "
-                           "--workdir") from None
+  saved = read_json_object(saved_path, "a config")
   saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
   # Resolved as the trainer resolves it before writing config.json.
   now = resolve_config(copy.deepcopy(config)).to_json_best_effort()
@@ -166,13 +158,27 @@ def check_resumed_config(config: ml_collections.ConfigDict,
         f"otherwise sit beside a {saved_path} that does not describe them)")
 
 
+def read_json_object(path: str, what: str) -> dict:
+  """The JSON object in a workdir's file ``path``; UserError where it is
+  not one (``what`` it should hold)."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+    raise errors.UserError(f"{path}: not the JSON of {what} "
+                           f"({errors.one_line(e)}); restore it, or use a new "
+                           "--workdir") from None
+  return saved
+
+
 def check_data_source(workdir: str, source: dict) -> None:
   """A run resumed on data built from other files stops; a new run records
   its data's source in ``WORKDIR/data_source.json``."""
   path = os.path.join(workdir, DATA_SOURCE_FILE)
   if has_checkpoints(workdir) and os.path.isfile(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = read_json_object(path, "the record of a run's data")
     if saved != source:
       what = (isic2017.source_difference(saved.get("files", {}),
                                          source.get("files", {}))

@@ -213,6 +213,10 @@ def test_resumed_run_on_other_data_stops(tmp_path):
   with pytest.raises(errors.UserError, match=r"other data \(ISIC-2017_Training_"
                            r"Data.zip 10 -> 12 bytes\)"):
     checks.check_data_source(str(tmp_path), changed)
+  (tmp_path / checks.DATA_SOURCE_FILE).write_bytes(b"\xff{")   # damaged
+  with pytest.raises(errors.UserError, match=f"{checks.DATA_SOURCE_FILE}: not "
+                     "the JSON of the record of a run's data"):
+    checks.check_data_source(str(tmp_path), source)
 
 
 @pytest.mark.slow  # two runs
