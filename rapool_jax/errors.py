@@ -26,8 +26,6 @@ class DivergedError(FloatingPointError):
 # a diverged loss. Anything else is a bug and keeps its traceback.
 INPUT_ERRORS = (UserError, OSError, DivergedError)
 BUG_EXIT = 1  # as Python exits on an uncaught exception
-
-
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 
 
