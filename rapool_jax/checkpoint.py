@@ -75,9 +75,9 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
 
 
 # ----------------------------------------------------------------------------
-# Damaged checkpoints. TensorStore reads the chunks of incompressible floats
-# back raw, without a checksum: overwritten bytes of the weights restore
-# without an error, so the state's digest is kept in its meta.
+# Damaged checkpoints. Orbax's zstd chunks carry no checksum: overwritten
+# bytes of the weights decode, without an error, to other weights (NaN where
+# tried on a tiny run), so the state's digest is kept in its meta.
 
 
 def digest(tree: dict) -> dict:
