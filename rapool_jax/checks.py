@@ -41,9 +41,10 @@ def check_split_roles(config) -> None:
   roles = {data[r] for r in pipeline.SPLIT_ROLES} - {""}
   threshold = rankopt.threshold_split
   if rankopt.enabled and threshold and threshold not in roles:
-    raise ValueError(f"config.rankopt.threshold_split={threshold!r} is not "
-                     f"one of the run's splits {sorted(roles)} (config.data."
-                     "train_split, val_split, eval_split); '' = train")
+    raise errors.UserError(
+        f"config.rankopt.threshold_split={threshold!r} is not "
+        f"one of the run's splits {sorted(roles)} (config.data."
+        "train_split, val_split, eval_split); '' = train")
   plateau = any(config.stages[s].plateau.metric for s in config.stage_order)
   # The validation split may be the reported one (the paper's Table 1 picks
   # lambda on it) as long as nothing is chosen on it: no plateau rule.
@@ -53,7 +54,7 @@ def check_split_roles(config) -> None:
                       (threshold or data.train_split) if rankopt.enabled
                       else "")):
     if value and value == data.eval_split:
-      raise ValueError(
+      raise errors.UserError(
           f"config.{key}={value!r} is the evaluation split (config.data."
           "eval_split): thresholds, plateau rules and training must not see "
           "the images a run reports on; choose another split")
@@ -70,7 +71,7 @@ def check_splits(config, splits: dict) -> None:
     labels = splits[name].labels
     melanomas = int((labels == 1).sum())
     if melanomas == 0 or melanomas == len(labels):
-      raise ValueError(
+      raise errors.UserError(
           f"config.data.{role}={name!r}: the split has {len(labels)} images, "
           f"{melanomas} of them melanomas; AUC and thresholds need both "
           f"melanomas and other lesions: choose another split "
@@ -89,18 +90,18 @@ def check_masks_for_pooling(config, splits: dict) -> None:
     for role in ("eval_split", "val_split"):
       split = config.data[role]
       if split and not splits[split].has_mask.all():
-        raise ValueError(
+        raise errors.UserError(
             f"config.stages.{stage}.pooling={name!r} reads the true mask, but "
             f"{int((~splits[split].has_mask).sum())} images of "
             f"config.data.{role}={split!r} have none")
 
 
-def data_source(config, require_train_masks: bool) -> dict:
+def data_source(builder) -> dict:
   """What the run's data set was built from: builder, version, split sizes
-  and (ISIC 2017) the source files' names, sizes and fingerprints."""
-  builder = pipeline.make_builder(config.data,
-                                  require_train_masks=require_train_masks)
-  source = builder.info.metadata.get("source") or {}
+  and (ISIC 2017) the source files' names, sizes and fingerprints, as the
+  build recorded them (``pipeline.make_builder`` has checked them against
+  the source folder, rebuilding where they differ)."""
+  source = (builder.info.metadata or {}).get("source") or {}
   return {"data_set": f"{builder.name}/{builder.builder_config.name}",
           "version": str(builder.version),
           "splits": {s: builder.info.splits[s].num_examples
@@ -139,19 +140,11 @@ def check_resumed_config(config: ml_collections.ConfigDict,
     # workdir and records where from: those are known.
     if (has_checkpoints(workdir) and not os.path.isfile(
         os.path.join(workdir, "linked_stages.json"))):
-      raise ValueError(
+      raise errors.UserError(
           f"{workdir} holds checkpoints but no config.json saying which "
           "config made them; use a new --workdir (or restore its config.json)")
     return
-  try:
-    with open(saved_path) as f:
-      saved = json.load(f)
-    if not isinstance(saved, dict):
-      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
-  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-    raise ValueError(f"{saved_path}: not the JSON of a config "
-                     f"({errors.one_line(e)}); restore it, or use a new "
-                     "--workdir") from None
+  saved = read_json_object(saved_path, "a config")
   saved = config_lib.upgrade_flat(traverse_util.flatten_dict(saved, sep="."))
   # Resolved as the trainer resolves it before writing config.json.
   now = resolve_config(copy.deepcopy(config)).to_json_best_effort()
@@ -160,11 +153,26 @@ def check_resumed_config(config: ml_collections.ConfigDict,
              for key in sorted(saved.keys() & now.keys())
              if key not in RESUME_MAY_CHANGE and saved[key] != now[key]]
   if changed:
-    raise ValueError(
+    raise errors.UserError(
         f"{workdir} holds checkpoints of a run with {', '.join(changed)}: "
         "pass the saved values (--config.KEY=VALUE) to resume or re-run it, "
         "or use a new --workdir for the new ones (its results would "
         f"otherwise sit beside a {saved_path} that does not describe them)")
+
+
+def read_json_object(path: str, what: str) -> dict:
+  """The JSON object in a workdir's file ``path``; UserError where it is
+  not one (``what`` it should hold)."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise TypeError(f"a JSON {type(saved).__name__}, not an object")
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+    raise errors.UserError(f"{path}: not the JSON of {what} "
+                           f"({errors.one_line(e)}); restore it, or use a new "
+                           "--workdir") from None
+  return saved
 
 
 def check_data_source(workdir: str, source: dict) -> None:
@@ -172,14 +180,13 @@ def check_data_source(workdir: str, source: dict) -> None:
   its data's source in ``WORKDIR/data_source.json``."""
   path = os.path.join(workdir, DATA_SOURCE_FILE)
   if has_checkpoints(workdir) and os.path.isfile(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = read_json_object(path, "the record of a run's data")
     if saved != source:
       what = (isic2017.source_difference(saved.get("files", {}),
                                          source.get("files", {}))
               or f"now {source['data_set']} {source['splits']}, then "
                  f"{saved.get('data_set')} {saved.get('splits')}")
-      raise ValueError(
+      raise errors.UserError(
           f"{workdir} holds checkpoints trained on other data ({what}); use a "
           f"new --workdir for this data, or the files it was trained on "
           f"(see {path})")
@@ -188,13 +195,13 @@ def check_data_source(workdir: str, source: dict) -> None:
       json.dump(source, f, indent=2, sort_keys=True)
 
 
-def check_loaded_data(config, workdir: str, splits: dict) -> None:
+def check_loaded_data(config, workdir: str, splits: dict, builder) -> None:
   """What only the loaded data can tell: both classes in each split, and a
-  resumed run's data unchanged (process 0 reads and writes the record)."""
+  resumed run's data unchanged (process 0 reads and writes the record).
+  ``builder``: the one the splits were loaded from."""
   check_splits(config, splits)
-  source = data_source(config, needs_masks(config))
   if jax.process_index() == 0:
-    check_data_source(workdir, source)
+    check_data_source(workdir, data_source(builder))
 
 
 def needs_masks(config) -> bool:

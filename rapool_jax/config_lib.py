@@ -11,6 +11,8 @@ import re
 
 import ml_collections
 
+from rapool_jax import errors
+
 # Trainable-parameter rules: (regex on "collection-free" param path, label).
 TRAIN_ALL = (("(backbone|classifier|seg_conv|seg_upsample)/.*", "train"),)
 TRAIN_BACKBONE_AND_CLASSIFIER = (
@@ -77,14 +79,16 @@ def check_stage_order(config: ml_collections.ConfigDict) -> None:
   before it."""
   unknown = [s for s in config.stage_order if s not in config.stages]
   if unknown:
-    raise ValueError(f"config.stage_order names {unknown}, which are not in "
-                     f"config.stages ({sorted(config.stages)})")
+    raise errors.UserError(
+        f"config.stage_order names {unknown}, which are not in "
+        f"config.stages ({sorted(config.stages)})")
   for i, name in enumerate(config.stage_order):
     src = config.stages[name].get("init_from", "")
     if src and src not in config.stage_order[:i]:
-      raise ValueError(f"config.stages.{name}.init_from={src!r} is not a stage "
-                       f"before it in config.stage_order "
-                       f"{tuple(config.stage_order)}")
+      raise errors.UserError(
+          f"config.stages.{name}.init_from={src!r} is not a stage "
+          f"before it in config.stage_order "
+          f"{tuple(config.stage_order)}")
 
 
 def paper_stages(*, classification_steps: int, segmentation_steps: int,

@@ -1,30 +1,39 @@
-"""Bad input ends the program with one line that names what is at fault."""
+"""Bad input ends the program with one line that names what is at fault; a
+bug keeps its traceback and says where to report it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
+import traceback
+
+from rapool_jax import provenance
 
 
 class UserError(ValueError):
   """An error in the user's input (file, config key or value)."""
 
 
+class DivergedError(FloatingPointError):
+  """The loss became NaN or infinite: the run's settings, not the code."""
+
+
+# What one line answers: the project's checks, a missing or unreadable file,
+# a diverged loss. Anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (UserError, OSError, DivergedError)
+BUG_EXIT = 1  # as Python exits on an uncaught exception
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 
 
 @contextlib.contextmanager
 def one_line_errors(interrupted: str = "interrupted"):
-  """Turns input errors into ``error: ...`` on stderr and exit status 2, and
-  Ctrl-C into the line ``interrupted`` and exit status 130.
-
-  ValueError covers our own checks (data, config, weights files), KeyError an
-  unknown config key, OSError a missing or unreadable file, ArithmeticError
-  a diverged loss.
-  """
+  """Turns ``INPUT_ERRORS`` into ``error: ...`` on stderr and exit status 2,
+  Ctrl-C into the line ``interrupted`` and exit status 130, and any other
+  exception into its traceback, a line naming it a bug, and exit status 1."""
   if os.environ.get("RAPOOL_DEBUG"):
     yield
     return
@@ -45,20 +54,33 @@ def one_line_errors(interrupted: str = "interrupted"):
   previous = signal.signal(signal.SIGINT, interrupt) if in_main else None
   try:
     yield
-  except (ValueError, KeyError, AttributeError, OSError, ArithmeticError) as e:
+  except INPUT_ERRORS as e:
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
   except KeyboardInterrupt:  # raised by a library with its own SIGINT handler
     interrupt()
+  except Exception:  # pylint: disable=broad-except
+    traceback.print_exc()
+    print(bug_line(), file=sys.stderr, flush=True)
+    sys.exit(BUG_EXIT)
   finally:
     if in_main:
       signal.signal(signal.SIGINT, previous)
 
 
+def bug_line(argv=None) -> str:
+  """The line after a bug's traceback: what to report, and where from."""
+  command = shlex.join(sys.argv if argv is None else argv)
+  commit = provenance.git_commit() or "unknown (no git checkout)"
+  return (f"bug: this is an error in rapool_jax, not in its input; please "
+          f"report it with the traceback above, the command `{command}` and "
+          f"the commit {commit}")
+
+
 def check_choice(key: str, value, choices, verb: str = "choose one of"):
   """``key=value`` must be one of ``choices`` (one line naming both)."""
   if value not in choices:
-    raise ValueError(f"{key}={value!r}: {verb} {tuple(choices)}")
+    raise UserError(f"{key}={value!r}: {verb} {tuple(choices)}")
 
 
 def check_range(key: str, value, low=None, high=None, *, low_open=False,
@@ -73,7 +95,7 @@ def check_range(key: str, value, low=None, high=None, *, low_open=False,
       bounds.append(f"{'>' if low_open else '>='} {low}")
     if high is not None:
       bounds.append(f"{'<' if high_open else '<='} {high}")
-    raise ValueError(f"{key}={value!r} must be {' and '.join(bounds)}")
+    raise UserError(f"{key}={value!r} must be {' and '.join(bounds)}")
 
 
 def one_line(e: BaseException) -> str:

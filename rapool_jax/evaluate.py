@@ -172,7 +172,7 @@ def evaluate_network(predict_fn, splits: dict, data, workdir: str, name: str,
       what = (f"{name}: {missing} of the {len(split)} images of split "
               f"{split_name!r} have no mask, which pooling={pooling!r} reads")
       if split_name == data.eval_split:
-        raise ValueError(what)
+        raise errors.UserError(what)
       print(f"{what}: no predictions written for {split_name!r}", flush=True)
     else:
       outs[split_name] = predict_fn(variables, split, pooling)
@@ -229,9 +229,9 @@ def check_heads(config) -> None:
   rankopt_config = config.rankopt
   if (rankopt_config.enabled
       and rankopt_config.after_stage not in config.stage_order):
-    raise ValueError(f"config.rankopt.after_stage="
-                     f"{rankopt_config.after_stage!r} is not in "
-                     f"config.stage_order {tuple(config.stage_order)}")
+    raise errors.UserError(f"config.rankopt.after_stage="
+                           f"{rankopt_config.after_stage!r} is not in "
+                           f"config.stage_order {tuple(config.stage_order)}")
   errors.check_range("config.rankopt.radius", rankopt_config.radius, low=0)
   errors.check_range("config.rankopt.radius_scale",
                      rankopt_config.radius_scale, low=0, low_open=True)

@@ -102,14 +102,20 @@ flags.DEFINE_list("folds", [], "Members' cross-validation folds, "
 
 def member_lists() -> tuple[list[int], list[int]]:
   """``(seeds, folds)`` of a population (both empty: a single run); one
-  line naming a value that is not an integer."""
+  line naming a value that is not an integer or is given twice."""
   out = []
   for name in ("seeds", "folds"):
+    given = ",".join(FLAGS[name].value)
     try:
-      out.append([int(v) for v in FLAGS[name].value])
+      values = [int(v) for v in FLAGS[name].value]
     except ValueError:
-      raise errors.UserError(f"--{name}={','.join(FLAGS[name].value)}: "
-                             "comma-separated integers expected") from None
+      raise errors.UserError(f"--{name}={given}: comma-separated integers "
+                             "expected") from None
+    if twice := sorted({v for v in values if values.count(v) > 1}):
+      # Two members of one seed and fold train the same run twice.
+      raise errors.UserError(f"--{name}={given}: {twice} given more than "
+                             "once; give each value once")
+    out.append(values)
   if out[1] and not out[0]:
     out[0] = [FLAGS.config.seed]
   return out[0], out[1]

@@ -41,7 +41,7 @@ def label_params(params, rules: Sequence[tuple[str, str]]):
 
   labels = jax.tree_util.tree_map_with_path(label_of, params)
   if uncovered:
-    raise ValueError(
+    raise errors.UserError(
         f"trainable rules {[r for r, _ in rules]} cover no rule for "
         f"{len(uncovered)} parameter(s), e.g. {uncovered[:3]}; add a catch-all "
         "rule such as ('.*', 'freeze')")
@@ -53,23 +53,26 @@ def check_trainable_rules(where: str, rules) -> None:
   hint = (f"{where}.trainable={rules!r}: expected pairs (regex, 'train' or "
           "'freeze'), e.g. (('backbone/.*', 'freeze'), ('.*', 'train'))")
   if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
-    raise ValueError(hint)
+    raise errors.UserError(hint)
   rules = list(rules)
   if not rules:
-    raise ValueError(f"{where}.trainable is empty; {hint.split(': ', 1)[1]}")
+    raise errors.UserError(
+        f"{where}.trainable is empty; {hint.split(': ', 1)[1]}")
   for rule in rules:
     if (isinstance(rule, (str, bytes)) or not hasattr(rule, "__len__")
         or len(rule) != 2 or not all(isinstance(r, str) for r in rule)):
-      raise ValueError(hint)
+      raise errors.UserError(hint)
     pattern, label = rule
     try:
       re.compile(pattern)
     except re.error as e:
-      raise ValueError(f"{where}.trainable: rule {pattern!r} is not a regular "
-                       f"expression ({e})") from None
+      raise errors.UserError(
+          f"{where}.trainable: rule {pattern!r} is not a regular "
+          f"expression ({e})") from None
     if label not in RULE_LABELS:
-      raise ValueError(f"{where}.trainable: rule ({pattern!r}, {label!r}): "
-                       f"the label must be one of {RULE_LABELS}")
+      raise errors.UserError(
+          f"{where}.trainable: rule ({pattern!r}, {label!r}): "
+          f"the label must be one of {RULE_LABELS}")
 
 
 def check_schedule(stage, where: str) -> None:
@@ -82,8 +85,8 @@ def check_schedule(stage, where: str) -> None:
                      high=1, low_open=True)
   if (stage.schedule == "cosine" and stage.max_steps > 0
       and stage.warmup_steps >= stage.max_steps):
-    raise ValueError(f"{where}.warmup_steps={stage.warmup_steps} must be "
-                     f"below its max_steps={stage.max_steps}")
+    raise errors.UserError(f"{where}.warmup_steps={stage.warmup_steps} must be "
+                           f"below its max_steps={stage.max_steps}")
 
 
 def warn_if_never_annealed(stage, where: str) -> None:
@@ -139,7 +142,7 @@ def make_optimizer(optimizer_config, stage, params, where: str = "stage"):
   try:
     labels = label_params(params, stage.trainable)
   except ValueError as e:
-    raise ValueError(f"{where}.trainable: {e}") from None
+    raise errors.UserError(f"{where}.trainable: {e}") from None
   lr = learning_rate_schedule(stage)
   wd = optimizer_config.weight_decay
   mode = optimizer_config.weight_decay_mode

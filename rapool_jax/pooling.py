@@ -13,6 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rapool_jax import errors
+
 
 def global_average_pool(features):
   """GAP: mean over the spatial grid. ``[B, h, w, C]`` -> ``[B, C]``."""
@@ -87,5 +89,5 @@ def get_pooling(name: str, where: str = "pooling") -> Callable:
   try:
     return POOLINGS[name]
   except KeyError:
-    raise ValueError(f"{where}={name!r}: choose one of "
-                     f"{sorted(POOLINGS)}") from None
+    raise errors.UserError(f"{where}={name!r}: choose one of "
+                           f"{sorted(POOLINGS)}") from None

@@ -65,7 +65,8 @@ class Member:
 def check_members(config: ml_collections.ConfigDict,
                   members: Sequence[Member]) -> None:
   """Raises UserError, one line naming the member and key, for a member that
-  changes a structural setting, names an unknown stage or an absent fold."""
+  changes a structural setting, names an unknown stage or an absent fold, or
+  repeats another."""
   if not members:
     raise errors.UserError("population: no members")
   if config.systems.get("member_axis", ""):  # before any data is loaded
@@ -74,6 +75,9 @@ def check_members(config: ml_collections.ConfigDict,
   num_folds = config.data.crossval.num_folds
   for i, m in enumerate(members):
     where = f"population: member {i}"
+    if (first := members.index(m)) < i:  # it would train member first's run
+      raise errors.UserError(f"{where}: {m.as_dict()} is member {first} "
+                             "again; give each member once")
     if not isinstance(m.seed, int):
       raise errors.UserError(f"{where}: seed={m.seed!r} is not an int")
     if m.fold is not None and not 0 <= m.fold < max(num_folds, 0):

@@ -17,6 +17,7 @@ import ml_collections
 from rapool_jax import checkpoint
 from rapool_jax import checks
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import pretrained
@@ -90,16 +91,19 @@ def set_input_normalisation(config: ml_collections.ConfigDict) -> None:
     print(f"inputs normalised as the weights expect: {prep}", flush=True)
 
 
-def load_splits(config: ml_collections.ConfigDict) -> dict:
-  """Every split the run names (``pipeline.Split``s by name); a stage that
-  trains segmentation needs lesion masks in the training split."""
+def load_splits(config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+  """``(builder, splits)``: the data set's builder, built once (a cached
+  build is checked against its source files), and every split the run names
+  (``pipeline.Split``s by name); a stage that trains segmentation needs
+  lesion masks in the training split."""
   needs_masks = checks.needs_masks(config)
   builder = pipeline.make_builder(config.data, require_train_masks=needs_masks)
   splits = folds.load_splits(builder, config.data)
   if needs_masks and not splits[config.data.train_split].has_mask.any():
-    raise ValueError(f"split {config.data.train_split!r} has no lesion masks "
-                     "but a stage has lambda_seg > 0")
-  return splits
+    raise errors.UserError(
+        f"split {config.data.train_split!r} has no lesion masks "
+        "but a stage has lambda_seg > 0")
+  return builder, splits
 
 
 def place_training_split(train_split: pipeline.Split, budget_mb: float, mesh):
@@ -132,8 +136,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Job:
   sharding.check_batch_size(config.train.batch_size, mesh)
   sharding.check_batch_size(config.train.eval_batch_size, mesh,
                             "train.eval_batch_size")
-  splits = load_splits(config)
-  checks.check_loaded_data(config, workdir, splits)
+  builder, splits = load_splits(config)
+  checks.check_loaded_data(config, workdir, splits, builder)
   host, dev = place_training_split(splits[config.data.train_split],
                                    config.data.device_memory_budget_mb, mesh)
   predict = evaluate.make_predict_fn(

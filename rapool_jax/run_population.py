@@ -47,10 +47,11 @@ def make_members(seeds: Sequence[int], fold_list: Sequence[int]
 
 
 def load_data(config, members):
-  """``(splits, (split, rows))``: each member's splits ``{name: Split}``, as
-  its single run's ``run.load_splits`` gives them, and the split the members
-  train on with each one's rows ``[N_p]`` of it. Each stored split and the
-  pooled cross-validation data load once."""
+  """``(builder, splits, (split, rows))``: the data set's builder (built
+  once), each member's splits ``{name: Split}``, as its single run's
+  ``run.load_splits`` gives them, and the split the members train on with
+  each one's rows ``[N_p]`` of it. Each stored split and the pooled
+  cross-validation data load once."""
   data = config.data
   configs = [population.member_config(config, m) for m in members]
   names = {data[r] for r in pipeline.SPLIT_ROLES}
@@ -81,9 +82,10 @@ def load_data(config, members):
     train = (stored[data.train_split],
              [np.arange(n, dtype=np.int32)] * len(members))
   if needs_masks and not train[0].has_mask.any():
-    raise ValueError(f"split {data.train_split!r} has no lesion masks but a "
-                     "stage has lambda_seg > 0")
-  return splits, train
+    raise errors.UserError(
+        f"split {data.train_split!r} has no lesion masks but a "
+        "stage has lambda_seg > 0")
+  return builder, splits, train
 
 
 def setup(config, members, workdir: str):
@@ -94,11 +96,11 @@ def setup(config, members, workdir: str):
     run.validate_config(population.member_config(config, m))
   checks.resolve_config(config)
   run.set_input_normalisation(config)
-  splits, train = load_data(config, members)
+  builder, splits, train = load_data(config, members)
   for p, m in enumerate(members):
     os.makedirs(member_dir(workdir, p), exist_ok=True)
     checks.check_loaded_data(population.member_config(config, m),
-                             member_dir(workdir, p), splits[p])
+                             member_dir(workdir, p), splits[p], builder)
   pop = population.Population(config, members, data=train)
   run.check_stage_optimizers(config, pop.model)
   sharding.check_batch_size(config.train.eval_batch_size, pop.mesh,

@@ -62,8 +62,9 @@ def batch_sharding(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh, name: str = "train.batch_size"):
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"config.{name}={batch_size} is not divisible by the "
-                     f"{n} devices of the mesh")
+    raise errors.UserError(
+        f"config.{name}={batch_size} is not divisible by the "
+        f"{n} devices of the mesh")
 
 
 def put_replicated(tree, mesh):

@@ -121,8 +121,9 @@ def check_stage(config, name: str) -> None:
     # A config file that sets an unknown key on a stage would otherwise
     # train without the setting it meant.
     hint = config_lib.legacy_key_hint(f"stages.{name}.{key}")
-    raise ValueError(f"{where}.{key} is not a stage setting; "
-                     + (hint or f"choose from {sorted(config_lib.STAGE_KEYS)}"))
+    raise errors.UserError(
+        f"{where}.{key} is not a stage setting; "
+        + (hint or f"choose from {sorted(config_lib.STAGE_KEYS)}"))
   pooling_lib.get_pooling(stage.pooling, where=f"{where}.pooling")
   losses.check_loss_weights(stage, where)
   errors.check_range(f"{where}.max_steps", stage.max_steps, low=0)
@@ -134,8 +135,8 @@ def check_stage(config, name: str) -> None:
     errors.check_choice(f"{where}.plateau.metric", plateau.metric,
                         PLATEAU_METRICS, "choose '' or one of")
     if not config.data.val_split:
-      raise ValueError(f"{where}.plateau.metric={plateau.metric!r} "
-                       "needs config.data.val_split, which is empty")
+      raise errors.UserError(f"{where}.plateau.metric={plateau.metric!r} "
+                             "needs config.data.val_split, which is empty")
 
 
 def check_train_settings(config) -> None:
@@ -263,7 +264,7 @@ def _log(name: str, step: int, scalars: dict, progress, writer, lr,
          lr_now: float) -> None:
   scalars = jax.tree.map(sharding.to_host, scalars)
   if not np.isfinite(scalars["loss"]):
-    raise FloatingPointError(
+    raise errors.DivergedError(
         f"[{name}] loss is {scalars['loss']} at step {step}: lower "
         f"config.stages.{name}.lr (now {lr})")
   progress.log(step, scalars)

@@ -20,6 +20,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from rapool_jax import errors
+
 # Flax leaf name -> the torch module's parameter or buffer name.
 TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
               "mean": "running_mean", "var": "running_var"}
@@ -27,7 +29,7 @@ TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
 _MAX_LISTED = 40
 
 
-class MismatchError(ValueError):
+class MismatchError(errors.UserError):
   """A weights file does not fit the model (missing/extra/misshaped tensors)."""
 
 
@@ -42,16 +44,17 @@ def check_readable(path: str, key: str = "config.model.pretrained") -> None:
   """Raises ValueError (one line) unless ``path`` is a weights file of a
   format read here, with its reader installed. ``key`` names the setting."""
   if not os.path.isfile(path):
-    raise ValueError(f"{key}={path!r}: no such file")
+    raise errors.UserError(f"{key}={path!r}: no such file")
   suffix = os.path.splitext(path)[1].lower()
   if suffix not in READERS:
-    raise ValueError(f"{key}={path!r}: unsupported file type {suffix!r}; "
-                     f"expected one of {tuple(READERS)}")
+    raise errors.UserError(f"{key}={path!r}: unsupported file type {suffix!r}; "
+                           f"expected one of {tuple(READERS)}")
   if suffix != ".safetensors" and not _installed("torch"):
-    raise ValueError(f"{path}: reading {suffix} weights needs PyTorch, which "
-                     "is not installed: pip install torch (CPU wheels: pip "
-                     "install torch --index-url "
-                     "https://download.pytorch.org/whl/cpu)")
+    raise errors.UserError(
+        f"{path}: reading {suffix} weights needs PyTorch, which "
+        "is not installed: pip install torch (CPU wheels: pip "
+        "install torch --index-url "
+        "https://download.pytorch.org/whl/cpu)")
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -70,8 +73,8 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
     return dict(safetensors.numpy.load_file(path))
   except (safetensors.SafetensorError, TypeError) as e:
-    raise ValueError(f"{path}: not a readable .safetensors file "
-                     f"({' '.join(str(e).split())})") from e
+    raise errors.UserError(f"{path}: not a readable .safetensors file "
+                           f"({' '.join(str(e).split())})") from e
 
 
 def read_torch(path: str) -> dict[str, np.ndarray]:
@@ -81,7 +84,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch's own message spans many lines.
-    raise ValueError(
+    raise errors.UserError(
         f"{path}: not a readable PyTorch state dict (a torch.save of tensors, "
         f"read with torch.load(weights_only=True)): {type(e).__name__}") from e
   while isinstance(obj, dict) and not all(
@@ -89,8 +92,9 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
     obj = next((obj[k] for k in ("state_dict", "model", "module")
                 if isinstance(obj.get(k), dict)), None)
   if not isinstance(obj, dict):
-    raise ValueError(f"{path}: holds no PyTorch state dict (a dict of tensors, "
-                     "or one under 'state_dict', 'model' or 'module')")
+    raise errors.UserError(
+        f"{path}: holds no PyTorch state dict (a dict of tensors, "
+        "or one under 'state_dict', 'model' or 'module')")
   return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().numpy()
           for k, v in obj.items()}
 

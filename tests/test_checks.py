@@ -5,13 +5,16 @@ import copy
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import zipfile
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import isic_fixtures as fx
@@ -22,12 +25,14 @@ from rapool_jax import evaluate
 from rapool_jax import predict
 from rapool_jax import provenance
 from rapool_jax import run
+from rapool_jax import sharding
+from rapool_jax import train
 from rapool_jax.data import isic2017
 from rapool_jax.data import pipeline
 
 
 def _fails_before_training(config, workdir, capsys, *contains):
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     run.train_and_evaluate(config, str(workdir))
   message = str(info.value)
   assert "\n" not in message, message
@@ -115,7 +120,7 @@ def isic_train_only(tmp_path, tiny_config):
 
 
 def test_missing_split_names_the_key_and_the_files(isic_train_only):
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     pipeline.make_builder(isic_train_only)
   message = str(info.value)
   assert message.startswith("config.data.eval_split='test'"), message
@@ -140,6 +145,33 @@ def test_missing_masks_hint_names_settable_options(isic_train_only):
   pipeline.make_builder(isic_train_only, require_train_masks=False)
 
 
+def test_a_run_builds_and_fingerprints_its_data_once(isic_train_only,
+                                                     tiny_config, tmp_path,
+                                                     monkeypatch):
+  for folder, first in (("Validation", 200), ("Test_v2", 100)):
+    fx.write_split(isic_train_only.manual_dir,
+                   fx.make_split(folder, fx.default_images(first)))
+  isic_train_only.val_split = "validation"
+  tiny_config.data = isic_train_only
+  run.setup(copy.deepcopy(tiny_config), str(tmp_path / "first"))  # builds
+  calls = []
+  for module, name in ((pipeline, "make_builder"),
+                       (isic2017, "source_files")):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
+                        calls.append(_name) or _real(*a, **k))
+  run.setup(copy.deepcopy(tiny_config), str(tmp_path / "second"))
+  # Once each: the cached build, checked against the files it was built from.
+  assert sorted(calls) == ["make_builder", "source_files"]
+  records = []
+  for workdir in ("first", "second"):   # a fresh build, then the cached one
+    with open(tmp_path / workdir / checks.DATA_SOURCE_FILE) as f:
+      records.append(json.load(f))
+  assert records[0] == records[1]
+  assert records[1]["files"] == isic2017.source_files(
+      isic_train_only.manual_dir)
+
+
 # ----------------------------------------------------------------------------
 # Workdirs: never results of one config beside another's config.json.
 
@@ -154,7 +186,7 @@ def _workdir_with_checkpoints(path, config=None):
 
 def test_checkpoints_without_config_json_stop(tiny_config, tmp_path):
   _workdir_with_checkpoints(tmp_path)
-  with pytest.raises(ValueError, match="no config.json"):
+  with pytest.raises(errors.UserError, match="no config.json"):
     checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
@@ -164,7 +196,7 @@ def test_three_class_saved_config_matches_a_fresh_one(tiny_config, tmp_path):
   assert tiny_config.model.num_classes == 2   # the fresh, unresolved config
   checks.check_resumed_config(tiny_config, str(tmp_path))
   tiny_config.data.task = "melanoma"
-  with pytest.raises(ValueError, match="data.task='three_class'"):
+  with pytest.raises(errors.UserError, match="data.task='three_class'"):
     checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
@@ -178,9 +210,13 @@ def test_resumed_run_on_other_data_stops(tmp_path):
   checks.check_data_source(str(tmp_path), source)   # same data: resumes
   changed = copy.deepcopy(source)
   changed["files"]["ISIC-2017_Training_Data.zip"]["size"] = 12
-  with pytest.raises(ValueError, match=r"other data \(ISIC-2017_Training_"
-                     r"Data.zip 10 -> 12 bytes\)"):
+  with pytest.raises(errors.UserError, match=r"other data \(ISIC-2017_Training_"
+                           r"Data.zip 10 -> 12 bytes\)"):
     checks.check_data_source(str(tmp_path), changed)
+  (tmp_path / checks.DATA_SOURCE_FILE).write_bytes(b"\xff{")   # damaged
+  with pytest.raises(errors.UserError, match=f"{checks.DATA_SOURCE_FILE}: not "
+                     "the JSON of the record of a run's data"):
+    checks.check_data_source(str(tmp_path), source)
 
 
 @pytest.mark.slow  # two runs
@@ -260,6 +296,67 @@ def test_ctrl_c_inside_a_destructor_still_stops_the_run():
   assert result.returncode == errors.INTERRUPTED_EXIT, result
   assert result.stderr == "interrupted; the same command resumes\n"
   assert "went on" not in result.stdout
+
+
+@pytest.mark.parametrize("error,one_line", [
+    (errors.UserError("config.seed='a': not an int"), True),
+    (FileNotFoundError(2, "No such file or directory", "labels.csv"), True),
+    (errors.DivergedError("[joint] loss is nan at step 4"), True),
+    (ValueError("operands could not be broadcast"), False),
+    (KeyError("params"), False),
+    (AttributeError("'NoneType' object has no attribute 'params'"), False),
+])
+def test_only_input_errors_are_one_line(capsys, error, one_line):
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      raise error
+  err = capsys.readouterr().err
+  if one_line:
+    assert info.value.code == 2
+    assert err == f"error: {errors.one_line(error)}\n"
+  else:
+    assert info.value.code == errors.BUG_EXIT
+    assert err.startswith("Traceback (most recent call last)"), err
+    assert err.splitlines()[-1] == errors.bug_line()
+
+
+def test_a_diverged_loss_is_one_line(tiny_config, tmp_path, capsys):
+  mesh = sharding.make_mesh()
+  state = train.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)},
+                                  tx=optax.sgd(0.1), batch_stats={})
+  state = sharding.put_replicated(state.replace(step=jnp.int32(0)), mesh)
+  diverging = lambda state, x: (state, {"loss": state.params["w"][0] / x})  # noqa: E731
+  batches = lambda start, stop: ((jnp.float32(0.0),)  # noqa: E731
+                                 for _ in range(start, stop))
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      train.train_stage(state, diverging, batches, name="joint",
+                        config=tiny_config, workdir=str(tmp_path), mesh=mesh,
+                        finished={})
+  assert info.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: DivergedError: [joint] loss is inf at step 2: lower "
+      f"config.stages.joint.lr (now {tiny_config.stages.joint.lr})\n")
+
+
+def test_a_bug_inside_a_stage_keeps_its_traceback(tiny_config, tmp_path,
+                                                  monkeypatch, capsys):
+  def broken_stage(state, *args, **kwargs):
+    return state.variabels  # the kind of slip a change to train.py makes
+
+  monkeypatch.setattr(train, "train_stage", broken_stage)
+  with pytest.raises(SystemExit) as info:
+    with errors.one_line_errors():
+      run.train_and_evaluate(tiny_config, str(tmp_path))
+  assert info.value.code == errors.BUG_EXIT
+  err = capsys.readouterr().err
+  assert "Traceback (most recent call last)" in err
+  assert "in run_stage" in err and "in broken_stage" in err, err
+  assert "AttributeError: 'TrainState' object has no attribute 'variabels'" in err
+  bug = err.splitlines()[-1]
+  assert bug.startswith("bug: ") and shlex.join(sys.argv) in bug, bug
+  assert str(provenance.git_commit() or "unknown") in bug, bug
+  assert "error:" not in err
 
 
 def test_truncated_zip_for_predict_is_named(tmp_path):
@@ -366,7 +463,7 @@ def test_the_oracle_needs_every_mask_of_the_splits_it_is_scored_on(
   data = tiny_config.data
   splits = {data.train_split: _split(6, 6), data.val_split: _split(4, 4),
             data.eval_split: _split(4, 3), "extra": _split(4, 0)}
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(errors.UserError, match=(
       "config.stages.joint.pooling='mask_oracle' reads the true mask, but 1 "
       f"images of config.data.eval_split='{data.eval_split}' have none")):
     checks.check_masks_for_pooling(tiny_config, splits)

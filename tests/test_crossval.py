@@ -15,6 +15,7 @@ from launch import crossval
 from launch import crossval_report
 from launch import testsplit_report
 from rapool_jax import checks
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import metrics
 from rapool_jax import population
@@ -78,7 +79,7 @@ def test_crossval_splits_partition_every_fold():
         [int(i[5:]) for i in s["cv_test"].ids])
     tested += list(s["cv_test"].ids)
   assert sorted(tested) == sorted(split.ids)  # each image scored exactly once
-  with pytest.raises(ValueError, match="crossval.fold=5"):
+  with pytest.raises(errors.UserError, match="crossval.fold=5"):
     folds.crossval_splits(split, _cv(5))
 
 
@@ -170,13 +171,13 @@ def test_crossval_splits_keep_copied_images_in_one_split():
 
 def test_concat_rejects_shared_ids():
   split = _pooled(10, 3)
-  with pytest.raises(ValueError, match="share image ids"):
+  with pytest.raises(errors.UserError, match="share image ids"):
     folds.concat([split, split])
 
 
 def test_cv_split_names_need_num_folds(tiny_config):
   tiny_config.data.train_split = "cv_train"
-  with pytest.raises(ValueError, match="num_folds=0"):
+  with pytest.raises(errors.UserError, match="num_folds=0"):
     run.validate_config(tiny_config)
 
 
@@ -184,13 +185,13 @@ def test_near_duplicate_threshold_must_be_a_correlation(tiny_config):
   tiny_config.data.train_split = "cv_train"
   tiny_config.data.crossval.num_folds = 5
   tiny_config.data.crossval.near_duplicate_threshold = 1.5
-  with pytest.raises(ValueError, match="near_duplicate_threshold=1.5"):
+  with pytest.raises(errors.UserError, match="near_duplicate_threshold=1.5"):
     run.validate_config(tiny_config)
 
 
 def test_init_from_must_name_an_earlier_stage(tiny_config):
   tiny_config.stages.joint.init_from = "joint"
-  with pytest.raises(ValueError, match="stages.joint.init_from='joint'"):
+  with pytest.raises(errors.UserError, match="stages.joint.init_from='joint'"):
     run.validate_config(tiny_config)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax.models import dropout as dropout_lib
 from rapool_jax.models import rapool_net
 
@@ -101,7 +102,7 @@ def test_bad_dropout_settings_are_named(overrides, match):
   config = config_lib.base_config()
   for key, value in overrides.items():
     (config.model if key == "dropout_rate" else config.systems)[key] = value
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(errors.UserError, match=match):
     rapool_net.build_model(config.model, config.systems)
 
 

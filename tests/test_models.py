@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import errors
 from rapool_jax.models import rapool_net
 from rapool_jax.models.resnet import resnet
 
@@ -43,9 +44,9 @@ def test_width_multiplier_and_tiny_variant():
 
 
 def test_bad_depth_and_stride_are_clear():
-  with pytest.raises(ValueError, match="model.depth=19"):
+  with pytest.raises(errors.UserError, match="model.depth=19"):
     resnet(19)
-  with pytest.raises(ValueError, match="output_stride"):
+  with pytest.raises(errors.UserError, match="output_stride"):
     resnet("tiny", output_stride=4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import errors
 from rapool_jax import pooling
 
 
@@ -79,5 +80,5 @@ def test_mask_oracle_resizes_mask_to_feature_grid():
 
 
 def test_unknown_pooling_name_is_clear():
-  with pytest.raises(ValueError, match="pooling='avg': choose one of"):
+  with pytest.raises(errors.UserError, match="pooling='avg': choose one of"):
     pooling.get_pooling("avg")

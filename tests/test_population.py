@@ -117,6 +117,7 @@ def test_member_config_is_the_single_runs(tiny_config):
      "stages.joint.pooling='gap': members differ only in lr"),
     (Member(0, stages={"nosuch": {"lr": 0.1}}), "stages.nosuch: not a stage"),
     (Member(0, fold=3), "fold=3 is not a fold of"),
+    (Member(1), "is member 0 again"),   # the same run, trained twice
 ])
 def test_bad_members_are_named_in_one_line(tiny_config, member, message):
   config = _cv_config(tiny_config)
@@ -133,7 +134,7 @@ def test_a_plateau_rule_is_refused(tiny_config):
 
 
 def test_unknown_form_is_named():
-  with pytest.raises(ValueError, match="member_axis='loop'"):
+  with pytest.raises(errors.UserError, match="member_axis='loop'"):
     population.over_members(lambda *args: args, "loop")
 
 
@@ -154,7 +155,7 @@ def test_a_workdir_resumes_only_its_own_population(tmp_path):
 
 def _training_data(config, members):
   """The split the members train on and each one's rows of it."""
-  return run_population.load_data(config, members)[1]
+  return run_population.load_data(config, members)[2]
 
 
 def _single_scores(config, member, workdir):

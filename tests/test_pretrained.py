@@ -22,6 +22,7 @@ import pytest
 import safetensors.numpy
 
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import pretrained
 from rapool_jax import weight_files
 from rapool_jax.models import rapool_net
@@ -224,10 +225,10 @@ def test_unusable_paths_get_the_checks_lines(tmp_path, monkeypatch):
       (pth, f"{pth}: reading .pth weights needs PyTorch, which is not "
             "installed: pip install torch (CPU wheels: pip install torch "
             "--index-url https://download.pytorch.org/whl/cpu)")):
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(errors.UserError) as excinfo:
       weight_files.check_readable(str(path))
     assert str(excinfo.value) == line
-    with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+    with pytest.raises(errors.UserError, match=f"^{re.escape(line)}$"):
       _load_backbone(path)  # Every reader checks first.
 
 
@@ -236,7 +237,7 @@ def test_unreadable_safetensors_is_one_line(tmp_path, damage):
   blob = FILES["torchvision"].read_bytes()
   path = tmp_path / "resnet50.safetensors"
   path.write_bytes(b"\x00garbage" * 9 if damage == "garbage" else blob[:-100])
-  with pytest.raises(ValueError) as excinfo:
+  with pytest.raises(errors.UserError) as excinfo:
     weight_files.read(path)
   message = str(excinfo.value)
   print(message)
@@ -267,7 +268,7 @@ def test_unreadable_pth_is_one_line(tmp_path, monkeypatch):
   for suffix in (".pth", ".pt", ".bin"):
     path = tmp_path / f"corrupt{suffix}"
     path.write_bytes(b"\xa0 not a torch file")
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(errors.UserError) as excinfo:
       weight_files.read(path)
     assert str(excinfo.value) == (
         f"{path}: not a readable PyTorch state dict (a torch.save of tensors, "
@@ -279,7 +280,7 @@ def test_pth_that_is_no_state_dict_is_one_line(tmp_path, monkeypatch):
       lambda path, **kwargs: {"epoch": 3, "optimizer": [1, 2]}))
   path = tmp_path / "checkpoint.pt"
   path.write_bytes(b"read by the fake")
-  with pytest.raises(ValueError, match=r"holds no PyTorch state dict"):
+  with pytest.raises(errors.UserError, match=r"holds no PyTorch state dict"):
     weight_files.read(path)
 
 
@@ -293,7 +294,7 @@ def test_depth_mismatch(depth):
   assert first.startswith(f"{FILES['torchvision']} does not fit a ResNet-{depth} (")
   assert first.endswith("; hint: the file holds a ResNet-50 (bottleneck blocks "
                         "3-4-6-3); set model.depth=50")
-  with pytest.raises(ValueError, match="not a ResNet depth"):
+  with pytest.raises(errors.UserError, match="not a ResNet depth"):
     _load_backbone(FILES["torchvision"], depth=42)
 
 
@@ -357,7 +358,7 @@ def test_corrupt_pth_with_torch_is_one_line(tmp_path, content):
     path.write_bytes(good.read_bytes()[:-200])
   else:  # Not weights: a pickled function, which weights_only refuses.
     torch.save({"fn": print}, path, _use_new_zipfile_serialization=True)
-  with pytest.raises(ValueError) as excinfo:
+  with pytest.raises(errors.UserError) as excinfo:
     _load_backbone(path)
   message = str(excinfo.value)
   print(message)

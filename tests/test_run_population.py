@@ -41,6 +41,10 @@ def _main(tmp_path, *args):
     (["--seeds", "0,a"], "--seeds=0,a: comma-separated integers expected"),
     (["--seeds", "0", "--folds", "1.5"],
      "--folds=1.5: comma-separated integers expected"),
+    # Two members of one seed and fold would train the same run twice.
+    (["--seeds", "0,0"], "--seeds=0,0: [0] given more than once"),
+    (["--seeds", "0,1", "--folds", "2,1,2"],
+     "--folds=2,1,2: [2] given more than once"),
 ])
 def test_a_bad_seed_or_fold_stops_in_one_line_before_any_work(tmp_path, args,
                                                               message):

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from rapool_jax import errors
 from rapool_jax import population
 from rapool_jax import run
 from rapool_jax.models import rapool_net
@@ -61,7 +62,7 @@ def test_a_setting_out_of_range_is_named_before_anything_is_built(
     tiny_config.data.crossval.num_folds = 5
     tiny_config.data.train_split = "cv_train"
   _set(tiny_config, key, value)
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     run.validate_config(tiny_config)
   message = str(info.value)
   assert "\n" not in message
@@ -81,7 +82,7 @@ def test_thresholds_and_training_never_use_the_evaluation_split(tiny_config,
   if key == "data.val_split":  # a plateau rule chooses on it
     tiny_config.rankopt.threshold_split = ""
     tiny_config.stages.segmentation.plateau.metric = "val_jaccard"
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(errors.UserError, match=re.escape(
       f"config.{key}='test' is the evaluation split")):
     run.validate_config(tiny_config)
 
@@ -93,8 +94,8 @@ def test_a_selection_run_may_report_on_the_validation_split(tiny_config):
   tiny_config.rankopt.threshold_split = ""
   run.validate_config(tiny_config)
   tiny_config.rankopt.threshold_split = "validation"
-  with pytest.raises(ValueError, match="threshold_split='validation' is the "
-                     "evaluation split"):
+  with pytest.raises(errors.UserError, match="threshold_split='validation' is the "
+                           "evaluation split"):
     run.validate_config(tiny_config)
 
 
@@ -114,7 +115,7 @@ MODEL_OUT_OF_RANGE = [
 def test_a_model_setting_out_of_range_is_named_by_build_model(
     tiny_config, key, value, says):
   _set(tiny_config, key, value)
-  with pytest.raises(ValueError) as info:
+  with pytest.raises(errors.UserError) as info:
     rapool_net.build_model(tiny_config.model, tiny_config.systems)
   message = str(info.value)
   assert "\n" not in message
@@ -124,6 +125,6 @@ def test_a_model_setting_out_of_range_is_named_by_build_model(
 
 def test_an_unknown_member_axis_is_named_before_any_data(tiny_config):
   tiny_config.systems.member_axis = "pmap"
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(errors.UserError, match=re.escape(
       "config.systems.member_axis='pmap': choose one of")):
     population.check_members(tiny_config, [population.Member(seed=0)])

@@ -15,6 +15,7 @@ import pytest
 from rapool_jax import checkpoint as ckpt_lib
 from rapool_jax import checks
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import optim
 from rapool_jax import run
@@ -71,7 +72,7 @@ def test_unfrozen_stage_moves_backbone_and_batch_stats(tiny_config, tmp_path):
 def test_every_parameter_must_be_covered_by_a_rule():
   params = {"backbone": {"conv1": {"kernel": jnp.zeros(2)}},
             "seg_conv": {"kernel": jnp.zeros(2)}}
-  with pytest.raises(ValueError, match="backbone/conv1/kernel"):
+  with pytest.raises(errors.UserError, match="backbone/conv1/kernel"):
     optim.label_params(params, [("seg_conv/.*", "train")])
   labels = optim.label_params(params, [("seg_conv/.*", "train"), (".*", "freeze")])
   assert labels == {"backbone": {"conv1": {"kernel": "freeze"}},
@@ -220,7 +221,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_config,
   resumed.data.data_dir = "/elsewhere"
   resumed.train.log_every = 1
   resumed.systems.state_layout = "default"
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(errors.UserError) as error:
     checks.check_resumed_config(resumed, workdir)
   message = str(error.value)
   assert "systems.dropout_rng='threefry' (now 'hash')" in message
@@ -254,7 +255,7 @@ def test_configs_saved_before_the_systems_block_resume_by_todays_names(
   old.train.state_layout = "default"
   old.compilation_cache_dir = "/cache"
   _saved_run(old, str(tmp_path))
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(errors.UserError) as error:
     checks.check_resumed_config(tiny_config, str(tmp_path))
   # One difference: the masks (prng_impl agrees; the rest may change).
   assert str(error.value).count("(now ") == 1
@@ -267,13 +268,13 @@ def test_configs_saved_before_the_systems_block_resume_by_todays_names(
 def test_unreadable_saved_config_is_named(tiny_config, tmp_path, text):
   _saved_run(tiny_config, str(tmp_path))
   (tmp_path / "config.json").write_text(text)
-  with pytest.raises(ValueError, match=r"config\.json: not the JSON"):
+  with pytest.raises(errors.UserError, match=r"config\.json: not the JSON"):
     checks.check_resumed_config(tiny_config, str(tmp_path))
 
 
 def test_unknown_stage_in_order_is_clear(tiny_config, tmp_path):
   tiny_config.stage_order = ("classification", "joint_typo")
-  with pytest.raises(ValueError, match="joint_typo"):
+  with pytest.raises(errors.UserError, match="joint_typo"):
     run.train_and_evaluate(tiny_config, str(tmp_path))
 
 
@@ -297,7 +298,7 @@ def test_bad_stage_or_train_value_fails_before_any_training(
   for part in rest[:-1]:
     node = node[part]
   node[rest[-1]] = value
-  with pytest.raises(ValueError, match=re.escape(message)):
+  with pytest.raises(errors.UserError, match=re.escape(message)):
     run.train_and_evaluate(tiny_config, str(tmp_path))
   assert "step" not in capsys.readouterr().out
   assert not os.path.exists(tmp_path / "checkpoints")
@@ -307,22 +308,22 @@ def test_a_stage_key_set_in_a_config_file_must_exist(tiny_config, tmp_path):
   # ConfigDict accepts new attributes: an old flat plateau key would be
   # silently ignored, and the stage would run without early stopping.
   tiny_config.stages.segmentation.plateau_metric = "val_jaccard"
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(errors.UserError, match=re.escape(
       "config.stages.segmentation.plateau_metric is not a stage setting; "
       "config.stages.segmentation.plateau_metric is now "
       "config.stages.segmentation.plateau.metric")):
     run.validate_config(tiny_config)
   del tiny_config.stages.segmentation["plateau_metric"]
   tiny_config.stages.segmentation.lamda_seg = 2.0
-  with pytest.raises(ValueError, match="lamda_seg is not a stage setting; "
-                     "choose from"):
+  with pytest.raises(errors.UserError, match="lamda_seg is not a stage setting; "
+                           "choose from"):
     run.validate_config(tiny_config)
 
 
 def test_plateau_metric_needs_a_validation_split(tiny_config, tmp_path):
   tiny_config.stages.joint.plateau.metric = "val_auc"
   tiny_config.data.val_split = ""
-  with pytest.raises(ValueError, match="config.data.val_split"):
+  with pytest.raises(errors.UserError, match="config.data.val_split"):
     run.validate_config(tiny_config)
 
 
@@ -430,7 +431,7 @@ def test_prng_impl_switches_the_random_stream(tiny_config, tmp_path):
   # Other bits for init, augmentation and dropout: another run, not a no-op.
   assert not np.array_equal(finals["threefry2x32"], finals["rbg"])
   tiny_config.systems.prng_impl = "philox"
-  with pytest.raises(ValueError, match="systems.prng_impl='philox'"):
+  with pytest.raises(errors.UserError, match="systems.prng_impl='philox'"):
     run.validate_config(tiny_config)
 
 

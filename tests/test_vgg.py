@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rapool_jax import errors
 from rapool_jax import weight_files
 from rapool_jax.models import rapool_net
 from rapool_jax.models import vgg as vgg_lib
@@ -169,8 +170,8 @@ def test_load_names_what_does_not_fit():
 
 
 def test_bad_depth_and_stride_are_clear():
-  with pytest.raises(ValueError, match="VGG depth '17'"):
+  with pytest.raises(errors.UserError, match="VGG depth '17'"):
     vgg_lib.vgg(17)
-  with pytest.raises(ValueError, match="output_stride"):
+  with pytest.raises(errors.UserError, match="output_stride"):
     vgg_lib.vgg(11, output_stride=4).init(jax.random.key(0),
                                           jnp.zeros((1, 32, 32, 3)))

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from scipy import sparse
 
+from rapool_jax import errors
 from rapool_jax.data import pipeline
 from rapool_jax.data import trap
 
@@ -128,7 +129,8 @@ def assign_folds(ids, labels, num_folds: int, seed: int,
   per fold differ by at most the largest group's size.
   """
   if num_folds < 2:
-    raise ValueError(f"config.data.crossval.num_folds={num_folds}: need >= 2")
+    raise errors.UserError(
+        f"config.data.crossval.num_folds={num_folds}: need >= 2")
   folds = np.full(len(ids), -1, np.int64)
   for cls, units in _units(ids, labels, groups).items():
     counts = np.zeros(num_folds, np.int64)
@@ -159,8 +161,9 @@ def concat(splits) -> pipeline.Split:
   pooled = pipeline.Split(**{k: np.concatenate([vars(s)[k] for s in splits])
                              for k in vars(splits[0])})
   if len(np.unique(pooled.ids)) != len(pooled):
-    raise ValueError("crossval source splits share image ids; pool disjoint "
-                     "splits only")
+    raise errors.UserError(
+        "crossval source splits share image ids; pool disjoint "
+        "splits only")
   return pooled.take(np.argsort(pooled.ids, kind="stable"))
 
 
@@ -168,7 +171,8 @@ def crossval_splits(pooled: pipeline.Split, crossval) -> dict:
   """``{"cv_train", "cv_val", "cv_test"}`` Splits of fold ``crossval.fold``."""
   k, fold = crossval.num_folds, crossval.fold
   if not 0 <= fold < k:
-    raise ValueError(f"config.data.crossval.fold={fold}: must be in [0, {k})")
+    raise errors.UserError(
+        f"config.data.crossval.fold={fold}: must be in [0, {k})")
   groups = near_duplicate_groups(pooled.images, near_duplicate_threshold(
       crossval))
   test = assign_folds(pooled.ids, pooled.labels, k, crossval.seed,
@@ -212,15 +216,17 @@ def check_crossval(data_config) -> None:
       {data_config[r] for r in pipeline.SPLIT_ROLES} & set(pipeline.CV_SPLITS))
   if cv_names:
     if cv.num_folds < 2:
-      raise ValueError(
+      raise errors.UserError(
           f"config.data splits name {cv_names} but "
           f"config.data.crossval.num_folds={cv.num_folds}; set it to >= 2")
     if not 0 <= cv.fold < cv.num_folds:
-      raise ValueError(f"config.data.crossval.fold={cv.fold}: must be in "
-                       f"[0, {cv.num_folds})")
+      raise errors.UserError(f"config.data.crossval.fold={cv.fold}: must be in "
+                             f"[0, {cv.num_folds})")
     if not 0 < cv.val_fraction < 1:
-      raise ValueError(f"config.data.crossval.val_fraction={cv.val_fraction}: "
-                       "must be in (0, 1)")
+      raise errors.UserError(
+          f"config.data.crossval.val_fraction={cv.val_fraction}: "
+          "must be in (0, 1)")
     if not 0 < (t := near_duplicate_threshold(cv)) <= 1:
-      raise ValueError(f"config.data.crossval.near_duplicate_threshold={t}: "
-                       "must be in (0, 1]")
+      raise errors.UserError(
+          f"config.data.crossval.near_duplicate_threshold={t}: "
+          "must be in (0, 1]")

@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from rapool_jax import errors
+
 SPLITS = {"train": "Training", "validation": "Validation", "test": "Test_v2"}
 LABEL_COLUMNS = ("image_id", "melanoma", "seborrheic_keratosis")
 METADATA_COLUMNS = ("image_id", "age_approximate", "sex")
@@ -51,7 +53,7 @@ _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError,
                  Image.DecompressionBombError)
 
 
-class ISICDataError(ValueError):
+class ISICDataError(errors.UserError):
   """Bad or missing ISIC input; the one-line message starts with the file."""
 
 

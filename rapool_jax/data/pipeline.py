@@ -54,9 +54,10 @@ def make_builder(data_config, require_train_masks: bool = True):
     return builder
   errors.check_choice("config.data.name", data_config.name, DATA_SETS)
   if not data_config.manual_dir:
-    raise ValueError("config.data.manual_dir is empty: set "
-                     "--config.data.manual_dir=PATH to the folder holding the "
-                     "official ISIC 2017 zips or folders")
+    raise errors.UserError(
+        "config.data.manual_dir is empty: set "
+        "--config.data.manual_dir=PATH to the folder holding the "
+        "official ISIC 2017 zips or folders")
   try:
     builder = isic2017.prepare(data_dir, data_config.manual_dir,
                                image_size=data_config.image_size,
@@ -97,7 +98,7 @@ def check_split_names(builder, data_config) -> None:
     if builder.name == "isic2017" and split in ("train", "validation", "test"):
       fix = (f"add {', '.join(isic2017.expected_files(split))} to "
              f"{data_config.manual_dir} (the data set is then rebuilt), or ")
-    raise ValueError(
+    raise errors.UserError(
         f"{key}={split!r}: the {builder.name} data set at {builder.data_dir} "
         f"has no such split (it has {have}); {fix}pass "
         f"--{key}=NAME with a split it has")
@@ -120,16 +121,17 @@ def check_data_settings(data_config) -> None:
   errors.check_range("config.data.image_size", data_config.image_size, low=1)
   errors.check_range("config.data.crop_size", data_config.crop_size, low=1)
   if data_config.crop_size > data_config.image_size:
-    raise ValueError(f"config.data.crop_size={data_config.crop_size} is larger "
-                     f"than config.data.image_size={data_config.image_size}")
+    raise errors.UserError(
+        f"config.data.crop_size={data_config.crop_size} is larger "
+        f"than config.data.image_size={data_config.image_size}")
   errors.check_range("config.data.rotate_degrees", data_config.rotate_degrees,
                      low=0, high=180)
   errors.check_range("config.data.device_memory_budget_mb",
                      data_config.device_memory_budget_mb, low=0)
   for key in ("mean", "std"):
     if len(data_config[key]) != 3:
-      raise ValueError(f"config.data.{key}={tuple(data_config[key])}: "
-                       "expected 3 values (R, G, B)")
+      raise errors.UserError(f"config.data.{key}={tuple(data_config[key])}: "
+                             "expected 3 values (R, G, B)")
   for value in data_config.std:
     errors.check_range("config.data.std", value, low=0, low_open=True)
   trap.check_settings(data_config)
@@ -143,8 +145,9 @@ def load_split(builder, split: str, task: str) -> Split:
   "melanoma" -> {0 rest, 1 melanoma}; "three_class" -> {0 nevus, 1 melanoma,
   2 seborrheic keratosis}."""
   if split not in builder.info.splits:
-    raise ValueError(f"split {split!r} is not in data set {builder.name!r} "
-                     f"(has {sorted(builder.info.splits)})")
+    raise errors.UserError(
+        f"split {split!r} is not in data set {builder.name!r} "
+        f"(has {sorted(builder.info.splits)})")
   source = builder.as_data_source(split=split)
   examples = sorted((source[i] for i in range(len(source))),
                     key=lambda e: _text(e["image_id"]))

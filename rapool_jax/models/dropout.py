@@ -40,15 +40,16 @@ def check_dropout(rate: float, bits: int, rng: str = "threefry") -> None:
   errors.check_choice("config.systems.dropout_rng", rng, ("threefry", "hash"))
   errors.check_choice("config.systems.dropout_bits", bits, (8, 16, 32))
   if rng == "hash" and bits != 32:
-    raise ValueError(f"config.systems.dropout_bits={bits!r} with "
-                     "config.systems.dropout_rng='hash': the hash always makes "
-                     "32 bits per element (it costs no memory): use 32, or "
-                     "fewer with config.systems.dropout_rng='threefry'")
+    raise errors.UserError(
+        f"config.systems.dropout_bits={bits!r} with "
+        "config.systems.dropout_rng='hash': the hash always makes "
+        "32 bits per element (it costs no memory): use 32, or "
+        "fewer with config.systems.dropout_rng='threefry'")
   errors.check_range("config.model.dropout_rate", rate, 0, 1, high_open=True)
   if rate > 0 and quantised_rate(rate, bits) in (0.0, 1.0):
-    raise ValueError(f"config.model.dropout_rate={rate!r} rounds to "
-                     f"{quantised_rate(rate, bits):g} with "
-                     f"config.systems.dropout_bits={bits}: use more bits")
+    raise errors.UserError(f"config.model.dropout_rate={rate!r} rounds to "
+                           f"{quantised_rate(rate, bits):g} with "
+                           f"config.systems.dropout_bits={bits}: use more bits")
 
 
 def _small_uniform_bits(key, shape, bits: int):

@@ -103,8 +103,9 @@ class SegmentationUpsample(nn.Module):
       return jax.image.resize(x, (b, h * self.stride, w * self.stride, c),
                               method="bilinear")
     if self.mode != "transposed":
-      raise ValueError(f"model.upsample must be 'transposed' or 'bilinear', "
-                       f"got {self.mode!r}")
+      raise errors.UserError(
+          f"model.upsample must be 'transposed' or 'bilinear', "
+          f"got {self.mode!r}")
     c = x.shape[-1]
     kernel = self.param(
         "kernel", lambda *_: jnp.asarray(bilinear_kernel(self.stride, c)))
@@ -174,7 +175,7 @@ def build_model(model_config, systems=None) -> RAPoolNet:
     backbone = vgg_lib.vgg(name, batch_norm=model_config.get("batch_norm", True),
                            **kwargs)
   else:
-    raise ValueError(f"config.model.backbone={name!r}: choose 'resnet', "
-                     "'vgg11', 'vgg13', 'vgg16' or 'vgg19'")
+    raise errors.UserError(f"config.model.backbone={name!r}: choose 'resnet', "
+                           "'vgg11', 'vgg13', 'vgg16' or 'vgg19'")
   return RAPoolNet(backbone=backbone, num_classes=model_config.num_classes,
                    upsample=model_config.upsample)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import errors
 from rapool_jax import weight_files
 
 ModuleDef = Any
@@ -134,7 +135,7 @@ class ResNet(nn.Module):
     batch statistics in BatchNorm (``bn_train=False``: frozen statistics)."""
     bn_train = train if bn_train is None else bn_train
     if self.output_stride not in (8, 16, 32):
-      raise ValueError(
+      raise errors.UserError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(self.norm, use_running_average=not bn_train,
@@ -176,7 +177,7 @@ def normalize_depth(depth: int | str) -> int | str:
   if isinstance(depth, str) and depth.isdigit():
     depth = int(depth)
   if depth not in RESNET_STAGES:
-    raise ValueError(
+    raise errors.UserError(
         f"model.depth={depth!r} is not a ResNet depth; choose one of "
         f"{sorted(map(str, RESNET_STAGES))}")
   return depth

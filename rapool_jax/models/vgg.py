@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from rapool_jax import errors
 from rapool_jax import weight_files
 from rapool_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ModuleDef
 
@@ -62,7 +63,7 @@ class VGG(nn.Module):
     """As ``ResNet.__call__``."""
     bn_train = train if bn_train is None else bn_train
     if self.output_stride not in (8, 16, 32):
-      raise ValueError(
+      raise errors.UserError(
           f"model.output_stride must be 8, 16 or 32, got {self.output_stride}")
     # Blocks past `strided` pool with stride 1; the convs after them dilate.
     strided = len(self.blocks) - {32: 0, 16: 1, 8: 2}[self.output_stride]
@@ -94,7 +95,8 @@ def vgg(depth: int | str = 16, **kwargs) -> VGG:
   """Builds VGG-``depth`` (11, 13, 16 or 19); kwargs are ``VGG`` attributes."""
   depth = str(depth).lower().removeprefix("vgg")
   if depth not in VGG_BLOCKS:
-    raise ValueError(f"VGG depth {depth!r} is not one of {sorted(VGG_BLOCKS)}")
+    raise errors.UserError(
+        f"VGG depth {depth!r} is not one of {sorted(VGG_BLOCKS)}")
   return VGG(blocks=VGG_BLOCKS[depth], **kwargs)
 
 
