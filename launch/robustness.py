@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from launch import common
 from launch import crossval
 from rapool_jax import disrupt
 from rapool_jax import evaluate
@@ -41,14 +40,7 @@ from rapool_jax.data import pipeline
 
 ARMS = {"joint": "RAP", "gap_control": "GAP control"}
 A, B = ARMS.values()
-CV_CONFIG = "configs/isic2017.py:crossval"
 ARTEFACTS = "../shared/data/isic2017-artefacts/artefacts.csv"
-
-
-def arm_columns(config) -> dict[str, str]:
-  """``{prediction CSV column: arm}`` for the arms in ``config``."""
-  return {evaluate.row_slug(config.stages[arm].report_as): name
-          for arm, name in ARMS.items()}
 
 
 def finished_runs(root: str, pattern: str) -> list[str]:
@@ -164,8 +156,7 @@ def main(argv=None) -> int:
                    f"--config.data.data_dir={args.data_dir}",
                    "--config.stage_order=('classification','segmentation',"
                    "'joint','gap_control')"])
-  columns = arm_columns(common.load_config(CV_CONFIG))
-  report.write_strata_scores(args.cv_scores, columns, args.out)
+  report.write_strata_scores(args.cv_scores, ARMS, args.out)
   if args.cv_workdir:
     update_versions(args.cv_workdir, args.out, args.data_dir)
   if args.trap_workdir:

@@ -26,7 +26,7 @@ def synthetic_folder(root, n=160, seed=0):
   flags["ruler"] = ruler[:-10].astype(int)   # the last 10: unannotated
   flags.to_csv(root / "artefacts.csv", index=False)
   strata = pd.concat([pd.DataFrame({"split": s, "image": ids, "fold": fold * (s == "oof"),
-                                    "label": label, "seeds": 2, "RAP": rap,
+                                    "label": label, "models": 2, "RAP": rap,
                                     "GAP control": control}) for s in ("oof", "test")])
   strata.to_csv(root / "strata_scores.csv", index=False)
   versions = []

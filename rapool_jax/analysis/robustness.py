@@ -3,12 +3,14 @@ stratum, on images with the lesion taken away, by CAM energy inside the
 lesion, and on trap sets (``results/robustness_isic2017/HYPOTHESES.md``).
 
 Frames are pandas, one row per image and seed-averaged score columns per arm
-(``wide``: ``image`` index, ``label``, ``fold``, then one column per arm);
-statistics come from ``stats.py``. Every function is pure: the command
+(``wide``: ``image`` index, ``label``, ``fold``, then one column per arm),
+averaged and compared with the library (``frames``, ``paired``). Every function is pure: the command
 (``launch/robustness.py``) reads the CSVs and writes what these return.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,8 @@ from scipy import stats as st
 
 from rapool_jax import errors
 from rapool_jax import stats
+from rapool_jax.analysis import frames
+from rapool_jax.analysis import paired
 
 FLAGS = ("dark_corner", "hair", "gel_border", "gel_bubble", "ruler", "ink",
          "patches")
@@ -44,23 +48,16 @@ def read_artefacts(path: str, known_ids=None) -> pd.DataFrame:
   return flags.set_index("image_id")[list(FLAGS)].astype(int)
 
 
-def seed_average(scores: pd.DataFrame, arms: dict, by_fold: bool) -> pd.DataFrame:
-  """``scores`` (a row per image x model: ``image, label, fold, seed`` and a
-  column per arm) -> ``wide``: arms renamed ``{column: name}`` and averaged
-  over an image's models; ``fold`` kept out of fold, 0 on the test split."""
-  missing = [c for c in arms if c not in scores.columns]
+def seed_average(rows: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
+  """``rows`` (a row per image x model: ``image, label, fold`` and a column
+  per arm) -> ``wide`` [images]: each arm averaged over an image's models
+  (``frames.average_wide``), ``image`` the index."""
+  missing = [arm for arm in arms if arm not in rows.columns]
   if missing:
-    raise errors.UserError(f"scores have no column {missing[0]!r} for arm "
-                           f"{arms[missing[0]]!r}")
-  keys = ["image", "label"] + (["fold"] if by_fold else [])
-  wide = scores.groupby(keys)[list(arms)].mean().rename(columns=arms)
-  wide = wide.reset_index().set_index("image")
-  if not by_fold:
-    wide["fold"] = 0
-  if wide.index.duplicated().any():
-    raise errors.UserError("an image has scores in two folds: "
-                           f"{wide.index[wide.index.duplicated()][0]}")
-  return wide
+    raise errors.UserError(f"scores have no column for arm {missing[0]!r}")
+  wide = frames.average_wide(rows[["image", "label", "fold", *arms]],
+                             ["image", "label", "fold"], keep=("label", "fold"))
+  return wide.set_index("image")
 
 
 def strata(flags: pd.DataFrame) -> dict[str, tuple[pd.Series, pd.Series]]:
@@ -85,39 +82,45 @@ def usable_folds(wide: pd.DataFrame) -> pd.Series:
 
 
 def paired_difference(wide: pd.DataFrame, a: str, b: str) -> dict:
-  """Fold-stratified paired ``auc_a - auc_b`` (DeLong) on ``wide``'s usable
-  folds, with the image and melanoma counts used and left out."""
+  """Fold-stratified paired ``auc_a - auc_b`` (``paired.compare``: DeLong,
+  and the bootstrap beside it) on ``wide``'s usable folds, with the image
+  and melanoma counts used and left out."""
   use = usable_folds(wide)
   w = wide[use]
   row = {"images": int(use.sum()), "melanomas": int(w.label.sum()),
          "left_out": int((~use).sum())}
   if not len(w):
-    return {**row, "auc_a": np.nan, "auc_b": np.nan, "diff": np.nan,
-            "lo": np.nan, "hi": np.nan, "p": np.nan}
-  r = stats.stratified_delong(w.label, w[a], w[b], w.fold)
+    return {**row, **dict.fromkeys(("auc_a", "auc_b", "diff", "lo", "hi",
+                                    "p"), np.nan)}
+  r = paired.compare(_long(w, a, b), a, b, within="fold")
   return {**row, **{k: r[k] for k in ("auc_a", "auc_b", "diff", "lo", "hi",
                                       "p")}}
+
+
+def _long(wide: pd.DataFrame, *arms: str, extra=()) -> pd.DataFrame:
+  return frames.tidy(wide.reset_index()[["image", "label", "fold", *extra,
+                                         *arms]],
+                     ["image", "label", "fold", *extra])
 
 
 def interaction(wide: pd.DataFrame, with_: pd.Series, reference: pd.Series,
                 a: str, b: str, seed: int = 0) -> dict:
   """H1's statistic on one pair of groups: D(with) - D(reference), D =
-  ``paired_difference``; bootstrap within group x fold x label."""
-  flags_known = wide.index.intersection(with_.index)
-  w_in = wide.loc[flags_known[with_.loc[flags_known].to_numpy()]]
-  w_ref = wide.loc[flags_known[reference.loc[flags_known].to_numpy()]]
+  ``paired_difference``, each group on its usable folds
+  (``paired.interaction``: resampled within group x fold x label)."""
+  known = wide.index.intersection(with_.index)
+  w_in = wide.loc[known[with_.loc[known].to_numpy()]]
+  w_ref = wide.loc[known[reference.loc[known].to_numpy()]]
   row = {"images": len(w_in), "melanomas": int(w_in.label.sum())}
   w_in, w_ref = w_in[usable_folds(w_in)], w_ref[usable_folds(w_ref)]
   row |= {"with": paired_difference(w_in, a, b),
           "reference": paired_difference(w_ref, a, b)}
   if not (len(w_in) and len(w_ref)):
-    return {**row, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan,
-            "p_delong": np.nan}
-  both = pd.concat([w_in, w_ref])
-  group = np.r_[np.ones(len(w_in), bool), np.zeros(len(w_ref), bool)]
-  r = stats.interaction_bootstrap(both.label, both[a], both[b], group,
-                                  both.fold, n_resamples=N_RESAMPLES,
-                                  seed=seed)
+    return {**row, **dict.fromkeys(("diff", "lo", "hi", "p", "p_delong"),
+                                   np.nan)}
+  both = pd.concat([w_in.assign(group=1), w_ref.assign(group=0)])
+  r = paired.interaction(_long(both, a, b, extra=("group",)), a, b, "group",
+                         n_resamples=N_RESAMPLES, seed=seed)
   return {**row, **{k: r[k] for k in ("diff", "lo", "hi", "p", "p_delong")}}
 
 
@@ -153,7 +156,7 @@ def versions_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
   seed x version, ``version`` and a score column per arm)."""
   rows = []
   for version, part in frame.groupby("version", sort=False):
-    wide = seed_average(part, {a: a, b: b}, by_fold=True)
+    wide = seed_average(part, (a, b))
     rows.append({"version": version, **paired_difference(wide, a, b)})
   return pd.DataFrame(rows).set_index("version").rename(
       columns={"auc_a": f"AUC {a}", "auc_b": f"AUC {b}"})
@@ -189,7 +192,7 @@ def cam_tables(frame: pd.DataFrame, a: str, b: str, seed: int = 0) -> dict:
   Spearman correlation of the control's leak (1 - share) with ``a``'s
   per-image advantage in placement value (bootstrap CI)."""
   whole = frame[frame.version == "whole"]
-  scores = seed_average(whole, {a: a, b: b}, by_fold=True)
+  scores = seed_average(whole, (a, b))
   energy = whole.groupby("image")[[f"cam {a}", f"cam {b}"]].mean()
   energy = energy.loc[scores.index].dropna()
   diff = (energy[f"cam {a}"] - energy[f"cam {b}"]).to_numpy()
@@ -219,8 +222,9 @@ def trap_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
   score column per arm and ``clean <arm>``."""
   rows = []
   for bias, part in frame.groupby("bias"):
-    wide = seed_average(part, {a: a, b: b}, by_fold=True)
-    clean = seed_average(part, {f"clean {a}": a, f"clean {b}": b}, True)
+    wide = seed_average(part, (a, b))
+    clean = seed_average(part.drop(columns=[a, b]).rename(
+        columns={f"clean {a}": a, f"clean {b}": b}), (a, b))
     per_seed = part.groupby("seed").apply(
         lambda s: pd.Series({arm: stats.auc_ci(s.label, s[arm])["auc"]
                              for arm in (a, b)}), include_groups=False)

@@ -20,23 +20,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rapool_jax import errors  # noqa: E402
+from rapool_jax.analysis import crossval  # noqa: E402
+from rapool_jax.analysis import frames  # noqa: E402
 from rapool_jax.analysis import robustness as rb  # noqa: E402
 
 A, B = "RAP", "GAP control"
 SPLITS = {"oof": "out of fold", "test": "test split"}
 
 
-def write_strata_scores(cv_scores: str, columns: dict, out: str) -> None:
-  """``strata_scores.csv`` from the CV's ``oof_scores.csv`` and
-  ``test_scores.csv`` (``columns``: their arm columns -> arm names)."""
-  frames = []
-  for split, name in (("oof", "oof_scores.csv"), ("test", "test_scores.csv")):
-    scores = pd.read_csv(os.path.join(cv_scores, name))
-    wide = rb.seed_average(scores, columns, by_fold=split == "oof")
-    frames.append(wide.reset_index().assign(
-        split=split, seeds=scores.seed.nunique()))
-  pd.concat(frames)[["split", "image", "fold", "label", "seeds", A, B]].to_csv(
-      os.path.join(out, "strata_scores.csv"), index=False, float_format="%.7g")
+def write_strata_scores(cv_scores: str, arms: dict, out: str) -> None:
+  """``strata_scores.csv``: the CV report's seed-averaged scores
+  (``crossval.seed_averaged_scores``) of ``arms`` (``{arm: name}``), out of
+  fold and on the test split, a row per image."""
+  parts = []
+  for split in ("oof", "test"):
+    long = crossval.seed_averaged_scores(cv_scores, split)
+    missing = set(arms) - set(long.arm)
+    if missing:
+      raise errors.UserError(f"{cv_scores}: no scores of arm "
+                             f"{sorted(missing)[0]!r}")
+    long = long[long.arm.isin(arms)].assign(arm=lambda f: f.arm.map(arms))
+    wide = frames.widen(long, ["image", "label", "fold", "n"])
+    parts.append(wide.assign(split=split, fold=wide.fold.clip(lower=0)))
+  pd.concat(parts)[["split", "image", "fold", "label", "n", A, B]].rename(
+      columns={"n": "models"}).to_csv(os.path.join(out, "strata_scores.csv"),
+                                      index=False, float_format="%.7g")
 
 
 def _records(table: pd.DataFrame) -> list[dict]:
@@ -53,7 +62,7 @@ def analyse(out: str, artefacts: str) -> dict:
     annotated = wide.index.isin(flags.index)
     results[f"strata_{split}"] = {
         "images": len(wide), "unannotated": int((~annotated).sum()),
-        "seeds": int(part.seeds.iloc[0]),
+        "models per image": int(part.models.max()),
         "rows": _records(rb.strata_table(wide, flags, A, B))}
   versions = os.path.join(out, "versions.csv")
   if os.path.exists(versions):
@@ -148,8 +157,8 @@ def markdown(results: dict) -> str:
   for split, name in SPLITS.items():
     part = results[f"strata_{split}"]
     lines += [f"## Strata, {name} ({part['images']} images, "
-              f"{part['unannotated']} unannotated and left out; scores "
-              f"averaged over {part['seeds']} seeds)\n",
+              f"{part['unannotated']} unannotated and left out; each image's "
+              f"score averaged over {part['models per image']} models)\n",
               _table(part["rows"], STRATA_COLUMNS)]
   if "versions" in results:
     lines += [f"## Images with the lesion taken away (fold x seed runs "
