@@ -4,21 +4,31 @@ bases and the table files they write."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import sys
 from typing import Sequence
 
+from launch import aggregate
 from launch import fanout
 from rapool_jax import config_files
 from rapool_jax import errors
+from rapool_jax.analysis import sweeps
 
 TINY_CONFIG = "configs/tiny.py"
 
 
+def parser(doc: str, smoke: str, workdir: str = "") -> argparse.ArgumentParser:
+  """A sweep's parser: ``--config``, ``--workdir`` and ``--smoke``."""
+  p = argparse.ArgumentParser(
+      description=doc.splitlines()[0],
+      usage="%(prog)s --workdir DIR [options] [-- --config.a=b ...]")
+  p.add_argument("--config", default=None, help="configs/NAME.py[:arg]")
+  p.add_argument("--workdir", required=True, help=workdir or None)
+  p.add_argument("--smoke", action="store_true", help=smoke)
+  return p
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None):
-  """``(args, overrides)``: the script's flags and the runner's before
+  """``(args, overrides)``: the script's and the runner's flags before
   ``--``, the config overrides every run gets after it."""
   argv, overrides = fanout.split_overrides(
       sys.argv[1:] if argv is None else argv)
@@ -62,8 +72,7 @@ def shared_stages(config, stage: str, overrides: Sequence[str]) -> list[str]:
 
 def base_job(name: str, workdir: str, config: str, overrides, shared,
              meta: dict) -> fanout.Job:
-  """Phase 0: trains only the ``shared`` stages (no RankOpt, which reads the
-  last stage)."""
+  """Phase 0: only the ``shared`` stages (no RankOpt: it reads the last)."""
   return fanout.Job(
       name=name, workdir=workdir, config=config, phase=0,
       overrides=list(overrides) + [
@@ -82,46 +91,18 @@ def stage_job(name: str, workdir: str, config: str, overrides, base: str,
 
 
 def report_split_overrides(config, eval_split: str) -> list[str]:
-  """Overrides that report on ``eval_split`` (e.g. validation, to choose a
-  setting as the paper's Table 1 does) without choosing anything on it:
-  RankOpt's threshold then comes from the training split."""
+  """Report on ``eval_split`` without choosing anything on it: RankOpt's
+  threshold then comes from the training split."""
   out = [f"--config.data.eval_split={eval_split}"]
   if config.rankopt.threshold_split == eval_split:
     out.append("--config.rankopt.threshold_split=")
   return out
 
 
-def value_tag(v: float) -> str:
-  """0.01 -> "0.01", 7.5 -> "7.5", 20.0 -> "20": folder names and labels."""
-  return format(float(v), "g")
+value_tag = sweeps.value_tag  # folder names and labels
 
 
-def eval_split_of(runs, default: str) -> tuple[str, int | None]:
-  """The evaluation split and its size, from the first finished run."""
-  for run in runs:
-    if run.state == "ok":
-      return run.results["eval_split"], run.results["num_eval_examples"]
-  return default, None
-
-
-def write_table(folder: str, stem: str, text: str, payload: dict) -> None:
-  """``STEM.md`` (printed too) and ``STEM.json`` in ``folder``."""
-  with open(os.path.join(folder, f"{stem}.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(folder, f"{stem}.json"), "w") as f:
-    json.dump(payload, f, indent=1)
-  print(text, flush=True)
-
-
-@contextlib.contextmanager
-def figure(path: str, *args, **kwargs):
-  """``(fig, axes)`` of ``plt.subplots(*args, **kwargs)``, saved to
-  ``path`` on leaving."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")  # files only: no display on the machines that run this
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(*args, **kwargs)
-  yield fig, axes
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def load_runs(jobs) -> list:
+  """``aggregate.Run`` of every job but the data-preparing one."""
+  return [aggregate.load_run(j.workdir, j.name, j.meta, j.done_file)
+          for j in jobs if j.phase != fanout.PREPARE_PHASE]

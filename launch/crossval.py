@@ -1,25 +1,14 @@
 """Stratified k-fold cross-validation of every Step-4 arm, scored out of fold.
 
     python -m launch.crossval --workdir runs/crossval [--folds 0,1,2,3,4]
-        [--seeds 0,1,2 | --num-seeds 3] [--population]
-        [--out results/crossval_isic2017]
-        [--exclude-images FILE | --near-copies-from RUN_DIR]
-        [-- --config.data.manual_dir=PATH --config.data.data_dir=DIR ...]
+        [--seeds 0,1,2 | --num-seeds 3] [--population] [--out DIR]
+        [--exclude-images FILE | --near-copies-from RUN_DIR] [-- OVERRIDES]
 
-Runs ``configs/isic2017.py:crossval`` (or ``--config``) once per fold and
-seed into ``WORKDIR/fold<F>_seed<S>/``: Steps 2-3 once, then every Step-4
-arm from that state, each scored on its held-out fold (``cv_test``), its
-inner validation split (``cv_val``, where thresholds are set) and the test
-split where ``data.report_splits`` lists it. The same command resumes. Then
-the tables go to ``--out`` (``launch/crossval_report.py``; a banner names the
-runs still missing); ``--report-only`` rebuilds them. ``--exclude-images`` /
-``--near-copies-from``: the test images with a near-copy in train +
-validation, reported with and without them. ``--population``: every fold x
-seed as one population, one main job (``main --seeds --folds``) into
-``WORKDIR/population/`` (``members.json`` says which member is which); on
-the 2-core CPU it was no faster (``benchmarks/results/population_cpu*.json``),
-on a GPU it is the point. ``--smoke``: ``configs/tiny.py``, 3 folds,
-synthetic data.
+``configs/isic2017.py:crossval`` (or ``--config``) per fold and seed into
+``WORKDIR/fold<F>_seed<S>/``, or with ``--population`` all of them as one job
+in ``WORKDIR/population/``; then the tables (``launch/crossval_report.py``)
+in ``--out`` (default ``WORKDIR/report``). ``--smoke``: ``configs/tiny.py``,
+3 folds, synthetic data.
 """
 
 from __future__ import annotations
@@ -28,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-
 
 from launch import common
 from launch import crossval_report
@@ -88,36 +76,28 @@ def population_job(config: str, root: str, folds, seeds,
       meta={"runs": [[m.fold, m.seed] for m in members]})
 
 
-def population_runs(workdir: str) -> dict[tuple[int, int], str]:
-  """``{(fold, seed): member workdir}`` of the population in ``workdir``, by
-  its ``members.json`` (empty before its first stage starts)."""
-  try:
-    with open(os.path.join(workdir, population.MANIFEST)) as f:
-      members = json.load(f)["members"]
-  except FileNotFoundError:
-    return {}
-  return {(m["fold"], m["seed"]): run_population.member_dir(workdir, p)
-          for p, m in enumerate(members)}
-
-
 def finished_runs(jobs) -> tuple[list[str], list[tuple[int, int]]]:
   """The workdirs of the finished (fold, seed) runs, and every (fold, seed)
   the CV was meant to have. A population's member is finished once it has
-  its ``results.json``, whether or not the others have theirs."""
+  its ``results.json`` (its ``members.json`` says which member is which)."""
   runs = jobs[1:]
   if runs[0].name != POPULATION:
     return ([j.workdir for j in runs if fanout.is_finished(j)],
             [(j.meta["fold"], j.meta["seed"]) for j in runs])
   expected = [tuple(r) for r in runs[0].meta["runs"]]
-  members = population_runs(runs[0].workdir)
+  manifest = os.path.join(runs[0].workdir, population.MANIFEST)
+  members = {}
+  if os.path.exists(manifest):  # written when the first stage starts
+    with open(manifest) as f:
+      members = {(m["fold"], m["seed"]): run_population.member_dir(
+          runs[0].workdir, p) for p, m in enumerate(json.load(f)["members"])}
   return ([members[k] for k in expected if k in members and os.path.exists(
       os.path.join(members[k], "results.json"))], expected)
 
 
 def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="")
-  parser.add_argument("--workdir", required=True, help="root of the fold runs")
+  parser = common.parser(__doc__, "configs/tiny.py, 3 folds, synthetic data",
+                         "root of the fold runs")
   parser.add_argument("--folds", default="",
                       help="comma-separated folds to run (default: all)")
   parser.add_argument("--seeds", default="0",
@@ -130,7 +110,6 @@ def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
   crossval_report.add_near_copy_args(parser)
   parser.add_argument("--out", default="",
                       help="folder of the pooled table (default WORKDIR/report)")
-  parser.add_argument("--smoke", action="store_true")
   return common.parse_args(parser, argv)
 
 

@@ -1,13 +1,8 @@
 """Runs a list of main-job invocations: locally in parallel, or as SLURM arrays.
 
-A job is one ``python -m rapool_jax.main --config C --workdir W OVERRIDES``
-run. Phase p starts once every job of phase p - 1 ended (-1: building the
-data once; 0: shared bases; 1: the runs that link a base's finished stage
-checkpoints, ``stages_from``, and so train only the rest). Each job records
-``WORKDIR/fanout_status.json`` and appends its output to ``fanout.log``
-(``launch/aggregate.py`` reads both); a finished job is skipped, so running
-a sweep again resumes it. A SLURM array task runs one job of the
-``ROOT/jobs.json`` a launch script wrote:
+Phases run in order (launch/README.md, "Shared stages"); each job records
+``WORKDIR/fanout_status.json`` and ``fanout.log``, and a finished job is
+skipped. A SLURM array task runs one job of ``ROOT/jobs.json``:
 
     python -m launch.fanout run-one --jobs JOBS --phase P --index I
 """
@@ -25,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -84,10 +78,6 @@ def phase_jobs(jobs: Sequence[Job], phase: int) -> list[Job]:
   return [j for j in jobs if j.phase == phase]
 
 
-# ----------------------------------------------------------------------------
-# Status of one job's workdir.
-
-
 def read_status(workdir: str) -> dict | None:
   try:
     with open(os.path.join(workdir, STATUS_FILE)) as f:
@@ -119,17 +109,17 @@ def log_tail(workdir: str, lines: int = 5) -> str:
     return ""
 
 
-# ----------------------------------------------------------------------------
-# Running one job.
+def _link_or_copy(src: str, dst: str) -> None:
+  try:
+    os.link(src, dst)
+  except OSError:  # across file systems
+    shutil.copy2(src, dst)
 
 
 def link_stages(src_workdir: str, dst_workdir: str,
                 stages: Sequence[str]) -> None:
-  """Hard-links (or copies, across file systems) finished stage checkpoints.
-
-  Hard links rather than symlinks: each run owns its checkpoint folder, so no
-  orbax manager ever writes into another run's directory, at no disk cost.
-  """
+  """Hard-links (or copies) finished stage checkpoints: each run owns its
+  checkpoint folder, so no orbax manager writes into another run's."""
   for stage in stages:
     src = os.path.join(src_workdir, "checkpoints", stage)
     dst = os.path.join(dst_workdir, "checkpoints", stage)
@@ -137,28 +127,18 @@ def link_stages(src_workdir: str, dst_workdir: str,
       continue  # linked by an earlier, interrupted attempt
     if not os.path.isdir(src):
       raise FileNotFoundError(f"{src}: stage {stage!r} has no checkpoints")
-    tmp = dst + ".linking"
-    shutil.rmtree(tmp, ignore_errors=True)
-
-    def link_or_copy(s, d):
-      try:
-        os.link(s, d)
-      except OSError:
-        shutil.copy2(s, d)
-
-    shutil.copytree(src, tmp, copy_function=link_or_copy)
-    os.replace(tmp, dst)
-  # Says where the stages came from: the main job accepts checkpoints that
-  # have no config.json of their own only with this record beside them.
+    shutil.rmtree(dst + ".linking", ignore_errors=True)
+    shutil.copytree(src, dst + ".linking", copy_function=_link_or_copy)
+    os.replace(dst + ".linking", dst)
+  # The main job accepts checkpoints without a config.json of their own only
+  # with this record of where they came from beside them.
   with open(os.path.join(dst_workdir, LINKED_STAGES_FILE), "w") as f:
     json.dump({"from": os.path.abspath(src_workdir), "stages": list(stages)}, f)
 
 
 def _link_base(job: Job) -> str | None:
-  """Links the stages of ``job.stages_from`` into its workdir; the reason
-  where that cannot be done."""
-  if not is_finished(Job(name="base", workdir=job.stages_from,
-                         config=job.config)):
+  """Links ``job.stages_from``'s stages; the reason where it cannot."""
+  if not is_finished(Job("base", job.stages_from, job.config)):
     return f"base run {job.stages_from} did not finish (see its {LOG_FILE})"
   try:
     link_stages(job.stages_from, job.workdir, job.stages)
@@ -167,11 +147,14 @@ def _link_base(job: Job) -> str | None:
   return None
 
 
-def _start_status(job: Job, env: dict | None) -> dict:
-  return {"name": job.name, "state": "running", "returncode": None,
-          "error": None, "host": socket.gethostname(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-          "command": shlex.join(job.command()), "devices": dict(env or {})}
+def _run(job: Job, env: dict | None, status: dict) -> int:
+  """Runs ``job``'s command, its output appended to its log."""
+  with open(os.path.join(job.workdir, LOG_FILE), "a") as log:
+    log.write(f"\n=== {status['started']} {status['command']}\n")
+    log.flush()
+    return subprocess.run(job.command(), cwd=REPO, stdout=log,
+                          stderr=subprocess.STDOUT,
+                          env={**os.environ, **(env or {})}).returncode
 
 
 def run_one(job: Job, env: dict | None = None, force: bool = False,
@@ -182,7 +165,10 @@ def run_one(job: Job, env: dict | None = None, force: bool = False,
     say(f"[fanout] {job.name}: already finished, skipped")
     return 0
   os.makedirs(job.workdir, exist_ok=True)
-  status = _start_status(job, env)
+  status = {"name": job.name, "state": "running", "returncode": None,
+            "error": None, "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": shlex.join(job.command()), "devices": dict(env or {})}
   error = _link_base(job) if job.stages_from else None
   if error:
     _write_status(job.workdir, {**status, "state": "failed", "returncode": 1,
@@ -191,59 +177,42 @@ def run_one(job: Job, env: dict | None = None, force: bool = False,
     return 1
   _write_status(job.workdir, status)
   t0 = time.time()
-  with open(os.path.join(job.workdir, LOG_FILE), "a") as log:
-    log.write(f"\n=== {status['started']} {status['command']}\n")
-    log.flush()
-    proc = subprocess.run(job.command(), cwd=REPO, stdout=log,
-                          stderr=subprocess.STDOUT,
-                          env={**os.environ, **(env or {})})
-  status.update(state="done" if proc.returncode == 0 else "failed",
-                returncode=proc.returncode, wall_s=round(time.time() - t0, 1),
+  rc = _run(job, env, status)
+  status.update(state="done" if rc == 0 else "failed", returncode=rc,
+                wall_s=round(time.time() - t0, 1),
                 finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-  if proc.returncode == 0 and not os.path.exists(
-      os.path.join(job.workdir, job.done_file)):
+  if rc == 0 and not os.path.exists(os.path.join(job.workdir, job.done_file)):
     status.update(state="failed", error=f"exit status 0 but no {job.done_file}")
   _write_status(job.workdir, status)
   if status["state"] == "done":
     say(f"[fanout] {job.name}: done ({status['wall_s']:.0f} s)")
     return 0
-  say(f"[fanout] {job.name}: FAILED (exit status {proc.returncode}); last "
-      f"lines of {os.path.join(job.workdir, LOG_FILE)}:\n"
-      f"{log_tail(job.workdir)}")
-  return proc.returncode or 1
-
-
-# ----------------------------------------------------------------------------
-# Local fan-out.
+  say(f"[fanout] {job.name}: FAILED (exit status {rc}); last lines of "
+      f"{os.path.join(job.workdir, LOG_FILE)}:\n{log_tail(job.workdir)}")
+  return rc or 1
 
 
 def run_local(jobs: Sequence[Job], parallel: int = 1,
               gpus: Sequence[str] = (),
               device_env: str = "CUDA_VISIBLE_DEVICES",
               force: bool = False) -> dict[str, int]:
-  """Runs phases in order, each over ``parallel`` slots (one per GPU if given).
-
-  Returns ``{job name: exit status}``. A failed prepare job stops everything;
-  other failures are recorded and the remaining jobs still run (later-phase
-  jobs that need a failed base record that as their failure).
-  """
+  """Runs phases in order, each over ``parallel`` slots (one per GPU if
+  given); ``{job name: exit status}``. A failed prepare job stops
+  everything; a job whose base failed records that as its failure."""
   slots = [{device_env: g} for g in gpus] if gpus else [{}] * max(1, parallel)
   free: queue.Queue = queue.Queue()
   for s in slots:
     free.put(s)
   results: dict[str, int] = {}
-  lock = threading.Lock()
 
   def work(job):
     env = free.get()
     try:
       where = f" on {device_env}={env[device_env]}" if env else ""
       print(f"[fanout] {job.name}: start{where}", flush=True)
-      rc = run_one(job, env=env, force=force)
+      results[job.name] = run_one(job, env=env, force=force)
     finally:
       free.put(env)
-    with lock:
-      results[job.name] = rc
 
   for phase in sorted({j.phase for j in jobs}):
     todo = phase_jobs(jobs, phase)
@@ -256,10 +225,6 @@ def run_local(jobs: Sequence[Job], parallel: int = 1,
   return results
 
 
-# ----------------------------------------------------------------------------
-# SLURM.
-
-
 def slurm_scripts(jobs_path: str, out_dir: str, *, name: str = "rapool",
                   sbatch_extra: str = "", setup: str = "",
                   max_parallel: int = 0, python: str = sys.executable,
@@ -269,27 +234,23 @@ def slurm_scripts(jobs_path: str, out_dir: str, *, name: str = "rapool",
   jobs = read_jobs(jobs_path)
   with open(template) as f:
     text = f.read()
-  os.makedirs(out_dir, exist_ok=True)
   log_dir = os.path.join(os.path.abspath(out_dir), "logs")
   os.makedirs(log_dir, exist_ok=True)
   scripts = []
   for phase in sorted({j.phase for j in jobs}):
-    n = len(phase_jobs(jobs, phase))
     tag = "prepare" if phase == PREPARE_PHASE else f"phase{phase}"
-    values = {
+    script = text
+    for key, value in {
         "@NAME@": f"{name}-{tag}",
-        "@ARRAY@": f"0-{n - 1}" + (f"%{max_parallel}" if max_parallel else ""),
+        "@ARRAY@": f"0-{len(phase_jobs(jobs, phase)) - 1}" + (
+            f"%{max_parallel}" if max_parallel else ""),
         "@LOG_DIR@": log_dir,
         "@SBATCH_EXTRA@": "\n".join(f"#SBATCH {a}"
                                     for a in shlex.split(sbatch_extra)),
-        "@REPO@": shlex.quote(str(REPO)),
-        "@SETUP@": setup,
+        "@REPO@": shlex.quote(str(REPO)), "@SETUP@": setup,
         "@PYTHON@": shlex.quote(python),
         "@JOBS@": shlex.quote(os.path.abspath(jobs_path)),
-        "@PHASE@": str(phase),
-    }
-    script = text
-    for key, value in values.items():
+        "@PHASE@": str(phase)}.items():
       script = script.replace(key, value)
     path = os.path.join(out_dir, f"{tag}.sbatch")
     with open(path, "w") as f:
@@ -304,62 +265,71 @@ def submit_slurm(scripts: Sequence[tuple[int, str]]) -> list[str]:
   base still lets the next phase run and record why it could not start)."""
   ids, previous = [], None
   for _, path in scripts:
-    cmd = ["sbatch", "--parsable"]
-    if previous:
-      cmd.append(f"--dependency=afterany:{previous}")
-    out = subprocess.run(cmd + [path], check=True, capture_output=True,
-                         text=True).stdout
-    previous = out.strip().split(";")[0]
+    dep = [f"--dependency=afterany:{previous}"] if previous else []
+    previous = subprocess.run(
+        ["sbatch", "--parsable", *dep, path], check=True, capture_output=True,
+        text=True).stdout.strip().split(";")[0]
     ids.append(previous)
     print(f"[fanout] submitted {path} as job {previous}", flush=True)
   return ids
 
 
-# ----------------------------------------------------------------------------
-# The runner flags shared by the launch scripts.
+RUNNER_FLAGS = (  # (flag, default or action, help): every script's runner flags
+    ("--parallel", 1, "local processes at a time (CPU); ignored with --gpus"),
+    ("--gpus", "", "comma-separated accelerator ids: one process per id"),
+    ("--device-env", "CUDA_VISIBLE_DEVICES",
+     "variable that pins a process to its id (TPU: TPU_VISIBLE_CHIPS)"),
+    ("--slurm", "store_true",
+     "write SLURM array scripts (ROOT/slurm/) instead of running locally"),
+    ("--submit", "store_true", "with --slurm: sbatch them"),
+    ("--sbatch", "", 'extra #SBATCH lines, e.g. "--partition=gpu '
+     '--time=24:00:00"'),
+    ("--setup", "", "shell lines run before each array task (module load ..., "
+     "source venv/bin/activate)"),
+    ("--max-parallel", 0,
+     "with --slurm: array tasks running at once (0 = no cap)"),
+    ("--python", sys.executable, "with --slurm: interpreter on the compute "
+     "nodes"),
+    ("--slurm-template", str(SLURM_TEMPLATE),
+     "with --slurm: your copy of launch/slurm_array.sh"),
+    ("--dry-run", "store_true",
+     "write ROOT/jobs.json, print the commands, run nothing"),
+    ("--force", "store_true", "rerun jobs that already finished"),
+    ("--report-only", "store_true",
+     "run nothing; rebuild the tables from finished runs"),
+    ("--compile-cache", "auto", "JAX persistent compilation cache the jobs "
+     "share (default ROOT/jax_cache; '' = none): runs of one sweep compile "
+     "the same evaluation and RankOpt programs"))
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("where the jobs run")
-  g.add_argument("--parallel", type=int, default=1,
-                 help="local processes at a time (CPU); ignored with --gpus")
-  g.add_argument("--gpus", default="",
-                 help="comma-separated accelerator ids: one process per id")
-  g.add_argument("--device-env", default="CUDA_VISIBLE_DEVICES",
-                 help="variable that pins a process to its id (TPU: "
-                      "TPU_VISIBLE_CHIPS)")
-  g.add_argument("--slurm", action="store_true",
-                 help="write SLURM array scripts (ROOT/slurm/) instead of "
-                      "running locally")
-  g.add_argument("--submit", action="store_true",
-                 help="with --slurm: sbatch them")
-  g.add_argument("--sbatch", default="", help='extra #SBATCH lines, e.g. '
-                 '"--partition=gpu --time=24:00:00"')
-  g.add_argument("--setup", default="", help="shell lines run before each "
-                 "array task (module load ..., source venv/bin/activate)")
-  g.add_argument("--max-parallel", type=int, default=0,
-                 help="with --slurm: array tasks running at once (0 = no cap)")
-  g.add_argument("--python", default=sys.executable,
-                 help="with --slurm: interpreter on the compute nodes")
-  g.add_argument("--slurm-template", default=str(SLURM_TEMPLATE),
-                 help="with --slurm: your copy of launch/slurm_array.sh")
-  g.add_argument("--dry-run", action="store_true",
-                 help="write ROOT/jobs.json, print the commands, run nothing")
-  g.add_argument("--force", action="store_true",
-                 help="rerun jobs that already finished")
-  g.add_argument("--report-only", action="store_true",
-                 help="run nothing; rebuild the tables from finished runs")
-  g.add_argument("--compile-cache", default="auto",
-                 help="JAX persistent compilation cache the jobs share "
-                      "(default ROOT/jax_cache; '' = none): runs of one sweep "
-                      "compile the same evaluation and RankOpt programs")
+  for flag, default, text in RUNNER_FLAGS:
+    if default == "store_true":
+      g.add_argument(flag, action="store_true", help=text)
+    else:
+      g.add_argument(flag, type=type(default), default=default, help=text)
+
+
+def _slurm(args: argparse.Namespace, path: str, root: str) -> None:
+  scripts = slurm_scripts(path, os.path.join(root, "slurm"),
+                          name=Path(root).name, sbatch_extra=args.sbatch,
+                          setup=args.setup, max_parallel=args.max_parallel,
+                          python=args.python, template=args.slurm_template)
+  for _, s in scripts:
+    print(f"wrote {s}")
+  if args.submit:
+    submit_slurm(scripts)
+  else:
+    print("submit them in order, each with --dependency=afterany:<previous "
+          "job id>, or rerun with --submit")
+  print(f"when they have ended: rerun this command with --report-only, or "
+        f"python -m launch.aggregate {root}")
 
 
 def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
-  """Writes ROOT/jobs.json and runs the jobs as ``args`` say.
-
-  Returns True when the jobs ran here (the caller can build its tables now).
-  """
+  """Writes ROOT/jobs.json and runs the jobs as ``args`` say; True when they
+  ran here (the caller can build its tables now)."""
   path = os.path.join(root, JOBS_FILE)
   cache = (os.path.join(root, "jax_cache") if args.compile_cache == "auto"
            else args.compile_cache)
@@ -376,23 +346,10 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
     print(f"wrote {path}")
     return False
   if args.slurm:
-    scripts = slurm_scripts(path, os.path.join(root, "slurm"),
-                            name=Path(root).name,
-                            sbatch_extra=args.sbatch, setup=args.setup,
-                            max_parallel=args.max_parallel, python=args.python,
-                            template=args.slurm_template)
-    for _, s in scripts:
-      print(f"wrote {s}")
-    if args.submit:
-      submit_slurm(scripts)
-    else:
-      print("submit them in order, each with --dependency=afterany:<previous "
-            "job id>, or rerun with --submit")
-    print(f"when they have ended: rerun this command with --report-only, or "
-          f"python -m launch.aggregate {root}")
+    _slurm(args, path, root)
     return False
-  gpus = [g for g in args.gpus.split(",") if g]
-  results = run_local(jobs, parallel=args.parallel, gpus=gpus,
+  results = run_local(jobs, parallel=args.parallel,
+                      gpus=[g for g in args.gpus.split(",") if g],
                       device_env=args.device_env, force=args.force)
   failed = sorted(n for n, rc in results.items() if rc)
   if failed:
@@ -402,7 +359,7 @@ def execute(args: argparse.Namespace, jobs: Sequence[Job], root: str) -> bool:
 
 
 def with_compile_cache(job: Job, cache_dir: str) -> Job:
-  """Adds ``--config.systems.compilation_cache_dir`` unless the job sets it already."""
+  """Adds ``--config.systems.compilation_cache_dir`` unless the job sets it."""
   key = "--config.systems.compilation_cache_dir"
   if job.module != "rapool_jax.main" or any(
       o.split("=", 1)[0] == key for o in job.overrides):
@@ -414,19 +371,17 @@ def with_compile_cache(job: Job, cache_dir: str) -> Job:
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """``[script args] -- [--config.x=y ...]`` -> (script args, overrides)."""
   argv = list(argv)
-  if "--" in argv:
-    i = argv.index("--")
-    return argv[:i], argv[i + 1:]
-  return argv, []
+  i = argv.index("--") if "--" in argv else len(argv)
+  return argv[:i], argv[i + 1:]
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p_one = sub.add_parser("run-one", help="run job INDEX of PHASE (array task)")
-  p_one.add_argument("--jobs", required=True)
-  p_one.add_argument("--phase", type=int, required=True)
-  p_one.add_argument("--index", type=int, required=True)
+  for flag in ("--jobs", "--phase", "--index"):
+    p_one.add_argument(flag, required=True, type=str if flag == "--jobs"
+                       else int)
   p_one.add_argument("--force", action="store_true")
   args = parser.parse_args(argv)
   jobs = phase_jobs(read_jobs(args.jobs), args.phase)

@@ -1,12 +1,6 @@
-"""Builds the TFDS data a config names, once, before a fan-out starts its jobs.
-
-    python -m launch.prepare_data --config configs/X.py --workdir DIR \
-        [--config.a=b ...]
-
-Same flags as the main job (other config keys are accepted and ignored).
-Parallel jobs would otherwise all find the data missing and build it into the
-same data_dir at once. Writes ``DIR/prepared.json`` with the split sizes.
-"""
+"""Builds the TFDS data a config names, once, before a fan-out starts its jobs
+(parallel jobs would all build it into one data_dir at once). Takes the main
+job's flags; writes ``--workdir``'s ``prepared.json`` with the split sizes."""
 
 from __future__ import annotations
 
