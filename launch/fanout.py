@@ -24,33 +24,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+# The job list and status files (read by reports too): rapool_jax/analysis.
+from rapool_jax.analysis.run_dirs import (  # noqa: F401  (fanout.X names)
+    JOBS_FILE, LOG_FILE, PREPARE_PHASE, STATUS_FILE, Job, is_finished,
+    log_tail, read_jobs, read_status, write_jobs)
+
 REPO = Path(__file__).resolve().parents[1]
-JOBS_FILE = "jobs.json"
-STATUS_FILE = "fanout_status.json"
-LOG_FILE = "fanout.log"
 SLURM_TEMPLATE = REPO / "launch" / "slurm_array.sh"
-PREPARE_PHASE = -1
 LINKED_STAGES_FILE = "linked_stages.json"  # read by rapool_jax.checks
-
-
-@dataclasses.dataclass
-class Job:
-  """One main-job run; ``meta``: labels for tables (lambda, variant, seed)."""
-
-  name: str
-  workdir: str
-  config: str
-  overrides: list[str] = dataclasses.field(default_factory=list)
-  phase: int = 0
-  stages_from: str = ""   # workdir of a finished run whose stages are reused
-  stages: list[str] = dataclasses.field(default_factory=list)
-  module: str = "rapool_jax.main"
-  done_file: str = "results.json"
-  meta: dict = dataclasses.field(default_factory=dict)
-
-  def command(self, python: str = sys.executable) -> list[str]:
-    return [python, "-m", self.module, "--config", self.config,
-            "--workdir", self.workdir, *self.overrides]
 
 
 def prepare_job(root: str, config: str, overrides: Sequence[str]) -> Job:
@@ -60,30 +41,8 @@ def prepare_job(root: str, config: str, overrides: Sequence[str]) -> Job:
              module="launch.prepare_data", done_file="prepared.json")
 
 
-def write_jobs(path: str, jobs: Sequence[Job]) -> None:
-  names = [j.name for j in jobs]
-  if len(set(names)) != len(names):
-    raise ValueError(f"job names must be unique: {names}")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"jobs": [dataclasses.asdict(j) for j in jobs]}, f, indent=1)
-
-
-def read_jobs(path: str) -> list[Job]:
-  with open(path) as f:
-    return [Job(**j) for j in json.load(f)["jobs"]]
-
-
 def phase_jobs(jobs: Sequence[Job], phase: int) -> list[Job]:
   return [j for j in jobs if j.phase == phase]
-
-
-def read_status(workdir: str) -> dict | None:
-  try:
-    with open(os.path.join(workdir, STATUS_FILE)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def _write_status(workdir: str, status: dict) -> None:
@@ -91,22 +50,6 @@ def _write_status(workdir: str, status: dict) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(status, f, indent=1)
   os.replace(path + ".tmp", path)  # a reader never sees half a file
-
-
-def is_finished(job: Job) -> bool:
-  """Results written and no failure recorded after them."""
-  if not os.path.exists(os.path.join(job.workdir, job.done_file)):
-    return False
-  status = read_status(job.workdir)
-  return status is None or status.get("returncode") == 0
-
-
-def log_tail(workdir: str, lines: int = 5) -> str:
-  try:
-    with open(os.path.join(workdir, LOG_FILE), errors="replace") as f:
-      return "".join(f.readlines()[-lines:]).rstrip()
-  except OSError:
-    return ""
 
 
 def _link_or_copy(src: str, dst: str) -> None:
