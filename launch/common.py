@@ -1,5 +1,5 @@
 """What the launch scripts share: the command line, config files, shared-stage
-bases and the table files they write."""
+bases and reading their runs back."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from launch import aggregate
 from launch import fanout
 from rapool_jax import config_files
 from rapool_jax import errors
+from rapool_jax.analysis import run_dirs
 from rapool_jax.analysis import sweeps
 
 TINY_CONFIG = "configs/tiny.py"
@@ -103,6 +103,6 @@ value_tag = sweeps.value_tag  # folder names and labels
 
 
 def load_runs(jobs) -> list:
-  """``aggregate.Run`` of every job but the data-preparing one."""
-  return [aggregate.load_run(j.workdir, j.name, j.meta, j.done_file)
+  """``run_tables.Run`` of every job but the data-preparing one."""
+  return [run_dirs.load_run(j.workdir, j.name, j.meta, j.done_file)
           for j in jobs if j.phase != fanout.PREPARE_PHASE]

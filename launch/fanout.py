@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-# The job list and status files (read by reports too): rapool_jax/analysis.
-from rapool_jax.analysis.run_dirs import (  # noqa: F401  (fanout.X names)
+# The job and status files live where the reports read them back; they stay
+# names of this module too (fanout.Job, fanout.read_status, ...).
+from rapool_jax.analysis.run_dirs import (  # noqa: F401
     JOBS_FILE, LOG_FILE, PREPARE_PHASE, STATUS_FILE, Job, is_finished,
     log_tail, read_jobs, read_status, write_jobs)
 

@@ -11,6 +11,10 @@
   behind ``launch/crossval_report.py`` and ``launch/testsplit_report.py``;
 * ``robustness`` / ``robustness_report``: where region pooling matters
   (``launch/robustness.py``).
+* ``run_dirs`` and ``run_tables``: the fan-out's job lists and run folders
+  read back, and tables of many runs' ``results.json`` (``launch/aggregate.py``);
+* ``sweeps`` and ``classifiers``: the paper's Tables 1-2 and Table 3
+  (``launch/sweep_lambda.py``, ``ablate_pooling.py``, ``compare_classifiers.py``).
 
 For example, RAP - GAP control out of fold on images with a ruler::
 
