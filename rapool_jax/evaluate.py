@@ -129,7 +129,8 @@ def validation_metrics(out: dict, split: pipeline.Split,
   and the plateau rules (``train.PLATEAU_METRICS``) read."""
   p_true = out["probs"][np.arange(len(split)), split.labels]
   jaccards = per_image_jaccard(out, split, crop_size)
-  return {"val_auc": metrics_lib.roc_auc(split.labels,
+  # Melanoma vs the rest in either task (three_class labels are 0/1/2).
+  return {"val_auc": metrics_lib.roc_auc(split.labels == POSITIVE,
                                          out["probs"][:, POSITIVE]),
           "val_loss": float(np.mean(-np.log(np.maximum(p_true, 1e-12)))),
           "val_jaccard": (float("nan") if np.isnan(jaccards).all()
