@@ -81,8 +81,11 @@ def _fmt(v, column: str) -> str:
     return "-"
   if isinstance(v, float) and column.startswith("p"):
     return f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
+  if isinstance(v, float) and column == "bias":
+    return f"{v:g}"
   if isinstance(v, float):
-    return f"{v:.3f}" if column.startswith(("AUC", "mean")) else f"{v:+.3f}"
+    return f"{v:.3f}" if "AUC" in column or column.startswith("mean") else (
+        f"{v:+.3f}")
   return str(v)
 
 
