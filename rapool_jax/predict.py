@@ -235,9 +235,12 @@ def predict(workdir: str, images_path: str, out_csv: str,
         masks, disrupt)
     out = forward(jnp.asarray(images), jnp.asarray(mask_batch))
     probs, pooled, cam, seg = (np.asarray(a)[:len(chunk)] for a in out)
-    crop = report_crop(mask_batch[:len(chunk)], config.data)
-    rows += score_rows(chunk, probs, pooled, fitted, config.data.task,
-                       metrics.cam_energy_inside(cam, crop) if masks else None)
+    inside = None
+    if masks:  # NaN, not 0, for an image that has no mask to measure against
+      inside = metrics.cam_energy_inside(
+          cam, report_crop(mask_batch[:len(chunk)], config.data))
+      inside[[image_id not in masks for image_id, _ in chunk]] = np.nan
+    rows += score_rows(chunk, probs, pooled, fitted, config.data.task, inside)
     if masks_out:
       save_masks(masks_out, chunk, seg, originals)
     print(f"predicted {min(lo + batch_size, len(entries))}/{len(entries)}",

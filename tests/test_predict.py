@@ -231,7 +231,15 @@ def test_predict_with_masks_adds_cam_energy_and_disrupts(tiny_run, tmp_path):
                              [r["melanoma"] for r in plain], rtol=1e-6)
   energy = np.array([r["cam_energy_inside"] for r in whole])
   assert np.all((energy >= 0) & (energy <= 1) | np.isnan(energy))
+  # An image without its mask gets no energy, not a share of 0.
+  os.remove(os.path.join(masks, f"{ids[0]}_segmentation.png"))
+  some = predict.predict(workdir, images, str(tmp_path / "s.csv"),
+                         use_rankopt=False, masks_path=masks)
+  assert np.isnan(some[0]["cam_energy_inside"])
+  np.testing.assert_allclose([r["cam_energy_inside"] for r in some[1:]],
+                             energy[1:])
   # --disrupt scores exactly the disrupted image.
+  _write_images_and_masks(images, masks)
   bg = predict.predict(workdir, images, str(tmp_path / "b.csv"),
                        use_rankopt=False, masks_path=masks,
                        disrupt="background_only")
