@@ -339,6 +339,7 @@ def test_a_diverged_loss_is_one_line(tiny_config, tmp_path, capsys):
       f"config.stages.joint.lr (now {tiny_config.stages.joint.lr})\n")
 
 
+@pytest.mark.slow  # a whole tiny run, or a bootstrap by hand: second tier
 def test_a_bug_inside_a_stage_keeps_its_traceback(tiny_config, tmp_path,
                                                   monkeypatch, capsys):
   def broken_stage(state, *args, **kwargs):

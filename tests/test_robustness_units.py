@@ -152,6 +152,7 @@ def brute_force_interaction(y, a, b, g, folds, n, seed):
   return np.array(reps)
 
 
+@pytest.mark.slow  # a whole tiny run, or a bootstrap by hand: second tier
 def test_interaction_matches_brute_force_bootstrap():
   from rapool_jax import stats
   rng = np.random.default_rng(0)
