@@ -33,7 +33,6 @@ from launch import crossval
 from rapool_jax import disrupt
 from rapool_jax import evaluate
 from rapool_jax import predict
-from rapool_jax.analysis import robustness as rb
 from rapool_jax.analysis import robustness_report as report
 from rapool_jax.data import folds
 from rapool_jax.data import pipeline

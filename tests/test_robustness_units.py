@@ -126,7 +126,6 @@ def test_apply_to_splits_reverses_held_out():
 def brute_force_interaction(y, a, b, g, folds, n, seed):
   """The interaction's bootstrap by hand: resample each group x fold x label
   cell with replacement, recompute the P*Q-weighted fold differences."""
-  from rapool_jax import stats  # noqa: F401  (metrics.roc_auc below)
   rng = np.random.default_rng(seed)
 
   def fold_diff(rows):
