@@ -31,45 +31,6 @@ ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
 FOR_LOOP = re.compile(r"^for (\w+) in (\S+)")
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
-# Run in a fresh interpreter per command: absl's FLAGS are global, and
-# ml_collections reads the config overrides from sys.argv.
-DRY_PARSE = r"""
-import argparse, importlib, json, sys
-target, argv = sys.argv[1], json.loads(sys.argv[2])
-if target.startswith("rapool_jax."):
-  sys.argv = [target] + argv
-  importlib.import_module(target).parse_flags(sys.argv)
-  print("parsed")
-  sys.exit(0)
-
-from launch import fanout
-from rapool_jax import main as main_lib
-
-class Parsed(Exception):
-  pass
-
-original = argparse.ArgumentParser.parse_args
-def parse_args(self, args=None, namespace=None):
-  raise Parsed(original(self, args, namespace))
-argparse.ArgumentParser.parse_args = parse_args
-module = importlib.import_module(target)
-try:
-  module.main(argv)
-except Parsed as e:
-  args = e.args[0]
-else:
-  sys.exit(f"{target}.main returned without parsing its arguments")
-_, overrides = fanout.split_overrides(argv)
-if overrides:
-  config = ("configs/tiny.py" if getattr(args, "smoke", False) else
-            getattr(args, "config", "") or getattr(module, "DEFAULT_CONFIG", ""))
-  if not config:
-    sys.exit(f"overrides {overrides} but no config to check them against")
-  sys.argv = ["main", "--config", config, "--workdir", "unused"] + overrides
-  main_lib.parse_flags(sys.argv)
-print("parsed")
-"""
-
 
 def code_lines(text: str) -> list[tuple[int, str]]:
   """``(line number, line)`` of the fenced and indented code blocks."""
@@ -142,14 +103,34 @@ def target_of(argv: list[str]) -> tuple[str, list[str]]:
   return argv[2], argv[3:]
 
 
-def dry_parse(argv: list[str]) -> subprocess.CompletedProcess:
-  target, args = target_of(argv)
-  return subprocess.run(
-      [sys.executable, "-c", DRY_PARSE, target, json.dumps(args)],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+def dry_parse_all(argvs: list[list[str]]) -> list[tuple[int, str]]:
+  """``(returncode, output)`` of parsing each command without running it
+  (``tests/dry_parse.py``: one interpreter, a fork per command)."""
+  proc = subprocess.run(
+      # -c, as ``python -m`` would, puts the repository on sys.path.
+      [sys.executable, "-c", (REPO / "tests" / "dry_parse.py").read_text()],
+      input=json.dumps([list(target_of(argv)) for argv in argvs]),
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(proc.stdout.splitlines()[-1])
 
 
 COMMANDS = documented_commands()
+BAD_FLAGS = [
+    ["python", "-m", "rapool_jax.predict", "--workdir", "w", "--no-such-flag"],
+    ["python", "-m", "rapool_jax.main", "--config", "configs/tiny.py",
+     "--workdir", "w", "--config.train.no_such_key=1"],
+    ["python", "-m", "launch.aggregate", "runs/t1", "--no-such-flag"],
+    ["python", "-m", "launch.crossval", "--workdir", "w", "--",
+     "--config.data.no_such_key=1"],
+]
+
+
+@pytest.fixture(scope="module")
+def parsed():
+  """``{tuple(argv): (returncode, output)}`` of every command tested here."""
+  argvs = [argv for _, argv in COMMANDS] + BAD_FLAGS
+  return dict(zip(map(tuple, argvs), dry_parse_all(argvs)))
 
 
 def test_the_docs_commands_are_all_found():
@@ -171,31 +152,28 @@ def test_no_doc_runs_a_launch_or_benchmark_script_by_path():
 
 @pytest.mark.parametrize("where,argv", COMMANDS,
                          ids=[where for where, _ in COMMANDS])
-def test_documented_command_parses(where, argv):
-  proc = dry_parse(argv)
-  assert proc.returncode == 0 and proc.stdout.strip().endswith("parsed"), (
-      f"{where}: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+def test_documented_command_parses(where, argv, parsed):
+  returncode, output = parsed[tuple(argv)]
+  assert returncode == 0 and output.strip().endswith("parsed"), (
+      f"{where}: {' '.join(argv)}\n{output}")
 
 
-@pytest.mark.parametrize("argv", [
-    ["python", "-m", "rapool_jax.predict", "--workdir", "w", "--no-such-flag"],
-    ["python", "-m", "rapool_jax.main", "--config", "configs/tiny.py",
-     "--workdir", "w", "--config.train.no_such_key=1"],
-    ["python", "-m", "launch.aggregate", "runs/t1", "--no-such-flag"],
-    ["python", "-m", "launch.crossval", "--workdir", "w", "--",
-     "--config.data.no_such_key=1"],
-])
-def test_a_bad_flag_fails_the_dry_parse(argv):
-  assert dry_parse(argv).returncode != 0
+@pytest.mark.parametrize("argv", BAD_FLAGS, ids=lambda argv: argv[2])
+def test_a_bad_flag_fails_the_dry_parse(argv, parsed):
+  returncode, output = parsed[tuple(argv)]
+  assert returncode != 0, output
 
 
 def test_predict_takes_both_spellings_of_norankopt():
-  code = ("import sys; from rapool_jax import predict; "
-          "predict.parse_flags(sys.argv); print(predict.FLAGS.rankopt)")
-  for spelling in ("--norankopt", "--no-rankopt"):
-    proc = subprocess.run([sys.executable, "-c", code, spelling], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.stdout.strip() == "False", proc.stderr
+  code = ("import sys; from rapool_jax import predict\n"
+          "for spelling in sys.argv[1:]:\n"
+          "  predict.FLAGS.unparse_flags()\n"
+          "  predict.parse_flags(['predict', spelling])\n"
+          "  print(predict.FLAGS.rankopt)")
+  proc = subprocess.run([sys.executable, "-c", code, "--norankopt",
+                         "--no-rankopt", "--rankopt"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.stdout.split() == ["False", "False", "True"], proc.stderr
 
 
 def test_main_help_lists_every_config_and_variant():
