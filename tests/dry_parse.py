@@ -18,10 +18,8 @@ import sys
 
 # Everything the targets import except the two modules that define absl
 # flags (rapool_jax.main and rapool_jax.predict would clash in one process).
-import launch.fanout  # noqa: F401
-import rapool_jax.evaluate  # noqa: F401
-import rapool_jax.train  # noqa: F401
-from rapool_jax.data import pipeline  # noqa: F401
+PRELOADED = ("launch.fanout", "rapool_jax.evaluate", "rapool_jax.train",
+             "rapool_jax.data.pipeline")
 
 
 class Parsed(Exception):
@@ -79,6 +77,8 @@ def run_one(job) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
+  for name in PRELOADED:
+    importlib.import_module(name)
   jobs = json.load(sys.stdin)
   # A fresh fork of this process per command (maxtasksperchild=1).
   with multiprocessing.get_context("fork").Pool(
