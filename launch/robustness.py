@@ -71,7 +71,7 @@ def score_run(run_dir: str, data_dir: str, cache: dict) -> pd.DataFrame:
           run_dir, arm, images, split.masks)
       if version == "whole":
         own = pd.read_csv(evaluate.predictions_path(
-            run_dir, "cv_test", config.stages[arm].report_as))
+            run_dir, masked_split(config), config.stages[arm].report_as))
         gap = np.abs(own.score.to_numpy() - frame[name].to_numpy()).max()
         if gap > 1e-4:
           raise RuntimeError(f"{run_dir}: {arm} rescored {gap:.2g} away "
@@ -80,13 +80,13 @@ def score_run(run_dir: str, data_dir: str, cache: dict) -> pd.DataFrame:
   return pd.concat(frames)
 
 
-def update_versions(root: str, out: str, data_dir: str) -> None:
-  """Appends the fold runs not yet in ``out/versions.csv``."""
+def update_versions(run_dirs: list[str], out: str, data_dir: str) -> None:
+  """Appends the runs not yet in ``out/versions.csv``."""
   path = os.path.join(out, "versions.csv")
   done = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
   have = set(zip(done.get("fold", []), done.get("seed", [])))
   cache = {}
-  for run_dir in finished_runs(root, "fold*_seed*"):
+  for run_dir in run_dirs:
     config = run_config(run_dir, data_dir)
     if (config.data.crossval.fold, config.seed) in have:
       continue
@@ -95,15 +95,70 @@ def update_versions(root: str, out: str, data_dir: str) -> None:
     done.to_csv(path, index=False, float_format="%.7g")
 
 
+def masked_split(config) -> str:
+  """Where a run's images have true masks and its own predictions: a CV
+  run's held-out fold, an official-splits run's validation split (the
+  shared copy has no test masks)."""
+  return "cv_test" if config.data.crossval.num_folds else config.data.val_split
+
+
 def held_out(config, cache: dict):
-  """The run's held-out fold, as stored (no trap drawn in), cached by fold."""
-  fold = config.data.crossval.fold
-  if fold not in cache:
+  """The run's ``masked_split``, as stored (no trap drawn in), cached by
+  fold."""
+  fold, name = config.data.crossval.fold, masked_split(config)
+  if (fold, name) not in cache:
     data = config.data.copy_and_resolve_references()
     data.trap = ml_collections.ConfigDict(dict(kind="", bias=0.0, seed=0))
-    cache[fold] = folds.load_splits(pipeline.make_builder(data),
-                                    data)["cv_test"]
-  return cache[fold]
+    data.report_splits = ()
+    cache[fold, name] = folds.load_splits(pipeline.make_builder(data),
+                                          data)[name]
+  return cache[fold, name]
+
+
+def run_properties(run_dir: str, data_dir: str) -> dict:
+  """A run's recipe (width, crop, Step-4 steps) and its segmentation's
+  Jaccard: RAP's mean per-image Jaccard on its masked split."""
+  config = run_config(run_dir, data_dir)
+  rap = pd.read_csv(evaluate.predictions_path(
+      run_dir, masked_split(config), config.stages.joint.report_as))
+  return {"fold": config.data.crossval.fold, "seed": config.seed,
+          "depth": config.model.depth, "width": config.model.width,
+          "crop px": config.data.crop_size,
+          "Step-4 steps": config.stages.joint.max_steps,
+          "Jaccard RAP": rap.jaccard.mean(), "masked images": len(rap)}
+
+
+def update_runs(run_dirs: list[str], out: str, data_dir: str) -> None:
+  """``out/runs.csv``: ``run_properties`` per run, rows of runs no longer
+  on disk kept."""
+  path = os.path.join(out, "runs.csv")
+  rows = pd.DataFrame([run_properties(d, data_dir) for d in run_dirs])
+  if os.path.exists(path):
+    rows = pd.concat([pd.read_csv(path), rows]).drop_duplicates(
+        ["fold", "seed"], keep="last")
+  rows.sort_values(["fold", "seed"]).to_csv(path, index=False,
+                                            float_format="%.7g")
+
+
+def official_strata_scores(run_dirs: list[str], data_dir: str,
+                           out: str) -> None:
+  """``out/strata_scores.csv`` of official-splits runs: each arm's test
+  score per image averaged over the runs (seeds)."""
+  rows = []
+  for run_dir in run_dirs:
+    config = run_config(run_dir, data_dir)
+    for arm, name in ARMS.items():
+      rows.append(pd.read_csv(evaluate.predictions_path(
+          run_dir, config.data.eval_split, config.stages[arm].report_as))[
+              ["image", "label", "score"]].assign(arm=name,
+                                                  seed=config.seed))
+  long = pd.concat(rows)
+  wide = long.pivot_table(index=["image", "label"], columns="arm",
+                          values="score", aggfunc="mean").reset_index()
+  wide = wide.assign(split="test", fold=0, models=long.seed.nunique())
+  wide[["split", "image", "fold", "label", "models", A, B]].to_csv(
+      os.path.join(out, "strata_scores.csv"), index=False,
+      float_format="%.7g")
 
 
 def trap_scores(root: str, data_dir: str) -> pd.DataFrame:
@@ -136,6 +191,10 @@ def parse_args(argv):
   p.add_argument("--cv-workdir", default="", help="root of the CV fold runs")
   p.add_argument("--trap-workdir", default="", help="root of the trap runs")
   p.add_argument("--data-dir", default="", help="TFDS data_dir of the runs")
+  p.add_argument("--recipe2-workdir", default="",
+                 help="root of recipe 2's runs (runlocal,testsplit, seed*)")
+  p.add_argument("--recipe2-data-dir", default="",
+                 help="TFDS data_dir of recipe 2's runs")
   p.add_argument("--artefacts", default=ARTEFACTS)
   p.add_argument("--train", action="store_true",
                  help="first run the CV command for missing fold runs")
@@ -157,7 +216,16 @@ def main(argv=None) -> int:
                    "'joint','gap_control')"])
   report.write_strata_scores(args.cv_scores, ARMS, args.out)
   if args.cv_workdir:
-    update_versions(args.cv_workdir, args.out, args.data_dir)
+    runs = finished_runs(args.cv_workdir, "fold*_seed*")
+    update_versions(runs, args.out, args.data_dir)
+    update_runs(runs, args.out, args.data_dir)
+  if args.recipe2_workdir:
+    runs = finished_runs(args.recipe2_workdir, "seed*")
+    sub = os.path.join(args.out, report.RECIPE2)
+    os.makedirs(sub, exist_ok=True)
+    official_strata_scores(runs, args.recipe2_data_dir, sub)
+    update_versions(runs, sub, args.recipe2_data_dir)
+    update_runs(runs, sub, args.recipe2_data_dir)
   if args.trap_workdir:
     trap = trap_scores(args.trap_workdir, args.data_dir)
     if len(trap):

@@ -265,7 +265,8 @@ def _bootstrap(y, a, b, groups, n_resamples, seed, alpha=0.05):
 
 def interaction_bootstrap(labels, scores_a, scores_b, in_group, strata=None,
                           n_resamples: int = 2000, seed: int = 0,
-                          alpha: float = 0.05) -> dict:
+                          alpha: float = 0.05,
+                          replicates: bool = False) -> dict:
   """Whether ``auc_a - auc_b`` differs between two groups of images: the
   interaction I = D(in group) - D(rest), each D the stratum-weighted paired
   difference of ``stratified_delong``.
@@ -292,11 +293,12 @@ def interaction_bootstrap(labels, scores_a, scores_b, in_group, strata=None,
   lo, hi = np.percentile(reps, [50 * _alpha(alpha), 100 - 50 * _alpha(alpha)])
   se = float(np.std(reps, ddof=1))
   se_delong = math.hypot(delong[0]["se"], delong[1]["se"])
-  return {"diff": diff, "lo": float(lo), "hi": float(hi), "se": se,
-          "p": _normal(diff, se, alpha, -2, 2)["p"],
-          "diff_in": parts[0][0], "diff_out": parts[1][0],
-          "se_delong": se_delong,
-          "p_delong": _normal(diff, se_delong, alpha, -2, 2)["p"]}
+  out = {"diff": diff, "lo": float(lo), "hi": float(hi), "se": se,
+         "p": _normal(diff, se, alpha, -2, 2)["p"],
+         "diff_in": parts[0][0], "diff_out": parts[1][0],
+         "se_delong": se_delong,
+         "p_delong": _normal(diff, se_delong, alpha, -2, 2)["p"]}
+  return out | ({"replicates": reps} if replicates else {})
 
 
 def holm(p_values) -> np.ndarray:

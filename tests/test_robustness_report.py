@@ -45,6 +45,23 @@ def synthetic_folder(root, n=160, seed=0):
                         "clean GAP control": base + rng.normal(0, 0.2, n)})
           for b in (0.0, 0.9) for s in (0, 1)]
   pd.concat(trap).to_csv(root / "trap.csv", index=False)
+  runs = pd.DataFrame({"fold": [0, 1], "seed": 0, "depth": "18", "width": 0.25,
+                       "crop px": 112, "Step-4 steps": 250,
+                       "Jaccard RAP": [0.6, 0.7], "masked images": 80})
+  runs.to_csv(root / "runs.csv", index=False)
+  # Recipe 2: the same test images, RAP better than the control everywhere
+  # (no interaction), its versions on fewer images.
+  sub = root / report.RECIPE2
+  sub.mkdir()
+  rap2 = base + label * 1.0 + rng.normal(0, 0.3, n)
+  pd.DataFrame({"split": "test", "image": ids, "fold": 0, "label": label,
+                "models": 3, "RAP": rap2, "GAP control": control}).to_csv(
+      sub / "strata_scores.csv", index=False)
+  v = pd.read_csv(root / "versions.csv").query("fold == 0")
+  v.assign(fold=0).to_csv(sub / "versions.csv", index=False)
+  runs.assign(fold=0, seed=[0, 1], width=0.5, **{"crop px": 128,
+                                                  "Step-4 steps": 800}).to_csv(
+      sub / "runs.csv", index=False)
   return str(root / "artefacts.csv")
 
 
@@ -69,6 +86,35 @@ def test_tables_find_the_planted_interaction(folder):
     assert os.path.getsize(os.path.join(root_of(folder), name)) > 0
 
 
+def test_recipes_side_by_side_and_their_paired_difference(folder):
+  root, _, results = folder
+  one, two = results["recipes"]["rows"]
+  assert (one["width"], two["width"], two["Step-4 steps"]) == (0.25, 0.5, 800)
+  assert one["Jaccard RAP"] == pytest.approx(0.65)
+  assert "interaction" in one and "strata_oof" not in results["recipes"]
+  d = results["recipes"]["difference"]
+  assert d["diff"] == pytest.approx(two["interaction"] - one["interaction"])
+  # Recipe 1 has the planted ruler interaction, recipe 2 none.
+  assert d["hi"] < 0
+  sub = root / report.RECIPE2
+  assert "strata_oof" not in report.analyse(str(sub), str(root / "artefacts.csv"))
+  assert (sub / "results.md").read_text().startswith(
+      "# Where region pooling matters: RAP - GAP control by artefact, image "
+      "version and CAM energy (recipe 2")
+  assert os.path.getsize(sub / "strata.png") > 0
+
+
+def test_recipe_difference_of_a_recipe_with_itself_is_exactly_zero(folder):
+  root, artefacts, _ = folder
+  test = pd.read_csv(root / "strata_scores.csv").query("split == 'test'")
+  test = test.set_index("image")
+  flags = rb.read_artefacts(artefacts)
+  d = rb.recipe_difference(test, test, flags, "RAP", "GAP control")
+  assert d["diff"] == d["lo"] == d["hi"] == 0
+  with pytest.raises(Exception, match="different images"):
+    rb.recipe_difference(test, test.iloc[1:], flags, "RAP", "GAP control")
+
+
 def root_of(folder):
   return str(folder[0])
 
@@ -76,8 +122,7 @@ def root_of(folder):
 def test_check_passes_then_catches_a_tampered_table(folder, tmp_path, capsys):
   root, artefacts, _ = folder
   assert report.check(str(root), artefacts) == 0
-  for name in os.listdir(root):
-    (tmp_path / name).write_bytes((root / name).read_bytes())
+  copy_folder(root, tmp_path)
   md = (tmp_path / "results.md").read_text()
   line = next(l for l in md.splitlines() if l.startswith("| ruler"))
   cells = line.split("|")
@@ -87,10 +132,29 @@ def test_check_passes_then_catches_a_tampered_table(folder, tmp_path, capsys):
   assert "results.md line" in capsys.readouterr().out
 
 
+def copy_folder(root, to):
+  for path in root.rglob("*"):
+    if path.is_file():
+      (to / path.relative_to(root)).parent.mkdir(exist_ok=True)
+      (to / path.relative_to(root)).write_bytes(path.read_bytes())
+
+
+def test_check_catches_a_tampered_recipe2_csv(folder, tmp_path, capsys):
+  root, artefacts, _ = folder
+  copy_folder(root, tmp_path)
+  sub = tmp_path / report.RECIPE2
+  scores = pd.read_csv(sub / "strata_scores.csv")
+  scores.loc[scores.label == 1, "GAP control"] += 3.0
+  scores.to_csv(sub / "strata_scores.csv", index=False)
+  assert report.check(str(tmp_path), artefacts) == 1
+  out = capsys.readouterr().out
+  assert f"{report.RECIPE2}: differs from its CSVs: strata_test" in out
+  assert "differs from its CSVs: recipes" in out
+
+
 def test_check_catches_a_tampered_csv(folder, tmp_path, capsys):
   root, artefacts, _ = folder
-  for name in os.listdir(root):
-    (tmp_path / name).write_bytes((root / name).read_bytes())
+  copy_folder(root, tmp_path)
   trap = pd.read_csv(tmp_path / "trap.csv")
   trap.loc[3, "RAP"] += 5.0
   trap.to_csv(tmp_path / "trap.csv", index=False)

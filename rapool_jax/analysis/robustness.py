@@ -238,3 +238,46 @@ def trap_table(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                      "clean hi": d["hi"]})
   return pd.DataFrame(rows).set_index("bias").rename(
       columns={"auc_a": f"AUC {a}", "auc_b": f"AUC {b}"})
+
+
+def recipe_properties(runs: pd.DataFrame) -> dict:
+  """A recipe's settings (one value each, or every value joined by "/")
+  and its segmentation's Jaccard, mean and SD over ``runs`` (``runs.csv``:
+  a row per run)."""
+  def one(column):
+    values = runs[column].unique()
+    return values[0].item() if len(values) == 1 else " / ".join(
+        map(str, sorted(values)))
+  return {"runs": len(runs), "seeds": int(runs.seed.nunique()),
+          **{c: one(c) for c in ("depth", "width", "crop px", "Step-4 steps")},
+          "Jaccard RAP": runs["Jaccard RAP"].mean(),
+          "Jaccard RAP SD": runs["Jaccard RAP"].std(ddof=1)}
+
+
+def recipe_difference(wide_1: pd.DataFrame, wide_2: pd.DataFrame,
+                      flags: pd.DataFrame, a: str, b: str,
+                      seed: int = 0) -> dict:
+  """Recipe 2's primary interaction minus recipe 1's on the same images
+  (``wide_*``: ``image`` index, ``label``, ``fold`` and both arms): both
+  from the same bootstrap resamples, so the difference is paired."""
+  with_, ref = strata(flags)["any outside-lesion artefact"]
+  if set(wide_1.index) != set(wide_2.index):
+    raise errors.UserError("the two recipes scored different images")
+  parts = []
+  for wide in (wide_1, wide_2):
+    groups = [wide.loc[wide.index.intersection(g.index[g])].sort_index()
+              for g in (with_, ref)]
+    groups = [g[usable_folds(g)] for g in groups]
+    w = pd.concat([groups[0].assign(group=True),
+                   groups[1].assign(group=False)])
+    parts.append(stats.interaction_bootstrap(
+        w.label.to_numpy(), w[a].to_numpy(), w[b].to_numpy(),
+        w.group.to_numpy(), w.fold.to_numpy(), n_resamples=N_RESAMPLES,
+        seed=seed, replicates=True))
+  reps = parts[1]["replicates"] - parts[0]["replicates"]
+  diff = parts[1]["diff"] - parts[0]["diff"]
+  # A CI, no p: HYPOTHESES.md describes the recipes, it does not test them.
+  return {"interaction recipe 1": parts[0]["diff"],
+          "interaction recipe 2": parts[1]["diff"], "diff": diff,
+          "lo": float(np.percentile(reps, 2.5)),
+          "hi": float(np.percentile(reps, 97.5))}

@@ -27,6 +27,23 @@ from rapool_jax.analysis import robustness as rb  # noqa: E402
 
 A, B = "RAP", "GAP control"
 SPLITS = {"oof": "out of fold", "test": "test split"}
+# Recipe 2 (runlocal's recipe on the official splits) lives in this subfolder
+# of recipe 1's folder, with the same CSVs (strata on the test split only).
+RECIPE2 = "recipe2"
+TITLES = {"recipe 1": "recipe 1, the CV's: 5 folds, masks of the held-out "
+                      "fold",
+          "recipe 2": "recipe 2, runlocal's on the official splits: strata "
+                      "on the test split, masks of the validation split"}
+
+
+def recipe_of(out: str) -> str:
+  return ("recipe 2" if os.path.basename(os.path.normpath(out)) == RECIPE2
+          else "recipe 1")
+
+
+def splits_of(results: dict) -> dict:
+  """``SPLITS`` entries whose strata the results hold."""
+  return {k: v for k, v in SPLITS.items() if f"strata_{k}" in results}
 
 
 def write_strata_scores(cv_scores: str, arms: dict, out: str) -> None:
@@ -56,7 +73,7 @@ def analyse(out: str, artefacts: str) -> dict:
   """Every figure of the folder, from its CSVs: ``{section: records}``."""
   scores = pd.read_csv(os.path.join(out, "strata_scores.csv"))
   flags = rb.read_artefacts(artefacts, known_ids=scores.image)
-  results = {}
+  results = {"recipe name": recipe_of(out)}
   for split, part in scores.groupby("split"):
     wide = part.set_index("image")
     annotated = wide.index.isin(flags.index)
@@ -73,7 +90,42 @@ def analyse(out: str, artefacts: str) -> dict:
   trap = os.path.join(out, "trap.csv")
   if os.path.exists(trap):
     results["trap"] = _records(rb.trap_table(pd.read_csv(trap), A, B))
+  runs = os.path.join(out, "runs.csv")
+  if os.path.exists(runs):
+    results["recipe"] = rb.recipe_properties(pd.read_csv(runs))
+  recipe2 = os.path.join(out, RECIPE2)
+  if os.path.exists(os.path.join(recipe2, "strata_scores.csv")):
+    results["recipes"] = recipes(out, recipe2, results,
+                                 analyse(recipe2, artefacts), flags)
   return json.loads(json.dumps(results))  # the floats exactly as stored
+
+
+def recipes(out1: str, out2: str, results1: dict, results2: dict,
+            flags: pd.DataFrame) -> dict:
+  """Both recipes side by side on the test split: their properties, the
+  primary interaction, CAM energy inside the lesion and background-only
+  AUCs, and recipe 2's interaction minus recipe 1's (paired bootstrap on
+  the same test images)."""
+  rows = []
+  for name, r in (("recipe 1", results1), ("recipe 2", results2)):
+    primary = r["strata_test"]["rows"][0]
+    row = {"recipe": name, **r.get("recipe", {}),
+           "models per test image": r["strata_test"]["models per image"],
+           "D with": primary["D with"], "D reference": primary["D reference"],
+           "interaction": primary["interaction"], "lo": primary["lo"],
+           "hi": primary["hi"]}
+    if "cam" in r:
+      row |= {f"CAM inside {A}": r["cam"]["share"][f"mean {A}"],
+              f"CAM inside {B}": r["cam"]["share"][f"mean {B}"]}
+    for v in r.get("versions", []):
+      if v["version"] == "background_only":
+        row |= {f"background only {A}": v[f"AUC {A}"],
+                f"background only {B}": v[f"AUC {B}"]}
+    rows.append(row)
+  test = [pd.read_csv(os.path.join(o, "strata_scores.csv")).query(
+      "split == 'test'").set_index("image") for o in (out1, out2)]
+  return {"rows": rows,
+          "difference": rb.recipe_difference(*test, flags, A, B)}
 
 
 def _fmt(v, column: str) -> str:
@@ -84,8 +136,10 @@ def _fmt(v, column: str) -> str:
   if isinstance(v, float) and column == "bias":
     return f"{v:g}"
   if isinstance(v, float):
-    return f"{v:.3f}" if "AUC" in column or column.startswith("mean") else (
-        f"{v:+.3f}")
+    unsigned = ("AUC", "mean", "width", "Jaccard", "CAM inside",
+                "background only")
+    return f"{v:.3f}" if any(column.startswith(u) or u == "AUC" and u in
+                             column for u in unsigned) else f"{v:+.3f}"
   return str(v)
 
 
@@ -115,7 +169,7 @@ def _holds(r: dict, sign: int = 1) -> str:
 def verdicts(results: dict) -> list[str]:
   """One line per pre-registered hypothesis, read off the tables."""
   lines = []
-  for split, name in SPLITS.items():
+  for split, name in splits_of(results).items():
     r = results[f"strata_{split}"]["rows"][0]
     lines.append(f"- **H1, {name}**: interaction {_ci(r, 'interaction')}, "
                  f"p {r['p']:.2g}: {_holds({**r, 'diff': r['interaction']})}"
@@ -142,22 +196,33 @@ def verdicts(results: dict) -> list[str]:
     top = max(results["trap"], key=lambda r: r["bias"])
     lines.append(f"- **H5** (RAP - control > 0 at b = {top['bias']}, "
                  f"{top['seeds']} seeds): {_ci(top)}: {_holds(top)}.")
+  if "recipes" in results:
+    d = results["recipes"]["difference"]
+    lines.append(f"- Recipes, described and not tested (`HYPOTHESES.md`): "
+                 f"the test-split interaction is {d['interaction recipe 1']:+.3f}"
+                 f" with recipe 1 and {d['interaction recipe 2']:+.3f} with "
+                 f"recipe 2; recipe 2 - recipe 1 {_ci(d)} (paired bootstrap).")
   return lines
 
 
 def markdown(results: dict) -> str:
   """``results.md``: the verdicts and every table."""
   lines = ["# Where region pooling matters: RAP - GAP control by artefact, "
-           "image version and CAM energy (recipe 1, the CV's)\n",
+           f"image version and CAM energy ({TITLES[results['recipe name']]})"
+           "\n",
            "Hypotheses, statistics and the Holm family were fixed first: "
-           "`HYPOTHESES.md`. D = fold-stratified paired AUC difference RAP - "
+           f"`{'../' * (results['recipe name'] == 'recipe 2')}HYPOTHESES.md`."
+           " D = fold-stratified paired AUC difference RAP - "
            "GAP control; interaction = D(with) - D(reference), 95% bootstrap "
            "CI (2,000 resamples within group x fold x label). Reference: "
            "annotated images with none of ruler, dark corner, ink, gel border, "
            "patches. Left out: the group's images in folds where it has "
            "fewer than 2 melanomas or 2 other lesions (a stratified AUC needs "
            "both).\n", "## Verdicts\n", *verdicts(results), ""]
-  for split, name in SPLITS.items():
+  if "recipe" in results:
+    lines += ["## The recipe (per run, averaged over runs)\n",
+              _table([results["recipe"]], list(results["recipe"]))]
+  for split, name in splits_of(results).items():
     part = results[f"strata_{split}"]
     lines += [f"## Strata, {name} ({part['images']} images, "
               f"{part['unannotated']} unannotated and left out; each image's "
@@ -176,14 +241,27 @@ def markdown(results: dict) -> str:
   if "trap" in results:
     lines += ["## Trap sets (held-out fold, link reversed)\n",
               _table(results["trap"], list(results["trap"][0]))]
+  if "recipes" in results:
+    rows = results["recipes"]["rows"]
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    lines += ["## Two recipes (test split; recipe 2's tables: "
+              f"`{RECIPE2}/results.md`)\n",
+              "Two recipes differ in width, resolution and Step-4 length at "
+              "once: this table cannot say which property matters, only "
+              "whether the interaction differs between them.\n",
+              _table(rows, columns),
+              _table([results["recipes"]["difference"]],
+                     list(results["recipes"]["difference"]))]
   return "\n".join(lines)
 
 
 def figures(results: dict, out: str) -> None:
   """``strata.png`` (interaction by stratum with CIs), ``versions.png`` and
   ``trap.png`` where their results exist."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, (split, name) in zip(axes, SPLITS.items()):
+  splits = splits_of(results)
+  fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4),
+                           sharey=True, squeeze=False)
+  for ax, (split, name) in zip(axes[0], splits.items()):
     rows = [r for r in results[f"strata_{split}"]["rows"]
             if r["interaction"] is not None]
     y = np.arange(len(rows))
@@ -226,6 +304,10 @@ def _auc_plot(records: list[dict], x_key: str, path: str) -> None:
 
 
 def write(out: str, artefacts: str) -> dict:
+  """Writes ``results.json``, ``results.md`` and figures of ``out`` (and of
+  its recipe-2 subfolder first, where it has one)."""
+  if os.path.exists(os.path.join(out, RECIPE2, "strata_scores.csv")):
+    write(os.path.join(out, RECIPE2), artefacts)
   results = analyse(out, artefacts)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -238,6 +320,9 @@ def write(out: str, artefacts: str) -> dict:
 def check(out: str, artefacts: str) -> int:
   """0 when ``results.json`` and ``results.md`` are what the CSVs give;
   else names each section or line that differs and returns 1."""
+  sub = os.path.join(out, RECIPE2)
+  failed = (check(sub, artefacts) if os.path.exists(
+      os.path.join(sub, "strata_scores.csv")) else 0)
   results = analyse(out, artefacts)
   with open(os.path.join(out, "results.json")) as f:
     stored = json.load(f)
@@ -250,6 +335,6 @@ def check(out: str, artefacts: str) -> int:
   if len(md) != len(markdown(results).splitlines()):
     bad.append("results.md length")
   for item in bad:
-    print(f"differs from its CSVs: {item}")
-  print("check: " + ("FAILED" if bad else "every figure recomputes"))
-  return 1 if bad else 0
+    print(f"{out}: differs from its CSVs: {item}")
+  print(f"check {out}: " + ("FAILED" if bad else "every figure recomputes"))
+  return 1 if bad or failed else 0
