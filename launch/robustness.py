@@ -31,6 +31,7 @@ import pandas as pd
 
 from launch import crossval
 from rapool_jax import disrupt
+from rapool_jax import errors
 from rapool_jax import evaluate
 from rapool_jax import predict
 from rapool_jax.analysis import robustness_report as report
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
                    "'joint','gap_control')"])
   report.write_strata_scores(args.cv_scores, ARMS, args.out)
   if args.cv_workdir:
-    runs = finished_runs(args.cv_workdir, "fold*_seed*")
+    runs = (finished_runs(args.cv_workdir, "fold*_seed*")
+            + finished_runs(args.cv_workdir, "population/member*"))
     update_versions(runs, args.out, args.data_dir)
     update_runs(runs, args.out, args.data_dir)
   if args.recipe2_workdir:
@@ -236,4 +238,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

@@ -44,3 +44,31 @@ def test_official_run_gives_recipe2_csvs(data_dir, tmp_path):
 
   robustness.update_versions(runs, out, "")   # resumes: nothing new
   assert len(pd.read_csv(tmp_path / "out" / "versions.csv")) == len(versions)
+
+
+@pytest.mark.slow
+def test_fullsize_script_runs_the_protocol_tiny_on_cpu(tmp_path):
+  """launch/robustness_fullsize.sh --tiny: the device script's commands end
+  to end on the shared ISIC copy, a tiny network at 32 px."""
+  from conftest import REPO, SHARED_ISIC
+  artefacts = SHARED_ISIC.parent / "isic2017-artefacts" / "artefacts.csv"
+  if not (SHARED_ISIC.exists() and artefacts.exists()):
+    pytest.skip(f"needs {SHARED_ISIC} and {artefacts}")
+  import json
+  import os
+  import subprocess
+  proc = subprocess.run(
+      ["bash", "launch/robustness_fullsize.sh", str(tmp_path / "out"),
+       str(SHARED_ISIC), str(artefacts), "--tiny"], cwd=REPO,
+      env={**os.environ, "RUNS": str(tmp_path / "runs")},
+      capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out = tmp_path / "out" / "fullsize"
+  results = json.loads((out / "results.json").read_text())
+  assert results["recipe name"] == "fullsize"
+  assert results["strata_oof"]["models per image"] == 3   # 3 seeds, fold 0
+  assert results["recipe"]["depth"] == "tiny" and results["recipe"]["runs"] == 3
+  assert {r["version"] for r in results["versions"]} == {
+      "whole", "lesion_only", "background_only", "bbox"}
+  assert "every figure recomputes" in proc.stdout
+  assert (tmp_path / "out" / "robustness_fullsize.log").exists()

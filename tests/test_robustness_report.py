@@ -171,3 +171,9 @@ def test_artefacts_csv_errors_are_one_line(tmp_path):
       tmp_path / "y.csv", index=False)
   with pytest.raises(errors.UserError, match="1 image id.*not in the scored images, e.g. zz"):
     rb.read_artefacts(str(tmp_path / "y.csv"), known_ids=["a"])
+  # With a split, only that split's rows must be scored (a partial CV).
+  pd.DataFrame({"image_id": ["a", "zz"], "split": ["test", "train"],
+                **{f: [0, 0] for f in rb.FLAGS}}).to_csv(tmp_path / "z.csv", index=False)
+  assert len(rb.read_artefacts(str(tmp_path / "z.csv"), ["a"], split="test")) == 2
+  with pytest.raises(errors.UserError, match="e.g. a"):
+    rb.read_artefacts(str(tmp_path / "z.csv"), ["b"], split="test")

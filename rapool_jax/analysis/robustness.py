@@ -29,9 +29,11 @@ OUTSIDE = ("ruler", "dark_corner", "ink", "gel_border", "patches")
 N_RESAMPLES = 2000
 
 
-def read_artefacts(path: str, known_ids=None) -> pd.DataFrame:
+def read_artefacts(path: str, known_ids=None, split: str = "") -> pd.DataFrame:
   """The artefact flags, ``image_id`` index, a 0/1 column per ``FLAGS``;
-  missing columns or ids outside ``known_ids`` are one-line errors."""
+  missing columns, or ids outside ``known_ids`` (among the rows of ``split``
+  only, where given and the CSV has a ``split`` column), are one-line
+  errors."""
   flags = pd.read_csv(path, dtype={"image_id": str})
   missing = [c for c in ("image_id", *FLAGS) if c not in flags.columns]
   if missing:
@@ -41,7 +43,9 @@ def read_artefacts(path: str, known_ids=None) -> pd.DataFrame:
                            f"{flags.image_id[flags.image_id.duplicated()].iloc[0]}"
                            " appears twice")
   if known_ids is not None:
-    unknown = sorted(set(flags.image_id) - set(known_ids))
+    rows = (flags[flags.split == split] if split and "split" in flags.columns
+            else flags)
+    unknown = sorted(set(rows.image_id) - set(known_ids))
     if unknown:
       raise errors.UserError(f"{path}: {len(unknown)} image id(s) not in the "
                              f"scored images, e.g. {unknown[0]}")
@@ -246,7 +250,7 @@ def recipe_properties(runs: pd.DataFrame) -> dict:
   a row per run)."""
   def one(column):
     values = runs[column].unique()
-    return values[0].item() if len(values) == 1 else " / ".join(
+    return values.tolist()[0] if len(values) == 1 else " / ".join(
         map(str, sorted(values)))
   return {"runs": len(runs), "seeds": int(runs.seed.nunique()),
           **{c: one(c) for c in ("depth", "width", "crop px", "Step-4 steps")},

@@ -30,15 +30,24 @@ SPLITS = {"oof": "out of fold", "test": "test split"}
 # Recipe 2 (runlocal's recipe on the official splits) lives in this subfolder
 # of recipe 1's folder, with the same CSVs (strata on the test split only).
 RECIPE2 = "recipe2"
-TITLES = {"recipe 1": "recipe 1, the CV's: 5 folds, masks of the held-out "
-                      "fold",
-          "recipe 2": "recipe 2, runlocal's on the official splits: strata "
-                      "on the test split, masks of the validation split"}
+FULLSIZE = "fullsize"  # launch/robustness_fullsize.sh's folder
+TITLES = {"recipe 1": "recipe 1, the CV's",
+          "recipe 2": "recipe 2, runlocal's on the official splits",
+          FULLSIZE: "the paper's size on CV fold 0"}
 
 
 def recipe_of(out: str) -> str:
-  return ("recipe 2" if os.path.basename(os.path.normpath(out)) == RECIPE2
-          else "recipe 1")
+  name = os.path.basename(os.path.normpath(out))
+  return {RECIPE2: "recipe 2", FULLSIZE: FULLSIZE}.get(name, "recipe 1")
+
+
+def title(results: dict) -> str:
+  """``TITLES``' entry, with the network and steps of ``runs.csv``."""
+  r = results.get("recipe")
+  return TITLES[results["recipe name"]] + (
+      f": ResNet-{r['depth']} at width {r['width']}, {r['crop px']} px "
+      f"crops, {r['Step-4 steps']} Step-4 steps, {r['runs']} runs" if r
+      else "")
 
 
 def splits_of(results: dict) -> dict:
@@ -72,7 +81,11 @@ def _records(table: pd.DataFrame) -> list[dict]:
 def analyse(out: str, artefacts: str) -> dict:
   """Every figure of the folder, from its CSVs: ``{section: records}``."""
   scores = pd.read_csv(os.path.join(out, "strata_scores.csv"))
-  flags = rb.read_artefacts(artefacts, known_ids=scores.image)
+  # Every recipe scores the whole test split; out of fold a partial CV (the
+  # fullsize run's one fold) scores some of the annotated images only.
+  tested = scores.split == "test"
+  flags = (rb.read_artefacts(artefacts, scores.image[tested], split="test")
+           if tested.any() else rb.read_artefacts(artefacts, scores.image))
   results = {"recipe name": recipe_of(out)}
   for split, part in scores.groupby("split"):
     wide = part.set_index("image")
@@ -208,10 +221,9 @@ def verdicts(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
   """``results.md``: the verdicts and every table."""
   lines = ["# Where region pooling matters: RAP - GAP control by artefact, "
-           f"image version and CAM energy ({TITLES[results['recipe name']]})"
-           "\n",
+           f"image version and CAM energy ({title(results)})\n",
            "Hypotheses, statistics and the Holm family were fixed first: "
-           f"`{'../' * (results['recipe name'] == 'recipe 2')}HYPOTHESES.md`."
+           f"`{'../' * (results['recipe name'] != 'recipe 1')}HYPOTHESES.md`."
            " D = fold-stratified paired AUC difference RAP - "
            "GAP control; interaction = D(with) - D(reference), 95% bootstrap "
            "CI (2,000 resamples within group x fold x label). Reference: "
