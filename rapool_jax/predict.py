@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from rapool_jax import checkpoint as ckpt_lib
+from rapool_jax import checks
 from rapool_jax import disrupt as disrupt_lib
 from rapool_jax import errors
 from rapool_jax import metrics
@@ -110,8 +110,8 @@ def load_run(workdir: str, stage: str = "", use_rankopt: bool = True):
   if not os.path.exists(config_path):
     raise errors.UserError(f"{config_path}: not found; is {workdir} the "
                            "--workdir of a run of rapool_jax.main?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(
+      checks.read_json_object(config_path, "a run's config"))
   config.model.num_classes = pipeline.num_classes(config.data.task)
   model = rapool_net.build_model(config.model)
   crop = config.data.crop_size

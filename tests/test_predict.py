@@ -88,6 +88,14 @@ def test_corrupt_image_is_a_one_line_error(tiny_run, tmp_path):
   assert len(lines) == 1 and "ISIC_0000001.jpg" in lines[0], proc.stderr
 
 
+def test_corrupt_config_json_is_a_one_line_error(tmp_path):
+  from rapool_jax import errors
+  (tmp_path / "config.json").write_text('{"model": {"depth": ')
+  with pytest.raises(errors.UserError,
+                     match=r"config.json: not the JSON of a run's config"):
+    predict.load_run(str(tmp_path))
+
+
 @pytest.mark.slow  # a whole run of its own
 def test_three_class_head_end_to_end(tiny_config, tmp_path):
   from rapool_jax import run
