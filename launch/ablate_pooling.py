@@ -18,6 +18,7 @@ import sys
 from launch import common
 from launch import fanout
 from rapool_jax.analysis import sweeps
+from rapool_jax import errors
 
 STAGE = "joint"
 
@@ -145,4 +146,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

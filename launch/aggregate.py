@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from rapool_jax import errors
 from rapool_jax.analysis import run_dirs
 from rapool_jax.analysis import run_tables
 
@@ -50,4 +51,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

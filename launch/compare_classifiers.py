@@ -19,6 +19,7 @@ import numpy as np
 from launch import common
 from launch import fanout
 from rapool_jax import config_lib
+from rapool_jax import errors
 from rapool_jax import run as run_lib
 from rapool_jax.analysis import classifiers
 from rapool_jax.data import pipeline
@@ -98,4 +99,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

@@ -21,6 +21,7 @@ import sys
 from launch import common
 from launch import crossval_report
 from launch import fanout
+from rapool_jax import errors
 from rapool_jax import population
 from rapool_jax import run_population
 
@@ -145,4 +146,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

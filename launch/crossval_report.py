@@ -55,6 +55,7 @@ from rapool_jax.analysis import design
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import recompute
 from rapool_jax.analysis import tables
+from rapool_jax import errors
 
 # What launch/crossval.py calls.
 add_near_copy_args = commands.add_near_copy_args
@@ -126,4 +127,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

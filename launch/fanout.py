@@ -26,6 +26,7 @@ from typing import Sequence
 
 # The job and status files live where the reports read them back; they stay
 # names of this module too (fanout.Job, fanout.read_status, ...).
+from rapool_jax import errors
 from rapool_jax.analysis.run_dirs import (  # noqa: F401
     JOBS_FILE, LOG_FILE, PREPARE_PHASE, STATUS_FILE, Job, is_finished,
     log_tail, read_jobs, read_status, write_jobs)
@@ -337,4 +338,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

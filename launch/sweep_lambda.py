@@ -15,6 +15,7 @@ import sys
 from launch import common
 from launch import fanout
 from rapool_jax.analysis import sweeps
+from rapool_jax import errors
 
 STAGE = "joint"  # the stage whose lambda_seg is swept; those before are shared
 PAPER_GRID = (0.01, 0.1, 1, 5, 7.5, 10, 12.5, 15, 20)
@@ -60,4 +61,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())

@@ -40,6 +40,7 @@ from rapool_jax.analysis import commands
 from rapool_jax.analysis import near_copies
 from rapool_jax.analysis import recompute
 from rapool_jax.analysis import testsplit
+from rapool_jax import errors
 
 compute_all = testsplit.compute_all
 markdown_of = lambda out: testsplit.markdown  # noqa: E731
@@ -76,4 +77,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.one_line_errors():
+    sys.exit(main())
