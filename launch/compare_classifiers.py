@@ -1,6 +1,6 @@
 """Table 3: classifiers on the same pooled features of a finished run.
 
-    python -m launch.compare_classifiers --run RUN [--workdir OUT] [--sklearn]
+    python -m launch.compare_classifiers --run RUN [--workdir OUT]
 
 The softmax head, RankOpt and class-weighted logistic regression on RUN's
 evaluation split (``rapool_jax/analysis/classifiers.py``) -> ``OUT/table3.md``,
@@ -71,8 +71,6 @@ def main(argv=None) -> int:
                       help="where the table goes (default RUN/table3)")
   parser.add_argument("--data-dir", default="",
                       help="TFDS data_dir, if not the run's")
-  parser.add_argument("--sklearn", action="store_true",
-                      help="add sklearn's logistic regression as a cross-check")
   parser.add_argument("--smoke", action="store_true",
                       help="without --run: train configs/tiny.py into OUT/run")
   args, overrides = common.parse_args(parser, argv)
@@ -94,7 +92,7 @@ def main(argv=None) -> int:
   out_dir = os.path.abspath(args.workdir or os.path.join(run, "table3"))
   os.makedirs(out_dir, exist_ok=True)
   feats = run_features(run, args.data_dir)
-  classifiers.table3(out_dir, run, feats, args.sklearn)
+  classifiers.table3(out_dir, run, feats)
   return 0
 
 

@@ -130,7 +130,7 @@ def test_compare_classifiers_smoke(sweep, tmp_path, data_dir):
   # A finished run in OUT/run: the smoke job is skipped, the comparison runs.
   _hardlink_copy(os.path.join(root, "lambda_7.5"), os.path.join(out_dir, "run"))
   out = _script("compare_classifiers", "--smoke", "--workdir", out_dir,
-                "--sklearn", "--", f"--config.data.data_dir={data_dir}")
+                "--", f"--config.data.data_dir={data_dir}")
   assert "run: already finished, skipped" in out
   rows = {r["name"]: r for r in
           json.load(open(os.path.join(out_dir, "table3.json")))["rows"]}
@@ -145,8 +145,6 @@ def test_compare_classifiers_smoke(sweep, tmp_path, data_dir):
   assert ranked["auc"] == pytest.approx(results["Step 4 + RankOpt"]["auc"])
   assert ranked["sensitivity"] == pytest.approx(
       results["Step 4 + RankOpt"]["sensitivity"])
-  assert rows["logistic regression @ 0.5"]["auc"] == pytest.approx(
-      rows["sklearn logistic regression @ 0.5"]["auc"], abs=0.02)
   for r in rows.values():
     assert r["at_spec"]["specificity"] >= 0.884
   assert os.path.getsize(os.path.join(out_dir, "table3_roc.png")) > 10_000

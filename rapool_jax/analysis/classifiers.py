@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from rapool_jax import linear_baselines
 from rapool_jax import metrics
@@ -49,19 +48,8 @@ def _rankopt(feats) -> dict:
           "threshold": float(result.threshold), "note": note}
 
 
-def _sklearn(model, tr, ev) -> dict:
-  """sklearn's balanced logistic regression at the same L2: a cross-check."""
-  x_mean, x_std = np.asarray(model.mean), np.asarray(model.std)
-  sk = LogisticRegression(C=1.0 / (model.l2 * len(tr["labels"])),
-                          class_weight="balanced", max_iter=5000).fit(
-                              (tr["pooled"] - x_mean) / x_std, tr["labels"])
-  return {"name": "sklearn logistic regression @ 0.5",
-          "scores": sk.predict_proba((ev["pooled"] - x_mean) / x_std)[:, 1],
-          "threshold": 0.5, "note": "cross-check, same L2"}
-
-
-def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
-                      use_sklearn: bool = False) -> list[dict]:
+def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+                      ) -> list[dict]:
   """[{name, scores [N_eval], threshold, note}] of every compared classifier:
   the softmax head, RankOpt and logistic regression (L2 by validation AUC)."""
   ev, tr = feats["eval"], feats["train"]
@@ -85,7 +73,7 @@ def score_classifiers(feats, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
           {"name": f"logistic regression @ {youden}", "scores": lr_eval,
            "threshold": metrics.youden_threshold(val["labels"], lr_val),
            "note": note}]
-  return out + ([_sklearn(model, tr, ev)] if use_sklearn else [])
+  return out
 
 
 def evaluate(classifiers, labels, specificity: float = PAPER_SPECIFICITY):
@@ -120,10 +108,10 @@ def markdown(run: str, feats, rows, specificity: float) -> str:
           table + "\n" + notes + "\n\n" + sweeps.paper_table(PAPER_TABLE3))
 
 
-def table3(out_dir: str, run: str, feats, use_sklearn: bool = False,
+def table3(out_dir: str, run: str, feats,
            specificity: float = PAPER_SPECIFICITY) -> str:
   """``out_dir/table3.md/.json`` and ``table3_roc.png``."""
-  classifiers = score_classifiers(feats, use_sklearn=use_sklearn)
+  classifiers = score_classifiers(feats)
   labels = feats["eval"]["labels"]
   rows = evaluate(classifiers, labels, specificity)
   text = markdown(run, feats, rows, specificity)
