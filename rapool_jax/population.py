@@ -31,6 +31,7 @@ from rapool_jax import checks
 from rapool_jax import errors
 from rapool_jax import losses
 from rapool_jax import optim
+from rapool_jax import progress
 from rapool_jax import sharding
 from rapool_jax import train
 from rapool_jax.data import folds
@@ -300,7 +301,8 @@ class Population:
     """Stage ``name`` from stacked ``variables`` or its checkpoint (beside
     ``members.json``), on batch order ``stream`` (``run.batch_stream``);
     returns the stacked final variables and the stage's meta. Progress
-    lines count member-images."""
+    lines count member-images; TensorBoard (``workdir/tensorboard``) shows
+    the members' mean of each scalar, the largest member loss and lr."""
     check_manifest(workdir, self.members)
     config = self.config.copy_and_resolve_references()
     config.train.batch_size *= len(self.members)  # img/s: member-img/s
@@ -308,7 +310,8 @@ class Population:
         self.start(name, variables), population_step(config, name, self.form),
         lambda start, stop: self.step_args(name, stream, start, stop),
         name=name, config=config, workdir=workdir, mesh=self.mesh,
-        finished=finished or {})
+        finished=finished or {},
+        writer=progress.MetricWriter(os.path.join(workdir, "tensorboard")))
 
   def write_member(self, workdir: str, name: str, variables, index: int,
                    out: str) -> None:

@@ -127,6 +127,14 @@ def test_population_members_are_the_single_runs_and_resume(tiny_config,
                              atol=1e-4, head_tol=1e-3)
     assert [r["model"] for r in want["rows"]] == [
         r["model"] for r in results[p]["rows"]]
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(
+      os.path.join(root, "tensorboard"), size_guidance={"scalars": 0})
+  events.Reload()
+  tags = set(events.Tags()["scalars"])
+  for name in config.stage_order:   # the members' mean, the worst, lr
+    assert {f"{name}/train/loss", f"{name}/train/loss_max",
+            f"{name}/train/lr"} <= tags, tags
 
   # Killed in the joint stage, before any member was written out.
   for p in range(2):
