@@ -165,7 +165,7 @@ def run_local(jobs: Sequence[Job], parallel: int = 1,
       for f in [pool.submit(work, j) for j in todo]:
         f.result()
     if phase == PREPARE_PHASE and any(results[j.name] for j in todo):
-      raise RuntimeError("preparing the data failed; see "
+      raise errors.UserError("preparing the data failed; see "
                          f"{os.path.join(todo[0].workdir, LOG_FILE)}")
   return results
 
