@@ -223,6 +223,9 @@ def main(argv=None) -> int:
     update_runs(runs, args.out, args.data_dir)
   if args.recipe2_workdir:
     runs = finished_runs(args.recipe2_workdir, "seed*")
+    if not runs:
+      raise errors.UserError(f"--recipe2-workdir={args.recipe2_workdir}: no "
+                             "finished run (seed*/results.json) under it")
     sub = os.path.join(args.out, report.RECIPE2)
     os.makedirs(sub, exist_ok=True)
     official_strata_scores(runs, args.recipe2_data_dir, sub)

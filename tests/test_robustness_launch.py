@@ -72,3 +72,11 @@ def test_fullsize_script_runs_the_protocol_tiny_on_cpu(tmp_path):
       "whole", "lesion_only", "background_only", "bbox"}
   assert "every figure recomputes" in proc.stdout
   assert (tmp_path / "out" / "robustness_fullsize.log").exists()
+
+
+def test_a_recipe2_workdir_without_finished_runs_is_one_line(tmp_path):
+  from launch import robustness
+  from rapool_jax import errors
+  with pytest.raises(errors.UserError, match="no finished run"):
+    robustness.main(["--out", str(tmp_path / "out"),
+                     "--recipe2-workdir", str(tmp_path / "none")])
